@@ -1,0 +1,122 @@
+"""Plain-dict config (as composed by Hydra) to typed, checked specs. Nothing here reads Hydra itself."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+from equivar.data import DATASETS
+from equivar.errors import ConfigError
+from equivar.models import MODELS
+from equivar.strategy import SEED_PACKINGS
+from equivar.train import OPTIMIZERS, TrainSpec
+from equivar.transforms import SHIFT_MODES
+
+# Dataset keys that describe how to use the data, not how to load it.
+DATASET_RUN_KEYS = ("loader", "epochs", "shift_max", "shift_subset")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    name: str  # the label in results (a key of `zoo`)
+    kind: str  # the registry name in equivar.models.MODELS
+    options: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    loader: str
+    options: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class ShiftSpec:
+    max: int
+    mode: str
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    experiment: str
+    seed: int
+    n_seeds: int
+    models: tuple[ModelSpec, ...]
+    dataset: DatasetSpec
+    train: TrainSpec
+    shift: ShiftSpec
+    shift_subset: int | None  # test examples used for the shift grid (None: all)
+    seed_packing: str
+    raw: dict[str, Any]
+
+
+def _choice(value: Any, choices: Any, what: str) -> str:
+    if value not in choices:
+        raise ConfigError(f"unknown {what} {value!r}; valid choices: {', '.join(sorted(choices))}")
+    return str(value)
+
+
+def _int(value: Any, what: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{what} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ConfigError(f"{what} must be >= {minimum}, got {value}")
+    return value
+
+
+def _number(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{what} must be a number, got {value!r}")
+    return float(value)
+
+
+def parse_config(raw: Mapping[str, Any]) -> RunConfig:
+    """Checks a resolved config dict and turns it into a :class:`RunConfig`."""
+    raw = dict(raw)
+    experiment = raw.get("experiment_name")
+    if not experiment:
+        raise ConfigError("no experiment chosen: add experiment=NAME (e.g. experiment=shift_test)")
+
+    zoo = raw.get("zoo") or {}
+    names = raw.get("models") or []
+    if isinstance(names, str):
+        names = [names]
+    if not names:
+        raise ConfigError("models is empty: list at least one entry of zoo, e.g. models=[lenet]")
+    models = []
+    for name in names:
+        if name not in zoo:
+            raise ConfigError(f"unknown model {name!r}; valid choices: {', '.join(sorted(zoo))} "
+                              "(entries of zoo; add one with +model@zoo.NAME=KIND)")
+        entry = dict(zoo[name])
+        kind = _choice(entry.pop("kind", None), MODELS, f"model kind for zoo.{name}")
+        models.append(ModelSpec(name=str(name), kind=kind, options=entry))
+
+    ds = dict(raw.get("dataset") or {})
+    loader = _choice(ds.get("loader"), DATASETS, "dataset loader")
+    dataset = DatasetSpec(loader, {k: v for k, v in ds.items() if k not in DATASET_RUN_KEYS})
+
+    tr = dict(raw.get("train") or {})
+    train = TrainSpec(
+        epochs=_int(tr.get("epochs"), "train.epochs", 1),
+        batch_size=_int(tr.get("batch_size"), "train.batch_size", 1),
+        optimizer=_choice(tr.get("optimizer"), OPTIMIZERS, "optimizer"),
+        learning_rate=_number(tr.get("learning_rate"), "train.learning_rate"),
+        optimizer_options=dict(tr.get("optimizer_options") or {}),
+    )
+    sh = dict(raw.get("shift") or {})
+    shift = ShiftSpec(max=_int(sh.get("max"), "shift.max", 0),
+                      mode=_choice(sh.get("mode"), SHIFT_MODES, "shift mode"))
+    subset = (raw.get("eval") or {}).get("shift_subset")
+    return RunConfig(
+        experiment=str(experiment),
+        seed=_int(raw.get("seed"), "seed", 0),
+        n_seeds=_int(raw.get("n_seeds"), "n_seeds", 1),
+        models=tuple(models),
+        dataset=dataset,
+        train=train,
+        shift=shift,
+        shift_subset=None if subset is None else _int(subset, "eval.shift_subset", 1),
+        seed_packing=_choice((raw.get("execution") or {}).get("seed_packing", "auto"), SEED_PACKINGS,
+                             "execution.seed_packing"),
+        raw=raw,
+    )

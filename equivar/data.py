@@ -1,0 +1,224 @@
+"""Datasets by name: MNIST-1D generated locally, any TFDS image-classification dataset, and synthetic data.
+
+Every loader returns a :class:`Dataset` of float32 arrays in channels-last layout, ``(N, L, C)`` or
+``(N, H, W, C)``, with integer labels. Loaders never train anything and never touch the network unless the
+config allows a download; missing data raises :class:`DataUnavailableError` with what to do about it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from equivar.errors import ConfigError, DataUnavailableError
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    n_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+    @property
+    def rank(self) -> int:
+        """Number of spatial axes (1 for sequences, 2 for images)."""
+        return self.x_train.ndim - 2
+
+    def summary(self) -> dict[str, Any]:
+        return {"name": self.name, "rank": self.rank, "n_train": int(len(self.y_train)),
+                "n_test": int(len(self.y_test)), "input_shape": list(self.input_shape),
+                "n_classes": int(self.n_classes)}
+
+
+def _subset(x: np.ndarray, y: np.ndarray, n: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A fixed random subset of size n (the whole set when n is None)."""
+    if n is None or n >= len(y):
+        return x, y
+    if n < 1:
+        raise ValueError(f"subset size must be >= 1, got {n}")
+    idx = np.sort(np.random.default_rng(seed).permutation(len(y))[:n])
+    return x[idx], y[idx]
+
+
+def load_mnist1d(*, num_samples: int = 5000, train_split: float = 0.8, template_len: int = 12,
+                 padding: tuple[int, int] = (36, 60), scale_coeff: float = 0.4, max_translation: int = 48,
+                 corr_noise_scale: float = 0.25, iid_noise_scale: float = 2e-2, shear_scale: float = 0.75,
+                 shuffle_seq: bool = False, final_seq_length: int = 40, seed: int = 42,
+                 n_train: int | None = None) -> Dataset:
+    """MNIST-1D (Greydanus 2020), generated offline with ``mnist1d.data.make_dataset``.
+
+    The package standardizes the signals (mean 0, std 1 over the whole set); we keep that scale, so a
+    zero-filled shift fills with the data mean. ``max_translation`` must be >= 1; 1 gives untranslated,
+    left-aligned digits.
+    """
+    if int(max_translation) < 1:
+        raise ValueError(f"mnist1d: max_translation must be >= 1 (1 = no translation), got {max_translation}")
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    for key, value in dict(num_samples=num_samples, train_split=train_split, template_len=template_len,
+                           padding=list(padding), scale_coeff=scale_coeff, max_translation=max_translation,
+                           corr_noise_scale=corr_noise_scale, iid_noise_scale=iid_noise_scale,
+                           shear_scale=shear_scale, shuffle_seq=shuffle_seq,
+                           final_seq_length=final_seq_length, seed=seed).items():
+        setattr(args, key, value)
+    # make_dataset reseeds numpy's and random's global generators; keep the caller's state intact.
+    import random
+    np_state, py_state = np.random.get_state(), random.getstate()
+    try:
+        raw = make_dataset(args)
+    finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+    x_train = raw["x"].astype(np.float32)[..., None]
+    x_test = raw["x_test"].astype(np.float32)[..., None]
+    x_train, y_train = _subset(x_train, raw["y"].astype(np.int32), n_train, seed)
+    return Dataset("mnist1d", x_train, y_train, x_test, raw["y_test"].astype(np.int32), n_classes=10)
+
+
+def load_tfds(*, tfds_name: str, data_dir: str | None = None, train_split: str = "train",
+              test_split: str = "test", download: bool = False, manual_dir: str | None = None,
+              n_train: int | None = None, n_test: int | None = None, subset_seed: int = 0) -> Dataset:
+    """Any TFDS image-classification dataset by name, read with ``tfds.data_source`` (no TensorFlow needed
+    once prepared). Images are scaled to [0, 1] float32, labels taken from the builder's supervised keys."""
+    import tensorflow_datasets as tfds
+
+    data_dir = data_dir or os.environ.get("TFDS_DATA_DIR")
+    try:
+        builder = tfds.builder(tfds_name, data_dir=data_dir)
+    except Exception as err:  # tfds raises several types for unknown names
+        raise DataUnavailableError(
+            f"TFDS has no dataset named {tfds_name!r} ({type(err).__name__}). Check the name against "
+            "'tfds.list_builders()'."
+        ) from None
+    if not builder.is_prepared():
+        _prepare(builder, tfds_name, data_dir, download, manual_dir)
+
+    image_key, label_key = _supervised_keys(builder, tfds_name)
+    image_feature = builder.info.features[image_key]
+    shape = tuple(image_feature.shape)
+    if any(d is None for d in shape):
+        raise DataUnavailableError(
+            f"TFDS dataset {tfds_name!r} has images of varying shape {shape}; equivar needs a fixed shape")
+    n_classes = int(builder.info.features[label_key].num_classes)
+
+    def read(split: str, n: int | None) -> tuple[np.ndarray, np.ndarray]:
+        source = tfds.data_source(tfds_name, split=split, data_dir=data_dir, download=False)
+        count = len(source)
+        if n is not None and n < count:
+            idx = np.sort(np.random.default_rng(subset_seed).permutation(count)[:n])
+        else:
+            idx = np.arange(count)
+        records = source.__getitems__(idx.tolist())
+        images = np.stack([np.asarray(r[image_key]) for r in records])
+        labels = np.asarray([int(r[label_key]) for r in records], dtype=np.int32)
+        return _to_unit_float(images, image_feature), labels
+
+    x_train, y_train = read(train_split, n_train)
+    x_test, y_test = read(test_split, n_test)
+    if x_train.ndim == 3:  # (N, H, W) without a channel axis
+        x_train, x_test = x_train[..., None], x_test[..., None]
+    return Dataset(tfds_name, x_train, y_train, x_test, y_test, n_classes=n_classes)
+
+
+def _to_unit_float(images: np.ndarray, feature: Any) -> np.ndarray:
+    if np.issubdtype(images.dtype, np.integer):
+        top = np.iinfo(images.dtype).max
+        return images.astype(np.float32) / np.float32(top)
+    return images.astype(np.float32)
+
+
+def _supervised_keys(builder: Any, name: str) -> tuple[str, str]:
+    keys = builder.info.supervised_keys
+    if not keys or len(keys) != 2 or not all(isinstance(k, str) for k in keys):
+        features = list(builder.info.features.keys())
+        if "image" in features and "label" in features:
+            return "image", "label"
+        raise DataUnavailableError(
+            f"TFDS dataset {name!r} is not an (image, label) classification dataset: supervised keys "
+            f"{keys}, features {features}")
+    return keys[0], keys[1]
+
+
+def _prepare(builder: Any, name: str, data_dir: str | None, download: bool, manual_dir: str | None) -> None:
+    where = builder.data_dir
+    hint = (
+        f"TFDS dataset {name!r} is not prepared under {where}. Either point TFDS_DATA_DIR (or "
+        f"dataset.data_dir=...) at a folder that holds {name}/<version>/, or give dataset.manual_dir=... "
+        "with the original files (building needs 'pip install tensorflow-cpu'), or allow "
+        "dataset.download=true on a machine with internet access."
+    )
+    if not download and manual_dir is None:
+        raise DataUnavailableError(hint)
+    import tensorflow_datasets as tfds
+
+    config = tfds.download.DownloadConfig(manual_dir=str(Path(manual_dir).expanduser()) if manual_dir else None)
+    try:
+        builder.download_and_prepare(download_config=config)
+    except Exception as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataUnavailableError(f"{hint} Preparing it failed: {type(err).__name__}: {reason[:300]}") from None
+
+
+def _make_templates(rank: int, n_classes: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    return (rng.random((n_classes,) + (size,) * rank) > 0.5).astype(np.float32)
+
+
+def load_synthetic(*, rank: int = 1, size: int = 24, n_classes: int = 4, n_train: int = 256,
+                   n_test: int = 128, template_size: int = 5, max_offset: int | None = None,
+                   noise: float = 0.05, seed: int = 0) -> Dataset:
+    """Random binary templates, one per class, pasted at random positions on a noisy background.
+
+    Tiny and fast: for tests and smoke runs. ``max_offset`` limits where templates land (0 = always at the
+    origin, the analogue of untranslated digits).
+    """
+    if template_size > size:
+        raise ValueError(f"synthetic: template_size {template_size} exceeds size {size}")
+    rng = np.random.default_rng(seed)
+    templates = _make_templates(rank, n_classes, template_size, rng)
+    limit = size - template_size if max_offset is None else min(int(max_offset), size - template_size)
+
+    def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
+        y = rng.integers(0, n_classes, n).astype(np.int32)
+        x = noise * rng.standard_normal((n,) + (size,) * rank).astype(np.float32)
+        offsets = rng.integers(0, limit + 1, (n, rank))
+        for i in range(n):
+            where = tuple(slice(o, o + template_size) for o in offsets[i])
+            x[(i, *where)] += templates[y[i]]
+        return x[..., None], y
+
+    x_train, y_train = draw(n_train)
+    x_test, y_test = draw(n_test)
+    return Dataset(f"synthetic{rank}d", x_train, y_train, x_test, y_test, n_classes=n_classes)
+
+
+DATASETS: dict[str, Callable[..., Dataset]] = {
+    "mnist1d": load_mnist1d,
+    "tfds": load_tfds,
+    "synthetic": load_synthetic,
+}
+
+
+def load_dataset(loader: str, options: dict[str, Any]) -> Dataset:
+    """Loads a dataset by registry name with its config options."""
+    if loader not in DATASETS:
+        raise ConfigError(f"unknown dataset loader {loader!r}; valid choices: {', '.join(sorted(DATASETS))}")
+    fn = DATASETS[loader]
+    accepted = inspect.signature(fn).parameters
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ConfigError(f"dataset loader {loader!r} has no option(s) {unknown}; valid options: "
+                          f"{', '.join(accepted)}")
+    return fn(**options)

@@ -1,0 +1,40 @@
+"""Pure functions of arrays: accuracies, shift consistency, and summaries over seeds."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+
+def accuracy(predictions: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Share of correct predictions along the last axis: ``(..., N)`` against ``(N,)`` gives ``(...)``."""
+    return (np.asarray(predictions) == np.asarray(labels)).mean(axis=-1)
+
+
+def consistency(predictions: np.ndarray, n_classes: int) -> float:
+    """Expected share of inputs whose predicted class agrees under two independent random shifts.
+
+    ``predictions`` is ``(n_shifts, N)``, the predicted class of every input under every shift of the grid.
+    Zhang (2019) samples two shifts per input; here the expectation over independent uniform draws is
+    computed exactly, ``mean_i sum_c p_ic**2`` with ``p_ic`` the share of shifts predicting class ``c`` for
+    input ``i``, so the number carries no sampling noise. It is 1 exactly when every input's prediction is
+    the same under every shift.
+    """
+    predictions = np.asarray(predictions)
+    n_shifts = predictions.shape[0]
+    counts = np.zeros((predictions.shape[1], n_classes))
+    for row in predictions:
+        counts[np.arange(predictions.shape[1]), row] += 1
+    share = counts / n_shifts
+    return float((share**2).sum(axis=1).mean())
+
+
+def mean_std(values: Sequence[float] | np.ndarray) -> dict[str, float | list[float]]:
+    """Mean and sample standard deviation (ddof=1; 0 for one seed) over the leading (seed) axis."""
+    values = np.asarray(values, dtype=np.float64)
+    std = values.std(axis=0, ddof=1) if values.shape[0] > 1 else np.zeros(values.shape[1:])
+    mean = values.mean(axis=0)
+    if mean.ndim == 0:
+        return {"mean": float(mean), "std": float(std)}
+    return {"mean": mean.tolist(), "std": std.tolist()}

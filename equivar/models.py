@@ -1,0 +1,216 @@
+"""The model zoo: Flax NNX classifiers that are generic over the input's spatial rank.
+
+Models know nothing of training. Each is an ordered stack of named layers, so that the output of every layer
+can be read by name (``features``) and its geometry inspected. Input layout is channels-last:
+``(N, L, C)`` for sequences, ``(N, H, W, C)`` for images; kernel sizes are broadcast to the data's rank.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Sequence
+
+import jax
+from flax import nnx
+
+from equivar.errors import ConfigError
+from equivar.layers import (
+    PADDINGS,
+    Activation,
+    Flatten,
+    Geometry,
+    GlobalPool,
+    Pool,
+    as_tuple,
+    conv_geometry,
+)
+
+
+class LayerStack(nnx.Module):
+    """Runs named layers in order; ``features`` returns every intermediate activation by name."""
+
+    layer_names: tuple[str, ...]
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for name in self.layer_names:
+            x = getattr(self, name)(x)
+        return x
+
+    def features(self, x: jax.Array) -> dict[str, jax.Array]:
+        out = {}
+        for name in self.layer_names:
+            x = getattr(self, name)(x)
+            out[name] = x
+        return out
+
+    def layers(self) -> list[tuple[str, nnx.Module]]:
+        return [(name, getattr(self, name)) for name in self.layer_names]
+
+
+class _Builder:
+    """Adds layers to a stack while tracking the activation shape, so dense layers are sized exactly and
+    impossible shapes are reported with the layer's name and numbers."""
+
+    def __init__(self, model: LayerStack, input_shape: Sequence[int], rngs: nnx.Rngs):
+        self.model = model
+        self.spatial = tuple(input_shape[:-1])
+        self.channels = int(input_shape[-1])
+        self.flat: int | None = None
+        self.rngs = rngs
+        self.names: list[str] = []
+
+    @property
+    def rank(self) -> int:
+        return len(self.spatial)
+
+    def _add(self, name: str, layer: nnx.Module) -> None:
+        setattr(self.model, name, layer)
+        self.names.append(name)
+
+    def _advance(self, name: str, geometry: Geometry) -> None:
+        out = geometry.output_spatial(self.spatial)
+        if min(out) < 1:
+            raise ValueError(
+                f"layer {name!r} (kernel {geometry.kernel}, stride {geometry.stride}, dilation "
+                f"{geometry.dilation}, padding {geometry.padding}) gets spatial input {self.spatial} and "
+                f"would produce {out}: make the kernel or pooling smaller, pad, or use a larger input"
+            )
+        self.spatial = out
+
+    def conv(self, name: str, features: int, kernel: int | Sequence[int], *, stride=1, dilation=1,
+             padding: str = "VALID", use_bias: bool = True) -> None:
+        if padding not in PADDINGS:
+            raise ValueError(f"layer {name!r}: unknown padding {padding!r}; choose one of {PADDINGS}")
+        conv = nnx.Conv(
+            self.channels, features, as_tuple(kernel, self.rank), strides=as_tuple(stride, self.rank),
+            kernel_dilation=as_tuple(dilation, self.rank), padding=padding, use_bias=use_bias,
+            rngs=self.rngs,
+        )
+        self._advance(name, conv_geometry(conv))
+        self._add(name, conv)
+        self.channels = features
+
+    def pool(self, name: str, kind: str, window: int | Sequence[int], stride: int | Sequence[int] | None,
+             padding: str = "VALID") -> None:
+        window = as_tuple(window, self.rank)
+        stride = window if stride is None else as_tuple(stride, self.rank)
+        pool = Pool(kind, window, stride, padding)
+        self._advance(name, pool.geometry)
+        self._add(name, pool)
+
+    def global_pool(self, name: str, kind: str) -> None:
+        self._add(name, GlobalPool(kind))
+        self.flat = self.channels
+
+    def flatten(self, name: str = "flatten") -> None:
+        self._add(name, Flatten())
+        self.flat = self.channels * _prod(self.spatial)
+
+    def dense(self, name: str, features: int) -> None:
+        in_features = self.flat if self.flat is not None else None
+        if in_features is None:
+            raise RuntimeError("dense layers follow flatten or global pooling")
+        self._add(name, nnx.Linear(in_features, features, rngs=self.rngs))
+        self.flat = features
+
+    def activation(self, name: str, fn: str) -> None:
+        self._add(name, Activation(fn))
+
+    def finish(self) -> None:
+        self.model.layer_names = tuple(self.names)
+
+
+def _prod(values: Sequence[int]) -> int:
+    out = 1
+    for v in values:
+        out *= int(v)
+    return out
+
+
+class MLP(LayerStack):
+    """Fully connected: flatten, hidden ReLU layers, linear classifier. Sees every position separately."""
+
+    def __init__(self, input_shape: Sequence[int], n_classes: int, *, hidden: Sequence[int] = (512, 512),
+                 activation: str = "relu", rngs: nnx.Rngs):
+        b = _Builder(self, input_shape, rngs)
+        b.flatten()
+        for i, width in enumerate(hidden, start=1):
+            b.dense(f"fc{i}", int(width))
+            b.activation(f"act_fc{i}", activation)
+        b.dense("logits", n_classes)
+        b.finish()
+
+
+class LeNet(LayerStack):
+    """The lecture's model: [conv k, activation, pool] blocks, flatten, dense hidden layers, classifier.
+
+    Defaults are the lecture's problem 1: 5x5 convs with 16 and 32 channels, no padding, ReLU, 2x2 max-pool
+    with stride 2, then dense 512 and the classes.
+    """
+
+    def __init__(self, input_shape: Sequence[int], n_classes: int, *, channels: Sequence[int] = (16, 32),
+                 kernel: int | Sequence[int] = 5, padding: str = "VALID", pool: str = "max",
+                 pool_size: int = 2, pool_stride: int | None = None, hidden: Sequence[int] = (512,),
+                 activation: str = "relu", rngs: nnx.Rngs):
+        b = _Builder(self, input_shape, rngs)
+        for i, width in enumerate(channels, start=1):
+            b.conv(f"conv{i}", int(width), kernel, padding=padding)
+            b.activation(f"act{i}", activation)
+            b.pool(f"pool{i}", pool, pool_size, pool_stride)
+        b.flatten()
+        for i, width in enumerate(hidden, start=1):
+            b.dense(f"fc{i}", int(width))
+            b.activation(f"act_fc{i}", activation)
+        b.dense("logits", n_classes)
+        b.finish()
+
+
+class CNNGap(LayerStack):
+    """Fully convolutional, stride 1 everywhere, circular padding, global pooling, linear classifier.
+
+    Every layer commutes with circular shifts and global pooling forgets position, so the logits are exactly
+    invariant to every circular shift of the input. Dilations grow the receptive field to cover the object
+    without any subsampling (which would break exact invariance). Global max pooling is the default: global
+    mean pooling underfits at affordable widths (conf/model/cnn_gap.yaml has the measurements).
+    """
+
+    def __init__(self, input_shape: Sequence[int], n_classes: int, *,
+                 channels: Sequence[int] = (8, 16, 32), kernel: int | Sequence[int] = 3,
+                 dilations: Sequence[int] = (1, 3, 9), padding: str = "CIRCULAR",
+                 global_pool: str = "max", activation: str = "relu", rngs: nnx.Rngs):
+        if len(channels) != len(dilations):
+            raise ValueError(f"cnn_gap: channels {list(channels)} and dilations {list(dilations)} "
+                             "must have the same length (one per conv layer)")
+        b = _Builder(self, input_shape, rngs)
+        for i, (width, dilation) in enumerate(zip(channels, dilations), start=1):
+            b.conv(f"conv{i}", int(width), kernel, dilation=int(dilation), padding=padding)
+            b.activation(f"act{i}", activation)
+        b.global_pool("global_pool", global_pool)
+        b.dense("logits", n_classes)
+        b.finish()
+
+
+ModelFactory = Callable[..., LayerStack]
+
+MODELS: dict[str, type[LayerStack]] = {
+    "mlp": MLP,
+    "lenet": LeNet,
+    "cnn_gap": CNNGap,
+}
+
+
+def build_model(kind: str, input_shape: Sequence[int], n_classes: int, options: dict[str, Any],
+                rngs: nnx.Rngs) -> LayerStack:
+    """Builds a zoo model by registry name with keyword options from config."""
+    if kind not in MODELS:
+        raise ConfigError(f"unknown model {kind!r}; valid choices: {', '.join(sorted(MODELS))}")
+    cls = MODELS[kind]
+    accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in
+                ("self", "input_shape", "n_classes", "rngs")]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ConfigError(f"model {kind!r} has no option(s) {unknown}; valid options: {', '.join(accepted)}")
+    try:
+        return cls(tuple(input_shape), int(n_classes), rngs=rngs, **options)
+    except ValueError as err:  # impossible shapes and bad option values name the layer and numbers
+        raise ConfigError(f"model {kind!r} on input {tuple(input_shape)}: {err}") from None

@@ -1,0 +1,202 @@
+"""Training several independent seeds of one model: pure jitted steps, device-resident data.
+
+Seed ``i`` of a run with base seed ``b`` uses the key ``jax.random.key(b + i)`` for both its initialisation and
+its data order, so seed ``i`` of an ``n_seeds=N`` run equals a single-seed run with ``seed=b+i``. How the seeds
+are packed on the device (a loop or ``vmap``) comes from :mod:`equivar.strategy`; both give the same models up
+to float rounding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Any, Callable, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from tqdm.auto import tqdm
+
+from equivar.strategy import ExecutionPlan
+
+log = logging.getLogger(__name__)
+
+OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
+    "adam": optax.adam,
+    "adamw": optax.adamw,
+    "sgd": optax.sgd,
+    "rmsprop": optax.rmsprop,
+    "lion": optax.lion,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSpec:
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    optimizer_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def make_optimizer(spec: TrainSpec) -> optax.GradientTransformation:
+    if spec.optimizer not in OPTIMIZERS:
+        raise KeyError(f"unknown optimizer {spec.optimizer!r}; choose one of {sorted(OPTIMIZERS)}")
+    return OPTIMIZERS[spec.optimizer](learning_rate=spec.learning_rate, **spec.optimizer_options)
+
+
+class TrainState(NamedTuple):
+    params: nnx.State
+    opt_state: Any
+
+
+Batch = tuple[jax.Array, jax.Array]
+
+
+def seed_keys(base_seed: int, n_seeds: int) -> jax.Array:
+    """One independent key per seed: ``key(base_seed + i)``."""
+    return jnp.stack([jax.random.key(base_seed + i) for i in range(n_seeds)])
+
+
+def _init_key(key: jax.Array) -> jax.Array:
+    return jax.random.fold_in(key, 0)
+
+
+def _order_key(key: jax.Array, epoch: int) -> jax.Array:
+    return jax.random.fold_in(jax.random.fold_in(key, 1), epoch)
+
+
+def init_states(build: Callable[[nnx.Rngs], nnx.Module], tx: optax.GradientTransformation,
+                keys: jax.Array) -> tuple[nnx.GraphDef, TrainState]:
+    """Initialises one model and optimizer state per key, stacked on a leading seed axis.
+
+    Init is jitted: un-jitted Flax init costs seconds per process.
+    """
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda: build(nnx.Rngs(0))))
+
+    def init_one(key: jax.Array) -> TrainState:
+        params = nnx.state(build(nnx.Rngs(_init_key(key))), nnx.Param)
+        return TrainState(params, tx.init(params))
+
+    return graphdef, jax.jit(jax.vmap(init_one))(keys)
+
+
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation
+                    ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+    """The pure step: ``train_step(state, (x, y)) -> (state, {"loss", "accuracy"})``."""
+
+    def loss_fn(params: nnx.State, x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
+        logits = nnx.merge(graphdef, params)(x)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+        return loss, logits
+
+    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        x, y = batch
+        (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, x, y)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        accuracy = (logits.argmax(-1) == y).mean()
+        return TrainState(params, opt_state), {"loss": loss, "accuracy": accuracy}
+
+    return train_step
+
+
+def epoch_order(key: jax.Array, n_examples: int, batch_size: int) -> jax.Array:
+    """A fresh permutation cut into full batches: ``(n_examples // batch_size, batch_size)`` indices."""
+    steps = n_examples // batch_size
+    return jax.random.permutation(key, n_examples)[: steps * batch_size].reshape(steps, batch_size)
+
+
+def take_seed(tree: Any, i: int) -> Any:
+    return jax.tree.map(lambda a: a[i], tree)
+
+
+def stack_seeds(trees: list[Any]) -> Any:
+    return jax.tree.map(lambda *a: jnp.stack(a), *trees)
+
+
+@dataclasses.dataclass
+class History:
+    """Mean training loss and accuracy per seed and epoch: arrays of shape ``(n_seeds, epochs)``."""
+
+    loss: np.ndarray
+    accuracy: np.ndarray
+    seconds: float
+
+
+class SeedTrainer:
+    """Trains a stack of seeds of one model with one compiled step, packed as the plan says."""
+
+    def __init__(self, graphdef: nnx.GraphDef, tx: optax.GradientTransformation, plan: ExecutionPlan,
+                 *, max_traces: int | None = None):
+        self.plan = plan
+        train_step = make_train_step(graphdef, tx)
+
+        def gather_and_step(state: TrainState, x: jax.Array, y: jax.Array, idx: jax.Array):
+            return train_step(state, (x[idx], y[idx]))
+
+        if max_traces is not None:
+            gather_and_step = chex.assert_max_traces(gather_and_step, n=max_traces)
+        if plan.seed_packing == "vmap":
+            self.step = jax.jit(jax.vmap(gather_and_step, in_axes=(0, None, None, 0)))
+            self.order = jax.jit(jax.vmap(epoch_order, in_axes=(0, None, None)), static_argnums=(1, 2))
+        else:
+            self.step = jax.jit(gather_and_step)
+            self.order = jax.jit(epoch_order, static_argnums=(1, 2))
+
+    def fit(self, states: TrainState, x: jax.Array, y: jax.Array, keys: jax.Array, spec: TrainSpec,
+            label: str = "model") -> tuple[TrainState, History]:
+        """Trains every seed for ``spec.epochs`` epochs; returns the stacked states and per-epoch history."""
+        start = time.perf_counter()
+        n_seeds = keys.shape[0]
+        if self.plan.seed_packing == "vmap":
+            states, loss, acc = self._fit_packed(states, x, y, keys, spec, label)
+        else:
+            results = [self._fit_packed(take_seed(states, s), x, y, keys[s], spec, f"{label} seed {s}")
+                       for s in range(n_seeds)]
+            states = stack_seeds([r[0] for r in results])
+            loss = np.stack([r[1] for r in results])
+            acc = np.stack([r[2] for r in results])
+        jax.block_until_ready(states)
+        history = History(loss=loss.reshape(n_seeds, -1), accuracy=acc.reshape(n_seeds, -1),
+                          seconds=time.perf_counter() - start)
+        log.info("%s: trained %d seed(s) x %d epochs in %.1fs; final loss %s, train accuracy %s", label,
+                 n_seeds, spec.epochs, history.seconds, np.round(history.loss[:, -1], 4),
+                 np.round(history.accuracy[:, -1], 4))
+        return states, history
+
+    def _fit_packed(self, state: TrainState, x: jax.Array, y: jax.Array, key: jax.Array,
+                    spec: TrainSpec, label: str) -> tuple[TrainState, np.ndarray, np.ndarray]:
+        """One seed (loop packing) or all seeds at once (vmap packing, leading seed axis everywhere)."""
+        n = int(y.shape[0])
+        losses, accs = [], []
+        for epoch in range(spec.epochs):
+            epoch_keys = jax.vmap(_order_key, in_axes=(0, None))(key, epoch) if key.ndim else \
+                _order_key(key, epoch)
+            order = self.order(epoch_keys, n, spec.batch_size)
+            steps = order.shape[-2]
+            step_metrics = []
+            bar = tqdm(range(steps), desc=f"{label} epoch {epoch + 1}/{spec.epochs}", leave=False,
+                       disable=None, unit="step")
+            for t in bar:
+                state, metrics = self.step(state, x, y, order[..., t, :])
+                step_metrics.append(metrics)
+            stacked = jax.tree.map(lambda *m: jnp.stack(m, axis=-1).mean(-1), *step_metrics)
+            losses.append(np.asarray(stacked["loss"]))
+            accs.append(np.asarray(stacked["accuracy"]))
+            bar.set_postfix(loss=float(np.mean(losses[-1])), acc=float(np.mean(accs[-1])))
+            bar.close()
+        return state, np.stack(losses, axis=-1), np.stack(accs, axis=-1)
+
+
+def make_predict(graphdef: nnx.GraphDef) -> Callable[[nnx.State, jax.Array], jax.Array]:
+    """``predict(params, x) -> class indices``; pure, to be jitted or vmapped by the caller."""
+
+    def predict(params: nnx.State, x: jax.Array) -> jax.Array:
+        return nnx.merge(graphdef, params)(x).argmax(-1).astype(jnp.int32)
+
+    return predict
