@@ -173,7 +173,24 @@ def _prepare(builder: Any, name: str, data_dir: str | None, download: bool, manu
 
 
 def _make_templates(rank: int, n_classes: int, size: int, rng: np.random.Generator) -> np.ndarray:
-    return (rng.random((n_classes,) + (size,) * rank) > 0.5).astype(np.float32)
+    """Random binary templates, no two alike even up to translation (compared on their bounding boxes)."""
+    templates: list[np.ndarray] = []
+    seen: set[tuple] = set()
+    for _ in range(10_000):
+        t = (rng.random((size,) * rank) > 0.5).astype(np.float32)
+        nonzero = np.argwhere(t)
+        if len(nonzero) < 2:
+            continue
+        lo, hi = nonzero.min(0), nonzero.max(0) + 1
+        box = t[tuple(slice(a, b) for a, b in zip(lo, hi))]
+        key = (box.shape, box.tobytes())
+        if key not in seen:
+            seen.add(key)
+            templates.append(t)
+        if len(templates) == n_classes:
+            return np.stack(templates)
+    raise ValueError(f"synthetic: cannot draw {n_classes} distinct templates of size {size}; use a larger "
+                     "template_size")
 
 
 def load_synthetic(*, rank: int = 1, size: int = 24, n_classes: int = 4, n_train: int = 256,

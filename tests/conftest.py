@@ -1,0 +1,33 @@
+"""Shared test helpers: Hydra composition of the real configs, and where real MNIST lives (if anywhere)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF = ROOT / "conf"
+
+
+def compose_raw(overrides: list[str]) -> dict:
+    """The resolved config dict that ``python -m equivar.run OVERRIDES`` would run."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def mnist_dir() -> Path | None:
+    """A TFDS data dir holding prepared MNIST: $TFDS_DATA_DIR, or the shared folder beside the checkout."""
+    candidates = [os.environ.get("TFDS_DATA_DIR"), ROOT.parent / "shared" / "data" / "tensorflow_datasets"]
+    for c in candidates:
+        if c and (Path(c) / "mnist" / "3.0.1" / "dataset_info.json").is_file():
+            return Path(c)
+    return None
+
+
+requires_mnist = pytest.mark.skipif(mnist_dir() is None, reason="prepared TFDS MNIST not found "
+                                    "(set TFDS_DATA_DIR to a folder holding mnist/3.0.1)")

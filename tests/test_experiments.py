@@ -1,0 +1,135 @@
+"""Every experiment config composed through Hydra and run tiny into a temp dir; the CLI's error paths."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from equivar.errors import ConfigError
+from equivar.plot import main as plot_main
+from equivar.run import run_experiment
+
+from conftest import ROOT, compose_raw, mnist_dir, requires_mnist
+
+TINY = ["n_seeds=2", "train.epochs=2", "train.batch_size=32", "zoo.mlp.hidden=[32]",
+        "zoo.lenet.channels=[4,8]", "zoo.lenet.kernel=3", "zoo.lenet.hidden=[16]",
+        "zoo.cnn_gap.channels=[4,8]", "zoo.cnn_gap.dilations=[1,2]"]
+EXPERIMENT_NAMES = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
+
+
+def _check_shift_test(metrics, out_dir, rank):
+    on_disk = json.loads((out_dir / "metrics.json").read_text())
+    assert on_disk["models"].keys() == metrics["models"].keys() == {"mlp", "lenet", "cnn_gap"}
+    assert on_disk["dataset"]["rank"] == rank
+    n_shifts = len(on_disk["shifts"])
+    for m in on_disk["models"].values():
+        assert len(m["shift_accuracy"]["mean"]) == len(m["shift_accuracy"]["std"]) == n_shifts
+        assert 0.0 <= m["clean_accuracy"]["mean"] <= 1.0 and m["n_params"] > 0
+    # circular padding + global pooling under roll: every prediction identical under every shift
+    assert on_disk["models"]["cnn_gap"]["consistency"]["mean"] == 1.0
+    cnn = np.asarray(on_disk["models"]["cnn_gap"]["shift_accuracy"]["mean"])
+    assert np.ptp(cnn) == 0.0
+    expected = {"accuracy_vs_shift.png", "consistency.png"} | ({"accuracy_heatmap.png"} if rank == 2 else set())
+    assert expected <= {p.name for p in out_dir.glob("*.png")}
+
+
+@pytest.mark.parametrize("name", EXPERIMENT_NAMES)
+def test_every_experiment_composes_and_runs_tiny(name, tmp_path):
+    raw = compose_raw([f"experiment={name}", "dataset=synthetic"] + TINY)
+    metrics = run_experiment(raw, tmp_path)
+    assert metrics["experiment"] == name
+    assert (tmp_path / "metrics.json").is_file()
+
+
+@pytest.mark.parametrize("rank", [1, 2])
+def test_shift_test_tiny(rank, tmp_path):
+    raw = compose_raw(["experiment=shift_test", "dataset=synthetic", f"dataset.rank={rank}",
+                       "dataset.size=12", "shift.max=3"] + TINY)
+    metrics = run_experiment(raw, tmp_path)
+    _check_shift_test(metrics, tmp_path, rank)
+    assert len(metrics["shifts"]) == 7 ** rank
+
+
+def test_shift_test_on_default_mnist1d_composes(tmp_path):
+    raw = compose_raw(["experiment=shift_test", "dataset.num_samples=300", "shift.max=5"] + TINY)
+    assert raw["dataset"]["loader"] == "mnist1d" and raw["train"]["epochs"] == 2
+    metrics = run_experiment(raw, tmp_path)
+    _check_shift_test(metrics, tmp_path, 1)
+    assert metrics["dataset"]["n_train"] == 240
+
+
+def test_plot_cli_redraws(tmp_path):
+    raw = compose_raw(["experiment=shift_test", "dataset=synthetic", "dataset.rank=2", "dataset.size=10",
+                       "shift.max=2", "models=[mlp]"] + TINY)
+    run_experiment(raw, tmp_path)
+    for png in tmp_path.glob("*.png"):
+        png.unlink()
+    assert plot_main([str(tmp_path)]) == 0
+    assert {"accuracy_vs_shift.png", "accuracy_heatmap.png", "consistency.png"} <= {
+        p.name for p in tmp_path.glob("*.png")}
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["models=[resnet]"], "unknown model 'resnet'; valid choices: cnn_gap, lenet, mlp"),
+    (["dataset.loader=imagenet"], "unknown dataset loader 'imagenet'"),
+    (["zoo.lenet.padding=REFLECT", "models=[lenet]"], "unknown padding 'REFLECT'"),
+    (["shift.mode=reflect"], "unknown shift mode 'reflect'"),
+    (["train.optimizer=adamax"], "unknown optimizer 'adamax'"),
+    (["n_seeds=0"], "n_seeds must be >= 1"),
+    (["shift.max=99"], "larger than the input"),
+])
+def test_config_errors(overrides, message, tmp_path):
+    raw = compose_raw(["experiment=shift_test", "dataset=synthetic"] + overrides)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        run_experiment(raw, tmp_path)
+
+
+def _cli(args, tmp_path, env_extra=None):
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, "-m", "equivar.run", *args, f"hydra.run.dir={tmp_path}/run"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_cli_unknown_model_is_one_clear_line(tmp_path):
+    proc = _cli(["experiment=shift_test", "dataset=synthetic", "models=[resnet]"], tmp_path)
+    assert proc.returncode == 2
+    assert "equivar: error: unknown model 'resnet'; valid choices: cnn_gap, lenet, mlp" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_missing_data_fails_before_training(tmp_path):
+    empty = tmp_path / "no_data"
+    empty.mkdir()
+    proc = _cli(["experiment=shift_test", "dataset=mnist"], tmp_path, {"TFDS_DATA_DIR": str(empty)})
+    assert proc.returncode == 2
+    assert "is not prepared" in proc.stderr and "TFDS_DATA_DIR" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_cli_unknown_dataset_lists_choices(tmp_path):
+    proc = _cli(["experiment=shift_test", "dataset=imagenet"], tmp_path)
+    assert proc.returncode != 0
+    assert "mnist1d" in proc.stderr and "synthetic" in proc.stderr
+
+
+def test_cli_runs_tiny(tmp_path):
+    proc = _cli(["experiment=shift_test", "dataset=synthetic", "shift.max=2"] + TINY, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "run" / "metrics.json").is_file()
+    assert (tmp_path / "run" / ".hydra" / "config.yaml").is_file()
+    assert "| cnn_gap |" in proc.stdout
+
+
+@requires_mnist
+def test_shift_test_on_real_mnist_subset(tmp_path):
+    raw = compose_raw(["experiment=shift_test", "dataset=mnist", f"dataset.data_dir={mnist_dir()}",
+                       "dataset.n_train=512", "dataset.n_test=200", "shift.max=2", "train.epochs=1"] + TINY)
+    metrics = run_experiment(raw, tmp_path)
+    _check_shift_test(metrics, tmp_path, 2)
+    assert metrics["dataset"]["name"] == "mnist" and metrics["dataset"]["n_train"] == 512

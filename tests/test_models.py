@@ -1,0 +1,101 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from equivar.errors import ConfigError
+from equivar.layers import Pool
+from equivar.models import MODELS, build_model
+from equivar.transforms import shift, shift_grid
+
+SHAPES = {"1d": (40, 1), "2d": (28, 28, 1)}
+
+
+def n_params(model):
+    return sum(int(np.prod(a.shape)) for a in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+@pytest.mark.parametrize("kind", sorted(MODELS))
+@pytest.mark.parametrize("shape", list(SHAPES.values()), ids=list(SHAPES))
+def test_output_shape(kind, shape):
+    model = build_model(kind, shape, 10, {}, nnx.Rngs(0))
+    x = jnp.ones((3,) + shape)
+    assert model(x).shape == (3, 10)
+    feats = model.features(x)
+    assert list(feats) == list(model.layer_names)
+    assert feats[model.layer_names[-1]].shape == (3, 10)
+
+
+def test_lenet_is_the_lecture_problem_1():
+    """28x28x1 input: conv5(16) 24x24, pool 12x12, conv5(32) 8x8, pool 4x4, flatten 512, fc 512, fc 10."""
+    model = build_model("lenet", (28, 28, 1), 10, {}, nnx.Rngs(0))
+    shapes = {k: v.shape[1:] for k, v in model.features(jnp.zeros((1, 28, 28, 1))).items()}
+    assert shapes["conv1"] == (24, 24, 16) and shapes["pool1"] == (12, 12, 16)
+    assert shapes["conv2"] == (8, 8, 32) and shapes["pool2"] == (4, 4, 32)
+    assert shapes["flatten"] == (512,) and shapes["fc1"] == (512,) and shapes["logits"] == (10,)
+    expected = (5 * 5 * 1 * 16 + 16) + (5 * 5 * 16 * 32 + 32) + (512 * 512 + 512) + (512 * 10 + 10)
+    assert n_params(model) == expected == 281034
+
+
+@pytest.mark.parametrize("shape", [(24, 2), (12, 10, 3)], ids=["1d", "2d"])
+def test_cnn_gap_invariant_to_every_circular_shift(shape):
+    """Relative logit change under every roll is at float32 rounding level (tolerance 1e-5)."""
+    model = build_model("cnn_gap", shape, 7, {"global_pool": "mean"}, nnx.Rngs(1))
+    model_max = build_model("cnn_gap", shape, 7, {}, nnx.Rngs(2))
+    x = jax.random.normal(jax.random.key(3), (4,) + shape)
+    rank = len(shape) - 1
+    grid = jnp.asarray(shift_grid(max(shape[:-1]), rank))
+    for m in (model, model_max):
+        ref = m(x)
+        shifted = jax.vmap(lambda o: m(shift(x, o)))(grid)
+        err = jnp.abs(shifted - ref).max() / jnp.abs(ref).max()
+        assert float(err) <= 1e-5
+
+
+def test_lenet_is_not_shift_invariant():
+    """The invariance test above can fail: LeNet's logits do change under a roll."""
+    model = build_model("lenet", (28, 28, 1), 10, {}, nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(3), (2, 28, 28, 1))
+    ref = model(x)
+    err = jnp.abs(model(shift(x, jnp.array([1, 3]))) - ref).max() / jnp.abs(ref).max()
+    assert float(err) > 1e-2
+
+
+@pytest.mark.parametrize("kind", ["max", "mean"])
+@pytest.mark.parametrize("window,stride,padding", [((2,), (2,), "VALID"), ((3,), (2,), "VALID"),
+                                                   ((3,), (1,), "CIRCULAR"), ((2,), (1,), "SAME")])
+def test_pool_matches_reference(kind, window, stride, padding):
+    x = jax.random.normal(jax.random.key(0), (2, 9, 3))
+    out = Pool(kind, window, stride, padding)(x)
+    xp = np.asarray(x)
+    w, s = window[0], stride[0]
+    if padding == "CIRCULAR":
+        xp = np.pad(xp, [(0, 0), ((w - 1) // 2, w // 2), (0, 0)], mode="wrap")
+    elif padding == "SAME":
+        fill = -np.inf if kind == "max" else 0.0
+        xp = np.pad(xp, [(0, 0), ((w - 1) // 2, w // 2), (0, 0)], constant_values=fill)
+    n_out = (xp.shape[1] - w) // s + 1
+    reduce = np.max if kind == "max" else np.mean
+    expected = np.stack([reduce(xp[:, i * s:i * s + w], axis=1) for i in range(n_out)], axis=1)
+    np.testing.assert_allclose(out, expected, rtol=1e-6)
+    assert Pool(kind, window, stride, padding).geometry.output_spatial((9,)) == (n_out,)
+
+
+def test_2d_reshape_pool_crops_like_valid_reduce_window():
+    x = jax.random.normal(jax.random.key(0), (2, 7, 9, 3))
+    fast = Pool("max", (2, 2), (2, 2))(x)
+    slow = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+    np.testing.assert_array_equal(fast, slow)
+
+
+def test_impossible_shape_names_the_layer():
+    with pytest.raises(ConfigError, match="conv2"):
+        build_model("lenet", (12, 1), 10, {}, nnx.Rngs(0))
+
+
+def test_unknown_model_and_option():
+    with pytest.raises(ConfigError, match="valid choices: cnn_gap, lenet, mlp"):
+        build_model("resnet", (8, 1), 2, {}, nnx.Rngs(0))
+    with pytest.raises(ConfigError, match="no option"):
+        build_model("lenet", (28, 28, 1), 2, {"width": 3}, nnx.Rngs(0))
