@@ -62,15 +62,17 @@ def plot_shift_test(metrics: dict[str, Any], out_dir: Path) -> list[Path]:
     if rank == 2:
         side = int(round(np.sqrt(len(shifts))))
         lo = min(float(np.min(m["shift_accuracy"]["mean"])) for m in models.values())
-        fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 4), squeeze=False)
-        for ax, (name, m) in zip(axes[0], models.items()):
+        fig, axes = plt.subplots(1, len(models), figsize=(4.6 * len(models) + 1.0, 4.4), squeeze=False,
+                                 layout="constrained")
+        for i, (ax, (name, m)) in enumerate(zip(axes[0], models.items())):
             grid = np.asarray(m["shift_accuracy"]["mean"]).reshape(side, side)
             extent = (shifts[:, 1].min() - 0.5, shifts[:, 1].max() + 0.5,
                       shifts[:, 0].max() + 0.5, shifts[:, 0].min() - 0.5)
             im = ax.imshow(grid, vmin=lo, vmax=1.0, cmap="viridis", extent=extent)
             ax.set_title(f"{name}: mean {grid.mean():.3f}, min {grid.min():.3f}")
             ax.set_xlabel("dx (columns)")
-            ax.set_ylabel("dy (rows)")
+            if i == 0:
+                ax.set_ylabel("dy (rows)")
         fig.colorbar(im, ax=axes[0].tolist(), label="test accuracy", shrink=0.85)
         fig.suptitle(f"Accuracy over (dy, dx) shifts on {dataset}, mode={mode}, mean of {n_seeds} seeds")
         written.append(_save(fig, out_dir / "accuracy_heatmap.png"))
