@@ -1,89 +1,221 @@
 """Benchmarks (not tests): ``python -m equivar.bench [--quick]``.
 
-Measures, in one process, training throughput of each zoo model with its seeds packed as a Python loop or
-as one ``vmap``-ed step, for several seed counts, on random data of the requested input shape. Prints a
-table and writes ``bench.json`` in the working directory. Ratios are taken within this one run.
+In one process: the float32 matmul peak of this device, equivar's own training step and evaluation for
+``lenet`` and ``mlp`` on MNIST-shaped data against a PyTorch eager reference of the same model and optimizer
+(Adam with ``fused=True``; skipped with a note when torch is not installed), N-seed training for N = 1, 4, 8
+with each seed packing, and the shift-grid evaluation. Prints a table and writes ``bench.json`` in the
+working directory: per case (``lenet.train``, ``mlp.eval``, ``lenet.seeds8.vmap``, ...) the keys
+``images_per_s``, ``gflops``, ``pct_of_peak`` and ``ratio_to_torch``. Ratios are taken within this one run.
+
+FLOPs are counted analytically from the layers (2 per multiply-add; a training step counts 3x the forward
+pass: forward, input gradients and weight gradients), so ``gflops`` is useful work, not what XLA executed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
-from equivar.models import build_model
+from equivar.evaluate import ShiftEvaluator
+from equivar.layers import conv_geometry
+from equivar.models import LayerStack, build_model
 from equivar.strategy import plan_execution
 from equivar.train import SeedTrainer, TrainSpec, init_states, make_optimizer, seed_keys
+from equivar.transforms import shift_grid
+
+MNIST_SHAPE = (28, 28, 1)
 
 
-def time_training(kind: str, input_shape: tuple[int, ...], n_seeds: int, packing: str, *, batch_size: int,
-                  steps: int, options: dict[str, Any] | None = None) -> float:
-    """Images per second summed over seeds, for ``steps`` training steps per seed after a warm-up."""
+def forward_flops(model: LayerStack, input_shape: tuple[int, ...]) -> int:
+    """Multiply-add FLOPs (x2) of one forward pass for one example, from convs and dense layers."""
+    feats = jax.eval_shape(model.features, jax.ShapeDtypeStruct((1,) + input_shape, jnp.float32))
+    flops = 0
+    for name, layer in model.layers():
+        out = feats[name].shape
+        if isinstance(layer, nnx.Conv):
+            g = conv_geometry(layer)
+            flops += 2 * math.prod(out[1:-1]) * math.prod(g.kernel) * layer.in_features * layer.out_features
+        elif isinstance(layer, nnx.Linear):
+            flops += 2 * layer.in_features * layer.out_features
+    return flops
+
+
+def _timed(fn: Callable[[], Any], min_seconds: float) -> float:
+    """Seconds per call: one warm-up call, then repeats until ``min_seconds`` have passed."""
+    jax.block_until_ready(fn())
+    calls, start = 0, time.perf_counter()
+    while True:
+        jax.block_until_ready(fn())
+        calls += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_seconds:
+            return elapsed / calls
+
+
+def matmul_peak_gflops(n: int = 2048, min_seconds: float = 1.0) -> float:
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    f = jax.jit(jnp.matmul)
+    return 2 * n**3 / _timed(lambda: f(a, b), min_seconds) / 1e9
+
+
+def _random_data(n: int, shape: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
     rng = np.random.default_rng(0)
-    n = steps * batch_size
-    x = jnp.asarray(rng.standard_normal((n,) + input_shape, dtype=np.float32))
-    y = jnp.asarray(rng.integers(0, 10, n).astype(np.int32))
+    x = rng.random((n,) + shape, dtype=np.float32)
+    y = rng.integers(0, 10, n).astype(np.int32)
+    return jnp.asarray(x), jnp.asarray(y)
+
+
+def equivar_train_ips(kind: str, n_seeds: int, packing: str, batch_size: int, steps: int,
+                      min_seconds: float) -> float:
+    """Training images per second summed over seeds, through equivar's real SeedTrainer.fit path."""
+    x, y = _random_data(steps * batch_size, MNIST_SHAPE)
     spec = TrainSpec(epochs=1, batch_size=batch_size)
     tx = make_optimizer(spec)
     keys = seed_keys(0, n_seeds)
-    build = lambda rngs: build_model(kind, input_shape, 10, options or {}, rngs)
-    graphdef, states = init_states(build, tx, keys)
+    graphdef, states = init_states(lambda r: build_model(kind, MNIST_SHAPE, 10, {}, r), tx, keys)
     trainer = SeedTrainer(graphdef, tx, plan_execution(packing))
-    warm, _ = trainer.fit(states, x, y, keys, spec, label=f"warm-up {kind}")  # compiles
-    jax.block_until_ready(warm)
-    start = time.perf_counter()
-    out, _ = trainer.fit(states, x, y, keys, spec, label=f"{kind} x{n_seeds} {packing}")
-    jax.block_until_ready(out)
-    return n_seeds * n / (time.perf_counter() - start)
+    seconds = _timed(lambda: trainer.fit(states, x, y, keys, spec, label="bench")[0], min_seconds)
+    return n_seeds * steps * batch_size / seconds
 
 
-def seed_packing_table(shapes: dict[str, tuple[int, ...]], seeds: list[int], kinds: list[str],
-                       batch_size: int, steps: int) -> list[dict[str, Any]]:
-    rows = []
-    for data_name, shape in shapes.items():
-        for kind in kinds:
-            single = None
-            for n_seeds in seeds:
-                row = {"data": data_name, "model": kind, "n_seeds": n_seeds}
-                for packing in ("loop", "vmap"):
-                    row[f"{packing}_img_per_s"] = time_training(kind, shape, n_seeds, packing,
-                                                                batch_size=batch_size, steps=steps)
-                if n_seeds == 1:
-                    single = max(row["loop_img_per_s"], row["vmap_img_per_s"])
-                row["vmap_over_loop"] = row["vmap_img_per_s"] / row["loop_img_per_s"]
-                row["best_over_n_x_single"] = max(row["loop_img_per_s"], row["vmap_img_per_s"]) / single
-                rows.append(row)
-                print(f"{data_name:8s} {kind:8s} seeds={n_seeds:2d} loop={row['loop_img_per_s']:9.0f} "
-                      f"vmap={row['vmap_img_per_s']:9.0f} img/s  vmap/loop={row['vmap_over_loop']:.2f}  "
-                      f"best/(N x single)={row['best_over_n_x_single']:.2f}", flush=True)
-    return rows
+def equivar_eval_ips(kind: str, n_examples: int, min_seconds: float, max_shift: int = 0) -> float:
+    """Evaluation images per second (examples x shifts) through ShiftEvaluator, one seed."""
+    x, _ = _random_data(n_examples, MNIST_SHAPE)
+    x = np.asarray(x)
+    tx = make_optimizer(TrainSpec())
+    graphdef, states = init_states(lambda r: build_model(kind, MNIST_SHAPE, 10, {}, r), tx, seed_keys(0, 1))
+    evaluator = ShiftEvaluator(graphdef, "roll", plan_execution("auto"))
+    offsets = shift_grid(max_shift, 2)
+    seconds = _timed(lambda: evaluator.predict(states.params, x, offsets), min_seconds)
+    return n_examples * len(offsets) / seconds
+
+
+def torch_reference(kind: str, batch_size: int, steps: int, eval_examples: int,
+                    min_seconds: float) -> dict[str, float] | None:
+    """The same model and Adam in PyTorch eager (fused Adam, channels-first): train and eval images/s."""
+    try:
+        import torch
+        from torch import nn
+    except ImportError:
+        return None
+    torch.manual_seed(0)
+    device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    if kind == "lenet":
+        model = nn.Sequential(nn.Conv2d(1, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(16, 32, 5), nn.ReLU(),
+                              nn.MaxPool2d(2), nn.Flatten(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))
+    else:
+        model = nn.Sequential(nn.Flatten(), nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(),
+                              nn.Linear(512, 10))
+    model = model.to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+    n = steps * batch_size
+    x = torch.rand(n, 1, 28, 28, device=device)
+    y = torch.randint(0, 10, (n,), device=device)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def epoch() -> None:
+        perm = torch.randperm(n, device=device)
+        for t in range(steps):
+            idx = perm[t * batch_size:(t + 1) * batch_size]
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x[idx]), y[idx])
+            loss.backward()
+            opt.step()
+        sync()
+
+    train = n / _timed(epoch, min_seconds)
+    xe = torch.rand(eval_examples, 1, 28, 28, device=device)
+
+    def evaluate() -> None:
+        with torch.inference_mode():
+            for i in range(0, eval_examples, 1024):
+                model(xe[i:i + 1024]).argmax(-1)
+        sync()
+
+    return {"train": train, "eval": eval_examples / _timed(evaluate, min_seconds),
+            "version": torch.__version__, "threads": torch.get_num_threads(), "device": device}
+
+
+def run(quick: bool = False, seeds: tuple[int, ...] = (1, 4, 8)) -> dict[str, Any]:
+    min_s = 1.0 if quick else 3.0
+    steps = 20 if quick else 60
+    batch = 128
+    eval_n = 2048 if quick else 8192
+    peak = matmul_peak_gflops(min_seconds=min_s)
+    print(f"backend {jax.default_backend()} devices {jax.devices()}; float32 matmul peak {peak:.1f} GFLOP/s")
+    cases: dict[str, dict[str, Any]] = {}
+    notes: list[str] = []
+
+    def add(name: str, ips: float, flops_per_image: int, torch_ips: float | None) -> None:
+        gflops = ips * flops_per_image / 1e9
+        cases[name] = {"images_per_s": ips, "gflops": gflops, "pct_of_peak": 100 * gflops / peak,
+                       "ratio_to_torch": None if torch_ips is None else ips / torch_ips}
+
+    for kind in ("lenet", "mlp"):
+        fwd = forward_flops(build_model(kind, MNIST_SHAPE, 10, {}, nnx.Rngs(0)), MNIST_SHAPE)
+        ref = torch_reference(kind, batch, steps, eval_n, min_s)
+        if ref is None:
+            notes.append("torch not installed: no PyTorch reference (pip install torch)")
+        add(f"{kind}.train", equivar_train_ips(kind, 1, "auto", batch, steps, min_s), 3 * fwd,
+            ref and ref["train"])
+        add(f"{kind}.eval", equivar_eval_ips(kind, eval_n, min_s), fwd, ref and ref["eval"])
+        if ref:
+            add(f"{kind}.train.torch", ref["train"], 3 * fwd, ref["train"])
+            add(f"{kind}.eval.torch", ref["eval"], fwd, ref["eval"])
+            cases[f"{kind}.train.torch"]["torch"] = f"{ref['version']} eager on {ref['device']}, " \
+                                                    f"Adam(fused=True), {ref['threads']} threads"
+    lenet_fwd = forward_flops(build_model("lenet", MNIST_SHAPE, 10, {}, nnx.Rngs(0)), MNIST_SHAPE)
+    single = cases["lenet.train"]["images_per_s"]
+    for n_seeds in seeds:
+        for packing in ("loop", "vmap"):
+            name = f"lenet.seeds{n_seeds}.{packing}"
+            add(name, equivar_train_ips("lenet", n_seeds, packing, batch, steps, min_s), 3 * lenet_fwd, None)
+            cases[name]["ratio_to_n_sequential"] = cases[name]["images_per_s"] / single
+    add("lenet.shift_grid_eval", equivar_eval_ips("lenet", 1024 if quick else 2048, min_s, max_shift=4),
+        lenet_fwd, None)
+    return {"backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
+            "machine": platform.machine(), "processor": platform.processor(), "jax": jax.__version__,
+            "batch_size": batch, "matmul_peak_gflops": peak, "plan": plan_execution("auto").describe(),
+            "cases": cases, "notes": sorted(set(notes)),
+            "date": time.strftime("%Y-%m-%d")}
+
+
+def format_table(result: dict[str, Any]) -> str:
+    lines = [f"{result['backend']} ({', '.join(result['devices'])}), jax {result['jax']}, float32 matmul peak "
+             f"{result['matmul_peak_gflops']:.1f} GFLOP/s, batch {result['batch_size']}", "",
+             "| case | images/s | GFLOP/s | % of peak | vs torch | vs N sequential |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for name, c in result["cases"].items():
+        ratio = "" if c["ratio_to_torch"] is None else f"{c['ratio_to_torch']:.2f}×"
+        seq = f"{c['ratio_to_n_sequential']:.2f}×" if "ratio_to_n_sequential" in c else ""
+        lines.append(f"| {name} | {c['images_per_s']:,.0f} | {c['gflops']:.1f} | {c['pct_of_peak']:.0f} % | "
+                     f"{ratio} | {seq} |")
+    lines += [f"note: {n}" for n in result["notes"]]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m equivar.bench", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="fewer steps and seed counts")
-    parser.add_argument("--seeds", type=int, nargs="+", default=None)
-    parser.add_argument("--models", nargs="+", default=["mlp", "lenet", "cnn_gap"])
-    parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser = argparse.ArgumentParser(prog="python -m equivar.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="shorter timings (noisier)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--out", default="bench.json")
     args = parser.parse_args(argv)
-    seeds = args.seeds or ([1, 4] if args.quick else [1, 4, 8])
-    steps = args.steps or (10 if args.quick else 40)
-    shapes = {"mnist1d": (40, 1), "mnist": (28, 28, 1)}
-    print(f"backend {jax.default_backend()}, devices {jax.devices()}")
-    rows = seed_packing_table(shapes, seeds, args.models, args.batch_size, steps)
-    result = {"backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
-              "machine": platform.machine(), "jax": jax.__version__, "batch_size": args.batch_size,
-              "steps": steps, "seed_packing": rows}
+    result = run(quick=args.quick, seeds=tuple(args.seeds))
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
+    print(format_table(result))
     print(f"wrote {args.out}")
 
 

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from equivar.config import parse_config
 from equivar.errors import ConfigError, UserError
+from equivar.strategy import enable_compilation_cache
 
 log = logging.getLogger("equivar")
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
@@ -38,6 +39,7 @@ def run_experiment(raw: dict[str, Any], out_dir: Path) -> dict[str, Any]:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> None:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
+    enable_compilation_cache()
     try:
         raw = OmegaConf.to_container(cfg, resolve=True)
         run_experiment(raw, out_dir)

@@ -21,7 +21,7 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
-from equivar.strategy import ExecutionPlan
+from equivar.strategy import ExecutionPlan, replicate, shard_seeds
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +154,9 @@ class SeedTrainer:
         start = time.perf_counter()
         n_seeds = keys.shape[0]
         if self.plan.seed_packing == "vmap":
+            mesh = self.plan.seed_mesh(n_seeds)
+            states, keys = shard_seeds((states, keys), mesh)
+            x, y = replicate((x, y), mesh)
             states, loss, acc = self._fit_packed(states, x, y, keys, spec, label)
         else:
             results = [self._fit_packed(take_seed(states, s), x, y, keys[s], spec, f"{label} seed {s}")

@@ -1,0 +1,52 @@
+"""Seeds sharded over several devices give the same models as one device (CPU devices forced by XLA_FLAGS)."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+WORKER = r"""
+import sys
+import jax, jax.numpy as jnp, numpy as np
+from equivar.data import load_synthetic
+from equivar.models import build_model
+from equivar.strategy import plan_execution
+from equivar.train import SeedTrainer, TrainSpec, init_states, make_optimizer, seed_keys
+data = load_synthetic(rank=2, size=10, n_classes=3, n_train=64, n_test=8, seed=2)
+spec = TrainSpec(epochs=2, batch_size=16, learning_rate=3e-3)
+tx = make_optimizer(spec)
+keys = seed_keys(0, 4)
+build = lambda r: build_model("lenet", data.input_shape, 3, {"channels": [4, 8], "kernel": 3, "hidden": [16]}, r)
+graphdef, states = init_states(build, tx, keys)
+plan = plan_execution("auto")
+states, history = SeedTrainer(graphdef, tx, plan).fit(states, jnp.asarray(data.x_train),
+                                                      jnp.asarray(data.y_train), keys, spec)
+leaves = jax.tree.leaves(states.params)
+np.savez(sys.argv[1], *[np.asarray(a) for a in leaves], loss=history.loss,
+         n_devices=plan.n_devices, packing=plan.seed_packing,
+         used=len(leaves[0].sharding.device_set))
+"""
+
+
+def _run(tmp_path, name, n_devices):
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={n_devices}" if n_devices > 1 else ""
+    out = tmp_path / f"{name}.npz"
+    proc = subprocess.run([sys.executable, "-c", WORKER, str(out)], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return np.load(out)
+
+
+def test_seeds_sharded_over_four_devices_match_one_device(tmp_path):
+    one = _run(tmp_path, "one", 1)
+    four = _run(tmp_path, "four", 4)
+    assert int(one["n_devices"]) == 1 and str(one["packing"]) == "loop"
+    assert int(four["n_devices"]) == 4 and str(four["packing"]) == "vmap"
+    assert int(four["used"]) == 4  # the trained parameters live on all four devices
+    keys = [k for k in one.files if k.startswith("arr_")]
+    assert keys
+    for k in keys:
+        np.testing.assert_allclose(four[k], one[k], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(four["loss"], one["loss"], rtol=1e-4)
