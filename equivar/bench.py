@@ -162,8 +162,9 @@ def run(quick: bool = False, seeds: tuple[int, ...] = (1, 4, 8)) -> dict[str, An
         cases[name] = {"images_per_s": ips, "gflops": gflops, "pct_of_peak": 100 * gflops / peak,
                        "ratio_to_torch": None if torch_ips is None else ips / torch_ips}
 
-    for kind in ("lenet", "mlp"):
-        fwd = forward_flops(build_model(kind, MNIST_SHAPE, 10, {}, nnx.Rngs(0)), MNIST_SHAPE)
+    fwd_flops = {kind: forward_flops(build_model(kind, MNIST_SHAPE, 10, {}, nnx.Rngs(0)), MNIST_SHAPE)
+                 for kind in ("lenet", "mlp")}
+    for kind, fwd in fwd_flops.items():
         ref = torch_reference(kind, batch, steps, eval_n, min_s)
         if ref is None:
             notes.append("torch not installed: no PyTorch reference (pip install torch)")
@@ -175,7 +176,7 @@ def run(quick: bool = False, seeds: tuple[int, ...] = (1, 4, 8)) -> dict[str, An
             add(f"{kind}.eval.torch", ref["eval"], fwd, ref["eval"])
             cases[f"{kind}.train.torch"]["torch"] = f"{ref['version']} eager on {ref['device']}, " \
                                                     f"Adam(fused=True), {ref['threads']} threads"
-    lenet_fwd = forward_flops(build_model("lenet", MNIST_SHAPE, 10, {}, nnx.Rngs(0)), MNIST_SHAPE)
+    lenet_fwd = fwd_flops["lenet"]
     single = cases["lenet.train"]["images_per_s"]
     for n_seeds in seeds:
         for packing in ("loop", "vmap"):

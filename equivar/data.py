@@ -124,7 +124,7 @@ def load_tfds(*, tfds_name: str, data_dir: str | None = None, train_split: str =
         records = source.__getitems__(idx.tolist())
         images = np.stack([np.asarray(r[image_key]) for r in records])
         labels = np.asarray([int(r[label_key]) for r in records], dtype=np.int32)
-        return _to_unit_float(images, image_feature), labels
+        return _to_unit_float(images), labels
 
     x_train, y_train = read(train_split, n_train)
     x_test, y_test = read(test_split, n_test)
@@ -133,7 +133,7 @@ def load_tfds(*, tfds_name: str, data_dir: str | None = None, train_split: str =
     return Dataset(tfds_name, x_train, y_train, x_test, y_test, n_classes=n_classes)
 
 
-def _to_unit_float(images: np.ndarray, feature: Any) -> np.ndarray:
+def _to_unit_float(images: np.ndarray) -> np.ndarray:
     if np.issubdtype(images.dtype, np.integer):
         top = np.iinfo(images.dtype).max
         return images.astype(np.float32) / np.float32(top)

@@ -16,8 +16,13 @@ Measured (see README, performance section, and ``python -m equivar.bench``):
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from importlib import metadata
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 # Verified (speed and numerics) on these jaxlib versions; an unknown flag is fatal to XLA, so other versions
 # are left alone.
@@ -26,7 +31,8 @@ XLA_CPU_FLAGS_VERIFIED = ("0.10.", "0.11.")
 
 
 def configure_xla_flags() -> list[str]:
-    """Adds the measured-safe XLA:CPU flags to ``XLA_FLAGS``; must run before JAX initialises a backend.
+    """Adds the measured-safe XLA:CPU flags to ``XLA_FLAGS``; must run before JAX initialises a backend
+    (importing jax is fine: XLA reads the flags when the first backend starts).
 
     Returns the flags added (none when disabled, already present, or the jaxlib version is unverified).
     """
@@ -45,11 +51,6 @@ def configure_xla_flags() -> list[str]:
     return added
 
 
-import math  # noqa: E402
-
-import jax  # noqa: E402  (after the flag helper, which must not initialise JAX)
-import numpy as np  # noqa: E402
-from jax.sharding import Mesh, NamedSharding, PartitionSpec  # noqa: E402
 
 SEED_PACKINGS = ("auto", "loop", "vmap")
 
