@@ -5,7 +5,10 @@ In one process: the float32 matmul peak of this device, equivar's own training s
 (Adam with ``fused=True``; skipped with a note when torch is not installed), N-seed training for N = 1, 4, 8
 with each seed packing, and the shift-grid evaluation. Prints a table and writes ``bench.json`` in the
 working directory: per case (``lenet.train``, ``mlp.eval``, ``lenet.seeds8.vmap``, ...) the keys
-``images_per_s``, ``gflops``, ``pct_of_peak`` and ``ratio_to_torch``. Ratios are taken within this one run.
+``images_per_s``, ``gflops``, ``pct_of_peak`` and ``ratio_to_torch``. Ratios are taken within this one run;
+the equivar/torch pairs are repeated ``--repeat`` times, interleaved, and reported as medians with the range
+of the per-repeat ratios (``ratio_to_torch_range``), because a shared machine's load drifts. Seed-packing
+and steps-per-call cases carry ``ratio_to_lenet_train``: throughput over the single-seed default.
 
 FLOPs are counted analytically from the layers (2 per multiply-add; a training step counts 3x the forward
 pass: forward, input gradients and weight gradients), so ``gflops`` is useful work, not what XLA executed.
@@ -76,14 +79,14 @@ def _random_data(n: int, shape: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
 
 
 def equivar_train_ips(kind: str, n_seeds: int, packing: str, batch_size: int, steps: int,
-                      min_seconds: float) -> float:
+                      min_seconds: float, steps_per_call: int | None = None) -> float:
     """Training images per second summed over seeds, through equivar's real SeedTrainer.fit path."""
     x, y = _random_data(steps * batch_size, MNIST_SHAPE)
     spec = TrainSpec(epochs=1, batch_size=batch_size)
     tx = make_optimizer(spec)
     keys = seed_keys(0, n_seeds)
     graphdef, states = init_states(lambda r: build_model(kind, MNIST_SHAPE, 10, {}, r), tx, keys)
-    trainer = SeedTrainer(graphdef, tx, plan_execution(packing))
+    trainer = SeedTrainer(graphdef, tx, plan_execution(packing, steps_per_call=steps_per_call))
     seconds = _timed(lambda: trainer.fit(states, x, y, keys, spec, label="bench")[0], min_seconds)
     return n_seeds * steps * batch_size / seconds
 
@@ -147,59 +150,81 @@ def torch_reference(kind: str, batch_size: int, steps: int, eval_examples: int,
             "version": torch.__version__, "threads": torch.get_num_threads(), "device": device}
 
 
-def run(quick: bool = False, seeds: tuple[int, ...] = (1, 4, 8)) -> dict[str, Any]:
+def run(quick: bool = False, seeds: tuple[int, ...] = (1, 4, 8), repeat: int = 1) -> dict[str, Any]:
+    """All cases; the equivar-vs-torch pairs are measured ``repeat`` times, interleaved, and reported as the
+    median with the range of the per-repeat ratios (the machine's load drifts; one pair is one sample)."""
     min_s = 1.0 if quick else 3.0
     steps = 20 if quick else 60
     batch = 128
     eval_n = 2048 if quick else 8192
     peak = matmul_peak_gflops(min_seconds=min_s)
+    plan = plan_execution("auto")
     print(f"backend {jax.default_backend()} devices {jax.devices()}; float32 matmul peak {peak:.1f} GFLOP/s")
     cases: dict[str, dict[str, Any]] = {}
     notes: list[str] = []
 
-    def add(name: str, ips: float, flops_per_image: int, torch_ips: float | None) -> None:
+    def add(name: str, ips: float, flops_per_image: int, torch_ips: float | None) -> dict[str, Any]:
         gflops = ips * flops_per_image / 1e9
         cases[name] = {"images_per_s": ips, "gflops": gflops, "pct_of_peak": 100 * gflops / peak,
                        "ratio_to_torch": None if torch_ips is None else ips / torch_ips}
+        return cases[name]
 
     fwd_flops = {kind: forward_flops(build_model(kind, MNIST_SHAPE, 10, {}, nnx.Rngs(0)), MNIST_SHAPE)
                  for kind in ("lenet", "mlp")}
     for kind, fwd in fwd_flops.items():
-        ref = torch_reference(kind, batch, steps, eval_n, min_s)
+        samples: dict[str, list[float]] = {"train": [], "eval": [], "torch.train": [], "torch.eval": []}
+        ref = None
+        for _ in range(repeat):
+            ref = torch_reference(kind, batch, steps, eval_n, min_s)
+            samples["train"].append(equivar_train_ips(kind, 1, "auto", batch, steps, min_s))
+            samples["eval"].append(equivar_eval_ips(kind, eval_n, min_s))
+            if ref is not None:
+                samples["torch.train"].append(ref["train"])
+                samples["torch.eval"].append(ref["eval"])
         if ref is None:
             notes.append("torch not installed: no PyTorch reference (pip install torch)")
-        add(f"{kind}.train", equivar_train_ips(kind, 1, "auto", batch, steps, min_s), 3 * fwd,
-            ref and ref["train"])
-        add(f"{kind}.eval", equivar_eval_ips(kind, eval_n, min_s), fwd, ref and ref["eval"])
-        if ref:
-            add(f"{kind}.train.torch", ref["train"], 3 * fwd, ref["train"])
-            add(f"{kind}.eval.torch", ref["eval"], fwd, ref["eval"])
-            cases[f"{kind}.train.torch"]["torch"] = f"{ref['version']} eager on {ref['device']}, " \
-                                                    f"Adam(fused=True), {ref['threads']} threads"
+        for what, flops in (("train", 3 * fwd), ("eval", fwd)):
+            ours = float(np.median(samples[what]))
+            theirs = float(np.median(samples[f"torch.{what}"])) if ref else None
+            case = add(f"{kind}.{what}", ours, flops, theirs)
+            if ref and repeat > 1:
+                ratios = np.array(samples[what]) / np.array(samples[f"torch.{what}"])
+                case["ratio_to_torch_range"] = [float(ratios.min()), float(ratios.max())]
+            if ref:
+                torch_case = add(f"{kind}.{what}.torch", theirs, flops, theirs)
+                torch_case["torch"] = f"{ref['version']} eager on {ref['device']}, Adam(fused=True), " \
+                                      f"{ref['threads']} threads"
     lenet_fwd = fwd_flops["lenet"]
-    single = cases["lenet.train"]["images_per_s"]
+    single = cases["lenet.train"]["images_per_s"]  # with this backend's default steps per call
+    for k in (4, 16):  # what scanning k steps per jitted call buys on this backend (vs lenet.train)
+        name = f"lenet.train.steps_per_call{k}"
+        add(name, equivar_train_ips("lenet", 1, "auto", batch, steps, min_s, k), 3 * lenet_fwd, None)
+        cases[name]["ratio_to_lenet_train"] = cases[name]["images_per_s"] / single
     for n_seeds in seeds:
         for packing in ("loop", "vmap"):
             name = f"lenet.seeds{n_seeds}.{packing}"
             add(name, equivar_train_ips("lenet", n_seeds, packing, batch, steps, min_s), 3 * lenet_fwd, None)
-            cases[name]["ratio_to_n_sequential"] = cases[name]["images_per_s"] / single
+            cases[name]["ratio_to_lenet_train"] = cases[name]["images_per_s"] / single
     add("lenet.shift_grid_eval", equivar_eval_ips("lenet", 1024 if quick else 2048, min_s, max_shift=4),
         lenet_fwd, None)
     return {"backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
             "machine": platform.machine(), "processor": platform.processor(), "jax": jax.__version__,
-            "batch_size": batch, "matmul_peak_gflops": peak, "plan": plan_execution("auto").describe(),
+            "batch_size": batch, "matmul_peak_gflops": peak, "plan": plan.describe(), "repeat": repeat,
             "cases": cases, "notes": sorted(set(notes)),
             "date": time.strftime("%Y-%m-%d")}
 
 
 def format_table(result: dict[str, Any]) -> str:
     lines = [f"{result['backend']} ({', '.join(result['devices'])}), jax {result['jax']}, float32 matmul peak "
-             f"{result['matmul_peak_gflops']:.1f} GFLOP/s, batch {result['batch_size']}", "",
-             "| case | images/s | GFLOP/s | % of peak | vs torch | vs N sequential |",
+             f"{result['matmul_peak_gflops']:.1f} GFLOP/s, batch {result['batch_size']}, "
+             f"medians of {result['repeat']} interleaved repeats", "",
+             "| case | images/s | GFLOP/s | % of peak | vs torch (range) | vs lenet.train |",
              "|---|---:|---:|---:|---:|---:|"]
     for name, c in result["cases"].items():
         ratio = "" if c["ratio_to_torch"] is None else f"{c['ratio_to_torch']:.2f}×"
-        seq = f"{c['ratio_to_n_sequential']:.2f}×" if "ratio_to_n_sequential" in c else ""
+        if "ratio_to_torch_range" in c:
+            ratio += " ({:.2f}–{:.2f})".format(*c["ratio_to_torch_range"])
+        seq = f"{c['ratio_to_lenet_train']:.2f}×" if "ratio_to_lenet_train" in c else ""
         lines.append(f"| {name} | {c['images_per_s']:,.0f} | {c['gflops']:.1f} | {c['pct_of_peak']:.0f} % | "
                      f"{ratio} | {seq} |")
     lines += [f"note: {n}" for n in result["notes"]]
@@ -211,9 +236,11 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="shorter timings (noisier)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="interleaved equivar/torch repeats; the table shows medians and the ratio range")
     parser.add_argument("--out", default="bench.json")
     args = parser.parse_args(argv)
-    result = run(quick=args.quick, seeds=tuple(args.seeds))
+    result = run(quick=args.quick, seeds=tuple(args.seeds), repeat=args.repeat)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
     print(format_table(result))

@@ -46,6 +46,7 @@ class RunConfig:
     shift: ShiftSpec
     shift_subset: int | None  # test examples used for the shift grid (None: all)
     seed_packing: str
+    steps_per_call: int | None  # None: the backend's default (equivar.strategy)
     raw: dict[str, Any]
 
 
@@ -107,6 +108,7 @@ def parse_config(raw: Mapping[str, Any]) -> RunConfig:
     shift = ShiftSpec(max=_int(sh.get("max"), "shift.max", 0),
                       mode=_choice(sh.get("mode"), SHIFT_MODES, "shift mode"))
     subset = (raw.get("eval") or {}).get("shift_subset")
+    execution = dict(raw.get("execution") or {})
     return RunConfig(
         experiment=str(experiment),
         seed=_int(raw.get("seed"), "seed", 0),
@@ -116,7 +118,8 @@ def parse_config(raw: Mapping[str, Any]) -> RunConfig:
         train=train,
         shift=shift,
         shift_subset=None if subset is None else _int(subset, "eval.shift_subset", 1),
-        seed_packing=_choice((raw.get("execution") or {}).get("seed_packing", "auto"), SEED_PACKINGS,
-                             "execution.seed_packing"),
+        seed_packing=_choice(execution.get("seed_packing", "auto"), SEED_PACKINGS, "execution.seed_packing"),
+        steps_per_call=None if execution.get("steps_per_call", "auto") == "auto" else
+        _int(execution["steps_per_call"], "execution.steps_per_call", 1),
         raw=raw,
     )

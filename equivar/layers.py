@@ -61,10 +61,35 @@ def conv_geometry(conv: nnx.Conv) -> Geometry:
     )
 
 
-def _pad_for_window(x: jax.Array, window: tuple[int, ...], padding: str, fill: float) -> jax.Array:
-    """Pads spatial axes so a 'SAME'/'CIRCULAR' window of stride 1 keeps every position."""
-    pads = [(0, 0)] + [((w - 1) // 2, w // 2) for w in window] + [(0, 0)]
-    if padding == "CIRCULAR":
+def padding_before(geometry: Geometry, size: int, axis: int) -> int:
+    """Positions padded before the first input position along ``axis`` (how flax/lax pad each mode)."""
+    k, s, d = geometry.kernel[axis], geometry.stride[axis], geometry.dilation[axis]
+    span = d * (k - 1) + 1
+    if geometry.padding == "VALID":
+        return 0
+    if geometry.padding == "CIRCULAR":  # flax pads ((span-1)//2, span//2) with wrap, then VALID
+        return (span - 1) // 2
+    total = max((math.ceil(size / s) - 1) * s + span - size, 0)  # lax's SAME
+    return total // 2
+
+
+def layer_geometry(layer: nnx.Module) -> Geometry | None:
+    """The geometry of a windowed layer (convolution, locally connected, pooling); None for the others."""
+    if isinstance(layer, nnx.Conv):
+        return conv_geometry(layer)
+    return getattr(layer, "geometry", None)
+
+
+def _pad_for_window(x: jax.Array, geometry: Geometry, fill: float) -> jax.Array:
+    """Pads spatial axes as a 'SAME' (lax's split) or 'CIRCULAR' (flax's split) convolution would."""
+    pads = [(0, 0)]
+    for axis, (n, k, s, d) in enumerate(zip(x.shape[1:-1], geometry.kernel, geometry.stride, geometry.dilation)):
+        before = padding_before(geometry, n, axis)
+        total = d * (k - 1) + 1 - 1 if geometry.padding == "CIRCULAR" else \
+            max((math.ceil(n / s) - 1) * s + d * (k - 1) + 1 - n, 0)
+        pads.append((before, total - before))
+    pads.append((0, 0))
+    if geometry.padding == "CIRCULAR":
         return jnp.pad(x, pads, mode="wrap")
     return jnp.pad(x, pads, constant_values=fill)
 
@@ -96,7 +121,7 @@ class Pool(nnx.Module):
             return self._pool_by_reshape(x)
         fill = -jnp.inf if self.kind == "max" else 0.0
         if self.padding != "VALID":
-            x = _pad_for_window(x, self.window, self.padding, fill)
+            x = _pad_for_window(x, self.geometry, fill)
         dims = (1, *self.window, 1)
         strides = (1, *self.stride, 1)
         if self.kind == "max":
@@ -114,6 +139,47 @@ class Pool(nnx.Module):
         x = x.reshape(*split_shape, x.shape[-1])
         window_axes = tuple(2 + 2 * i for i in range(len(kept)))
         return x.max(axis=window_axes) if self.kind == "max" else x.mean(axis=window_axes)
+
+
+class LocallyConnected(nnx.Module):
+    """A convolution without weight sharing: every output position has its own kernel and bias.
+
+    Same windows (kernel, stride, dilation, padding) as ``nnx.Conv``, so the same receptive fields; only the
+    sharing is removed. Kernel shape ``(*out_spatial, prod(kernel) * in_features, out_features)``, where the
+    patch axis is ordered (input channel, kernel offsets) as ``lax.conv_general_dilated_patches`` makes it.
+    """
+
+    def __init__(self, in_features: int, out_features: int, kernel: Sequence[int], in_spatial: Sequence[int],
+                 *, stride: Sequence[int], dilation: Sequence[int], padding: str = "VALID",
+                 use_bias: bool = True, rngs: nnx.Rngs):
+        if padding not in PADDINGS:
+            raise ValueError(f"unknown padding {padding!r}; choose one of {PADDINGS}")
+        self.geometry = Geometry(tuple(kernel), tuple(stride), tuple(dilation), padding)
+        out_spatial = self.geometry.output_spatial(in_spatial)
+        rank = len(kernel)
+        fan_in = math.prod(kernel) * in_features
+        # lecun_normal over the patch axis only, like nnx.Conv's default (positions are a batch axis).
+        init = nnx.initializers.lecun_normal(in_axis=-2, out_axis=-1, batch_axis=tuple(range(rank)))
+        self.kernel = nnx.Param(init(rngs.params(), (*out_spatial, fan_in, out_features)))
+        self.bias = nnx.Param(jnp.zeros((*out_spatial, out_features))) if use_bias else None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        g = self.geometry
+        rank = len(g.kernel)
+        padding: str | list[tuple[int, int]] = g.padding
+        if g.padding == "CIRCULAR":
+            spans = [d * (k - 1) + 1 for k, d in zip(g.kernel, g.dilation)]
+            x = jnp.pad(x, [(0, 0)] + [((s - 1) // 2, s // 2) for s in spans] + [(0, 0)], mode="wrap")
+            padding = "VALID"
+        spatial = "DHW"[-rank:] if rank <= 3 else None
+        if spatial is None:
+            raise ValueError("locally connected layers support 1 to 3 spatial axes")
+        patches = jax.lax.conv_general_dilated_patches(
+            x, g.kernel, g.stride, padding, rhs_dilation=g.dilation,
+            dimension_numbers=(f"N{spatial}C", f"OI{spatial}", f"N{spatial}C"))
+        letters = "abc"[:rank]
+        out = jnp.einsum(f"n{letters}f,{letters}fo->n{letters}o", patches, self.kernel[...])
+        return out if self.bias is None else out + self.bias[...]
 
 
 class GlobalPool(nnx.Module):

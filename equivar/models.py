@@ -20,6 +20,7 @@ from equivar.layers import (
     Flatten,
     Geometry,
     GlobalPool,
+    LocallyConnected,
     Pool,
     as_tuple,
     conv_geometry,
@@ -90,7 +91,20 @@ class _Builder:
         self._add(name, conv)
         self.channels = features
 
-    def pool(self, name: str, kind: str, window: int | Sequence[int], stride: int | Sequence[int] | None,
+    def local(self, name: str, features: int, kernel: int | Sequence[int], *, stride=1, dilation=1,
+              padding: str = "VALID", use_bias: bool = True) -> None:
+        if padding not in PADDINGS:
+            raise ValueError(f"layer {name!r}: unknown padding {padding!r}; choose one of {PADDINGS}")
+        geometry = Geometry(as_tuple(kernel, self.rank), as_tuple(stride, self.rank),
+                            as_tuple(dilation, self.rank), padding)
+        in_spatial = self.spatial
+        self._advance(name, geometry)
+        self._add(name, LocallyConnected(self.channels, features, geometry.kernel, in_spatial,
+                                         stride=geometry.stride, dilation=geometry.dilation, padding=padding,
+                                         use_bias=use_bias, rngs=self.rngs))
+        self.channels = features
+
+    def pool(self, name: str, kind: str, window: int | Sequence[int], stride: int | Sequence[int] | None = None,
              padding: str = "VALID") -> None:
         window = as_tuple(window, self.rank)
         stride = window if stride is None else as_tuple(stride, self.rank)
@@ -141,6 +155,21 @@ class MLP(LayerStack):
         b.finish()
 
 
+def _lenet_layers(b: _Builder, windowed: Callable[..., None], n_classes: int, channels: Sequence[int],
+                  kernel: int | Sequence[int], padding: str, pool: str, pool_size: int, pool_stride: int | None,
+                  hidden: Sequence[int], activation: str) -> None:
+    for i, width in enumerate(channels, start=1):
+        windowed(f"conv{i}", int(width), kernel, padding=padding)
+        b.activation(f"act{i}", activation)
+        b.pool(f"pool{i}", pool, pool_size, pool_stride)
+    b.flatten()
+    for i, width in enumerate(hidden, start=1):
+        b.dense(f"fc{i}", int(width))
+        b.activation(f"act_fc{i}", activation)
+    b.dense("logits", n_classes)
+    b.finish()
+
+
 class LeNet(LayerStack):
     """The lecture's model: [conv k, activation, pool] blocks, flatten, dense hidden layers, classifier.
 
@@ -153,16 +182,25 @@ class LeNet(LayerStack):
                  pool_size: int = 2, pool_stride: int | None = None, hidden: Sequence[int] = (512,),
                  activation: str = "relu", rngs: nnx.Rngs):
         b = _Builder(self, input_shape, rngs)
-        for i, width in enumerate(channels, start=1):
-            b.conv(f"conv{i}", int(width), kernel, padding=padding)
-            b.activation(f"act{i}", activation)
-            b.pool(f"pool{i}", pool, pool_size, pool_stride)
-        b.flatten()
-        for i, width in enumerate(hidden, start=1):
-            b.dense(f"fc{i}", int(width))
-            b.activation(f"act_fc{i}", activation)
-        b.dense("logits", n_classes)
-        b.finish()
+        _lenet_layers(b, b.conv, n_classes, channels, kernel, padding, pool, pool_size, pool_stride, hidden,
+                      activation)
+
+
+class LocalNet(LayerStack):
+    """LeNet with every convolution replaced by a locally connected layer: the same windows, so the same
+    receptive fields and locality, but no weight sharing (each position learns its own kernel).
+
+    Set beside ``lenet`` and ``mlp`` it separates the lecture's two ingredients: locality (kept here) and
+    sharing (removed), and so which of them buys robustness to shifts.
+    """
+
+    def __init__(self, input_shape: Sequence[int], n_classes: int, *, channels: Sequence[int] = (16, 32),
+                 kernel: int | Sequence[int] = 5, padding: str = "VALID", pool: str = "max",
+                 pool_size: int = 2, pool_stride: int | None = None, hidden: Sequence[int] = (512,),
+                 activation: str = "relu", rngs: nnx.Rngs):
+        b = _Builder(self, input_shape, rngs)
+        _lenet_layers(b, b.local, n_classes, channels, kernel, padding, pool, pool_size, pool_stride, hidden,
+                      activation)
 
 
 class CNNGap(LayerStack):
@@ -190,12 +228,43 @@ class CNNGap(LayerStack):
         b.finish()
 
 
+class Stack(LayerStack):
+    """Any stack of layers written in config, for anatomy and ablations: a list of layer dicts, each with a
+    ``type`` (conv, local, pool, activation, flatten, global_pool, dense), an optional ``name`` and the layer's
+    arguments, e.g. ``{type: conv, features: 8, kernel: 3, stride: 2, dilation: 1, padding: SAME}``,
+    ``{type: pool, kind: max, window: 2}``, ``{type: activation, fn: relu}``. A flatten is added before the
+    classifier when the stack has none.
+    """
+
+    def __init__(self, input_shape: Sequence[int], n_classes: int, *, layers: Sequence[dict[str, Any]],
+                 rngs: nnx.Rngs):
+        b = _Builder(self, input_shape, rngs)
+        methods = {"conv": b.conv, "local": b.local, "pool": b.pool, "activation": b.activation,
+                   "flatten": b.flatten, "global_pool": b.global_pool, "dense": b.dense}
+        for i, spec in enumerate(layers, start=1):
+            spec = dict(spec)
+            kind = spec.pop("type", None)
+            if kind not in methods:
+                raise ValueError(f"layer {i}: unknown type {kind!r}; choose one of {sorted(methods)}")
+            name = str(spec.pop("name", f"{kind}{i}"))
+            try:
+                methods[kind](name, **spec)
+            except TypeError as err:
+                raise ValueError(f"layer {i} ({kind}): {err}") from None
+        if b.flat is None:
+            b.flatten()
+        b.dense("logits", n_classes)
+        b.finish()
+
+
 ModelFactory = Callable[..., LayerStack]
 
 MODELS: dict[str, type[LayerStack]] = {
     "mlp": MLP,
     "lenet": LeNet,
+    "local": LocalNet,
     "cnn_gap": CNNGap,
+    "stack": Stack,
 }
 
 

@@ -53,6 +53,8 @@ def configure_xla_flags() -> list[str]:
 
 
 SEED_PACKINGS = ("auto", "loop", "vmap")
+# Measured defaults only; `python -m equivar.bench` reports `lenet.train.steps_per_call*` cases to decide.
+DEFAULT_STEPS_PER_CALL: dict[str, int] = {"cpu": 1}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +65,7 @@ class ExecutionPlan:
     seed_packing: str  # "loop": one seed after another; "vmap": all seeds in one vectorised step
     eval_images_per_call: int  # images (shifts x examples) per jitted evaluation call
     n_devices: int = 1  # local devices; with vmap packing the seed axis is sharded over them
+    steps_per_call: int = 1  # training steps per jitted call (>1: a lax.scan over steps inside the call)
 
     def describe(self) -> dict[str, object]:
         return dataclasses.asdict(self)
@@ -106,8 +109,9 @@ def replicate(tree, mesh: Mesh | None):
     return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
 
 
-def plan_execution(seed_packing: str = "auto", backend: str | None = None) -> ExecutionPlan:
-    """Chooses seed packing and evaluation chunking for ``backend`` (default: JAX's default backend)."""
+def plan_execution(seed_packing: str = "auto", backend: str | None = None,
+                   steps_per_call: int | None = None) -> ExecutionPlan:
+    """Chooses seed packing, steps per call and evaluation chunking for ``backend`` (default: JAX's)."""
     if seed_packing not in SEED_PACKINGS:
         raise ValueError(f"unknown seed packing {seed_packing!r}; choose one of {SEED_PACKINGS}")
     backend = backend or jax.default_backend()
@@ -115,6 +119,13 @@ def plan_execution(seed_packing: str = "auto", backend: str | None = None) -> Ex
     if seed_packing == "auto":
         # Several devices: vmap so the seed axis can be sharded, one slice of seeds per device.
         seed_packing = "vmap" if n_devices > 1 or backend != "cpu" else "loop"
+    if steps_per_call is None:
+        # CPU: a scan over conv steps is 17x slower than a Python loop. Accelerators: a small model's step
+        # is shorter than its dispatch (H100: ~1.6 ms per vmapped step), so scanning several steps per call
+        # should pay, but that is not yet measured there: until it is, one step per call everywhere.
+        steps_per_call = DEFAULT_STEPS_PER_CALL.get(backend, 1)
+    if steps_per_call < 1:
+        raise ValueError(f"steps_per_call must be >= 1, got {steps_per_call}")
     eval_images = 4096 if backend == "cpu" else 32768
     return ExecutionPlan(backend=backend, seed_packing=seed_packing, eval_images_per_call=eval_images,
-                         n_devices=n_devices)
+                         n_devices=n_devices, steps_per_call=steps_per_call)

@@ -141,11 +141,18 @@ class SeedTrainer:
 
         if max_traces is not None:
             gather_and_step = chex.assert_max_traces(gather_and_step, n=max_traces)
+
+        def scan_steps(state: TrainState, x: jax.Array, y: jax.Array, idx: jax.Array):
+            """Several steps in one call: ``idx`` is ``(steps, batch)``; metrics come back per step."""
+            return jax.lax.scan(lambda s, i: gather_and_step(s, x, y, i), state, idx)
+
         if plan.seed_packing == "vmap":
             self.step = jax.jit(jax.vmap(gather_and_step, in_axes=(0, None, None, 0)))
+            self.multi_step = jax.jit(jax.vmap(scan_steps, in_axes=(0, None, None, 0)))
             self.order = jax.jit(jax.vmap(epoch_order, in_axes=(0, None, None)), static_argnums=(1, 2))
         else:
             self.step = jax.jit(gather_and_step)
+            self.multi_step = jax.jit(scan_steps)
             self.order = jax.jit(epoch_order, static_argnums=(1, 2))
 
     def fit(self, states: TrainState, x: jax.Array, y: jax.Array, keys: jax.Array, spec: TrainSpec,
@@ -185,10 +192,16 @@ class SeedTrainer:
             step_metrics = []
             bar = tqdm(range(steps), desc=f"{label} epoch {epoch + 1}/{spec.epochs}", leave=False,
                        disable=None, unit="step")
+            chunk = self.plan.steps_per_call
             for t in bar:
-                state, metrics = self.step(state, x, y, order[..., t, :])
-                step_metrics.append(metrics)
-            stacked = jax.tree.map(lambda *m: jnp.stack(m, axis=-1).mean(-1), *step_metrics)
+                if chunk == 1:
+                    state, metrics = self.step(state, x, y, order[..., t, :])
+                    step_metrics.append(jax.tree.map(lambda m: m[..., None], metrics))
+                elif t % chunk == 0:
+                    # Remainder steps at the end of an epoch run as one shorter scan (one more compile).
+                    state, metrics = self.multi_step(state, x, y, order[..., t:t + chunk, :])
+                    step_metrics.append(metrics)
+            stacked = jax.tree.map(lambda *m: jnp.concatenate(m, axis=-1).mean(-1), *step_metrics)
             losses.append(np.asarray(stacked["loss"]))
             accs.append(np.asarray(stacked["accuracy"]))
             bar.set_postfix(loss=float(np.mean(losses[-1])), acc=float(np.mean(accs[-1])))

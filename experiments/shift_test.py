@@ -68,7 +68,7 @@ def run(config: RunConfig, out_dir: Path) -> dict[str, Any]:
     builders = model_builders(config, data)
     offsets = shift_grid(config.shift.max, data.rank)
     zero = np.zeros((1, data.rank), dtype=np.int32)
-    plan = plan_execution(config.seed_packing)
+    plan = plan_execution(config.seed_packing, steps_per_call=config.steps_per_call)
     keys = seed_keys(config.seed, config.n_seeds)
     tx = make_optimizer(config.train)
     x_train, y_train = jax.device_put(data.x_train), jax.device_put(data.y_train)

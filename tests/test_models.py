@@ -99,3 +99,11 @@ def test_unknown_model_and_option():
         build_model("resnet", (8, 1), 2, {}, nnx.Rngs(0))
     with pytest.raises(ConfigError, match="no option"):
         build_model("lenet", (28, 28, 1), 2, {"width": 3}, nnx.Rngs(0))
+
+
+def test_bench_counts_the_lenet_forward_flops_from_its_layers():
+    """2 FLOPs per multiply-add: conv1 24*24*25*1*16, conv2 8*8*25*16*32, dense 512*512 and 512*10."""
+    from equivar.bench import forward_flops
+    model = build_model("lenet", (28, 28, 1), 10, {}, nnx.Rngs(0))
+    expected = 2 * (24 * 24 * 25 * 16 + 8 * 8 * 25 * 16 * 32 + 512 * 512 + 512 * 10)
+    assert forward_flops(model, (28, 28, 1)) == expected

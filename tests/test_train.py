@@ -17,14 +17,14 @@ def data():
     return load_synthetic(rank=1, size=16, n_classes=3, n_train=64, n_test=32, seed=1)
 
 
-def _train(data, kind, packing, n_seeds=2, base_seed=0, spec=SPEC, max_traces=None):
+def _train(data, kind, packing, n_seeds=2, base_seed=0, spec=SPEC, max_traces=None, steps_per_call=1):
     build = lambda rngs: build_model(kind, data.input_shape, data.n_classes, {"channels": [4, 8],
                                                                               "hidden": [16]}
                                      if kind == "lenet" else {"hidden": [32]}, rngs)
     tx = make_optimizer(spec)
     keys = seed_keys(base_seed, n_seeds)
     graphdef, states = init_states(build, tx, keys)
-    trainer = SeedTrainer(graphdef, tx, plan_execution(packing), max_traces=max_traces)
+    trainer = SeedTrainer(graphdef, tx, plan_execution(packing, steps_per_call=steps_per_call), max_traces=max_traces)
     states, history = trainer.fit(states, jnp.asarray(data.x_train), jnp.asarray(data.y_train), keys, spec)
     return states, history, trainer
 
@@ -67,3 +67,15 @@ def test_step_compiles_once(data, packing):
     chex.clear_trace_counter()  # the counter is global per function; other tests traced it already
     _, _, trainer = _train(data, "lenet", packing, n_seeds=2, max_traces=1)
     assert trainer.step._cache_size() == 1
+
+
+@pytest.mark.parametrize("packing", ["loop", "vmap"])
+def test_steps_scanned_in_one_call_equal_steps_called_one_by_one(data, packing):
+    """steps_per_call=3 on 4 steps per epoch (a scan of 3, then a remainder of 1) gives the same training."""
+    stepwise, h_stepwise, _ = _train(data, "lenet", packing)
+    scanned, h_scanned, trainer = _train(data, "lenet", packing, steps_per_call=3)
+    for a, b in zip(jax.tree.leaves(stepwise.params), jax.tree.leaves(scanned.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(h_stepwise.loss, h_scanned.loss, rtol=1e-4)
+    np.testing.assert_allclose(h_stepwise.accuracy, h_scanned.accuracy, atol=1e-6)
+    assert trainer.multi_step._cache_size() == 2  # the full chunk and the remainder

@@ -1,0 +1,333 @@
+"""Model anatomy: per-layer output shapes, parameter counts and receptive fields, three ways.
+
+* **Forward analysis** (the lecture's): walk from the input to the output keeping, per spatial axis, the
+  receptive-field size ``r``, the cumulative stride ("jump") ``j`` and the input position where the first
+  unit's field starts. A window of ``k`` taps with dilation ``d`` adds ``(d (k - 1)) j`` to ``r``; its stride
+  multiplies ``j``; padding moves the start by ``-pad j``.
+* **Backward analysis** (the lecture's): start from one unit and grow its interval towards the input, layer
+  by layer: ``[lo, hi] -> [lo s - pad, hi s - pad + d (k - 1)]``; no running stride to keep count of. The same
+  walk over index *sets* (not intervals) gives the exact set of input positions a unit depends on: holes of
+  dilated kernels, positions cut off by zero padding, and wrap-around under circular padding.
+* **Empirical**: the support of the gradient of one unit with respect to the input, summed over random
+  inputs (max pooling routes a gradient to one position per window, so one input is not enough). Its mean
+  absolute value is the effective receptive field of Luo et al. (2016).
+
+Layers after ``flatten`` or a global pooling have no spatial axes: a flattened unit keeps the field of the
+position it came from; a dense or globally pooled unit sees the union of all positions before it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from equivar.layers import Activation, Flatten, GlobalPool, Geometry, layer_geometry, padding_before
+from equivar.models import LayerStack
+
+# How a layer maps positions: windowed (conv, locally connected, pooling), pointwise (activations),
+# flatten (positions become units), global (every position feeds every unit: dense layers, global pooling).
+WINDOWED, POINTWISE, FLATTEN, GLOBAL = "windowed", "pointwise", "flatten", "global"
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerStep:
+    """One layer as receptive-field analysis sees it, with the spatial sizes around it."""
+
+    name: str
+    kind: str  # WINDOWED | POINTWISE | FLATTEN | GLOBAL
+    layer_type: str
+    geometry: Geometry | None
+    in_spatial: tuple[int, ...]  # spatial shape the layer reads (the last spatial shape before a collapse)
+    out_shape: tuple[int, ...]  # output shape without the batch axis
+
+    def pads(self) -> tuple[int, ...]:
+        assert self.geometry is not None
+        return tuple(padding_before(self.geometry, n, a) for a, n in enumerate(self.in_spatial))
+
+
+def layer_steps(model: LayerStack, input_shape: Sequence[int]) -> list[LayerStep]:
+    """The model's layers with their mapping kind and the shapes around them (shapes by ``eval_shape``)."""
+    feats = jax.eval_shape(model.features, jax.ShapeDtypeStruct((1, *input_shape), jnp.float32))
+    spatial = tuple(input_shape[:-1])
+    steps = []
+    collapsed = False
+    for name, layer in model.layers():
+        out_shape = tuple(feats[name].shape[1:])
+        geometry = layer_geometry(layer)
+        if geometry is not None:
+            if collapsed:
+                raise ValueError(f"layer {name!r}: a windowed layer after flatten has no spatial axes")
+            kind = WINDOWED
+        elif isinstance(layer, Activation):
+            kind = POINTWISE
+        elif isinstance(layer, Flatten) and not collapsed:
+            kind = FLATTEN
+        else:
+            kind = GLOBAL
+        steps.append(LayerStep(name, kind, type(layer).__name__, geometry, spatial, out_shape))
+        if kind == WINDOWED:
+            spatial = out_shape[:-1]
+        collapsed = collapsed or kind in (FLATTEN, GLOBAL)
+    return steps
+
+
+def parameter_counts(layer: nnx.Module) -> tuple[int, int]:
+    """(weights, biases) of one layer: parameters named ``bias`` count as biases."""
+    weights = biases = 0
+    for path, value in nnx.to_flat_state(nnx.state(layer, nnx.Param)):
+        if path[-1] == "bias":
+            biases += value[...].size
+        else:
+            weights += value[...].size
+    return weights, biases
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+    """Receptive field along each spatial axis of the input."""
+
+    size: tuple[int, ...]
+    start: tuple[int, ...]  # input position where the first unit's field starts (may be < 0 with padding)
+    jump: tuple[int, ...] | None  # input positions between neighbouring units (None: no spatial axes left)
+
+
+def forward_analysis(steps: Sequence[LayerStep], rank: int) -> list[Field]:
+    """Receptive field after each layer by the lecture's forward recursion."""
+    r, j, start = [1] * rank, [1] * rank, [0] * rank
+    spatial_units = True  # False after a global layer; flatten keeps each unit's own field
+    fields = []
+    for step in steps:
+        if step.kind == WINDOWED:
+            g = step.geometry
+            for a, pad in enumerate(step.pads()):
+                r[a] += g.dilation[a] * (g.kernel[a] - 1) * j[a]
+                start[a] -= pad * j[a]
+                j[a] *= g.stride[a]
+        elif step.kind == GLOBAL and spatial_units:
+            # The union of the fields of all positions of the last spatial layer.
+            for a, n in enumerate(step.in_spatial):
+                r[a] += (n - 1) * j[a]
+            spatial_units = False
+        fields.append(Field(tuple(r), tuple(start), tuple(j) if spatial_units else None))
+    return fields
+
+
+def _walk_back(steps: Sequence[LayerStep], upto: int, top: list[Any], grow, collapse) -> list[Any]:
+    """Walks from layer ``upto`` back to the input, transforming one per-axis value with ``grow`` through
+    windowed layers and ``collapse`` (all positions of ``in_spatial``) through a flatten-then-global or
+    global layer."""
+    values = list(top)
+    for i in range(upto, -1, -1):
+        step = steps[i]
+        if step.kind == WINDOWED:
+            g = step.geometry
+            values = [grow(v, g, a, pad, step.in_spatial[a]) for a, (v, pad) in enumerate(zip(values,
+                                                                                          step.pads()))]
+        elif step.kind == GLOBAL and not any(s.kind == GLOBAL for s in steps[:i]):
+            values = [collapse(n) for n in step.in_spatial]
+    return values
+
+
+def probe_position(steps: Sequence[LayerStep], index: int, where: str = "center") -> tuple[int, ...] | None:
+    """The spatial position of the probed unit of layer ``index``: the first or the central position of the
+    last spatial map at or before that layer (None: a global unit, which sees every position)."""
+    if any(s.kind == GLOBAL for s in steps[:index + 1]):
+        return None
+    spatial = steps[index].out_shape[:-1]
+    for s in steps[:index + 1]:
+        if s.kind == FLATTEN:
+            spatial = s.in_spatial
+    return tuple(0 if where == "first" else (n - 1) // 2 for n in spatial)
+
+
+def backward_analysis(steps: Sequence[LayerStep], rank: int) -> list[Field]:
+    """Receptive field of each layer's first unit by the lecture's backward recursion (intervals)."""
+    fields = []
+    for i in range(len(steps)):
+        position = probe_position(steps, i, "first")
+        top = [(0, 0)] * rank if position is None else [(p, p) for p in position]
+
+        def grow(v, g, a, pad, n):
+            lo, hi = v
+            return lo * g.stride[a] - pad, hi * g.stride[a] - pad + g.dilation[a] * (g.kernel[a] - 1)
+
+        lo_hi = _walk_back(steps, i, top, grow, lambda n: (0, n - 1))
+        fields.append(Field(tuple(hi - lo + 1 for lo, hi in lo_hi), tuple(lo for lo, _ in lo_hi), None))
+    return fields
+
+
+def exact_support(steps: Sequence[LayerStep], index: int, input_spatial: Sequence[int],
+                  where: str = "center") -> list[np.ndarray]:
+    """Per input axis, the sorted input positions the probed unit of layer ``index`` depends on."""
+    position = probe_position(steps, index, where)
+    if position is None:  # a global unit: the walk back starts from every position of the last spatial map
+        position = (0,) * len(input_spatial)
+
+    def grow(v, g, a, pad, n):
+        taps = np.arange(g.kernel[a]) * g.dilation[a]
+        idx = (v[:, None] * g.stride[a] - pad + taps[None, :]).ravel()
+        idx = idx % n if g.padding == "CIRCULAR" else idx[(idx >= 0) & (idx < n)]  # zero pads are constants
+        return np.unique(idx)
+
+    return _walk_back(steps, index, [np.array([p]) for p in position], grow, lambda n: np.arange(n))
+
+
+def support_mask(axes: Sequence[np.ndarray], spatial: Sequence[int]) -> np.ndarray:
+    """The boolean input mask of a per-axis support (fields are products of per-axis sets)."""
+    mask = np.ones((), dtype=bool)
+    for idx, n in zip(axes, spatial):
+        m = np.zeros(n, dtype=bool)
+        m[idx] = True
+        mask = np.logical_and.outer(mask, m)
+    return mask
+
+
+def gradient_maps(model: LayerStack, input_shape: Sequence[int], steps: Sequence[LayerStep],
+                  key: jax.Array, n_inputs: int = 64, resample_params: bool = False) -> dict[str, np.ndarray]:
+    """Mean |d unit / d input| over ``n_inputs`` standard normal inputs, summed over input channels, for the
+    probed (central) unit of every layer: the effective receptive field (Luo et al. 2016).
+
+    The probed unit is the sum over channels at the central position (flattened layers: the units of every
+    channel at that position; global layers: the sum of all units), so a dead channel does not hide it.
+    With ``resample_params`` every input also gets its own random parameters (normal, each array at its own
+    scale, biases included): a ReLU that one set of weights keeps dead cannot then hide part of the field,
+    so the map's support is the structural receptive field.
+    """
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    key_x, key_p = jax.random.split(key)
+    xs = jax.random.normal(key_x, (n_inputs, *input_shape), jnp.float32)
+    if resample_params:
+        params_axis = 0
+        params = jax.vmap(lambda k: _resample(params, k))(jax.random.split(key_p, n_inputs))
+    else:
+        params_axis = None
+    picks = {}
+    for i, step in enumerate(steps):
+        position = probe_position(steps, i, "center")
+        flatten = next((s for s in steps[:i + 1] if s.kind == FLATTEN), None)
+        if position is not None and flatten is not None:  # a flattened map: every channel at that position
+            channels = steps[steps.index(flatten) - 1].out_shape[-1] if steps.index(flatten) else input_shape[-1]
+            first = int(np.ravel_multi_index((*position, 0), (*flatten.in_spatial, channels)))
+            picks[step.name] = (slice(first, first + channels),)
+        else:
+            picks[step.name] = position
+
+    def unit(p: nnx.State, x: jax.Array, name: str) -> jax.Array:
+        out = nnx.merge(graphdef, p, rest).features(x[None])[name][0]
+        return out.sum() if picks[name] is None else out[picks[name]].sum()
+
+    def all_grads(p: nnx.State, x: jax.Array) -> dict[str, jax.Array]:  # one compile for every layer
+        return {name: jax.grad(unit, argnums=1)(p, x, name) for name in picks}
+
+    grads = jax.jit(jax.vmap(all_grads, in_axes=(params_axis, 0)))(params, xs)
+    return {name: np.asarray(jnp.abs(g).mean(0).sum(-1)) for name, g in grads.items()}
+
+
+def _resample(params: nnx.State, key: jax.Array) -> nnx.State:
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(key, len(leaves))
+    new = []
+    for leaf, k in zip(leaves, keys):
+        scale = jnp.std(leaf) if leaf.size > 1 else jnp.abs(leaf).sum()
+        new.append(jax.random.normal(k, leaf.shape, leaf.dtype) * jnp.where(scale > 0, scale, 0.1))
+    return jax.tree.unflatten(treedef, new)
+
+
+def anatomy(model: LayerStack, input_shape: Sequence[int], key: jax.Array | None = None,
+            n_inputs: int = 64) -> dict[str, Any]:
+    """The whole table for one model: per layer shapes, parameters, and fields three ways.
+
+    With ``key`` the empirical field (the gradient's support over inputs and resampled parameters) and the
+    effective-receptive-field maps (this model's parameters) are included.
+    """
+    input_shape = tuple(int(n) for n in input_shape)
+    spatial, rank = input_shape[:-1], len(input_shape) - 1
+    steps = layer_steps(model, input_shape)
+    forward = forward_analysis(steps, rank)
+    backward = backward_analysis(steps, rank)
+    maps = gradient_maps(model, input_shape, steps, key, n_inputs) if key is not None else {}
+    supports = gradient_maps(model, input_shape, steps, key, n_inputs, resample_params=True) \
+        if key is not None else {}
+    layers = dict(model.layers())
+    rows = []
+    for i, step in enumerate(steps):
+        weights, biases = parameter_counts(layers[step.name])
+        support = exact_support(steps, i, spatial, "center")
+        row: dict[str, Any] = {
+            "layer": step.name,
+            "type": step.layer_type,
+            "output_shape": list(step.out_shape),
+            "weights": weights,
+            "biases": biases,
+            "params": weights + biases,
+            "rf_forward": list(forward[i].size),
+            "rf_backward": list(backward[i].size),
+            "start_forward": list(forward[i].start),
+            "start_backward": list(backward[i].start),
+            "jump": None if forward[i].jump is None else list(forward[i].jump),
+            "support_size": [int(len(s)) for s in support],
+        }
+        row["forward_equals_backward"] = (row["rf_forward"] == row["rf_backward"]
+                                          and row["start_forward"] == row["start_backward"])
+        if maps:
+            empirical = supports[step.name] > 0
+            row["empirical_support_size"] = [int(np.any(empirical, axis=tuple(b for b in range(rank) if b != a))
+                                                 .sum()) for a in range(rank)]
+            row["empirical_equals_analytic"] = bool(np.array_equal(empirical, support_mask(support, spatial)))
+        rows.append(row)
+    total = sum(int(np.size(v)) for v in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    result = {
+        "input_shape": list(input_shape),
+        "layers": rows,
+        "total_params": sum(r["params"] for r in rows),
+        "model_param_total": total,
+        "forward_equals_backward": all(r["forward_equals_backward"] for r in rows),
+    }
+    if maps:
+        result["empirical_equals_analytic"] = all(r["empirical_equals_analytic"] for r in rows)
+        result["gradient_maps"] = {name: _normalised(m) for name, m in maps.items()}
+    return result
+
+
+def _normalised(m: np.ndarray) -> list:
+    peak = float(m.max())
+    return np.round(m / peak if peak > 0 else m, 5).tolist()
+
+
+def format_table(name: str, result: dict[str, Any]) -> str:
+    """A markdown table of one model's anatomy."""
+    def axes(v):
+        return "—" if v is None else "×".join(str(x) for x in v)
+
+    lines = [f"### {name} on input {axes(result['input_shape'])}", "",
+             "| layer | type | output | params (w + b) | RF fwd | RF bwd | start | jump | exact support | "
+             "gradient support |",
+             "|---|---|---|---:|---|---|---|---|---|---|"]
+    for r in result["layers"]:
+        params = f"{r['params']:,} ({r['weights']:,} + {r['biases']:,})" if r["params"] else "0"
+        grad = axes(r.get("empirical_support_size"))
+        if "empirical_equals_analytic" in r:
+            grad += " ✓" if r["empirical_equals_analytic"] else " ✗"
+        lines.append(f"| {r['layer']} | {r['type']} | {axes(r['output_shape'])} | {params} | "
+                     f"{axes(r['rf_forward'])} | {axes(r['rf_backward'])} | {axes(r['start_forward'])} | "
+                     f"{axes(r['jump'])} | {axes(r['support_size'])} | {grad} |")
+    lines.append(f"\ntotal parameters {result['total_params']:,} (the model's own count: "
+                 f"{result['model_param_total']:,}); forward = backward: {result['forward_equals_backward']}"
+                 + (f"; gradient support = analytic support: {result['empirical_equals_analytic']}"
+                    if "empirical_equals_analytic" in result else ""))
+    return "\n".join(lines)
+
+
+def receptive_field_of(model: LayerStack, input_shape: Sequence[int]) -> dict[str, list[int]]:
+    """Forward-analysis field size per layer name (a convenience for experiments)."""
+    steps = layer_steps(model, input_shape)
+    return {s.name: list(f.size) for s, f in zip(steps, forward_analysis(steps, len(input_shape) - 1))}
+
+
+__all__ = ["anatomy", "format_table", "layer_steps", "forward_analysis", "backward_analysis", "exact_support",
+           "gradient_maps", "support_mask", "parameter_counts", "receptive_field_of"]
