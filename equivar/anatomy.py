@@ -271,6 +271,7 @@ def anatomy(model: LayerStack, input_shape: Sequence[int], key: jax.Array | None
             "start_backward": list(backward[i].start),
             "jump": None if forward[i].jump is None else list(forward[i].jump),
             "support_size": [int(len(s)) for s in support],
+            "support_range": [[int(s.min()), int(s.max())] for s in support],
         }
         row["forward_equals_backward"] = (row["rf_forward"] == row["rf_backward"]
                                           and row["start_forward"] == row["start_backward"])

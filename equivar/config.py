@@ -70,6 +70,22 @@ def _number(value: Any, what: str) -> float:
     return float(value)
 
 
+def positive_int(value: Any, what: str) -> int:
+    """An integer >= 1, or a one-line ConfigError naming the key (for experiments' own options)."""
+    return _int(value, what, 1)
+
+
+def int_list(values: Any, what: str, minimum: int = 0) -> list[int]:
+    """A list of integers >= ``minimum``, or a one-line ConfigError naming the key."""
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise ConfigError(f"{what} must be a list of integers, got {values!r}")
+    return [_int(v, f"{what} entry", minimum) for v in values]
+
+
+def number(value: Any, what: str) -> float:
+    return _number(value, what)
+
+
 def parse_config(raw: Mapping[str, Any]) -> RunConfig:
     """Checks a resolved config dict and turns it into a :class:`RunConfig`."""
     raw = dict(raw)

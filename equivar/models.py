@@ -232,11 +232,11 @@ class Stack(LayerStack):
     """Any stack of layers written in config, for anatomy and ablations: a list of layer dicts, each with a
     ``type`` (conv, local, pool, activation, flatten, global_pool, dense), an optional ``name`` and the layer's
     arguments, e.g. ``{type: conv, features: 8, kernel: 3, stride: 2, dilation: 1, padding: SAME}``,
-    ``{type: pool, kind: max, window: 2}``, ``{type: activation, fn: relu}``. A flatten is added before the
+    ``{type: pool, kind: max, window: 2}``, ``{type: activation, fn: relu}`` (none: a linear classifier). A flatten is added before the
     classifier when the stack has none.
     """
 
-    def __init__(self, input_shape: Sequence[int], n_classes: int, *, layers: Sequence[dict[str, Any]],
+    def __init__(self, input_shape: Sequence[int], n_classes: int, *, layers: Sequence[dict[str, Any]] = (),
                  rngs: nnx.Rngs):
         b = _Builder(self, input_shape, rngs)
         methods = {"conv": b.conv, "local": b.local, "pool": b.pool, "activation": b.activation,

@@ -93,6 +93,92 @@ def plot_shift_test(metrics: dict[str, Any], out_dir: Path) -> list[Path]:
     return written
 
 
+def plot_anatomy(metrics: dict[str, Any], out_dir: Path) -> list[Path]:
+    """Per model, the effective receptive field (mean |input gradient|) of each layer's central unit, with the
+    analytic support's extent outlined (activations are left out: they share their input layer's field)."""
+    out_dir = Path(out_dir)
+    written = []
+    for name, model in metrics["models"].items():
+        rows = [r for r in model["layers"] if r["type"] != "Activation"]
+        maps = model.get("gradient_maps", {})
+        cols = min(5, len(rows))
+        n_rows = -(-len(rows) // cols)
+        fig, axes = plt.subplots(n_rows, cols, figsize=(3.1 * cols, 2.9 * n_rows), squeeze=False)
+        for ax, row in zip(axes.ravel(), rows):
+            m = np.asarray(maps.get(row["layer"], []))
+            rf = "×".join(str(v) for v in row["rf_forward"])
+            seen = "×".join(str(v) for v in row["support_size"])
+            if seen != rf:
+                rf += f", sees {seen}"
+            ok = {True: "grad = analytic", False: "grad ≠ analytic"}.get(row.get("empirical_equals_analytic"), "")
+            ax.set_title(f"{row['layer']}: RF {rf}\n{ok}", fontsize=9)
+            (lo0, hi0), *rest = row["support_range"]
+            if m.ndim == 2:
+                ax.imshow(m, cmap="magma", vmin=0, vmax=1, interpolation="nearest")
+                (lo1, hi1) = rest[0]
+                ax.add_patch(plt.Rectangle((lo1 - 0.5, lo0 - 0.5), hi1 - lo1 + 1, hi0 - lo0 + 1, fill=False,
+                                           edgecolor="cyan", linewidth=1.2))
+                ax.set_xticks([])
+                ax.set_yticks([])
+            elif m.ndim == 1:
+                ax.bar(np.arange(len(m)), m, width=1.0, color="tab:purple")
+                ax.axvspan(lo0 - 0.5, hi0 + 0.5, color="tab:cyan", alpha=0.2)
+                ax.set_xlim(-0.5, len(m) - 0.5)
+                ax.set_ylim(0, 1.05)
+                ax.tick_params(labelsize=7)
+        for ax in axes.ravel()[len(rows):]:
+            ax.axis("off")
+        shape = "×".join(str(v) for v in model["input_shape"])
+        fig.suptitle(f"{name} on {shape}: effective receptive field of each layer's central unit "
+                     f"(mean |∂unit/∂input| over {metrics['n_inputs']} inputs; box/band: analytic extent)",
+                     fontsize=10)
+        fig.tight_layout()
+        written.append(_save(fig, out_dir / f"erf_{name}.png"))
+    return written
+
+
+def plot_conv_compare(metrics: dict[str, Any], out_dir: Path) -> list[Path]:
+    """Left: every implementation's output on the lecture's example, coloured by what it computes.
+    Right: the 1D layer matrices (Toeplitz for VALID and SAME, circulant for CIRCULAR)."""
+    rows = metrics["implementations"]
+    colours = {"convolution": "tab:blue", "cross-correlation": "tab:red", "other": "tab:gray"}
+    fig = plt.figure(figsize=(14, 0.42 * len(rows) + 2.2))
+    grid = fig.add_gridspec(3, 2, width_ratios=[1.5, 1])
+    ax = fig.add_subplot(grid[:, 0])
+    longest = max(r["lecture_output_length"] for r in rows)
+    for i, r in enumerate(rows):
+        y = len(rows) - 1 - i
+        ax.text(-0.6, y, r["name"], ha="right", va="center", fontsize=8)
+        for j, v in enumerate(r["lecture_output"]):
+            ax.text(j, y, f"{v:g}", ha="center", va="center", fontsize=8, color=colours[r["operation"]],
+                    fontweight="bold" if v != 0 else "normal")
+    ex = metrics["lecture_example"]
+    ax.set_xlim(-0.6, longest - 0.4)
+    ax.set_ylim(-0.8, len(rows) - 0.2)
+    ax.set_xticks(range(longest))
+    ax.set_yticks([])
+    ax.set_xlabel("output position")
+    for spine in ("left", "right", "top"):
+        ax.spines[spine].set_visible(False)
+    ax.set_title(f"x = {ex['x']}, w = {ex['w']}: blue = convolution, red = cross-correlation", fontsize=10,
+                 loc="left")
+    for k, padding in enumerate(("VALID", "SAME", "CIRCULAR")):
+        entry = metrics["toeplitz"].get(f"1d.{padding}")
+        if entry is None:
+            continue
+        mat = np.asarray(entry["matrix"])
+        axm = fig.add_subplot(grid[k, 1])
+        lim = np.abs(mat).max() or 1.0
+        axm.imshow(mat, cmap="coolwarm", vmin=-lim, vmax=lim)
+        axm.set_title(f"{padding}: {mat.shape[0]}×{mat.shape[1]} matrix, "
+                      f"{100 * entry['weights_zeroed_fraction']:.0f}% zero, error {entry['max_abs_error']:.0e}",
+                      fontsize=9)
+        axm.set_xticks([])
+        axm.set_yticks([])
+    fig.tight_layout()
+    return [_save(fig, Path(out_dir) / "conv_compare.png")]
+
+
 def _save(fig: plt.Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -102,6 +188,8 @@ def _save(fig: plt.Figure, path: Path) -> Path:
 
 PLOTTERS: dict[str, Callable[[dict[str, Any], Path], list[Path]]] = {
     "shift_test": plot_shift_test,
+    "anatomy": plot_anatomy,
+    "conv_compare": plot_conv_compare,
 }
 
 

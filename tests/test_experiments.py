@@ -17,13 +17,14 @@ from conftest import ROOT, compose_raw, mnist_dir, requires_mnist
 
 TINY = ["n_seeds=2", "train.epochs=2", "train.batch_size=32", "zoo.mlp.hidden=[32]",
         "zoo.lenet.channels=[4,8]", "zoo.lenet.kernel=3", "zoo.lenet.hidden=[16]",
-        "zoo.cnn_gap.channels=[4,8]", "zoo.cnn_gap.dilations=[1,2]"]
+        "zoo.local.channels=[4,8]", "zoo.local.kernel=3", "zoo.local.hidden=[16]",
+        "zoo.cnn_gap.channels=[4,8]", "zoo.cnn_gap.dilations=[1,2]", "++anatomy.n_inputs=8"]
 EXPERIMENT_NAMES = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
 
 
 def _check_shift_test(metrics, out_dir, rank):
     on_disk = json.loads((out_dir / "metrics.json").read_text())
-    assert on_disk["models"].keys() == metrics["models"].keys() == {"mlp", "lenet", "cnn_gap"}
+    assert on_disk["models"].keys() == metrics["models"].keys() == {"mlp", "lenet", "local", "cnn_gap"}
     assert on_disk["dataset"]["rank"] == rank
     n_shifts = len(on_disk["shifts"])
     for m in on_disk["models"].values():
@@ -43,6 +44,31 @@ def test_every_experiment_composes_and_runs_tiny(name, tmp_path):
     metrics = run_experiment(raw, tmp_path)
     assert metrics["experiment"] == name
     assert (tmp_path / "metrics.json").is_file()
+
+
+def test_anatomy_on_a_given_input_shape_answers_the_lecture(tmp_path):
+    raw = compose_raw(["experiment=anatomy", "models=[lenet,local]", "anatomy.input_shape=[28,28,1]",
+                       "anatomy.n_classes=10"])
+    metrics = run_experiment(raw, tmp_path)
+    lenet = metrics["models"]["lenet"]
+    assert lenet["total_params"] == 281_034 and metrics["models"]["local"]["total_params"] == 1_328_650
+    assert lenet["empirical_equals_analytic"] and lenet["forward_equals_backward"]
+    assert [r["rf_forward"][0] for r in lenet["layers"] if r["type"] != "Activation"] == [5, 6, 14, 16, 16, 28, 28]
+    assert "| conv2 | Conv | 8×8×32 | 12,832 (12,800 + 32) |" in (tmp_path / "anatomy.md").read_text()
+    assert {"erf_lenet.png", "erf_local.png"} == {p.name for p in tmp_path.glob("*.png")}
+
+
+def test_conv_compare_reads_every_implementation(tmp_path):
+    metrics = run_experiment(compose_raw(["experiment=conv_compare"]), tmp_path)
+    rows = {r["name"]: r for r in metrics["implementations"]}
+    assert rows["definition (loop)"]["lecture_output"] == [0, 0, -4, 0, 0, 0]
+    assert rows["scipy convolve1d nearest"]["lecture_output"] == [0, 0, -4, 0, 0, 0, 0]
+    assert rows["lax VALID"]["lecture_output"] == [0, 0, 4, 0, 0, 0]
+    for row in rows.values():
+        assert row["random_max_abs_error"] < 1e-5, row
+    assert {r["operation"] for r in rows.values()} == {"convolution", "cross-correlation"}
+    assert all(r["max_abs_error"] < 1e-5 for r in metrics["toeplitz"].values())
+    assert (tmp_path / "conv_compare.png").is_file()
 
 
 @pytest.mark.parametrize("rank", [1, 2])
@@ -74,7 +100,7 @@ def test_plot_cli_redraws(tmp_path):
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (["models=[resnet]"], "unknown model 'resnet'; valid choices: cnn_gap, lenet, mlp"),
+    (["models=[resnet]"], "unknown model 'resnet'; valid choices: cnn_gap, lenet, local, mlp"),
     (["dataset.loader=imagenet"], "unknown dataset loader 'imagenet'"),
     (["zoo.lenet.padding=REFLECT", "models=[lenet]"], "unknown padding 'REFLECT'"),
     (["shift.mode=reflect"], "unknown shift mode 'reflect'"),
@@ -98,7 +124,7 @@ def _cli(args, tmp_path, env_extra=None):
 def test_cli_unknown_model_is_one_clear_line(tmp_path):
     proc = _cli(["experiment=shift_test", "dataset=synthetic", "models=[resnet]"], tmp_path)
     assert proc.returncode == 2
-    assert "equivar: error: unknown model 'resnet'; valid choices: cnn_gap, lenet, mlp" in proc.stderr
+    assert "equivar: error: unknown model 'resnet'; valid choices: cnn_gap, lenet, local, mlp" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 

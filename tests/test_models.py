@@ -95,7 +95,7 @@ def test_impossible_shape_names_the_layer():
 
 
 def test_unknown_model_and_option():
-    with pytest.raises(ConfigError, match="valid choices: cnn_gap, lenet, mlp"):
+    with pytest.raises(ConfigError, match="valid choices: cnn_gap, lenet, local, mlp, stack"):
         build_model("resnet", (8, 1), 2, {}, nnx.Rngs(0))
     with pytest.raises(ConfigError, match="no option"):
         build_model("lenet", (28, 28, 1), 2, {"width": 3}, nnx.Rngs(0))
@@ -107,3 +107,31 @@ def test_bench_counts_the_lenet_forward_flops_from_its_layers():
     model = build_model("lenet", (28, 28, 1), 10, {}, nnx.Rngs(0))
     expected = 2 * (24 * 24 * 25 * 16 + 8 * 8 * 25 * 16 * 32 + 512 * 512 + 512 * 10)
     assert forward_flops(model, (28, 28, 1)) == expected
+
+
+@pytest.mark.parametrize("padding", ["VALID", "SAME", "CIRCULAR"])
+@pytest.mark.parametrize("shape,kernel,stride,dilation", [((11, 3), (3,), (1,), (2,)), ((9, 7, 3), (3, 2), (2, 1), (1, 2))])
+def test_locally_connected_with_tied_weights_is_the_convolution(padding, shape, kernel, stride, dilation):
+    """Copy one conv kernel to every position of a locally connected layer: outputs match to 1e-5, so the two
+    differ only by weight sharing (and then in parameter count: one kernel per output position)."""
+    from equivar.layers import LocallyConnected
+    conv = nnx.Conv(3, 4, kernel, strides=stride, kernel_dilation=dilation, padding=padding, rngs=nnx.Rngs(0))
+    local = LocallyConnected(3, 4, kernel, shape[:-1], stride=stride, dilation=dilation, padding=padding,
+                             rngs=nnx.Rngs(1))
+    rank = len(kernel)
+    patch_major = jnp.transpose(conv.kernel[...], (rank, *range(rank), rank + 1)).reshape(-1, 4)  # (C, k..)
+    local.kernel[...] = jnp.broadcast_to(patch_major, local.kernel[...].shape)
+    local.bias[...] = jnp.broadcast_to(conv.bias[...], local.bias[...].shape)
+    x = jax.random.normal(jax.random.key(2), (2, *shape))
+    np.testing.assert_allclose(local(x), conv(x), rtol=1e-5, atol=1e-5)
+    n_positions = int(np.prod(local.kernel[...].shape[:rank]))
+    assert local.kernel[...].size == n_positions * conv.kernel[...].size
+
+
+def test_locally_connected_positions_are_independent():
+    """Without sharing, a kernel at one position does not respond like the kernel at another: the layer is
+    not shift-equivariant (a control for the test above)."""
+    from equivar.layers import LocallyConnected
+    local = LocallyConnected(1, 2, (3,), (16,), stride=(1,), dilation=(1,), padding="CIRCULAR", rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(0), (1, 16, 1))
+    assert not np.allclose(local(shift(x, (3,))), shift(local(x), (3,)), atol=1e-3)

@@ -1,0 +1,68 @@
+"""anatomy: per-layer shapes, parameter counts and receptive fields of every model, computed, not derived.
+
+For each model in ``config.models`` on the chosen input shape: the forward and the backward receptive-field
+analysis (which must agree), the exact set of input positions each layer's central unit depends on, and the
+empirical field (the support of the input gradient); the effective receptive field maps are plotted per layer.
+No training: the analysis is of the architecture (maps use the initial weights of ``seed``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import jax
+from flax import nnx
+
+from equivar.anatomy import anatomy, format_table
+from equivar.config import RunConfig, int_list, positive_int
+from equivar.data import load_dataset
+from equivar.errors import ConfigError
+from equivar.io import environment, write_json
+from equivar.models import build_model
+from equivar.plot import plot_anatomy
+
+log = logging.getLogger(__name__)
+
+
+def run(config: RunConfig, out_dir: Path) -> dict[str, Any]:
+    options = dict(config.raw.get("anatomy") or {})
+    input_shape = options.get("input_shape")
+    n_classes = options.get("n_classes")
+    n_inputs = positive_int(options.get("n_inputs", 64), "anatomy.n_inputs")
+    if input_shape is None or n_classes is None:
+        data = load_dataset(config.dataset.loader, config.dataset.options)
+        input_shape = data.input_shape if input_shape is None else input_shape
+        n_classes = data.n_classes if n_classes is None else n_classes
+        source = data.name
+    else:
+        source = "anatomy.input_shape"
+    input_shape = tuple(int_list(input_shape, "anatomy.input_shape", minimum=1))
+    if len(input_shape) < 2:
+        raise ConfigError(f"anatomy.input_shape={list(input_shape)} needs spatial axes and channels, "
+                          "e.g. [28, 28, 1] or [40, 1]")
+    n_classes = positive_int(n_classes, "anatomy.n_classes")
+
+    results, tables = {}, []
+    for i, spec in enumerate(config.models):
+        model = build_model(spec.kind, input_shape, n_classes, spec.options, nnx.Rngs(config.seed))
+        result = anatomy(model, input_shape, jax.random.key(config.seed + i), n_inputs)
+        result["kind"] = spec.kind
+        results[spec.name] = result
+        tables.append(format_table(spec.name, result))
+    metrics = {
+        "experiment": "anatomy",
+        "input_shape": list(input_shape),
+        "input_source": source,
+        "n_classes": n_classes,
+        "n_inputs": n_inputs,
+        "models": results,
+        "environment": environment(),
+    }
+    write_json(out_dir / "metrics.json", metrics)
+    markdown = "\n\n".join(tables)
+    (out_dir / "anatomy.md").write_text(markdown + "\n")
+    plot_anatomy(metrics, out_dir)
+    print(markdown)
+    return metrics
