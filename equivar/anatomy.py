@@ -26,7 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from equivar.layers import Activation, Flatten, GlobalPool, Geometry, layer_geometry, padding_before
+from equivar.errors import ConfigError
+from equivar.layers import Activation, Flatten, Geometry, PolyphaseDownsample, layer_geometry, padding_before
 from equivar.models import LayerStack
 
 # How a layer maps positions: windowed (conv, locally connected, pooling), pointwise (activations),
@@ -59,6 +60,9 @@ def layer_steps(model: LayerStack, input_shape: Sequence[int]) -> list[LayerStep
     for name, layer in model.layers():
         out_shape = tuple(feats[name].shape[1:])
         geometry = layer_geometry(layer)
+        if isinstance(layer, PolyphaseDownsample):
+            raise ConfigError(f"layer {name!r} ({type(layer).__name__}) chooses its sampling grid from the data: "
+                              "it has no fixed receptive field to analyse")
         if geometry is not None:
             if collapsed:
                 raise ValueError(f"layer {name!r}: a windowed layer after flatten has no spatial axes")

@@ -9,6 +9,7 @@ analysis reads.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from typing import Callable, Sequence
 
@@ -166,20 +167,135 @@ class LocallyConnected(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         g = self.geometry
         rank = len(g.kernel)
-        padding: str | list[tuple[int, int]] = g.padding
-        if g.padding == "CIRCULAR":
-            spans = [d * (k - 1) + 1 for k, d in zip(g.kernel, g.dilation)]
-            x = jnp.pad(x, [(0, 0)] + [((s - 1) // 2, s // 2) for s in spans] + [(0, 0)], mode="wrap")
-            padding = "VALID"
-        spatial = "DHW"[-rank:] if rank <= 3 else None
-        if spatial is None:
-            raise ValueError("locally connected layers support 1 to 3 spatial axes")
-        patches = jax.lax.conv_general_dilated_patches(
-            x, g.kernel, g.stride, padding, rhs_dilation=g.dilation,
-            dimension_numbers=(f"N{spatial}C", f"OI{spatial}", f"N{spatial}C"))
+        if g.padding != "VALID":
+            x = _pad_for_window(x, g, 0.0)  # zeros (SAME) or wrap-around (CIRCULAR), split as nnx.Conv does
+        patches = _patches(x, g)
         letters = "abc"[:rank]
         out = jnp.einsum(f"n{letters}f,{letters}fo->n{letters}o", patches, self.kernel[...])
         return out if self.bias is None else out + self.bias[...]
+
+
+def binomial_filter(size: int) -> jnp.ndarray:
+    """Normalised binomial taps (size 3: [1, 2, 1] / 4), the low-pass of Zhang (2019)."""
+    taps = jnp.array([math.comb(size - 1, i) for i in range(size)], jnp.float32)
+    return taps / taps.sum()
+
+
+class Blur(nnx.Module):
+    """Anti-aliasing: a fixed binomial low-pass on every channel, then subsampling by ``stride``.
+
+    With a stride-1 max pool before it this is Zhang's (2019) BlurPool ("MaxBlurPool"): max, blur, subsample,
+    instead of max-and-subsample at once, which aliases.
+    """
+
+    def __init__(self, size: int, stride: Sequence[int], padding: str = "SAME"):
+        if padding not in PADDINGS:
+            raise ValueError(f"unknown blur padding {padding!r}; choose one of {PADDINGS}")
+        rank = len(stride)
+        self.geometry = Geometry((size,) * rank, tuple(stride), (1,) * rank, padding)
+        self.size = size
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        g = self.geometry
+        if g.padding != "VALID":
+            x = _pad_for_window(x, g, 0.0)
+        taps = binomial_filter(self.size)
+        # Separable: one 1D pass per spatial axis (each channel on its own), subsampling as it goes.
+        for axis in range(1, x.ndim - 1):
+            n_out = (x.shape[axis] - self.size) // g.stride[axis - 1] + 1
+            windows = [jax.lax.slice_in_dim(x, t, t + (n_out - 1) * g.stride[axis - 1] + 1,
+                                            stride=g.stride[axis - 1], axis=axis) for t in range(self.size)]
+            x = sum(w * taps[t] for t, w in enumerate(windows))
+        return x
+
+
+class PolyphaseDownsample(nnx.Module):
+    """Adaptive polyphase sampling (Chaman & Dokmanic 2021): of the ``prod(stride)`` ways to subsample, keep,
+    per example, the polyphase component with the largest l2 norm (over all channels).
+
+    A circular shift of the input permutes the components (and shifts them), so the chosen one follows the
+    content: after circular layers the output is shifted, not aliased, and a network built of circular
+    convolutions, these downsamplers and global pooling is exactly invariant to circular shifts. Spatial axes
+    are cropped to a multiple of the stride first. The choice is data-dependent: there is no fixed receptive
+    field.
+    """
+
+    def __init__(self, stride: Sequence[int]):
+        self.stride = tuple(stride)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        n, *spatial, c = x.shape
+        kept = [(size // s) * s for size, s in zip(spatial, self.stride)]
+        x = x[(slice(None), *(slice(0, k) for k in kept), slice(None))]
+        split = [n]
+        for k, s in zip(kept, self.stride):
+            split += [k // s, s]
+        x = x.reshape(*split, c)
+        rank = len(spatial)
+        phase_axes = [2 + 2 * i for i in range(rank)]
+        coarse_axes = [1 + 2 * i for i in range(rank)]
+        x = jnp.transpose(x, (0, *phase_axes, *coarse_axes, x.ndim - 1))
+        x = x.reshape(n, math.prod(self.stride), *(k // s for k, s in zip(kept, self.stride)), c)
+        norms = jnp.sum(jnp.square(x), axis=tuple(range(2, x.ndim)))
+        best = jnp.argmax(norms, axis=1)
+        return jnp.take_along_axis(x, best.reshape((n, 1) + (1,) * (x.ndim - 2)), axis=1)[:, 0]
+
+
+def _patches(x: jax.Array, g: Geometry) -> jax.Array:
+    """Every window of an already padded ``x`` as ``(N, *out, C * prod(kernel))``, channel-major like
+    ``lax.conv_general_dilated_patches``, built from strided slices (one per kernel tap): on CPU this
+    differentiates far faster than the patches convolution."""
+    spatial = x.shape[1:-1]
+    out = [(n - d * (k - 1) - 1) // s + 1 for n, k, s, d in zip(spatial, g.kernel, g.stride, g.dilation)]
+    taps = []
+    for tap in itertools.product(*(range(k) for k in g.kernel)):
+        index = [slice(None)]
+        for t, o, s, d in zip(tap, out, g.stride, g.dilation):
+            index.append(slice(t * d, t * d + (o - 1) * s + 1, s))
+        taps.append(x[tuple(index) + (slice(None),)])
+    stacked = jnp.stack(taps, axis=-1)  # (N, *out, C, taps)
+    return stacked.reshape(*stacked.shape[:-2], -1)
+
+
+def group_copies(kernel: jax.Array, rank: int) -> list[jax.Array]:
+    """The kernel transformed by every element of the symmetry group the lecture's cross-map pooling uses:
+    rotations by 0/90/180/270 degrees in 2D, identity and reversal in 1D."""
+    if rank == 2:
+        return [jnp.rot90(kernel, r, axes=(0, 1)) for r in range(4)]
+    if rank == 1:
+        return [kernel, jnp.flip(kernel, axis=0)]
+    raise ValueError(f"group convolutions are defined for 1 or 2 spatial axes, not {rank}")
+
+
+class GroupConv(nnx.Module):
+    """A convolution whose filters are tied to rotated copies of themselves (2D: 4 rotations; 1D: reversal),
+    optionally followed by a max over the copies: the lecture's pooling across feature maps.
+
+    Rotating the input rotates each copy's response and permutes the copies, so the max over copies is a
+    feature map that rotates with the input (equivariant) and whose channels do not depend on the
+    orientation. Kernels must be odd and padding symmetric (``SAME``) for the rotation to commute exactly.
+    """
+
+    def __init__(self, in_features: int, out_features: int, kernel: Sequence[int], *, dilation: Sequence[int],
+                 pool_copies: bool = True, rngs: nnx.Rngs):
+        if any(k % 2 == 0 for k in kernel):
+            raise ValueError(f"group convolution kernels must be odd (symmetric padding), got {tuple(kernel)}")
+        self.conv = nnx.Conv(in_features, out_features, tuple(kernel), kernel_dilation=tuple(dilation),
+                             padding="SAME", rngs=rngs)
+        self.geometry = conv_geometry(self.conv)
+        self.pool_copies = pool_copies
+        self.n_copies = len(group_copies(jnp.zeros((1,) * len(kernel)), len(kernel)))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        rank = x.ndim - 2
+        weights = jnp.concatenate(group_copies(self.conv.kernel[...], rank), axis=-1)
+        spatial = "HW"[-rank:] if rank == 2 else "W"
+        y = jax.lax.conv_general_dilated(x, weights, (1,) * rank, "SAME", rhs_dilation=self.geometry.dilation,
+                                         dimension_numbers=(f"N{spatial}C", f"{spatial}IO", f"N{spatial}C"))
+        y = y + jnp.tile(self.conv.bias[...], self.n_copies)
+        if not self.pool_copies:
+            return y
+        return y.reshape(*y.shape[:-1], self.n_copies, -1).max(axis=-2)
 
 
 class GlobalPool(nnx.Module):

@@ -19,8 +19,11 @@ from equivar.layers import (
     Activation,
     Flatten,
     Geometry,
+    Blur,
     GlobalPool,
+    GroupConv,
     LocallyConnected,
+    PolyphaseDownsample,
     Pool,
     as_tuple,
     conv_geometry,
@@ -112,6 +115,28 @@ class _Builder:
         self._advance(name, pool.geometry)
         self._add(name, pool)
 
+    def group_conv(self, name: str, features: int, kernel: int | Sequence[int], *, dilation=1,
+                   pool_copies: bool = True) -> None:
+        layer = GroupConv(self.channels, features, as_tuple(kernel, self.rank),
+                          dilation=as_tuple(dilation, self.rank), pool_copies=pool_copies, rngs=self.rngs)
+        self._advance(name, layer.geometry)
+        self._add(name, layer)
+        self.channels = features if pool_copies else features * layer.n_copies
+
+    def blur(self, name: str, size: int = 3, stride: int | Sequence[int] = 2, padding: str = "SAME") -> None:
+        layer = Blur(int(size), as_tuple(stride, self.rank), padding)
+        self._advance(name, layer.geometry)
+        self._add(name, layer)
+
+    def polyphase(self, name: str, stride: int | Sequence[int] = 2) -> None:
+        stride = as_tuple(stride, self.rank)
+        out = tuple(n // s for n, s in zip(self.spatial, stride))
+        if min(out) < 1:
+            raise ValueError(f"layer {name!r} (polyphase stride {stride}) gets spatial input {self.spatial} and "
+                             f"would produce {out}")
+        self._add(name, PolyphaseDownsample(stride))
+        self.spatial = out
+
     def global_pool(self, name: str, kind: str) -> None:
         self._add(name, GlobalPool(kind))
         self.flat = self.channels
@@ -155,13 +180,27 @@ class MLP(LayerStack):
         b.finish()
 
 
+POOLINGS = ("max", "mean", "blurmax", "aps")
+
+
 def _lenet_layers(b: _Builder, windowed: Callable[..., None], n_classes: int, channels: Sequence[int],
                   kernel: int | Sequence[int], padding: str, pool: str, pool_size: int, pool_stride: int | None,
-                  hidden: Sequence[int], activation: str) -> None:
+                  hidden: Sequence[int], activation: str, pool_padding: str = "VALID",
+                  blur_size: int = 3) -> None:
+    if pool not in POOLINGS:
+        raise ValueError(f"unknown pool {pool!r}; choose one of {POOLINGS}")
+    stride = pool_size if pool_stride is None else pool_stride
     for i, width in enumerate(channels, start=1):
         windowed(f"conv{i}", int(width), kernel, padding=padding)
         b.activation(f"act{i}", activation)
-        b.pool(f"pool{i}", pool, pool_size, pool_stride)
+        if pool in ("max", "mean"):
+            b.pool(f"pool{i}", pool, pool_size, stride, padding=pool_padding)
+        else:  # anti-aliased: max over the window densely, then blur or polyphase-select while subsampling
+            b.pool(f"pool{i}", "max", pool_size, 1, padding=pool_padding)
+            if pool == "blurmax":
+                b.blur(f"blur{i}", blur_size, stride, "CIRCULAR" if pool_padding == "CIRCULAR" else "SAME")
+            else:
+                b.polyphase(f"aps{i}", stride)
     b.flatten()
     for i, width in enumerate(hidden, start=1):
         b.dense(f"fc{i}", int(width))
@@ -180,10 +219,10 @@ class LeNet(LayerStack):
     def __init__(self, input_shape: Sequence[int], n_classes: int, *, channels: Sequence[int] = (16, 32),
                  kernel: int | Sequence[int] = 5, padding: str = "VALID", pool: str = "max",
                  pool_size: int = 2, pool_stride: int | None = None, hidden: Sequence[int] = (512,),
-                 activation: str = "relu", rngs: nnx.Rngs):
+                 activation: str = "relu", pool_padding: str = "VALID", blur_size: int = 3, rngs: nnx.Rngs):
         b = _Builder(self, input_shape, rngs)
         _lenet_layers(b, b.conv, n_classes, channels, kernel, padding, pool, pool_size, pool_stride, hidden,
-                      activation)
+                      activation, pool_padding, blur_size)
 
 
 class LocalNet(LayerStack):
@@ -197,10 +236,10 @@ class LocalNet(LayerStack):
     def __init__(self, input_shape: Sequence[int], n_classes: int, *, channels: Sequence[int] = (16, 32),
                  kernel: int | Sequence[int] = 5, padding: str = "VALID", pool: str = "max",
                  pool_size: int = 2, pool_stride: int | None = None, hidden: Sequence[int] = (512,),
-                 activation: str = "relu", rngs: nnx.Rngs):
+                 activation: str = "relu", pool_padding: str = "VALID", blur_size: int = 3, rngs: nnx.Rngs):
         b = _Builder(self, input_shape, rngs)
         _lenet_layers(b, b.local, n_classes, channels, kernel, padding, pool, pool_size, pool_stride, hidden,
-                      activation)
+                      activation, pool_padding, blur_size)
 
 
 class CNNGap(LayerStack):
@@ -230,7 +269,7 @@ class CNNGap(LayerStack):
 
 class Stack(LayerStack):
     """Any stack of layers written in config, for anatomy and ablations: a list of layer dicts, each with a
-    ``type`` (conv, local, pool, activation, flatten, global_pool, dense), an optional ``name`` and the layer's
+    ``type`` (conv, local, pool, blur, polyphase, activation, flatten, global_pool, dense), an optional ``name`` and the layer's
     arguments, e.g. ``{type: conv, features: 8, kernel: 3, stride: 2, dilation: 1, padding: SAME}``,
     ``{type: pool, kind: max, window: 2}``, ``{type: activation, fn: relu}`` (none: a linear classifier). A flatten is added before the
     classifier when the stack has none.
@@ -239,8 +278,9 @@ class Stack(LayerStack):
     def __init__(self, input_shape: Sequence[int], n_classes: int, *, layers: Sequence[dict[str, Any]] = (),
                  rngs: nnx.Rngs):
         b = _Builder(self, input_shape, rngs)
-        methods = {"conv": b.conv, "local": b.local, "pool": b.pool, "activation": b.activation,
-                   "flatten": b.flatten, "global_pool": b.global_pool, "dense": b.dense}
+        methods = {"conv": b.conv, "local": b.local, "pool": b.pool, "blur": b.blur, "polyphase": b.polyphase,
+                   "activation": b.activation, "flatten": b.flatten, "global_pool": b.global_pool,
+                   "dense": b.dense}
         for i, spec in enumerate(layers, start=1):
             spec = dict(spec)
             kind = spec.pop("type", None)
@@ -257,6 +297,29 @@ class Stack(LayerStack):
         b.finish()
 
 
+class GroupPoolNet(LayerStack):
+    """Pooling across feature maps (the lecture): every convolution's filters are tied to their rotated copies
+    (2D: 0/90/180/270 degrees; 1D: reversal) and, with ``pool_copies``, a max over the copies follows; then
+    global pooling and a linear classifier. With pooling over copies the logits are exactly invariant to
+    rotating (1D: reversing) a square input; ``pool_copies=false`` is the same net without the cross-map pool
+    (its channels keep the orientation).
+    """
+
+    def __init__(self, input_shape: Sequence[int], n_classes: int, *, channels: Sequence[int] = (8, 16, 32),
+                 kernel: int | Sequence[int] = 3, dilations: Sequence[int] = (1, 2, 4), pool_copies: bool = True,
+                 global_pool: str = "max", activation: str = "relu", rngs: nnx.Rngs):
+        if len(channels) != len(dilations):
+            raise ValueError(f"group_pool: channels {list(channels)} and dilations {list(dilations)} must have "
+                             "the same length")
+        b = _Builder(self, input_shape, rngs)
+        for i, (width, dilation) in enumerate(zip(channels, dilations), start=1):
+            b.group_conv(f"conv{i}", int(width), kernel, dilation=int(dilation), pool_copies=bool(pool_copies))
+            b.activation(f"act{i}", activation)
+        b.global_pool("global_pool", global_pool)
+        b.dense("logits", n_classes)
+        b.finish()
+
+
 ModelFactory = Callable[..., LayerStack]
 
 MODELS: dict[str, type[LayerStack]] = {
@@ -265,6 +328,7 @@ MODELS: dict[str, type[LayerStack]] = {
     "local": LocalNet,
     "cnn_gap": CNNGap,
     "stack": Stack,
+    "group_pool": GroupPoolNet,
 }
 
 

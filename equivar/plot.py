@@ -179,6 +179,186 @@ def plot_conv_compare(metrics: dict[str, Any], out_dir: Path) -> list[Path]:
     return [_save(fig, Path(out_dir) / "conv_compare.png")]
 
 
+FLOAT32_EPS = 1.2e-7  # relative rounding of float32: errors below this are "exact"
+_FLOOR = 1e-9  # exact zeros are drawn here on log axes
+
+
+def plot_equivariance(metrics: dict[str, Any], out_dir: Path) -> list[Path]:
+    """Per stage: error vs shift per layer (log scale; solid = all positions, dotted = interior; filled marks:
+    shifts the layer's jump divides), one row per variant and one column per shift mode. Plus a bar chart of
+    the transforms convolutions do not commute with."""
+    out_dir = Path(out_dir)
+    variants = metrics["variants"]
+    modes = metrics["modes"]
+    stages = list(next(iter(variants.values()))["stages"])
+    written = []
+    for stage in stages:
+        fig, axes = plt.subplots(len(variants), len(modes), figsize=(6.2 * len(modes), 2.9 * len(variants)),
+                                 squeeze=False, sharey=True)
+        for row, (name, v) in enumerate(variants.items()):
+            for col, mode in enumerate(modes):
+                ax = axes[row, col]
+                layers = v["stages"][stage]["shift"][mode]
+                shown = [k for k in layers if not k.startswith("act")]
+                colours = plt.cm.viridis(np.linspace(0, 0.9, len(shown)))
+                for colour, layer in zip(colours, shown):
+                    r = layers[layer]
+                    s = np.asarray(r["shift"])
+                    full = np.maximum(np.asarray(r["full"]["mean"], dtype=float), _FLOOR)
+                    div = np.asarray(r["divisible"])
+                    label = f"{layer} (J={r['jump'][0]})" if "jump" in r else f"{layer} (invariance)"
+                    ax.plot(s, full, "-", color=colour, lw=1.3, label=label)
+                    ax.plot(s[div], full[div], "o", color=colour, ms=4)
+                    ax.plot(s[~div], full[~div], "o", mfc="none", color=colour, ms=4)
+                    if "interior" in r:
+                        interior = np.asarray([np.nan if m is None else m for m in r["interior"]["mean"]], float)
+                        ax.plot(s, np.maximum(interior, _FLOOR), ":", color=colour, lw=1.3)
+                ax.axhline(FLOAT32_EPS, color="gray", lw=0.8, ls="--")
+                ax.set_yscale("log")
+                ax.set_ylim(_FLOOR / 2, 3)
+                ax.set_title(f"{name}, {mode} shift", fontsize=10)
+                ax.grid(alpha=0.3, which="both", axis="y")
+                if row == len(variants) - 1:
+                    ax.set_xlabel("shift (pixels, every axis)")
+                if col == 0:
+                    ax.set_ylabel("relative error")
+                if col == len(modes) - 1:
+                    ax.legend(fontsize=6.5, loc="center left", bbox_to_anchor=(1.01, 0.5))
+        fig.suptitle(f"{stage}: ‖f(Tₛx) − T_(s/J) f(x)‖ / ‖f(x)‖ per layer on {metrics['dataset']['name']}, "
+                     f"mean over {metrics['n_seeds']} seeds\nsolid: all positions; dotted: interior; hollow marks: "
+                     f"the jump J does not divide s; dashed grey: float32 precision; exact zeros drawn at {_FLOOR:g}",
+                     fontsize=9)
+        fig.tight_layout(rect=(0, 0, 1, 0.97))
+        written.append(_save(fig, out_dir / f"equivariance_{stage}.png"))
+
+    stage = stages[-1]
+    transforms = list(next(iter(variants.values()))["stages"][stage]["transforms"])
+    fig, ax = plt.subplots(figsize=(1.6 + 1.5 * len(variants) * len(transforms) / 2, 3.8))
+    width = 0.8 / len(transforms)
+    for t_i, t in enumerate(transforms):
+        means, stds = [], []
+        for v in variants.values():
+            errors = v["stages"][stage]["transforms"][t]
+            last = [k for k in errors if not k.startswith("act")][-1]
+            means.append(errors[last]["mean"])
+            stds.append(errors[last]["std"])
+        x = np.arange(len(variants)) + (t_i - (len(transforms) - 1) / 2) * width
+        ax.bar(x, means, width, yerr=stds, capsize=3, label=t)
+    ax.set_xticks(np.arange(len(variants)), list(variants), rotation=20, fontsize=8)
+    ax.set_ylabel("relative error, last spatial layer")
+    ax.set_title(f"{stage}: transforms convolutions do not commute with (mean ± std over seeds)", fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    written.append(_save(fig, out_dir / "transforms.png"))
+    return written
+
+
+def plot_pooling_invariance(metrics: dict[str, Any], out_dir: Path) -> list[Path]:
+    """Invariance error vs shift, one panel per pooling type, one line per size (± std band); and error vs
+    pooling size at a few shifts."""
+    out_dir = Path(out_dir)
+    pools = metrics["poolings"]
+    shifts = np.asarray(metrics["shifts"])
+    types = list(dict.fromkeys(r["type"] for r in pools.values() if r["size"] is not None))
+    fig, axes = plt.subplots(1, len(types) + 1, figsize=(3.6 * (len(types) + 1), 3.4), sharey=True)
+    colours = plt.cm.plasma(np.linspace(0, 0.8, len(metrics["sizes"])))
+    for ax, t in zip(axes, types):
+        for colour, (name, r) in zip(colours, [(n, r) for n, r in pools.items() if r["type"] == t]):
+            mean, std = np.asarray(r["error"]["mean"]), np.asarray(r["error"]["std"])
+            ax.plot(shifts, mean, "-o", ms=3, color=colour, label=f"size {r['size']}")
+            ax.fill_between(shifts, mean - std, mean + std, color=colour, alpha=0.2)
+            if "shift_aligned_error" in r:
+                ax.plot(shifts, r["shift_aligned_error"]["mean"], ":", color=colour, lw=1)
+        ax.set_title(f"{t} pooling" + (" (dotted: after undoing the shift)" if t == "aps" else ""), fontsize=9)
+        ax.set_xlabel("circular shift (every axis)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    ax = axes[-1]
+    for name, r in pools.items():
+        if r["size"] is None:
+            ax.plot(shifts, r["error"]["mean"], "-o", ms=3, label=name)
+    ax.set_title("global pooling", fontsize=9)
+    ax.set_xlabel("circular shift (every axis)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    axes[0].set_ylabel("‖g(Tₛx) − g(x)‖ / ‖g(x)‖")
+    fig.suptitle(f"pooling invariance on {metrics['dataset']['name']}: circular conv + ReLU features, "
+                 f"mean ± std over {metrics['n_seeds']} seeds", fontsize=10)
+    fig.tight_layout()
+    written = [_save(fig, out_dir / "pooling_invariance.png")]
+
+    picks = [s for s in (1, 2, 4) if s in set(shifts.tolist())]
+    fig, axes = plt.subplots(1, len(picks), figsize=(4.2 * len(picks), 3.4), sharey=True, squeeze=False)
+    for ax, s in zip(axes[0], picks):
+        for t in types:
+            rows = [r for r in pools.values() if r["type"] == t]
+            sizes = [r["size"] for r in rows]
+            ax.errorbar(sizes, [r["error"]["mean"][s] for r in rows], yerr=[r["error"]["std"][s] for r in rows],
+                        marker="o", capsize=3, label=t)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(metrics["sizes"], [str(v) for v in metrics["sizes"]])
+        ax.set_title(f"shift {s}", fontsize=10)
+        ax.set_xlabel("pooling size (= stride)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0, 0].set_ylabel("invariance error")
+    fig.suptitle("larger pooling regions: invariance to larger displacements", fontsize=10)
+    fig.tight_layout()
+    written.append(_save(fig, out_dir / "pooling_size.png"))
+    return written
+
+
+def plot_padding_leak(metrics: dict[str, Any], out_dir: Path) -> list[Path]:
+    """Test accuracy per padding (mean ± std over seeds, seeds as dots) against chance."""
+    paddings = metrics["paddings"]
+    fig, ax = plt.subplots(figsize=(1.8 + 1.4 * len(paddings), 3.6))
+    for i, (padding, r) in enumerate(paddings.items()):
+        ax.bar(i, r["test_accuracy"]["mean"], 0.6, yerr=r["test_accuracy"]["std"], capsize=4,
+               color="tab:red" if r["pairs_identical"] else "tab:blue")
+        seeds = r["per_seed"]["test_accuracy"]
+        ax.plot(np.full(len(seeds), i) + np.linspace(-0.12, 0.12, len(seeds)), seeds, "k.", ms=5)
+        ax.text(i, r["test_accuracy"]["mean"] + 0.03, f"{r['test_accuracy']['mean']:.3f}", ha="center", fontsize=9)
+    ax.axhline(metrics["chance"], color="gray", ls="--", lw=1, label="chance")
+    ax.set_xticks(range(len(paddings)), list(paddings))
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel("test accuracy: which corner?")
+    ax.set_title(f"padding leak on {metrics['source']} patches\n(red: the two corners get identical logits)",
+                 fontsize=9)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return [_save(fig, Path(out_dir) / "padding_leak.png")]
+
+
+def plot_feature_pooling(metrics: dict[str, Any], out_dir: Path) -> list[Path]:
+    """Accuracy on each transformed test set per variant (mean ± std over seeds), and the logits' change."""
+    names = metrics["transforms"]
+    variants = metrics["variants"]
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
+    width = 0.8 / len(variants)
+    for i, (variant, r) in enumerate(variants.items()):
+        x = np.arange(len(names)) + (i - (len(variants) - 1) / 2) * width
+        ax.bar(x, [r["accuracy"][n]["mean"] for n in names], width, yerr=[r["accuracy"][n]["std"] for n in names],
+               capsize=3, label=f"{variant} ({r['n_params']:,} params)")
+        change = np.maximum([r["logit_change"][n]["mean"] for n in names], _FLOOR)
+        ax2.bar(x, change, width, yerr=[r["logit_change"][n]["std"] for n in names], capsize=3, label=variant)
+    for a in (ax, ax2):
+        a.set_xticks(range(len(names)), names)
+        a.grid(axis="y", alpha=0.3)
+        a.legend(fontsize=8)
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0, 1.05)
+    ax.set_title("accuracy on transformed test inputs (trained upright)", fontsize=9)
+    ax2.set_yscale("log")
+    ax2.axhline(FLOAT32_EPS, color="gray", ls="--", lw=0.8)
+    ax2.set_ylabel("‖f(Rx) − f(x)‖ / ‖f(x)‖")
+    ax2.set_title(f"change of the logits (grey: float32 precision; zeros drawn at {_FLOOR:g})", fontsize=9)
+    fig.suptitle(f"pooling across rotated feature maps on {metrics['dataset']['name']} "
+                 f"(mean ± std over {metrics['n_seeds']} seeds)", fontsize=10)
+    fig.tight_layout()
+    return [_save(fig, Path(out_dir) / "feature_pooling.png")]
+
+
 def _save(fig: plt.Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -190,6 +370,10 @@ PLOTTERS: dict[str, Callable[[dict[str, Any], Path], list[Path]]] = {
     "shift_test": plot_shift_test,
     "anatomy": plot_anatomy,
     "conv_compare": plot_conv_compare,
+    "equivariance": plot_equivariance,
+    "pooling_invariance": plot_pooling_invariance,
+    "padding_leak": plot_padding_leak,
+    "feature_pooling": plot_feature_pooling,
 }
 
 

@@ -18,7 +18,11 @@ from conftest import ROOT, compose_raw, mnist_dir, requires_mnist
 TINY = ["n_seeds=2", "train.epochs=2", "train.batch_size=32", "zoo.mlp.hidden=[32]",
         "zoo.lenet.channels=[4,8]", "zoo.lenet.kernel=3", "zoo.lenet.hidden=[16]",
         "zoo.local.channels=[4,8]", "zoo.local.kernel=3", "zoo.local.hidden=[16]",
-        "zoo.cnn_gap.channels=[4,8]", "zoo.cnn_gap.dilations=[1,2]", "++anatomy.n_inputs=8"]
+        "zoo.cnn_gap.channels=[4,8]", "zoo.cnn_gap.dilations=[1,2]", "++anatomy.n_inputs=8",
+        "zoo.group_pool.channels=[4,4]", "zoo.group_pool.dilations=[1,2]",
+        "++equivariance.n_examples=16", "++equivariance.max_shift=3",
+        "++pooling_invariance.n_examples=16", "++pooling_invariance.sizes=[2,4]", "++pooling_invariance.max_shift=3",
+        "++padding_leak.n_train=64", "++padding_leak.n_test=32"]
 EXPERIMENT_NAMES = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
 
 
@@ -42,20 +46,22 @@ def _check_shift_test(metrics, out_dir, rank):
 def test_every_experiment_composes_and_runs_tiny(name, tmp_path):
     raw = compose_raw([f"experiment={name}", "dataset=synthetic"] + TINY)
     metrics = run_experiment(raw, tmp_path)
-    assert metrics["experiment"] == name
+    assert metrics["experiment"] == raw["experiment_name"]
     assert (tmp_path / "metrics.json").is_file()
+    assert list(tmp_path.glob("*.png")), "every experiment draws its plots"
 
 
 def test_anatomy_on_a_given_input_shape_answers_the_lecture(tmp_path):
-    raw = compose_raw(["experiment=anatomy", "models=[lenet,local]", "anatomy.input_shape=[28,28,1]",
+    raw = compose_raw(["experiment=anatomy", "anatomy.input_shape=[28,28,1]",
                        "anatomy.n_classes=10"])
     metrics = run_experiment(raw, tmp_path)
     lenet = metrics["models"]["lenet"]
     assert lenet["total_params"] == 281_034 and metrics["models"]["local"]["total_params"] == 1_328_650
-    assert lenet["empirical_equals_analytic"] and lenet["forward_equals_backward"]
+    for model in metrics["models"].values():  # every zoo model, every layer
+        assert model["empirical_equals_analytic"] and model["forward_equals_backward"]
     assert [r["rf_forward"][0] for r in lenet["layers"] if r["type"] != "Activation"] == [5, 6, 14, 16, 16, 28, 28]
     assert "| conv2 | Conv | 8×8×32 | 12,832 (12,800 + 32) |" in (tmp_path / "anatomy.md").read_text()
-    assert {"erf_lenet.png", "erf_local.png"} == {p.name for p in tmp_path.glob("*.png")}
+    assert {f"erf_{m}.png" for m in ("mlp", "lenet", "local", "cnn_gap")} == {p.name for p in tmp_path.glob("*.png")}
 
 
 def test_conv_compare_reads_every_implementation(tmp_path):
@@ -69,6 +75,30 @@ def test_conv_compare_reads_every_implementation(tmp_path):
     assert {r["operation"] for r in rows.values()} == {"convolution", "cross-correlation"}
     assert all(r["max_abs_error"] < 1e-5 for r in metrics["toeplitz"].values())
     assert (tmp_path / "conv_compare.png").is_file()
+
+
+def test_padding_leak_circular_is_at_chance_on_the_data(tmp_path):
+    """Circular padding: each pair (patch in either corner) gets identical logits, so accuracy is exactly 0.5;
+    zero padding learns the corner."""
+    raw = compose_raw(["experiment=padding_leak", "dataset=synthetic", "dataset.n_train=256", "n_seeds=2",
+                       "padding_leak.n_train=256", "padding_leak.n_test=128", "train.batch_size=64"])
+    metrics = run_experiment(raw, tmp_path)
+    circular, zero = metrics["paddings"]["CIRCULAR"], metrics["paddings"]["SAME"]
+    assert circular["pairs_identical"] and max(circular["max_pair_logit_difference"]) == 0.0
+    assert circular["per_seed"]["test_accuracy"] == [0.5, 0.5]
+    assert zero["test_accuracy"]["mean"] > 0.9 and not zero["pairs_identical"]
+
+
+def test_equivariance_experiment_shows_the_theory(tmp_path):
+    raw = compose_raw(["experiment=equivariance", "dataset=synthetic", "dataset.size=16", "n_seeds=1",
+                       "models=[cnn_gap]", "zoo.cnn_gap.channels=[3,3]", "zoo.cnn_gap.dilations=[1,2]",
+                       "equivariance.trained=false", "equivariance.n_examples=8", "equivariance.max_shift=4"])
+    metrics = run_experiment(raw, tmp_path)
+    layers = metrics["variants"]["cnn_gap/CIRCULAR"]["stages"]["init"]["shift"]["roll"]
+    assert all(max(r["full"]["mean"]) <= 1e-5 for r in layers.values())
+    same = metrics["variants"]["cnn_gap/SAME"]["stages"]["init"]["shift"]["zero"]["conv2"]
+    assert max(same["interior"]["mean"]) <= 1e-5 < max(same["full"]["mean"])
+    assert {"equivariance_init.png", "transforms.png"} <= {p.name for p in tmp_path.glob("*.png")}
 
 
 @pytest.mark.parametrize("rank", [1, 2])

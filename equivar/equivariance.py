@@ -1,0 +1,162 @@
+"""Layer-wise equivariance and invariance errors of a model's features under shifts and other transforms.
+
+For a layer with cumulative stride ("jump") ``J`` and an input shift ``s`` that ``J`` divides, equivariance
+means ``f(T_s x) = T_{s/J} f(x)``; the relative error is ``||f(T_s x) - T_{s/J} f(x)|| / ||f(x)||`` per
+example (norms over positions and channels), averaged over examples. Shifts ``J`` does not divide cannot
+commute exactly; for them the target is the better of the two nearest grid shifts. Layers without spatial
+axes (after flatten or global pooling) are measured for invariance, ``||f(T_s x) - f(x)|| / ||f(x)||``.
+
+The interior error counts only output positions whose receptive field, before and after the shift, lies
+inside the input: there no padding, wrap-around or lost content can reach the unit, so convolution and
+pooling commute with the shift exactly whatever the padding. The gap between the full and the interior error
+is the border's share.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from equivar.anatomy import FLATTEN, GLOBAL, Field, forward_analysis, layer_steps
+from equivar.layers import LocallyConnected
+from equivar.models import LayerStack
+from equivar.transforms import shift as shift_array
+
+_TINY = 1e-30
+
+
+def relative_error(value: jax.Array, target: jax.Array, reference: jax.Array,
+                   mask: jax.Array | None = None) -> jax.Array:
+    """Per example ``||value - target|| / ||reference||`` over all non-batch axes (restricted to ``mask``)."""
+    diff = jnp.square(value - target)
+    ref = jnp.square(reference)
+    if mask is not None:
+        diff, ref = diff * mask, ref * mask
+    axes = tuple(range(1, value.ndim))
+    return jnp.sqrt(diff.sum(axes)) / jnp.sqrt(jnp.maximum(ref.sum(axes), _TINY))
+
+
+def interior_mask(field: Field, in_spatial: Sequence[int], out_spatial: Sequence[int],
+                  grid_shift: Sequence[int], jump: Sequence[int]) -> np.ndarray:
+    """Output positions ``u`` whose field, at ``u`` and at ``u - s/J``, lies inside the input (``s`` = grid
+    shift x jump): the units no border can reach under this shift."""
+    mask = np.ones((), dtype=bool)
+    for a, (n_in, n_out) in enumerate(zip(in_spatial, out_spatial)):
+        u = np.arange(n_out)
+        lo = field.start[a] + u * jump[a]
+        hi = lo + field.size[a] - 1
+        s = grid_shift[a] * jump[a]
+        ok = (lo >= 0) & (hi <= n_in - 1) & (lo - s >= 0) & (hi - s <= n_in - 1)
+        ok &= (u - grid_shift[a] >= 0) & (u - grid_shift[a] < n_out)
+        mask = np.logical_and.outer(mask, ok)
+    return mask
+
+
+def _shift_vectors(max_shift: int, rank: int) -> list[tuple[int, ...]]:
+    """Shifts 0..max_shift along every axis at once (the diagonal in 2D)."""
+    return [(s,) * rank for s in range(max_shift + 1)]
+
+
+def layer_shift_errors(model: LayerStack, x: jax.Array, max_shift: int, mode: str
+                       ) -> dict[str, dict[str, Any]]:
+    """Per layer: error per shift (full and interior), whether the layer's jump divides the shift, and the
+    layer's role (``equivariance`` for spatial maps, ``invariance`` after a collapse)."""
+    input_shape = tuple(x.shape[1:])
+    rank = len(input_shape) - 1
+    steps = layer_steps(model, input_shape)
+    fields = forward_analysis(steps, rank)
+    shifts = _shift_vectors(max_shift, rank)
+    feats_x = jax.jit(model.features)(x)
+    feats_shifted = [jax.jit(model.features)(shift_array(x, s, mode)) for s in shifts]
+    collapsed = False
+    out: dict[str, dict[str, Any]] = {}
+    for i, step in enumerate(steps):
+        collapsed = collapsed or step.kind in (FLATTEN, GLOBAL)
+        fx = feats_x[step.name]
+        rows = {"shift": [int(s[0]) for s in shifts], "full": [], "interior": [], "divisible": []}
+        if collapsed:
+            for fs in feats_shifted:
+                rows["full"].append(float(relative_error(fs[step.name], fx, fx).mean()))
+                rows["divisible"].append(True)
+            rows["role"] = "invariance"
+            out[step.name] = rows
+            continue
+        jump = fields[i].jump
+        out_spatial = fx.shape[1:-1]
+        for s, fs in zip(shifts, feats_shifted):
+            f_shifted = fs[step.name]
+            divisible = all(v % j == 0 for v, j in zip(s, jump))
+            rows["divisible"].append(divisible)
+            candidates = [tuple(g) for g in itertools.product(*({v // j, -(-v // j)} for v, j in zip(s, jump)))]
+            best_full, best_interior = np.inf, np.inf
+            for g in candidates:
+                target = shift_array(fx, g, mode)
+                full = float(relative_error(f_shifted, target, fx).mean())
+                mask = interior_mask(fields[i], input_shape[:-1], out_spatial, g, jump)
+                m = jnp.asarray(mask, fx.dtype)[None, ..., None]
+                interior = float(relative_error(f_shifted, target, fx, m).mean()) if mask.any() else float("nan")
+                if full < best_full:
+                    best_full, best_interior = full, interior
+            rows["full"].append(best_full)
+            rows["interior"].append(best_interior)
+        rows["role"] = "equivariance"
+        rows["jump"] = list(jump)
+        out[step.name] = rows
+    return out
+
+
+def spatial_features(model: LayerStack, x: jax.Array) -> dict[str, jax.Array]:
+    """The outputs of the layers before the first flatten/global layer (or locally connected layer, which
+    only takes its own input size), run layer by layer so inputs of other sizes work too."""
+    out = {}
+    for name, layer in model.layers():
+        if isinstance(layer, LocallyConnected):
+            break
+        y = layer(x)
+        if y.ndim != x.ndim:
+            break
+        out[name] = x = y
+    return out
+
+
+def _upsample(x: jax.Array, factor: int = 2) -> jax.Array:
+    for axis in range(1, x.ndim - 1):
+        x = jnp.repeat(x, factor, axis=axis)
+    return x
+
+
+def _crop_common(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
+    shape = [min(p, q) for p, q in zip(a.shape, b.shape)]
+    idx = tuple(slice(0, n) for n in shape)
+    return a[idx], b[idx]
+
+
+TRANSFORMS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "rotate90": lambda x: jnp.rot90(x, k=1, axes=(1, 2)),  # 2D: a quarter turn of the image plane
+    "flip": lambda x: jnp.flip(x, axis=tuple(range(1, x.ndim - 1))),  # 1D: reversal (2D: point reflection)
+    "scale2": _upsample,  # nearest-neighbour magnification by 2
+}
+
+
+def transform_errors(model: LayerStack, x: jax.Array, name: str) -> dict[str, float]:
+    """``||f(R x) - R f(x)|| / ||f(x)||`` per spatial layer for a transform R that convolutions do NOT
+    commute with (rotation, reflection, scaling); outputs are cropped to a common size where R changes it."""
+    transform = TRANSFORMS[name]
+    base = spatial_features(model, x)
+    moved = spatial_features(model, transform(x))
+    errors = {}
+    for layer, fx in base.items():
+        if layer not in moved:
+            break
+        target, value = transform(fx), moved[layer]
+        if name == "scale2":
+            value, target = _crop_common(value, target)
+            reference = target
+        else:
+            reference = fx
+        errors[layer] = float(relative_error(value, target, reference).mean())
+    return errors

@@ -1,0 +1,46 @@
+"""Pieces several experiments share: train a zoo model's seeds as the config says, and unstack them."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import jax
+from flax import nnx
+
+from equivar.config import RunConfig
+from equivar.data import Dataset
+from equivar.models import LayerStack, build_model
+from equivar.strategy import ExecutionPlan, plan_execution
+from equivar.train import History, SeedTrainer, TrainState, init_states, make_optimizer, seed_keys, take_seed
+
+
+def execution_plan(config: RunConfig) -> ExecutionPlan:
+    return plan_execution(config.seed_packing, steps_per_call=config.steps_per_call)
+
+
+def builder(kind: str, options: dict[str, Any], data: Dataset) -> Callable[[nnx.Rngs], LayerStack]:
+    """A constructor for one model on ``data``, checked once abstractly so bad options fail before training."""
+    build = functools.partial(build_model, kind, data.input_shape, data.n_classes, options)
+    nnx.eval_shape(lambda: build(nnx.Rngs(0)))
+    return build
+
+
+def init_seeds(build: Callable[[nnx.Rngs], LayerStack], config: RunConfig
+               ) -> tuple[nnx.GraphDef, TrainState]:
+    return init_states(build, make_optimizer(config.train), seed_keys(config.seed, config.n_seeds))
+
+
+def train_seeds(graphdef: nnx.GraphDef, states: TrainState, data: Dataset, config: RunConfig,
+                plan: ExecutionPlan, label: str) -> tuple[TrainState, History]:
+    """Trains every seed of one model on the training set with the run's train settings."""
+    tx = make_optimizer(config.train)
+    trainer = SeedTrainer(graphdef, tx, plan)
+    return trainer.fit(states, jax.device_put(data.x_train), jax.device_put(data.y_train),
+                       seed_keys(config.seed, config.n_seeds), config.train, label=label)
+
+
+def seed_models(graphdef: nnx.GraphDef, states: TrainState) -> list[LayerStack]:
+    """One model object per seed, for analyses that call ``model.features``."""
+    n = jax.tree.leaves(states.params)[0].shape[0]
+    return [nnx.merge(graphdef, take_seed(states.params, s)) for s in range(n)]

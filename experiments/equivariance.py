@@ -1,0 +1,153 @@
+"""equivariance: how exactly each layer commutes with shifts, per padding, shift mode and training stage.
+
+Every model in ``config.models`` that has a ``padding`` option is built once per padding in
+``equivariance.paddings`` (for ``CIRCULAR`` its pooling windows wrap too). For each seed, at initialisation
+and after training, each layer's relative equivariance error ``||f(T_s x) - T_{s/J} f(x)|| / ||f(x)||`` is
+measured on test inputs for shifts 0..max (all axes at once), under ``roll`` and ``zero`` shifts, over all
+positions and over the interior (positions no border can reach); layers after flatten/global pooling get
+the invariance error. Rotation by 90 degrees (2D; reflection in 1D) and magnification by 2 are measured too:
+convolutions do not commute with them.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from equivar.config import RunConfig, positive_int
+from equivar.data import load_dataset
+from equivar.equivariance import layer_shift_errors, transform_errors
+from equivar.errors import ConfigError
+from equivar.io import environment, write_json
+from equivar.layers import PADDINGS
+from equivar.metrics import mean_std
+from equivar.plot import plot_equivariance
+from equivar.transforms import SHIFT_MODES
+from experiments.common import builder, execution_plan, init_seeds, seed_models, train_seeds
+
+log = logging.getLogger(__name__)
+
+
+def _options(config: RunConfig, rank: int, spatial: tuple[int, ...]) -> dict[str, Any]:
+    raw = dict(config.raw.get("equivariance") or {})
+    paddings = list(raw.get("paddings") or PADDINGS)
+    for p in paddings:
+        if p not in PADDINGS:
+            raise ConfigError(f"unknown padding {p!r} in equivariance.paddings; valid choices: {', '.join(PADDINGS)}")
+    modes = list(raw.get("modes") or SHIFT_MODES)
+    for m in modes:
+        if m not in SHIFT_MODES:
+            raise ConfigError(f"unknown shift mode {m!r} in equivariance.modes; valid choices: {', '.join(SHIFT_MODES)}")
+    max_shift = positive_int(raw.get("max_shift", 8), "equivariance.max_shift")
+    if max_shift >= min(spatial):
+        raise ConfigError(f"equivariance.max_shift={max_shift} must be smaller than the input size {spatial}")
+    transforms = ["rotate90", "scale2"] if rank == 2 and spatial[0] == spatial[1] else ["flip", "scale2"]
+    return {"paddings": paddings, "modes": modes, "max_shift": max_shift,
+            "n_examples": positive_int(raw.get("n_examples", 256), "equivariance.n_examples"),
+            "trained": bool(raw.get("trained", True)), "transforms": transforms}
+
+
+def _aggregate(per_seed: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Per layer: mean/std over seeds of every per-shift error list."""
+    out = {}
+    for layer, first in per_seed[0].items():
+        row = {k: first[k] for k in ("shift", "divisible", "role") if k in first}
+        if "jump" in first:
+            row["jump"] = first["jump"]
+        for key in ("full", "interior"):
+            values = [s[layer][key] for s in per_seed]
+            if values[0]:
+                row[key] = mean_std(np.asarray(values, dtype=np.float64))
+        out[layer] = row
+    return out
+
+
+def run(config: RunConfig, out_dir: Path) -> dict[str, Any]:
+    data = load_dataset(config.dataset.loader, config.dataset.options)
+    opts = _options(config, data.rank, data.input_shape[:-1])
+    plan = execution_plan(config)
+    x = jnp.asarray(data.x_test[:opts["n_examples"]])
+    variants: dict[str, Any] = {}
+    skipped = []
+    for spec in config.models:
+        if "padding" not in _padding_capable(spec.kind):
+            skipped.append(f"{spec.name} ({spec.kind}) has no padding option: no spatial layers to compare")
+            continue
+        for padding in opts["paddings"]:
+            options = dict(spec.options, padding=padding)
+            if padding == "CIRCULAR" and "pool_padding" in _padding_capable(spec.kind):
+                options["pool_padding"] = "CIRCULAR"
+            name = f"{spec.name}/{padding}"
+            build = builder(spec.kind, options, data)
+            graphdef, states = init_seeds(build, config)
+            stages = {"init": states}
+            if opts["trained"]:
+                stages["trained"], _ = train_seeds(graphdef, states, data, config, plan, name)
+            result: dict[str, Any] = {"model": spec.name, "kind": spec.kind, "padding": padding, "stages": {}}
+            for stage, st in stages.items():
+                models = seed_models(graphdef, st)
+                shifts = {mode: _aggregate([layer_shift_errors(m, x, opts["max_shift"], mode) for m in models])
+                          for mode in opts["modes"]}
+                transforms = {}
+                for t in opts["transforms"]:
+                    per_seed = [transform_errors(m, x, t) for m in models]
+                    transforms[t] = {layer: mean_std([s[layer] for s in per_seed]) for layer in per_seed[0]}
+                result["stages"][stage] = {"shift": shifts, "transforms": transforms}
+            variants[name] = result
+            log.info("%s: done (%s)", name, ", ".join(stages))
+    if not variants:
+        raise ConfigError("equivariance: none of models=" + str([s.name for s in config.models]) +
+                          " has convolutional layers with a padding option (try models=[lenet,cnn_gap])")
+    metrics = {
+        "experiment": "equivariance",
+        "dataset": data.summary(),
+        "n_seeds": config.n_seeds,
+        "seeds": [config.seed + i for i in range(config.n_seeds)],
+        "n_examples": int(x.shape[0]),
+        "max_shift": opts["max_shift"],
+        "modes": opts["modes"],
+        "variants": variants,
+        "skipped": skipped,
+        "environment": environment(),
+    }
+    write_json(out_dir / "metrics.json", metrics)
+    plot_equivariance(metrics, out_dir)
+    print(summary(metrics))
+    return metrics
+
+
+def _padding_capable(kind: str) -> set[str]:
+    import inspect
+
+    from equivar.models import MODELS
+    return set(inspect.signature(MODELS[kind].__init__).parameters)
+
+
+def summary(metrics: dict[str, Any]) -> str:
+    """Per variant, stage and mode: the last spatial layer's error at shift 1 and at shift J (its jump), full
+    and interior, and the logits' invariance error at shift 1."""
+    lines = [f"equivariance on {metrics['dataset']['name']} ({metrics['n_seeds']} seeds, "
+             f"{metrics['n_examples']} test inputs): relative error, mean over seeds", "",
+             "| variant | stage | mode | last spatial layer | shift 1 full | shift 1 interior | shift J full | "
+             "shift J interior | logits at shift 1 |", "|---|---|---|---|---:|---:|---:|---:|---:|"]
+
+    def fmt(r, key, i):
+        value = r[key]["mean"][i] if key in r and i < len(r[key]["mean"]) else None
+        return "—" if value is None else f"{value:.1e}"
+
+    for name, v in metrics["variants"].items():
+        for stage, st in v["stages"].items():
+            for mode, layers in st["shift"].items():
+                spatial = [k for k, r in layers.items() if r["role"] == "equivariance"]
+                last = layers[spatial[-1]]
+                j = last["jump"][0]
+                logits = layers[list(layers)[-1]]
+                lines.append(f"| {name} | {stage} | {mode} | {spatial[-1]} (J={j}) | {fmt(last, 'full', 1)} | "
+                             f"{fmt(last, 'interior', 1)} | {fmt(last, 'full', j)} | {fmt(last, 'interior', j)} | "
+                             f"{fmt(logits, 'full', 1)} |")
+    return "\n".join(lines)

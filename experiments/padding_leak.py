@@ -1,0 +1,127 @@
+"""padding_leak: zero padding tells a convolution where it is (Kayhan & van Gemert 2020).
+
+Each dataset example becomes a patch on a larger canvas of constant ``background``, placed either in the first
+corner (offset 0 on every axis, class 0) or the last corner (offset ``margin``, class 1); every patch appears in
+both corners, so the classes are balanced and carry no content cue, only position. The net is one
+convolution (padding under test) + ReLU + global max pooling + linear. With zero padding (``SAME``) the border
+between canvas and padding is an edge the filters can see, and which corner the patch hides tells the class.
+With circular padding the two placements are circular shifts of each other, a circular convolution commutes
+with them and the global max forgets them: the two inputs of a pair get identical logits, so accuracy is
+exactly chance. That is checked on the data itself (``pairs_identical``, ``max_pair_logit_difference``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from equivar.config import RunConfig, number, positive_int
+from equivar.data import Dataset, load_dataset
+from equivar.errors import ConfigError
+from equivar.io import environment, write_json
+from equivar.layers import PADDINGS
+from equivar.metrics import accuracy, mean_std
+from equivar.plot import plot_padding_leak
+from equivar.train import make_predict
+from experiments.common import builder, execution_plan, init_seeds, train_seeds
+
+log = logging.getLogger(__name__)
+
+
+def corner_dataset(x: np.ndarray, margin: int, background: float) -> tuple[np.ndarray, np.ndarray]:
+    """Every patch in ``x`` (``(N, *spatial, C)``) placed at offset 0 (label 0) and at offset ``margin`` on every
+    axis (label 1) of a canvas ``margin`` larger per axis. Returns ``(2N, ...)`` inputs, interleaved as pairs."""
+    n, *spatial, c = x.shape
+    canvas_shape = (n, *(s + margin for s in spatial), c)
+    first = np.full(canvas_shape, background, dtype=np.float32)
+    last = first.copy()
+    first[(slice(None), *(slice(0, s) for s in spatial))] = x
+    last[(slice(None), *(slice(margin, margin + s) for s in spatial))] = x
+    inputs = np.stack([first, last], axis=1).reshape(2 * n, *canvas_shape[1:])
+    labels = np.tile(np.array([0, 1], dtype=np.int32), n)
+    return inputs, labels
+
+
+def run(config: RunConfig, out_dir: Path) -> dict[str, Any]:
+    options = dict(config.raw.get("padding_leak") or {})
+    paddings = list(options.get("paddings") or ["SAME", "CIRCULAR"])
+    for p in paddings:
+        if p not in PADDINGS:
+            raise ConfigError(f"unknown padding {p!r} in padding_leak.paddings; valid choices: {', '.join(PADDINGS)}")
+    margin = positive_int(options.get("margin", 8), "padding_leak.margin")
+    background = number(options.get("background", 1.0), "padding_leak.background")
+    channels = positive_int(options.get("channels", 8), "padding_leak.channels")
+    kernel = positive_int(options.get("kernel", 3), "padding_leak.kernel")
+    n_train = positive_int(options.get("n_train", 2000), "padding_leak.n_train")
+    n_test = positive_int(options.get("n_test", 1000), "padding_leak.n_test")
+    data = load_dataset(config.dataset.loader, config.dataset.options)
+    x_train, y_train = corner_dataset(data.x_train[:n_train], margin, background)
+    x_test, y_test = corner_dataset(data.x_test[:n_test], margin, background)
+    corners = Dataset(name=f"{data.name} corners", x_train=x_train, y_train=y_train, x_test=x_test,
+                      y_test=y_test, n_classes=2)
+    if config.train.batch_size > len(y_train):
+        raise ConfigError(f"train.batch_size={config.train.batch_size} exceeds the {len(y_train)} training inputs")
+    plan = execution_plan(config)
+    results = {}
+    for padding in paddings:
+        layers = [{"type": "conv", "features": channels, "kernel": kernel, "padding": padding},
+                  {"type": "activation", "fn": "relu"}, {"type": "global_pool", "kind": "max"}]
+        build = builder("stack", {"layers": layers}, corners)
+        graphdef, states = init_seeds(build, config)
+        states, history = train_seeds(graphdef, states, corners, config, plan, f"padding {padding}")
+        predict = jax.jit(jax.vmap(make_predict(graphdef), in_axes=(0, None)))
+        logits_fn = jax.jit(jax.vmap(lambda p, v: _logits(graphdef, p, v), in_axes=(0, None)))
+        preds = np.asarray(predict(states.params, jnp.asarray(x_test)))
+        logits = np.asarray(logits_fn(states.params, jnp.asarray(x_test)))
+        pair_diff = np.abs(logits[:, 0::2] - logits[:, 1::2]).max(axis=(1, 2))
+        same_prediction = (preds[:, 0::2] == preds[:, 1::2]).mean(axis=1)
+        acc = accuracy(preds, y_test)
+        results[padding] = {
+            "test_accuracy": mean_std(acc),
+            "train_accuracy_last_epoch": mean_std(history.accuracy[:, -1]),
+            "max_pair_logit_difference": pair_diff.tolist(),
+            "pairs_identical": bool((pair_diff == 0).all()),
+            "pairs_same_prediction": same_prediction.tolist(),
+            "per_seed": {"test_accuracy": acc.tolist()},
+        }
+        log.info("padding %s: test accuracy %s, max pair logit difference %s", padding, np.round(acc, 4),
+                 pair_diff)
+    metrics = {
+        "experiment": "padding_leak",
+        "dataset": corners.summary(),
+        "source": data.name,
+        "margin": margin,
+        "background": background,
+        "net": {"conv_channels": channels, "kernel": kernel, "then": "relu, global max pool, linear"},
+        "n_seeds": config.n_seeds,
+        "seeds": [config.seed + i for i in range(config.n_seeds)],
+        "chance": 0.5,
+        "paddings": results,
+        "environment": environment(),
+    }
+    write_json(out_dir / "metrics.json", metrics)
+    plot_padding_leak(metrics, out_dir)
+    print(summary(metrics))
+    return metrics
+
+
+def _logits(graphdef: nnx.GraphDef, params: nnx.State, x: jax.Array) -> jax.Array:
+    return nnx.merge(graphdef, params)(x)
+
+
+def summary(metrics: dict[str, Any]) -> str:
+    lines = [f"padding_leak on {metrics['source']} patches in two corners of a canvas {metrics['margin']} larger "
+             f"({metrics['n_seeds']} seeds; chance 0.5)", "",
+             "| padding | test accuracy | pairs with identical logits | max pair logit difference |",
+             "|---|---:|---|---:|"]
+    for padding, r in metrics["paddings"].items():
+        lines.append(f"| {padding} | {r['test_accuracy']['mean']:.4f} ± {r['test_accuracy']['std']:.4f} | "
+                     f"{'all' if r['pairs_identical'] else 'no'} | {max(r['max_pair_logit_difference']):.2e} |")
+    return "\n".join(lines)
+

@@ -1,0 +1,135 @@
+"""pooling_invariance: how much invariance each pooling buys, as a function of shift and pooling size.
+
+Features are a circular convolution + ReLU (``pooling_invariance.channels`` maps, kernel ``kernel``; one
+random initialisation per seed, the same for every pooling) on the test inputs. Each pooling ``g`` is applied
+to them and its invariance error ``||g(T_s x) - g(x)|| / ||g(x)||`` is measured for circular shifts
+``s = 0..max`` along every axis: local max and mean pooling, Zhang's (2019) blur pooling (max with stride 1,
+binomial blur, subsample) and Chaman & Dokmanic's (2021) adaptive polyphase sampling (APS; max with stride 1,
+then the largest-norm polyphase component), each with window = stride = ``p`` for every ``p`` in ``sizes``,
+and global average and global max pooling. Everything is circular, so global pooling is exactly invariant.
+
+Expected: errors grow with the shift and saturate; larger ``p`` rise more slowly (invariance to larger
+displacements); blur pooling is smoother than max pooling; APS output is a shifted copy of itself, so it is
+*equivariant* (error 0 after undoing the shift, reported as ``aps_shift_aligned``) though not invariant;
+global pooling stays at 0.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from equivar.config import RunConfig, int_list, positive_int
+from equivar.data import load_dataset
+from equivar.equivariance import relative_error
+from equivar.errors import ConfigError
+from equivar.io import environment, write_json
+from equivar.layers import Blur, GlobalPool, PolyphaseDownsample, Pool
+from equivar.metrics import mean_std
+from equivar.plot import plot_pooling_invariance
+from equivar.transforms import shift
+
+log = logging.getLogger(__name__)
+
+Pooling = Callable[[jax.Array], jax.Array]
+
+
+def poolings(rank: int, sizes: list[int]) -> dict[str, dict[str, Any]]:
+    """Name -> {"fn", "type", "size"}; every local pooling has window = stride = size, circular windows."""
+    out: dict[str, dict[str, Any]] = {}
+    for p in sizes:
+        window = (p,) * rank
+        dense_max = Pool("max", window, (1,) * rank, "CIRCULAR")
+        out[f"max{p}"] = {"fn": Pool("max", window, window), "type": "max", "size": p}
+        out[f"mean{p}"] = {"fn": Pool("mean", window, window), "type": "mean", "size": p}
+        blur = Blur(3, window, "CIRCULAR")
+        out[f"blur{p}"] = {"fn": lambda x, m=dense_max, b=blur: b(m(x)), "type": "blur", "size": p}
+        aps = PolyphaseDownsample(window)
+        out[f"aps{p}"] = {"fn": lambda x, m=dense_max, a=aps: a(m(x)), "type": "aps", "size": p}
+    out["global_mean"] = {"fn": GlobalPool("mean"), "type": "global mean", "size": None}
+    out["global_max"] = {"fn": GlobalPool("max"), "type": "global max", "size": None}
+    return out
+
+
+def _aligned_error(pooled_shifted: jax.Array, pooled: jax.Array) -> jax.Array:
+    """The smallest error over every circular shift of the pooled map (how far from equivariant it is)."""
+    spatial = pooled.shape[1:-1]
+    grids = np.stack(np.meshgrid(*[np.arange(n) for n in spatial], indexing="ij"), -1).reshape(-1, len(spatial))
+    errs = jnp.stack([relative_error(pooled_shifted, shift(pooled, g), pooled) for g in grids])
+    return errs.min(0)
+
+
+def run(config: RunConfig, out_dir: Path) -> dict[str, Any]:
+    options = dict(config.raw.get("pooling_invariance") or {})
+    data = load_dataset(config.dataset.loader, config.dataset.options)
+    spatial = data.input_shape[:-1]
+    sizes = int_list(options.get("sizes", [2, 4, 8]), "pooling_invariance.sizes", minimum=1)
+    too_big = [p for p in sizes if p > min(spatial)]
+    if too_big:
+        raise ConfigError(f"pooling_invariance.sizes {too_big} exceed the input size {spatial}")
+    max_shift = positive_int(options.get("max_shift", 12), "pooling_invariance.max_shift")
+    if max_shift >= min(spatial):
+        raise ConfigError(f"pooling_invariance.max_shift={max_shift} must be smaller than the input {spatial}")
+    channels = positive_int(options.get("channels", 16), "pooling_invariance.channels")
+    kernel = positive_int(options.get("kernel", 5), "pooling_invariance.kernel")
+    n_examples = positive_int(options.get("n_examples", 256), "pooling_invariance.n_examples")
+    x = jnp.asarray(data.x_test[:n_examples])
+    shifts = [(s,) * data.rank for s in range(max_shift + 1)]
+    pools = poolings(data.rank, sizes)
+
+    per_seed: dict[str, list[list[float]]] = {name: [] for name in pools}
+    aligned: dict[str, list[list[float]]] = {name: [] for name in pools if pools[name]["type"] == "aps"}
+    for i in range(config.n_seeds):
+        conv = nnx.Conv(data.input_shape[-1], channels, (kernel,) * data.rank, padding="CIRCULAR",
+                        rngs=nnx.Rngs(config.seed + i))
+        features = jax.jit(lambda v, c=conv: jax.nn.relu(c(v)))
+        base = features(x)
+        moved = [features(shift(x, s)) for s in shifts]
+        for name, p in pools.items():
+            fn = jax.jit(p["fn"])
+            pooled = fn(base)
+            pooled_moved = [fn(m) for m in moved]
+            per_seed[name].append([float(relative_error(pm, pooled, pooled).mean()) for pm in pooled_moved])
+            if name in aligned:
+                aligned[name].append([float(_aligned_error(pm, pooled).mean()) for pm in pooled_moved])
+    results = {}
+    for name, p in pools.items():
+        results[name] = {"type": p["type"], "size": p["size"], "error": mean_std(np.asarray(per_seed[name]))}
+        if name in aligned:
+            results[name]["shift_aligned_error"] = mean_std(np.asarray(aligned[name]))
+    metrics = {
+        "experiment": "pooling_invariance",
+        "dataset": data.summary(),
+        "n_seeds": config.n_seeds,
+        "seeds": [config.seed + i for i in range(config.n_seeds)],
+        "features": {"channels": channels, "kernel": kernel, "padding": "CIRCULAR", "activation": "relu",
+                     "weights": "random (one initialisation per seed)"},
+        "n_examples": int(x.shape[0]),
+        "shifts": [int(s[0]) for s in shifts],
+        "sizes": sizes,
+        "poolings": results,
+        "environment": environment(),
+    }
+    write_json(out_dir / "metrics.json", metrics)
+    plot_pooling_invariance(metrics, out_dir)
+    print(summary(metrics))
+    return metrics
+
+
+def summary(metrics: dict[str, Any]) -> str:
+    shifts = metrics["shifts"]
+    picks = sorted({1, 2, 4, shifts[-1]} & set(shifts))
+    lines = [f"pooling_invariance on {metrics['dataset']['name']} ({metrics['n_seeds']} seeds, "
+             f"{metrics['n_examples']} test inputs, circular shifts along every axis): invariance error", "",
+             "| pooling | " + " | ".join(f"shift {s}" for s in picks) + " |",
+             "|---|" + "---:|" * len(picks)]
+    for name, r in metrics["poolings"].items():
+        cells = [f"{r['error']['mean'][s]:.3f} ± {r['error']['std'][s]:.3f}" for s in picks]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
