@@ -119,6 +119,9 @@ def parse_config(raw: Mapping[str, Any]) -> RunConfig:
         optimizer=_choice(tr.get("optimizer"), OPTIMIZERS, "optimizer"),
         learning_rate=_number(tr.get("learning_rate"), "train.learning_rate"),
         optimizer_options=dict(tr.get("optimizer_options") or {}),
+        augment_shift=_int(tr.get("augment_shift", 0), "train.augment_shift", 0),
+        augment_mode=_choice(tr.get("augment_mode", "roll"), SHIFT_MODES, "train.augment_mode"),
+        min_steps=_int(tr.get("min_steps", 0), "train.min_steps", 0),
     )
     sh = dict(raw.get("shift") or {})
     shift = ShiftSpec(max=_int(sh.get("max"), "shift.max", 0),

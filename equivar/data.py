@@ -126,8 +126,19 @@ def load_tfds(*, tfds_name: str, data_dir: str | None = None, train_split: str =
         labels = np.asarray([int(r[label_key]) for r in records], dtype=np.int32)
         return _to_unit_float(images), labels
 
-    x_train, y_train = read(train_split, n_train)
-    x_test, y_test = read(test_split, n_test)
+    def read_checked(split: str, n: int | None) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            return read(split, n)
+        except Exception as err:  # a truncated or corrupted record file fails deep inside array_record
+            files = sorted(str(p) for p in Path(builder.data_dir).glob(f"{tfds_name}-{split}.*"))
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+            raise DataUnavailableError(
+                f"cannot read split {split!r} of TFDS dataset {tfds_name!r} from {', '.join(files) or builder.data_dir}"
+                f" ({type(err).__name__}: {reason}). The file is truncated or corrupted: delete "
+                f"{builder.data_dir} and prepare the dataset again.") from None
+
+    x_train, y_train = read_checked(train_split, n_train)
+    x_test, y_test = read_checked(test_split, n_test)
     if x_train.ndim == 3:  # (N, H, W) without a channel axis
         x_train, x_test = x_train[..., None], x_test[..., None]
     return Dataset(tfds_name, x_train, y_train, x_test, y_test, n_classes=n_classes)
@@ -162,6 +173,8 @@ def _prepare(builder: Any, name: str, data_dir: str | None, download: bool, manu
     )
     if not download and manual_dir is None:
         raise DataUnavailableError(hint)
+    if manual_dir is not None:
+        verify_checksums(Path(manual_dir).expanduser())
     import tensorflow_datasets as tfds
 
     config = tfds.download.DownloadConfig(manual_dir=str(Path(manual_dir).expanduser()) if manual_dir else None)
@@ -170,6 +183,36 @@ def _prepare(builder: Any, name: str, data_dir: str | None, download: bool, manu
     except Exception as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise DataUnavailableError(f"{hint} Preparing it failed: {type(err).__name__}: {reason[:300]}") from None
+
+
+def verify_checksums(folder: Path) -> list[Path]:
+    """Checks the files of ``folder`` against a ``SHA256SUMS`` list (``sha256  relative/path`` lines) found in
+    the folder or its parent; raises DataUnavailableError naming the first file that is missing or differs.
+    Returns the files checked (none when there is no list)."""
+    import hashlib
+
+    for base in (folder, folder.parent):
+        sums = base / "SHA256SUMS"
+        if sums.is_file():
+            break
+    else:
+        return []
+    checked = []
+    for line in sums.read_text().splitlines():
+        if not line.strip():
+            continue
+        expected, name = line.split(maxsplit=1)
+        path = (base / name.strip().lstrip("*")).resolve()
+        if folder.resolve() not in path.parents:
+            continue  # an entry for another dataset's files
+        if not path.is_file():
+            raise DataUnavailableError(f"{path} is listed in {sums} but missing")
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if digest != expected.lower():
+            raise DataUnavailableError(f"{path} has sha256 {digest}, but {sums} says {expected}: the file is "
+                                       "corrupted or a different version; fetch it again")
+        checked.append(path)
+    return checked
 
 
 def _make_templates(rank: int, n_classes: int, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -228,6 +271,42 @@ DATASETS: dict[str, Callable[..., Dataset]] = {
 }
 
 
+def _tfds_shape(*, tfds_name: str, data_dir: str | None = None, **_: Any) -> tuple[tuple[int, ...], int]:
+    """Input shape and classes from a prepared TFDS dataset's metadata, without reading any records."""
+    import tensorflow_datasets as tfds
+
+    data_dir = data_dir or os.environ.get("TFDS_DATA_DIR")
+    try:
+        builder = tfds.builder(tfds_name, data_dir=data_dir)
+    except Exception as err:
+        raise DataUnavailableError(f"TFDS has no dataset named {tfds_name!r} ({type(err).__name__}). Check the "
+                                   "name against 'tfds.list_builders()'.") from None
+    image_key, label_key = _supervised_keys(builder, tfds_name)
+    shape = tuple(builder.info.features[image_key].shape)
+    if len(shape) == 2:
+        shape = shape + (1,)
+    return shape, int(builder.info.features[label_key].num_classes)
+
+
+# How each loader's input shape and class count follow from its options alone (no data read), so configs
+# can be checked against the models before anything is loaded or compiled.
+DATASET_SHAPES: dict[str, Callable[..., tuple[tuple[int, ...], int]]] = {
+    "mnist1d": lambda final_seq_length=40, **_: ((int(final_seq_length), 1), 10),
+    "synthetic": lambda rank=1, size=24, n_classes=4, **_: ((int(size),) * int(rank) + (1,), int(n_classes)),
+    "tfds": _tfds_shape,
+}
+
+
+def dataset_shape(loader: str, options: dict[str, Any]) -> tuple[tuple[int, ...], int] | None:
+    """``(input_shape, n_classes)`` of a configured dataset without loading it (None: unknown loader)."""
+    if loader not in DATASET_SHAPES:
+        return None
+    try:
+        return DATASET_SHAPES[loader](**options)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"dataset options {options}: {err}") from None
+
+
 def load_dataset(loader: str, options: dict[str, Any]) -> Dataset:
     """Loads a dataset by registry name with its config options."""
     if loader not in DATASETS:
@@ -238,4 +317,7 @@ def load_dataset(loader: str, options: dict[str, Any]) -> Dataset:
     if unknown:
         raise ConfigError(f"dataset loader {loader!r} has no option(s) {unknown}; valid options: "
                           f"{', '.join(accepted)}")
-    return fn(**options)
+    try:
+        return fn(**options)
+    except (ValueError, TypeError) as err:  # bad option values: one line naming the loader
+        raise ConfigError(f"dataset loader {loader!r}: {err}") from None

@@ -44,6 +44,8 @@ class Geometry:
 
 def as_tuple(value: int | Sequence[int], rank: int) -> tuple[int, ...]:
     """Broadcasts an int to a per-axis tuple, or checks a sequence has one entry per spatial axis."""
+    if isinstance(value, bool) or isinstance(value, (str, float)):
+        raise ValueError(f"expected an integer or one integer per spatial axis, got {value!r}")
     if isinstance(value, int):
         return (value,) * rank
     value = tuple(int(v) for v in value)

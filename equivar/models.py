@@ -67,6 +67,14 @@ class _Builder:
     def rank(self) -> int:
         return len(self.spatial)
 
+    @staticmethod
+    def _positive(name: str, **sizes: Any) -> None:
+        """Every size of a layer must be >= 1 (integers, or one per axis): a one-line error naming the layer."""
+        for what, value in sizes.items():
+            values = value if isinstance(value, (tuple, list)) else (value,)
+            if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
+                raise ValueError(f"layer {name!r}: {what} must be integers >= 1, got {value!r}")
+
     def _add(self, name: str, layer: nnx.Module) -> None:
         setattr(self.model, name, layer)
         self.names.append(name)
@@ -85,6 +93,8 @@ class _Builder:
              padding: str = "VALID", use_bias: bool = True) -> None:
         if padding not in PADDINGS:
             raise ValueError(f"layer {name!r}: unknown padding {padding!r}; choose one of {PADDINGS}")
+        self._positive(name, features=features, kernel=as_tuple(kernel, self.rank),
+                       stride=as_tuple(stride, self.rank), dilation=as_tuple(dilation, self.rank))
         conv = nnx.Conv(
             self.channels, features, as_tuple(kernel, self.rank), strides=as_tuple(stride, self.rank),
             kernel_dilation=as_tuple(dilation, self.rank), padding=padding, use_bias=use_bias,
@@ -98,6 +108,8 @@ class _Builder:
               padding: str = "VALID", use_bias: bool = True) -> None:
         if padding not in PADDINGS:
             raise ValueError(f"layer {name!r}: unknown padding {padding!r}; choose one of {PADDINGS}")
+        self._positive(name, features=features, kernel=as_tuple(kernel, self.rank),
+                       stride=as_tuple(stride, self.rank), dilation=as_tuple(dilation, self.rank))
         geometry = Geometry(as_tuple(kernel, self.rank), as_tuple(stride, self.rank),
                             as_tuple(dilation, self.rank), padding)
         in_spatial = self.spatial
@@ -111,12 +123,15 @@ class _Builder:
              padding: str = "VALID") -> None:
         window = as_tuple(window, self.rank)
         stride = window if stride is None else as_tuple(stride, self.rank)
+        self._positive(name, window=window, stride=stride)
         pool = Pool(kind, window, stride, padding)
         self._advance(name, pool.geometry)
         self._add(name, pool)
 
     def group_conv(self, name: str, features: int, kernel: int | Sequence[int], *, dilation=1,
                    pool_copies: bool = True) -> None:
+        self._positive(name, features=features, kernel=as_tuple(kernel, self.rank),
+                       dilation=as_tuple(dilation, self.rank))
         layer = GroupConv(self.channels, features, as_tuple(kernel, self.rank),
                           dilation=as_tuple(dilation, self.rank), pool_copies=pool_copies, rngs=self.rngs)
         self._advance(name, layer.geometry)
@@ -124,12 +139,14 @@ class _Builder:
         self.channels = features if pool_copies else features * layer.n_copies
 
     def blur(self, name: str, size: int = 3, stride: int | Sequence[int] = 2, padding: str = "SAME") -> None:
+        self._positive(name, size=size, stride=as_tuple(stride, self.rank))
         layer = Blur(int(size), as_tuple(stride, self.rank), padding)
         self._advance(name, layer.geometry)
         self._add(name, layer)
 
     def polyphase(self, name: str, stride: int | Sequence[int] = 2) -> None:
         stride = as_tuple(stride, self.rank)
+        self._positive(name, stride=stride)
         out = tuple(n // s for n, s in zip(self.spatial, stride))
         if min(out) < 1:
             raise ValueError(f"layer {name!r} (polyphase stride {stride}) gets spatial input {self.spatial} and "
@@ -146,6 +163,7 @@ class _Builder:
         self.flat = self.channels * _prod(self.spatial)
 
     def dense(self, name: str, features: int) -> None:
+        self._positive(name, features=features)
         in_features = self.flat if self.flat is not None else None
         if in_features is None:
             raise RuntimeError("dense layers follow flatten or global pooling")

@@ -27,11 +27,19 @@ def _axis_slice(shifts: np.ndarray, axis: int) -> np.ndarray:
     return rows[np.argsort(shifts[rows, axis])]
 
 
+def _seed_label(name: str, m: dict[str, Any]) -> str:
+    diverged = sum(s != "ok" for s in m.get("status", []))
+    return f"{name} ({diverged}/{len(m['status'])} seeds diverged)" if diverged else name
+
+
 def plot_shift_test(metrics: dict[str, Any], out_dir: Path) -> list[Path]:
     out_dir = Path(out_dir)
     shifts = np.asarray(metrics["shifts"])
     rank = shifts.shape[1]
-    models = metrics["models"]
+    # Models whose every seed diverged have nothing to draw; the others say how many seeds they lost.
+    models = {_seed_label(name, m): m for name, m in metrics["models"].items() if "shift_accuracy" in m}
+    if not models:
+        return []
     mode = metrics["shift_mode"]
     dataset = metrics["dataset"]["name"]
     n_seeds = metrics["n_seeds"]

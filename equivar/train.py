@@ -22,6 +22,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from equivar.strategy import ExecutionPlan, replicate, shard_seeds
+from equivar.transforms import shift_each
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,13 @@ class TrainSpec:
     optimizer: str = "adam"
     learning_rate: float = 1e-3
     optimizer_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    augment_shift: int = 0  # > 0: every training example is shifted by a random offset in [-a, a] per axis
+    augment_mode: str = "roll"  # how augmentation shifts: roll | zero
+    min_steps: int = 0  # train at least this many steps (more epochs when the training set is small)
+
+    def epochs_for(self, n_examples: int) -> int:
+        steps_per_epoch = max(1, n_examples // self.batch_size)
+        return max(self.epochs, -(-self.min_steps // steps_per_epoch))
 
 
 def make_optimizer(spec: TrainSpec) -> optax.GradientTransformation:
@@ -52,6 +60,9 @@ def make_optimizer(spec: TrainSpec) -> optax.GradientTransformation:
 class TrainState(NamedTuple):
     params: nnx.State
     opt_state: Any
+    step: jax.Array  # steps taken (int32)
+    rng: jax.Array  # key data for this seed's augmentation draws (uint32)
+    diverged_at: jax.Array  # the first step whose loss or gradients were not finite; -1 while training is healthy
 
 
 Batch = tuple[jax.Array, jax.Array]
@@ -80,14 +91,21 @@ def init_states(build: Callable[[nnx.Rngs], nnx.Module], tx: optax.GradientTrans
 
     def init_one(key: jax.Array) -> TrainState:
         params = nnx.state(build(nnx.Rngs(_init_key(key))), nnx.Param)
-        return TrainState(params, tx.init(params))
+        return TrainState(params, tx.init(params), jnp.zeros((), jnp.int32),
+                          jax.random.key_data(jax.random.fold_in(key, 2)), jnp.full((), -1, jnp.int32))
 
     return graphdef, jax.jit(jax.vmap(init_one))(keys)
 
 
-def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, augment_shift: int = 0,
+                    augment_mode: str = "roll"
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
-    """The pure step: ``train_step(state, (x, y)) -> (state, {"loss", "accuracy"})``."""
+    """The pure step: ``train_step(state, (x, y)) -> (state, {"loss", "accuracy"})``.
+
+    Divergence guard: when the loss or a gradient is NaN or infinite, the step records its index in
+    ``diverged_at`` and keeps the previous parameters; from then on the seed is frozen (no host sync needed,
+    so it works the same inside a loop, ``vmap`` or ``scan``).
+    """
 
     def loss_fn(params: nnx.State, x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
         logits = nnx.merge(graphdef, params)(x)
@@ -96,11 +114,22 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         x, y = batch
+        if augment_shift > 0:  # a fresh random translation per example and step, from this seed's key
+            key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+            offsets = jax.random.randint(key, (x.shape[0], x.ndim - 2), -augment_shift, augment_shift + 1)
+            x = shift_each(x, offsets, augment_mode)
         (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, x, y)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         accuracy = (logits.argmax(-1) == y).mean()
-        return TrainState(params, opt_state), {"loss": loss, "accuracy": accuracy}
+        leaves = jax.tree.leaves(grads) + jax.tree.leaves(params)
+        finite = jnp.isfinite(loss) & jnp.all(jnp.array([jnp.all(jnp.isfinite(a)) for a in leaves]))
+        healthy = finite & (state.diverged_at < 0)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(healthy, a, b), new, old)  # noqa: E731
+        diverged_at = jnp.where((state.diverged_at < 0) & ~finite, state.step, state.diverged_at)
+        new_state = TrainState(keep(params, state.params), keep(opt_state, state.opt_state), state.step + 1,
+                               state.rng, diverged_at)
+        return new_state, {"loss": loss, "accuracy": accuracy}
 
     return train_step
 
@@ -126,15 +155,28 @@ class History:
     loss: np.ndarray
     accuracy: np.ndarray
     seconds: float
+    diverged_at: np.ndarray  # per seed: the first non-finite step, or -1
+    steps_per_epoch: int = 0
+
+    def status(self) -> list[str]:
+        """Per seed: ``ok`` or ``diverged at step S (epoch E)``."""
+        out = []
+        for step in self.diverged_at:
+            if step < 0:
+                out.append("ok")
+            else:
+                epoch = int(step) // self.steps_per_epoch + 1 if self.steps_per_epoch else "?"
+                out.append(f"diverged at step {int(step)} (epoch {epoch})")
+        return out
 
 
 class SeedTrainer:
     """Trains a stack of seeds of one model with one compiled step, packed as the plan says."""
 
     def __init__(self, graphdef: nnx.GraphDef, tx: optax.GradientTransformation, plan: ExecutionPlan,
-                 *, max_traces: int | None = None):
+                 *, max_traces: int | None = None, augment_shift: int = 0, augment_mode: str = "roll"):
         self.plan = plan
-        train_step = make_train_step(graphdef, tx)
+        train_step = make_train_step(graphdef, tx, augment_shift, augment_mode)
 
         def gather_and_step(state: TrainState, x: jax.Array, y: jax.Array, idx: jax.Array):
             return train_step(state, (x[idx], y[idx]))
@@ -157,7 +199,7 @@ class SeedTrainer:
 
     def fit(self, states: TrainState, x: jax.Array, y: jax.Array, keys: jax.Array, spec: TrainSpec,
             label: str = "model") -> tuple[TrainState, History]:
-        """Trains every seed for ``spec.epochs`` epochs; returns the stacked states and per-epoch history."""
+        """Trains every seed for ``spec.epochs_for(n)`` epochs; returns the stacked states and per-epoch history."""
         start = time.perf_counter()
         n_seeds = keys.shape[0]
         if self.plan.seed_packing == "vmap":
@@ -173,9 +215,14 @@ class SeedTrainer:
             acc = np.stack([r[2] for r in results])
         jax.block_until_ready(states)
         history = History(loss=loss.reshape(n_seeds, -1), accuracy=acc.reshape(n_seeds, -1),
-                          seconds=time.perf_counter() - start)
+                          seconds=time.perf_counter() - start,
+                          diverged_at=np.asarray(states.diverged_at).reshape(n_seeds),
+                          steps_per_epoch=int(y.shape[0]) // spec.batch_size)
+        if (history.diverged_at >= 0).any():
+            log.warning("%s: %s", label, "; ".join(f"seed {i}: {s}" for i, s in enumerate(history.status())
+                                                   if s != "ok"))
         log.info("%s: trained %d seed(s) x %d epochs in %.1fs; final loss %s, train accuracy %s", label,
-                 n_seeds, spec.epochs, history.seconds, np.round(history.loss[:, -1], 4),
+                 n_seeds, spec.epochs_for(int(y.shape[0])), history.seconds, np.round(history.loss[:, -1], 4),
                  np.round(history.accuracy[:, -1], 4))
         return states, history
 
@@ -184,13 +231,14 @@ class SeedTrainer:
         """One seed (loop packing) or all seeds at once (vmap packing, leading seed axis everywhere)."""
         n = int(y.shape[0])
         losses, accs = [], []
-        for epoch in range(spec.epochs):
+        epochs = spec.epochs_for(n)
+        for epoch in range(epochs):
             epoch_keys = jax.vmap(_order_key, in_axes=(0, None))(key, epoch) if key.ndim else \
                 _order_key(key, epoch)
             order = self.order(epoch_keys, n, spec.batch_size)
             steps = order.shape[-2]
             step_metrics = []
-            bar = tqdm(range(steps), desc=f"{label} epoch {epoch + 1}/{spec.epochs}", leave=False,
+            bar = tqdm(range(steps), desc=f"{label} epoch {epoch + 1}/{epochs}", leave=False,
                        disable=None, unit="step")
             chunk = self.plan.steps_per_call
             for t in bar:
@@ -206,6 +254,11 @@ class SeedTrainer:
             accs.append(np.asarray(stacked["accuracy"]))
             bar.set_postfix(loss=float(np.mean(losses[-1])), acc=float(np.mean(accs[-1])))
             bar.close()
+            if bool(np.all(np.asarray(state.diverged_at) >= 0)):  # every seed here is frozen: stop early
+                pad = epochs - epoch - 1
+                losses += [np.full_like(losses[-1], np.nan)] * pad
+                accs += [np.full_like(accs[-1], np.nan)] * pad
+                break
         return state, np.stack(losses, axis=-1), np.stack(accs, axis=-1)
 
 

@@ -35,7 +35,8 @@ def train_seeds(graphdef: nnx.GraphDef, states: TrainState, data: Dataset, confi
                 plan: ExecutionPlan, label: str) -> tuple[TrainState, History]:
     """Trains every seed of one model on the training set with the run's train settings."""
     tx = make_optimizer(config.train)
-    trainer = SeedTrainer(graphdef, tx, plan)
+    trainer = SeedTrainer(graphdef, tx, plan, augment_shift=config.train.augment_shift,
+                          augment_mode=config.train.augment_mode)
     return trainer.fit(states, jax.device_put(data.x_train), jax.device_put(data.y_train),
                        seed_keys(config.seed, config.n_seeds), config.train, label=label)
 

@@ -24,7 +24,8 @@ def _train(data, kind, packing, n_seeds=2, base_seed=0, spec=SPEC, max_traces=No
     tx = make_optimizer(spec)
     keys = seed_keys(base_seed, n_seeds)
     graphdef, states = init_states(build, tx, keys)
-    trainer = SeedTrainer(graphdef, tx, plan_execution(packing, steps_per_call=steps_per_call), max_traces=max_traces)
+    trainer = SeedTrainer(graphdef, tx, plan_execution(packing, steps_per_call=steps_per_call), max_traces=max_traces,
+                          augment_shift=spec.augment_shift)
     states, history = trainer.fit(states, jnp.asarray(data.x_train), jnp.asarray(data.y_train), keys, spec)
     return states, history, trainer
 
@@ -79,3 +80,19 @@ def test_steps_scanned_in_one_call_equal_steps_called_one_by_one(data, packing):
     np.testing.assert_allclose(h_stepwise.loss, h_scanned.loss, rtol=1e-4)
     np.testing.assert_allclose(h_stepwise.accuracy, h_scanned.accuracy, atol=1e-6)
     assert trainer.multi_step._cache_size() == 2  # the full chunk and the remainder
+
+
+def test_shift_augmentation_draws_per_seed_and_step_and_min_steps_adds_epochs(data):
+    """Augmented training differs from plain training, is reproducible, and min_steps stretches epochs."""
+    aug = TrainSpec(epochs=2, batch_size=16, learning_rate=3e-3, augment_shift=3)
+    plain, _, _ = _train(data, "mlp", "loop")
+    a, _, _ = _train(data, "mlp", "loop", spec=aug)
+    b, _, _ = _train(data, "mlp", "loop", spec=aug)
+    leaves = lambda s: jax.tree.leaves(s.params)  # noqa: E731
+    assert not np.allclose(leaves(plain)[0], leaves(a)[0])
+    for x, y in zip(leaves(a), leaves(b)):
+        np.testing.assert_array_equal(x, y)
+    longer = TrainSpec(epochs=2, batch_size=16, min_steps=20)
+    assert longer.epochs_for(64) == 5 and longer.epochs_for(1000) == 2
+    _, history, _ = _train(data, "mlp", "loop", spec=longer)
+    assert history.loss.shape == (2, 5)

@@ -1,0 +1,240 @@
+"""Turn a sweep folder into one table and one figure: ``python -m equivar.report SWEEP_DIR [--out DIR]``.
+
+Reads every run's ``.hydra/config.yaml``, ``status.json`` and ``metrics.json`` under a multirun folder, finds
+the config keys whose values differ between runs, and writes ``report.csv`` and ``report.md`` (one row per run
+and model: the varying keys as columns, then every per-model metric stored as mean and std over seeds) and
+``report_<metric>.png`` (each metric against the first numeric varying key, one line per model and value of
+the other varying keys, with ± std bands). Failed or unfinished runs are listed, never silently dropped.
+A sweep launched with ``hydra.callbacks.report`` (as ``experiment=sample_efficiency`` does) writes its report
+into ``SWEEP_DIR/report/`` when the last job ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+from hydra.experimental.callback import Callback
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+IGNORED_KEYS = ("overwrite",)
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted keys for nested dicts; lists become JSON strings so they compare and print as one value."""
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out
+    if isinstance(tree, list):
+        return {prefix[:-1]: json.dumps(tree)}
+    return {prefix[:-1]: tree}
+
+
+def _load_config(path: Path) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(path)
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # an interpolation that only resolves inside Hydra: keep it as written
+        return OmegaConf.to_container(cfg, resolve=False)
+
+
+def collect(sweep_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(finished runs, failed or unfinished runs) under ``sweep_dir``; each finished run has its flat config
+    and metrics, each problem says why."""
+    runs, problems = [], []
+    for config_path in sorted(Path(sweep_dir).rglob(".hydra/config.yaml"), key=lambda p: _natural(p.parent.parent)):
+        run_dir = config_path.parent.parent
+        entry: dict[str, Any] = {"run": str(run_dir.relative_to(sweep_dir)) or ".", "dir": run_dir}
+        status_path, metrics_path = run_dir / "status.json", run_dir / "metrics.json"
+        status = json.loads(status_path.read_text()) if status_path.is_file() else {}
+        entry["status"] = status.get("status", "complete" if metrics_path.is_file() else "unfinished")
+        entry["config"] = flatten(_load_config(config_path))
+        if entry["status"] in ("complete", "diverged") and metrics_path.is_file():
+            try:
+                entry["metrics"] = json.loads(metrics_path.read_text())
+            except json.JSONDecodeError as err:
+                entry.update(status="unreadable metrics.json", error=str(err))
+                problems.append(entry)
+                continue
+            runs.append(entry)
+        else:
+            entry["error"] = status.get("error") or status.get("note") or "no metrics.json"
+            problems.append(entry)
+    return runs, problems
+
+
+def _natural(path: Path) -> list[Any]:
+    return [int(p) if p.isdigit() else p for p in path.parts]
+
+
+def varying_keys(configs: list[dict[str, Any]]) -> list[str]:
+    keys = sorted({k for c in configs for k in c})
+    return [k for k in keys if k not in IGNORED_KEYS and len({json.dumps(c.get(k)) for c in configs}) > 1]
+
+
+def table(runs: list[dict[str, Any]], keys: list[str]) -> tuple[list[str], list[dict[str, Any]]]:
+    """Columns and tidy rows: one per run and model, varying keys first, then ``<metric>_mean/_std``."""
+    rows, metric_names = [], []
+    for run in runs:
+        models = run["metrics"].get("models") or {"(run)": run["metrics"]}
+        for model, values in models.items():
+            row: dict[str, Any] = {"run": run["run"], **{k: run["config"].get(k) for k in keys}, "model": model,
+                                   "status": _model_status(values, run["status"])}
+            for name, value in values.items():
+                if isinstance(value, dict) and isinstance(value.get("mean"), (int, float)):
+                    row[f"{name}_mean"], row[f"{name}_std"] = value["mean"], value.get("std")
+                    if name not in metric_names:
+                        metric_names.append(name)
+            rows.append(row)
+    columns = ["run", *keys, "model", "status"] + [f"{m}_{s}" for m in metric_names for s in ("mean", "std")]
+    return columns, rows
+
+
+def _model_status(values: dict[str, Any], run_status: str) -> str:
+    per_seed = values.get("status") if isinstance(values, dict) else None
+    if isinstance(per_seed, list):
+        diverged = sum(s != "ok" for s in per_seed)
+        return f"{diverged}/{len(per_seed)} seeds diverged" if diverged else "ok"
+    return run_status
+
+
+def write_report(sweep_dir: Path, out_dir: Path | None = None) -> dict[str, Any]:
+    sweep_dir = Path(sweep_dir)
+    out_dir = Path(out_dir) if out_dir else sweep_dir / "report"
+    runs, problems = collect(sweep_dir)
+    if not runs and not problems:
+        raise FileNotFoundError(f"no runs (folders with .hydra/config.yaml) under {sweep_dir}")
+    keys = varying_keys([r["config"] for r in runs + problems])
+    columns, rows = table(runs, keys)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "report.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    markdown = _markdown(sweep_dir, columns, rows, problems, keys)
+    (out_dir / "report.md").write_text(markdown)
+    plots = _plots(rows, keys, columns, out_dir)
+    summary = {"sweep_dir": str(sweep_dir), "varying_keys": keys, "n_runs": len(runs) + len(problems),
+               "finished": len(runs), "problems": [{"run": p["run"], "status": p["status"], "error": p.get("error")}
+                                                   for p in problems],
+               "files": [str(out_dir / "report.csv"), str(out_dir / "report.md"), *map(str, plots)]}
+    (out_dir / "report.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return "" if value is None else str(value)
+
+
+def _markdown(sweep_dir: Path, columns: list[str], rows: list[dict[str, Any]], problems: list[dict[str, Any]],
+              keys: list[str]) -> str:
+    metrics = [c[:-5] for c in columns if c.endswith("_mean")]
+    head = ["run", *keys, "model", "status", *metrics]
+    lines = [f"# Report of {sweep_dir}", "", f"Varying keys: {', '.join(keys) or '(none)'}", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        cells = [_fmt(row.get(c)) for c in ["run", *keys, "model", "status"]]
+        for m in metrics:
+            mean, std = row.get(f"{m}_mean"), row.get(f"{m}_std")
+            cells.append("" if mean is None else f"{mean:.4f} ± {std or 0:.4f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", f"## Failed or unfinished runs: {len(problems)}", ""]
+    lines += [f"- `{p['run']}`: {p['status']} ({p.get('error')})" for p in problems] or ["(none)"]
+    return "\n".join(lines) + "\n"
+
+
+HEADLINE_METRICS = ("clean_accuracy", "grid_mean_accuracy", "worst_shift_accuracy", "consistency")
+
+
+def _plots(rows: list[dict[str, Any]], keys: list[str], columns: list[str], out_dir: Path) -> list[Path]:
+    numeric = [k for k in keys if all(isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool)
+                                      for r in rows)]
+    if not numeric or not rows:
+        return []
+    x_key, others = numeric[0], [k for k in keys if k != numeric[0]]
+    metrics = [m for m in HEADLINE_METRICS if f"{m}_mean" in columns] or \
+        [c[:-5] for c in columns if c.endswith("_mean")][:4]
+    written = []
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 3.8), squeeze=False)
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["model"], *[row.get(k) for k in others]), []).append(row)
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    combos = list(dict.fromkeys(group[1:] for group in groups))
+    colours = {m: plt.cm.tab10(i % 10) for i, m in enumerate(models)}
+    styles = ["-", "--", ":", "-."]
+    for ax, metric in zip(axes[0], metrics):
+        for group, members in groups.items():
+            members = sorted(members, key=lambda r: r[x_key])
+            x = np.array([r[x_key] for r in members], dtype=float)
+            mean = np.array([np.nan if r.get(f"{metric}_mean") is None else r[f"{metric}_mean"] for r in members])
+            std = np.array([r.get(f"{metric}_std") or 0.0 for r in members], dtype=float)
+            label = group[0] + "".join(f", {k.split('.')[-1]}={v}" for k, v in zip(others, group[1:]))
+            style = styles[combos.index(group[1:]) % len(styles)]
+            ax.plot(x, mean, style, marker="o", ms=3, color=colours[group[0]], label=label)
+            ax.fill_between(x, mean - std, mean + std, color=colours[group[0]], alpha=0.12)
+        if len({r[x_key] for r in rows}) > 2 and min(r[x_key] for r in rows) > 0:
+            ax.set_xscale("log")
+        ax.set_xlabel(x_key)
+        ax.set_title(metric.replace("_", " "), fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0, -1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.suptitle(f"mean ± std over seeds against {x_key}", fontsize=10)
+    fig.tight_layout()
+    written.append(out_dir / "report.png")
+    fig.savefig(written[-1], dpi=110)
+    plt.close(fig)
+    return written
+
+
+class ReportCallback(Callback):
+    """Hydra callback: writes the report into the sweep folder when a multirun ends."""
+
+    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        try:
+            summary = write_report(sweep_dir)
+            log.info("report of %d runs (%d finished) in %s", summary["n_runs"], summary["finished"],
+                     sweep_dir / "report")
+            print((sweep_dir / "report" / "report.md").read_text())
+        except Exception as err:  # a report must never turn a finished sweep into a failure
+            log.error("could not write the report of %s: %s", sweep_dir, err)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m equivar.report", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("sweep_dir", type=Path, help="a multirun folder (outputs/multirun/...)")
+    parser.add_argument("--out", type=Path, default=None, help="where to write (default: SWEEP_DIR/report)")
+    args = parser.parse_args(argv)
+    if not args.sweep_dir.is_dir():
+        print(f"equivar.report: error: {args.sweep_dir} is not a folder", file=sys.stderr)
+        return 2
+    try:
+        summary = write_report(args.sweep_dir, args.out)
+    except FileNotFoundError as err:
+        print(f"equivar.report: error: {err}", file=sys.stderr)
+        return 2
+    print(Path(summary["files"][1]).read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""Every row of the README's bad-input table: a one-line error naming what is wrong, before data or compiling.
+
+In-process rows check the exception a CLI run prints as ``equivar: error: <message>`` (exit 2; the CLI path
+itself is tested in test_experiments.py); Hydra-level rows run the CLI.
+"""
+
+import hashlib
+import shutil
+import time
+
+import pytest
+
+from equivar.data import load_dataset, verify_checksums
+from equivar.errors import ConfigError, DataUnavailableError, UserError
+from equivar.run import run_experiment
+
+from conftest import compose_raw, mnist_dir, requires_mnist
+from test_experiments import _cli
+
+ROWS = [  # (overrides, error class, words the one-line message must contain)
+    (["models=[resnet]"], ConfigError, "unknown model 'resnet'; valid choices: cnn_gap, group_pool, lenet, local, mlp"),
+    (["dataset.loader=imagenet"], ConfigError, "unknown dataset loader 'imagenet'; valid choices: mnist1d,"),
+    (["train.optimizer=adamx"], ConfigError, "unknown optimizer 'adamx'; valid choices: adam, adamw,"),
+    (["shift.mode=reflect"], ConfigError, "unknown shift mode 'reflect'; valid choices: roll, zero"),
+    (["zoo.lenet.padding=REFLECT", "models=[lenet]"], ConfigError, "unknown padding 'REFLECT'"),
+    (["zoo.lenet.pool=median", "models=[lenet]"], ConfigError, "unknown pool 'median'"),
+    (["zoo.lenet.kernel=30", "models=[lenet]"], ConfigError,
+     "layer 'conv2' (kernel (30,), stride (1,), dilation (1,), padding VALID) gets spatial input (5,) and would "
+     "produce (0,)"),
+    (["zoo.lenet.pool_size=50", "models=[lenet]"], ConfigError, "layer 'pool1' (kernel (50,), stride (50,)"),
+    (["shift.max=100"], ConfigError, "shift.max=100 is larger than the input's spatial size (40,)"),
+    (["n_seeds=0"], ConfigError, "n_seeds must be >= 1, got 0"),
+    (["train.batch_size=0"], ConfigError, "train.batch_size must be >= 1, got 0"),
+    (["zoo.lenet.channels=[0,8]", "models=[lenet]"], ConfigError, "layer 'conv1': features must be integers >= 1"),
+    (["zoo.lenet.kernel=-3", "models=[lenet]"], ConfigError, "layer 'conv1': kernel must be integers >= 1"),
+    (["zoo.mlp.hidden=[-5]", "models=[mlp]"], ConfigError, "layer 'fc1': features must be integers >= 1"),
+    (["train.learning_rate=fast"], ConfigError, "train.learning_rate must be a number, got 'fast'"),
+    (["train.epochs=two"], ConfigError, "train.epochs must be an integer, got 'two'"),
+    (["zoo.lenet.kernel=big", "models=[lenet]"], ConfigError, "expected an integer or one integer per spatial axis"),
+    (["+zoo.lenet.width=3", "models=[lenet]"], ConfigError, "model 'lenet' has no option(s) ['width']"),
+    (["+dataset.colour=red"], ConfigError, "dataset loader 'mnist1d' has no option(s) ['colour']"),
+    (["dataset.max_translation=0"], ConfigError, "max_translation must be >= 1"),
+    (["train.batch_size=100000"], ConfigError, "train.batch_size=100000 exceeds the 4000 training examples"),
+    (["dataset=tfds", "dataset.tfds_name=nosuchset"], DataUnavailableError, "TFDS has no dataset named 'nosuchset'"),
+    (["dataset=mnist", "dataset.data_dir=/nonexistent"], DataUnavailableError,
+     "TFDS dataset 'mnist' is not prepared under /nonexistent"),
+]
+
+
+@pytest.mark.parametrize("overrides,error,words", ROWS, ids=[" ".join(r[0]) for r in ROWS])
+def test_bad_input_fails_early_with_one_clear_line(overrides, error, words, tmp_path, monkeypatch):
+    monkeypatch.delenv("TFDS_DATA_DIR", raising=False)
+    raw = compose_raw(["experiment=shift_test"] + overrides)
+    start = time.perf_counter()
+    with pytest.raises(error) as caught:
+        run_experiment(raw, tmp_path / "run")
+    message = str(caught.value)
+    assert words in message and "\n" not in message
+    assert not (tmp_path / "run" / "metrics.json").exists()
+    assert time.perf_counter() - start < 30  # fails before any training
+
+
+def test_a_folder_that_holds_a_run_is_never_overwritten(tmp_path):
+    raw = compose_raw(["experiment=conv_compare"])
+    run_experiment(raw, tmp_path)
+    before = (tmp_path / "metrics.json").read_bytes()
+    assert run_experiment(raw, tmp_path)["experiment"] == "conv_compare"  # the same config: skipped
+    with pytest.raises(ConfigError, match="already holds a run .* another config.* pass overwrite=true"):
+        run_experiment(compose_raw(["experiment=conv_compare", "conv_compare.random_trials=2"]), tmp_path)
+    assert (tmp_path / "metrics.json").read_bytes() == before
+    run_experiment(compose_raw(["experiment=conv_compare", "overwrite=true"]), tmp_path)  # only when asked
+
+
+def test_interrupted_run_leaves_a_clear_status(tmp_path, monkeypatch):
+    import experiments
+
+    def interrupted(config, out_dir):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(experiments.EXPERIMENTS, "conv_compare", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(compose_raw(["experiment=conv_compare"]), tmp_path)
+    status = __import__("json").loads((tmp_path / "status.json").read_text())
+    assert status["status"] == "interrupted" and not (tmp_path / "metrics.json").exists()
+
+
+def test_wrong_checksum_names_the_file(tmp_path):
+    folder = tmp_path / "raw" / "mnist"
+    folder.mkdir(parents=True)
+    (folder / "train-images-idx3-ubyte.gz").write_bytes(b"not the real file")
+    good = hashlib.sha256(b"the real file").hexdigest()
+    (tmp_path / "raw" / "SHA256SUMS").write_text(f"{good}  mnist/train-images-idx3-ubyte.gz\n")
+    with pytest.raises(DataUnavailableError, match="train-images-idx3-ubyte.gz has sha256 .* corrupted"):
+        verify_checksums(folder)
+    (tmp_path / "raw" / "SHA256SUMS").write_text(
+        f"{hashlib.sha256(b'not the real file').hexdigest()}  mnist/train-images-idx3-ubyte.gz\n")
+    assert verify_checksums(folder) == [(folder / "train-images-idx3-ubyte.gz").resolve()]
+
+
+@requires_mnist
+def test_truncated_array_record_file_names_the_file(tmp_path):
+    copy = tmp_path / "tfds"
+    shutil.copytree(mnist_dir() / "mnist", copy / "mnist")
+    shard = sorted((copy / "mnist" / "3.0.1").glob("mnist-test.array_record*"))[0]
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 3])
+    with pytest.raises(DataUnavailableError, match="mnist-test.array_record.*truncated or corrupted"):
+        load_dataset("tfds", {"tfds_name": "mnist", "data_dir": str(copy), "n_train": 10})
+
+
+@pytest.mark.parametrize("args,words", [
+    (["experiment=nosuch"], "Could not find 'experiment/nosuch'"),
+    ([], "no experiment chosen: add experiment=NAME"),
+    (["experiment=shift_test", "zoo.lenet.width=3"], "Could not override 'zoo.lenet.width'"),
+])
+def test_cli_level_errors_say_what_to_do(args, words, tmp_path):
+    proc = _cli(args, tmp_path)
+    assert proc.returncode != 0 and words in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_user_errors_are_one_class():
+    assert issubclass(ConfigError, UserError) and issubclass(DataUnavailableError, UserError)
