@@ -190,8 +190,11 @@ def _plots(rows: list[dict[str, Any]], keys: list[str], columns: list[str], out_
             style = styles[combos.index(group[1:]) % len(styles)]
             ax.plot(x, mean, style, marker="o", ms=3, color=colours[group[0]], label=label)
             ax.fill_between(x, mean - std, mean + std, color=colours[group[0]], alpha=0.12)
-        if len({r[x_key] for r in rows}) > 2 and min(r[x_key] for r in rows) > 0:
+        values = sorted({r[x_key] for r in rows})
+        if len(values) > 2 and values[0] > 0:
             ax.set_xscale("log")
+            ax.minorticks_off()
+        ax.set_xticks(values, [f"{v:g}" for v in values], fontsize=8)
         ax.set_xlabel(x_key)
         ax.set_title(metric.replace("_", " "), fontsize=10)
         ax.grid(alpha=0.3)

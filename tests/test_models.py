@@ -95,7 +95,7 @@ def test_impossible_shape_names_the_layer():
 
 
 def test_unknown_model_and_option():
-    with pytest.raises(ConfigError, match="valid choices: cnn_gap, lenet, local, mlp, stack"):
+    with pytest.raises(ConfigError, match="valid choices: cnn_gap, group_pool, lenet, local, mlp, stack"):
         build_model("resnet", (8, 1), 2, {}, nnx.Rngs(0))
     with pytest.raises(ConfigError, match="no option"):
         build_model("lenet", (28, 28, 1), 2, {"width": 3}, nnx.Rngs(0))
