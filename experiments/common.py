@@ -9,7 +9,7 @@ import jax
 from flax import nnx
 
 from equivar.config import RunConfig
-from equivar.data import Dataset
+from equivar.data import Dataset, dataset_shape
 from equivar.models import LayerStack, build_model
 from equivar.strategy import ExecutionPlan, plan_execution
 from equivar.train import History, SeedTrainer, TrainState, init_states, make_optimizer, seed_keys, take_seed
@@ -24,6 +24,16 @@ def builder(kind: str, options: dict[str, Any], data: Dataset) -> Callable[[nnx.
     build = functools.partial(build_model, kind, data.input_shape, data.n_classes, options)
     nnx.eval_shape(lambda: build(nnx.Rngs(0)))
     return build
+
+
+def check_before_data(config: RunConfig, variants: list[tuple[str, dict[str, Any]]]) -> None:
+    """Builds every (kind, options) abstractly on the dataset's shape, known from its options alone, so bad
+    model options fail before any data is read (loaders whose shape needs the data are checked later)."""
+    known = dataset_shape(config.dataset.loader, config.dataset.options)
+    if known is None:
+        return
+    for kind, options in variants:
+        nnx.eval_shape(lambda k=kind, o=options: build_model(k, known[0], known[1], o, nnx.Rngs(0)))
 
 
 def init_seeds(build: Callable[[nnx.Rngs], LayerStack], config: RunConfig

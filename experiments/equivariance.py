@@ -28,7 +28,7 @@ from equivar.layers import PADDINGS
 from equivar.metrics import mean_std
 from equivar.plot import plot_equivariance
 from equivar.transforms import SHIFT_MODES
-from experiments.common import builder, execution_plan, init_seeds, seed_models, train_seeds
+from experiments.common import builder, check_before_data, execution_plan, init_seeds, seed_models, train_seeds
 
 log = logging.getLogger(__name__)
 
@@ -67,39 +67,52 @@ def _aggregate(per_seed: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str,
     return out
 
 
+def _variants(config: RunConfig, paddings: list[str]) -> list[tuple[Any, str, dict[str, Any]]]:
+    """(model spec, padding, options) for every model with a padding option and every padding."""
+    out = []
+    for spec in config.models:
+        accepted = _padding_capable(spec.kind)
+        if "padding" not in accepted:
+            continue
+        for padding in paddings:
+            options = dict(spec.options, padding=padding)
+            if padding == "CIRCULAR" and "pool_padding" in accepted:
+                options["pool_padding"] = "CIRCULAR"
+            out.append((spec, padding, options))
+    return out
+
+
 def run(config: RunConfig, out_dir: Path) -> dict[str, Any]:
+    paddings = list((config.raw.get("equivariance") or {}).get("paddings") or PADDINGS)
+    check_before_data(config, [(spec.kind, options) for spec, _, options in _variants(config, paddings)
+                               if all(p in PADDINGS for p in paddings)])
     data = load_dataset(config.dataset.loader, config.dataset.options)
     opts = _options(config, data.rank, data.input_shape[:-1])
     plan = execution_plan(config)
     x = jnp.asarray(data.x_test[:opts["n_examples"]])
     variants: dict[str, Any] = {}
-    skipped = []
-    for spec in config.models:
-        if "padding" not in _padding_capable(spec.kind):
-            skipped.append(f"{spec.name} ({spec.kind}) has no padding option: no spatial layers to compare")
-            continue
-        for padding in opts["paddings"]:
-            options = dict(spec.options, padding=padding)
-            if padding == "CIRCULAR" and "pool_padding" in _padding_capable(spec.kind):
-                options["pool_padding"] = "CIRCULAR"
-            name = f"{spec.name}/{padding}"
-            build = builder(spec.kind, options, data)
-            graphdef, states = init_seeds(build, config)
-            stages = {"init": states}
-            if opts["trained"]:
-                stages["trained"], _ = train_seeds(graphdef, states, data, config, plan, name)
-            result: dict[str, Any] = {"model": spec.name, "kind": spec.kind, "padding": padding, "stages": {}}
-            for stage, st in stages.items():
-                models = seed_models(graphdef, st)
-                shifts = {mode: _aggregate([layer_shift_errors(m, x, opts["max_shift"], mode) for m in models])
-                          for mode in opts["modes"]}
-                transforms = {}
-                for t in opts["transforms"]:
-                    per_seed = [transform_errors(m, x, t) for m in models]
-                    transforms[t] = {layer: mean_std([s[layer] for s in per_seed]) for layer in per_seed[0]}
-                result["stages"][stage] = {"shift": shifts, "transforms": transforms}
-            variants[name] = result
-            log.info("%s: done (%s)", name, ", ".join(stages))
+    skipped = [f"{spec.name} ({spec.kind}) has no padding option: no spatial layers to compare"
+               for spec in config.models if "padding" not in _padding_capable(spec.kind)]
+    for spec, padding, options in _variants(config, opts["paddings"]):
+        name = f"{spec.name}/{padding}"
+        build = builder(spec.kind, options, data)
+        graphdef, states = init_seeds(build, config)
+        stages = {"init": states}
+        result: dict[str, Any] = {"model": spec.name, "kind": spec.kind, "padding": padding, "stages": {}}
+        if opts["trained"]:
+            stages["trained"], history = train_seeds(graphdef, states, data, config, plan, name)
+            result["train_status"] = history.status()  # per seed: ok, or the step it diverged at
+        for stage, st in stages.items():
+            models = seed_models(graphdef, st)
+            shifts = {mode: _aggregate([layer_shift_errors(m, x, opts["max_shift"], mode) for m in models])
+                      for mode in opts["modes"]}
+            transforms = {}
+            for t in opts["transforms"]:
+                per_seed = [transform_errors(m, x, t) for m in models]
+                transforms[t] = {layer: mean_std([s[layer] for s in per_seed]) for layer in per_seed[0]}
+            result["stages"][stage] = {"shift": shifts, "transforms": transforms}
+        variants[name] = result
+        log.info("%s: done (%s)", name, ", ".join(stages))
     if not variants:
         raise ConfigError("equivariance: none of models=" + str([s.name for s in config.models]) +
                           " has convolutional layers with a padding option (try models=[lenet,cnn_gap])")

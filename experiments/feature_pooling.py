@@ -26,7 +26,7 @@ from equivar.errors import ConfigError
 from equivar.io import environment, write_json
 from equivar.metrics import accuracy, mean_std
 from equivar.plot import plot_feature_pooling
-from experiments.common import builder, execution_plan, init_seeds, train_seeds
+from experiments.common import builder, check_before_data, execution_plan, init_seeds, train_seeds
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +40,15 @@ def group_transforms(rank: int) -> dict[str, Any]:
 
 
 def run(config: RunConfig, out_dir: Path) -> dict[str, Any]:
-    data = load_dataset(config.dataset.loader, config.dataset.options)
-    if data.rank == 2 and data.input_shape[0] != data.input_shape[1]:
-        raise ConfigError(f"feature_pooling rotates images by 90 degrees: they must be square, got "
-                          f"{data.input_shape[:-1]}")
     zoo = config.raw.get("zoo") or {}
     if "group_pool" not in zoo:
         raise ConfigError("feature_pooling needs zoo.group_pool (conf/model/group_pool.yaml)")
     base = {k: v for k, v in dict(zoo["group_pool"]).items() if k != "kind"}
+    check_before_data(config, [("group_pool", dict(base, pool_copies=p)) for p in (True, False)])
+    data = load_dataset(config.dataset.loader, config.dataset.options)
+    if data.rank == 2 and data.input_shape[0] != data.input_shape[1]:
+        raise ConfigError(f"feature_pooling rotates images by 90 degrees: they must be square, got "
+                          f"{data.input_shape[:-1]}")
     transforms = group_transforms(data.rank)
     plan = execution_plan(config)
     x_test = jnp.asarray(data.x_test)
@@ -72,6 +73,7 @@ def run(config: RunConfig, out_dir: Path) -> dict[str, Any]:
                                              for s in range(config.n_seeds)]) for name, l in logits.items()},
             "same_prediction_under_all": mean_std(agree),
             "train_accuracy_last_epoch": mean_std(history.accuracy[:, -1]),
+            "train_status": history.status(),
         }
         log.info("%s: accuracy %s", variant, {n: round(v["mean"], 4) for n, v in results[variant]["accuracy"].items()})
     metrics = {

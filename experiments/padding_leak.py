@@ -89,6 +89,7 @@ def run(config: RunConfig, out_dir: Path) -> dict[str, Any]:
             "pairs_identical": bool((pair_diff == 0).all()),
             "pairs_same_prediction": same_prediction.tolist(),
             "per_seed": {"test_accuracy": acc.tolist()},
+            "train_status": history.status(),
         }
         log.info("padding %s: test accuracy %s, max pair logit difference %s", padding, np.round(acc, 4),
                  pair_diff)
