@@ -79,14 +79,14 @@ def _random_data(n: int, shape: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
 
 
 def equivar_train_ips(kind: str, n_seeds: int, packing: str, batch_size: int, steps: int,
-                      min_seconds: float, steps_per_call: int | None = None) -> float:
+                      min_seconds: float, steps_per_call: int | None = None, guard: bool = True) -> float:
     """Training images per second summed over seeds, through equivar's real SeedTrainer.fit path."""
     x, y = _random_data(steps * batch_size, MNIST_SHAPE)
     spec = TrainSpec(epochs=1, batch_size=batch_size)
     tx = make_optimizer(spec)
     keys = seed_keys(0, n_seeds)
     graphdef, states = init_states(lambda r: build_model(kind, MNIST_SHAPE, 10, {}, r), tx, keys)
-    trainer = SeedTrainer(graphdef, tx, plan_execution(packing, steps_per_call=steps_per_call))
+    trainer = SeedTrainer(graphdef, tx, plan_execution(packing, steps_per_call=steps_per_call), guard=guard)
     seconds = _timed(lambda: trainer.fit(states, x, y, keys, spec, label="bench")[0], min_seconds)
     return n_seeds * steps * batch_size / seconds
 
@@ -172,11 +172,14 @@ def run(quick: bool = False, seeds: tuple[int, ...] = (1, 4, 8), repeat: int = 1
     fwd_flops = {kind: forward_flops(build_model(kind, MNIST_SHAPE, 10, {}, nnx.Rngs(0)), MNIST_SHAPE)
                  for kind in ("lenet", "mlp")}
     for kind, fwd in fwd_flops.items():
-        samples: dict[str, list[float]] = {"train": [], "eval": [], "torch.train": [], "torch.eval": []}
+        samples: dict[str, list[float]] = {"train": [], "eval": [], "torch.train": [], "torch.eval": [],
+                                           "unguarded": []}
         ref = None
         for _ in range(repeat):
             ref = torch_reference(kind, batch, steps, eval_n, min_s)
             samples["train"].append(equivar_train_ips(kind, 1, "auto", batch, steps, min_s))
+            # the same step without its divergence guard: what the guard costs, measured interleaved
+            samples["unguarded"].append(equivar_train_ips(kind, 1, "auto", batch, steps, min_s, guard=False))
             samples["eval"].append(equivar_eval_ips(kind, eval_n, min_s))
             if ref is not None:
                 samples["torch.train"].append(ref["train"])
@@ -190,6 +193,11 @@ def run(quick: bool = False, seeds: tuple[int, ...] = (1, 4, 8), repeat: int = 1
             if ref and repeat > 1:
                 ratios = np.array(samples[what]) / np.array(samples[f"torch.{what}"])
                 case["ratio_to_torch_range"] = [float(ratios.min()), float(ratios.max())]
+            if what == "train":
+                unguarded = add(f"{kind}.train.no_guard", float(np.median(samples["unguarded"])), flops, theirs)
+                unguarded["ratio_to_lenet_train"] = None
+                unguarded["guarded_over_unguarded"] = float(np.median(
+                    np.array(samples["train"]) / np.array(samples["unguarded"])))
             if ref:
                 torch_case = add(f"{kind}.{what}.torch", theirs, flops, theirs)
                 torch_case["torch"] = f"{ref['version']} eager on {ref['device']}, Adam(fused=True), " \
@@ -224,7 +232,9 @@ def format_table(result: dict[str, Any]) -> str:
         ratio = "" if c["ratio_to_torch"] is None else f"{c['ratio_to_torch']:.2f}×"
         if "ratio_to_torch_range" in c:
             ratio += " ({:.2f}–{:.2f})".format(*c["ratio_to_torch_range"])
-        seq = f"{c['ratio_to_lenet_train']:.2f}×" if "ratio_to_lenet_train" in c else ""
+        seq = f"{c['ratio_to_lenet_train']:.2f}×" if c.get("ratio_to_lenet_train") is not None else ""
+        if "guarded_over_unguarded" in c:
+            seq = f"guarded = {c['guarded_over_unguarded']:.2f}× this"
         lines.append(f"| {name} | {c['images_per_s']:,.0f} | {c['gflops']:.1f} | {c['pct_of_peak']:.0f} % | "
                      f"{ratio} | {seq} |")
     lines += [f"note: {n}" for n in result["notes"]]

@@ -98,7 +98,7 @@ def init_states(build: Callable[[nnx.Rngs], nnx.Module], tx: optax.GradientTrans
 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, augment_shift: int = 0,
-                    augment_mode: str = "roll"
+                    augment_mode: str = "roll", guard: bool = True
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """The pure step: ``train_step(state, (x, y)) -> (state, {"loss", "accuracy"})``.
 
@@ -122,13 +122,18 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, au
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         accuracy = (logits.argmax(-1) == y).mean()
-        leaves = jax.tree.leaves(grads) + jax.tree.leaves(params)
-        finite = jnp.isfinite(loss) & jnp.all(jnp.array([jnp.all(jnp.isfinite(a)) for a in leaves]))
+        if not guard:  # only for measuring what the guard costs (python -m equivar.bench)
+            return (TrainState(params, opt_state, state.step + 1, state.rng, state.diverged_at),
+                    {"loss": loss, "accuracy": accuracy})
+        # One reduction each: a NaN or inf anywhere makes the global norm non-finite.
+        finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads)) & jnp.isfinite(
+            optax.global_norm(params))
         healthy = finite & (state.diverged_at < 0)
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(healthy, a, b), new, old)  # noqa: E731
+        # Only the parameters need keeping: once a seed diverges it never updates again, so its optimizer
+        # state may go non-finite unguarded (selecting it too cost the MLP step a further ~3 %).
+        params = jax.tree.map(lambda a, b: jnp.where(healthy, a, b), params, state.params)
         diverged_at = jnp.where((state.diverged_at < 0) & ~finite, state.step, state.diverged_at)
-        new_state = TrainState(keep(params, state.params), keep(opt_state, state.opt_state), state.step + 1,
-                               state.rng, diverged_at)
+        new_state = TrainState(params, opt_state, state.step + 1, state.rng, diverged_at)
         return new_state, {"loss": loss, "accuracy": accuracy}
 
     return train_step
@@ -174,9 +179,10 @@ class SeedTrainer:
     """Trains a stack of seeds of one model with one compiled step, packed as the plan says."""
 
     def __init__(self, graphdef: nnx.GraphDef, tx: optax.GradientTransformation, plan: ExecutionPlan,
-                 *, max_traces: int | None = None, augment_shift: int = 0, augment_mode: str = "roll"):
+                 *, max_traces: int | None = None, augment_shift: int = 0, augment_mode: str = "roll",
+                 guard: bool = True):
         self.plan = plan
-        train_step = make_train_step(graphdef, tx, augment_shift, augment_mode)
+        train_step = make_train_step(graphdef, tx, augment_shift, augment_mode, guard)
 
         def gather_and_step(state: TrainState, x: jax.Array, y: jax.Array, idx: jax.Array):
             return train_step(state, (x[idx], y[idx]))
