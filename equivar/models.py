@@ -234,30 +234,27 @@ class LeNet(LayerStack):
     with stride 2, then dense 512 and the classes.
     """
 
+    windowed_layer = "conv"  # the _Builder method each block's windowed layer comes from
+
     def __init__(self, input_shape: Sequence[int], n_classes: int, *, channels: Sequence[int] = (16, 32),
                  kernel: int | Sequence[int] = 5, padding: str = "VALID", pool: str = "max",
                  pool_size: int = 2, pool_stride: int | None = None, hidden: Sequence[int] = (512,),
                  activation: str = "relu", pool_padding: str = "VALID", blur_size: int = 3, rngs: nnx.Rngs):
         b = _Builder(self, input_shape, rngs)
-        _lenet_layers(b, b.conv, n_classes, channels, kernel, padding, pool, pool_size, pool_stride, hidden,
-                      activation, pool_padding, blur_size)
+        _lenet_layers(b, getattr(b, self.windowed_layer), n_classes, channels, kernel, padding, pool, pool_size,
+                      pool_stride, hidden, activation, pool_padding, blur_size)
 
 
-class LocalNet(LayerStack):
+class LocalNet(LeNet):
     """LeNet with every convolution replaced by a locally connected layer: the same windows, so the same
-    receptive fields and locality, but no weight sharing (each position learns its own kernel).
+    receptive fields and locality, but no weight sharing (each position learns its own kernel). Options as
+    LeNet's.
 
     Set beside ``lenet`` and ``mlp`` it separates the lecture's two ingredients: locality (kept here) and
     sharing (removed), and so which of them buys robustness to shifts.
     """
 
-    def __init__(self, input_shape: Sequence[int], n_classes: int, *, channels: Sequence[int] = (16, 32),
-                 kernel: int | Sequence[int] = 5, padding: str = "VALID", pool: str = "max",
-                 pool_size: int = 2, pool_stride: int | None = None, hidden: Sequence[int] = (512,),
-                 activation: str = "relu", pool_padding: str = "VALID", blur_size: int = 3, rngs: nnx.Rngs):
-        b = _Builder(self, input_shape, rngs)
-        _lenet_layers(b, b.local, n_classes, channels, kernel, padding, pool, pool_size, pool_stride, hidden,
-                      activation, pool_padding, blur_size)
+    windowed_layer = "local"
 
 
 class CNNGap(LayerStack):

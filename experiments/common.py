@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from typing import Any, Callable
 
 import jax
@@ -10,9 +11,26 @@ from flax import nnx
 
 from equivar.config import RunConfig
 from equivar.data import Dataset, dataset_shape
+from equivar.io import environment, write_json
 from equivar.models import LayerStack, build_model
 from equivar.strategy import ExecutionPlan, plan_execution
 from equivar.train import History, SeedTrainer, TrainState, init_states, make_optimizer, seed_keys, take_seed
+
+
+def run_record(experiment: str, config: RunConfig, dataset: dict[str, Any]) -> dict[str, Any]:
+    """The keys every seeded experiment's metrics.json starts with."""
+    return {"experiment": experiment, "dataset": dataset, "n_seeds": config.n_seeds,
+            "seeds": [config.seed + i for i in range(config.n_seeds)]}
+
+
+def publish(metrics: dict[str, Any], out_dir: Path, plot: Callable[[dict[str, Any], Path], Any],
+            summary: str) -> dict[str, Any]:
+    """Adds the environment record, writes metrics.json atomically, draws the plots and prints the summary."""
+    metrics["environment"] = environment()
+    write_json(out_dir / "metrics.json", metrics)
+    plot(metrics, out_dir)
+    print(summary)
+    return metrics
 
 
 def execution_plan(config: RunConfig) -> ExecutionPlan:

@@ -15,7 +15,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -23,12 +22,20 @@ from equivar.config import RunConfig, positive_int
 from equivar.data import load_dataset
 from equivar.equivariance import layer_shift_errors, transform_errors
 from equivar.errors import ConfigError
-from equivar.io import environment, write_json
 from equivar.layers import PADDINGS
 from equivar.metrics import mean_std
 from equivar.plot import plot_equivariance
 from equivar.transforms import SHIFT_MODES
-from experiments.common import builder, check_before_data, execution_plan, init_seeds, seed_models, train_seeds
+from experiments.common import (
+    builder,
+    check_before_data,
+    execution_plan,
+    init_seeds,
+    publish,
+    run_record,
+    seed_models,
+    train_seeds,
+)
 
 log = logging.getLogger(__name__)
 
@@ -116,22 +123,14 @@ def run(config: RunConfig, out_dir: Path) -> dict[str, Any]:
     if not variants:
         raise ConfigError("equivariance: none of models=" + str([s.name for s in config.models]) +
                           " has convolutional layers with a padding option (try models=[lenet,cnn_gap])")
-    metrics = {
-        "experiment": "equivariance",
-        "dataset": data.summary(),
-        "n_seeds": config.n_seeds,
-        "seeds": [config.seed + i for i in range(config.n_seeds)],
+    metrics = run_record("equivariance", config, data.summary()) | {
         "n_examples": int(x.shape[0]),
         "max_shift": opts["max_shift"],
         "modes": opts["modes"],
         "variants": variants,
         "skipped": skipped,
-        "environment": environment(),
     }
-    write_json(out_dir / "metrics.json", metrics)
-    plot_equivariance(metrics, out_dir)
-    print(summary(metrics))
-    return metrics
+    return publish(metrics, out_dir, plot_equivariance, summary(metrics))
 
 
 def _padding_capable(kind: str) -> set[str]:

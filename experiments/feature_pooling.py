@@ -23,10 +23,17 @@ from equivar.config import RunConfig
 from equivar.data import load_dataset
 from equivar.equivariance import relative_error
 from equivar.errors import ConfigError
-from equivar.io import environment, write_json
 from equivar.metrics import accuracy, mean_std
 from equivar.plot import plot_feature_pooling
-from experiments.common import builder, check_before_data, execution_plan, init_seeds, train_seeds
+from experiments.common import (
+    builder,
+    check_before_data,
+    execution_plan,
+    init_seeds,
+    publish,
+    run_record,
+    train_seeds,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,19 +83,11 @@ def run(config: RunConfig, out_dir: Path) -> dict[str, Any]:
             "train_status": history.status(),
         }
         log.info("%s: accuracy %s", variant, {n: round(v["mean"], 4) for n, v in results[variant]["accuracy"].items()})
-    metrics = {
-        "experiment": "feature_pooling",
-        "dataset": data.summary(),
-        "n_seeds": config.n_seeds,
-        "seeds": [config.seed + i for i in range(config.n_seeds)],
+    metrics = run_record("feature_pooling", config, data.summary()) | {
         "transforms": list(transforms),
         "variants": results,
-        "environment": environment(),
     }
-    write_json(out_dir / "metrics.json", metrics)
-    plot_feature_pooling(metrics, out_dir)
-    print(summary(metrics))
-    return metrics
+    return publish(metrics, out_dir, plot_feature_pooling, summary(metrics))
 
 
 def _chunked(fn, params, x, size: int = 2048):

@@ -24,12 +24,11 @@ from flax import nnx
 from equivar.config import RunConfig, number, positive_int
 from equivar.data import Dataset, load_dataset
 from equivar.errors import ConfigError
-from equivar.io import environment, write_json
 from equivar.layers import PADDINGS
 from equivar.metrics import accuracy, mean_std
 from equivar.plot import plot_padding_leak
 from equivar.train import make_predict
-from experiments.common import builder, execution_plan, init_seeds, train_seeds
+from experiments.common import builder, execution_plan, init_seeds, publish, run_record, train_seeds
 
 log = logging.getLogger(__name__)
 
@@ -93,23 +92,15 @@ def run(config: RunConfig, out_dir: Path) -> dict[str, Any]:
         }
         log.info("padding %s: test accuracy %s, max pair logit difference %s", padding, np.round(acc, 4),
                  pair_diff)
-    metrics = {
-        "experiment": "padding_leak",
-        "dataset": corners.summary(),
+    metrics = run_record("padding_leak", config, corners.summary()) | {
         "source": data.name,
         "margin": margin,
         "background": background,
         "net": {"conv_channels": channels, "kernel": kernel, "then": "relu, global max pool, linear"},
-        "n_seeds": config.n_seeds,
-        "seeds": [config.seed + i for i in range(config.n_seeds)],
         "chance": 0.5,
         "paddings": results,
-        "environment": environment(),
     }
-    write_json(out_dir / "metrics.json", metrics)
-    plot_padding_leak(metrics, out_dir)
-    print(summary(metrics))
-    return metrics
+    return publish(metrics, out_dir, plot_padding_leak, summary(metrics))
 
 
 def _logits(graphdef: nnx.GraphDef, params: nnx.State, x: jax.Array) -> jax.Array:

@@ -29,11 +29,11 @@ from equivar.config import RunConfig, int_list, positive_int
 from equivar.data import load_dataset
 from equivar.equivariance import relative_error
 from equivar.errors import ConfigError
-from equivar.io import environment, write_json
 from equivar.layers import Blur, GlobalPool, PolyphaseDownsample, Pool
 from equivar.metrics import mean_std
 from equivar.plot import plot_pooling_invariance
 from equivar.transforms import shift
+from experiments.common import publish, run_record
 
 log = logging.getLogger(__name__)
 
@@ -103,23 +103,15 @@ def run(config: RunConfig, out_dir: Path) -> dict[str, Any]:
         results[name] = {"type": p["type"], "size": p["size"], "error": mean_std(np.asarray(per_seed[name]))}
         if name in aligned:
             results[name]["shift_aligned_error"] = mean_std(np.asarray(aligned[name]))
-    metrics = {
-        "experiment": "pooling_invariance",
-        "dataset": data.summary(),
-        "n_seeds": config.n_seeds,
-        "seeds": [config.seed + i for i in range(config.n_seeds)],
+    metrics = run_record("pooling_invariance", config, data.summary()) | {
         "features": {"channels": channels, "kernel": kernel, "padding": "CIRCULAR", "activation": "relu",
                      "weights": "random (one initialisation per seed)"},
         "n_examples": int(x.shape[0]),
         "shifts": [int(s[0]) for s in shifts],
         "sizes": sizes,
         "poolings": results,
-        "environment": environment(),
     }
-    write_json(out_dir / "metrics.json", metrics)
-    plot_pooling_invariance(metrics, out_dir)
-    print(summary(metrics))
-    return metrics
+    return publish(metrics, out_dir, plot_pooling_invariance, summary(metrics))
 
 
 def summary(metrics: dict[str, Any]) -> str:
