@@ -23,7 +23,16 @@ from equivar.io import read_json, write_json
 from equivar.strategy import enable_compilation_cache
 
 log = logging.getLogger("equivar")
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+def config_dir() -> str:
+    """The folder of equivar's Hydra configs: ``equivar.conf``, from the repository's ``conf/`` (editable
+    install) or the installed package data (``pip install .``, a wheel), whatever the working directory."""
+    import equivar.conf
+
+    return str(Path(equivar.conf.__file__).resolve().parent)
+
+
+CONFIG_DIR = config_dir()
 
 
 def run_experiment(raw: dict[str, Any], out_dir: Path) -> dict[str, Any]:
@@ -34,7 +43,7 @@ def run_experiment(raw: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     is skipped (so a re-launched sweep resumes); one that holds another config's results is refused unless the
     config says ``overwrite: true``: results are never overwritten by accident.
     """
-    from experiments import EXPERIMENTS
+    from equivar.experiments import EXPERIMENTS
 
     config = parse_config(raw)
     if config.experiment not in EXPERIMENTS:

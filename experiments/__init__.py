@@ -1,6 +1,6 @@
 """One module per experiment; ``EXPERIMENTS`` maps the config's ``experiment_name`` to its ``run``."""
 
-from experiments import (
+from equivar.experiments import (
     anatomy,
     conv_compare,
     equivariance,

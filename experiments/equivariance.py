@@ -26,7 +26,7 @@ from equivar.layers import PADDINGS
 from equivar.metrics import mean_std
 from equivar.plot import plot_equivariance
 from equivar.transforms import SHIFT_MODES
-from experiments.common import (
+from equivar.experiments.common import (
     builder,
     check_before_data,
     execution_plan,

@@ -25,7 +25,7 @@ from equivar.equivariance import relative_error
 from equivar.errors import ConfigError
 from equivar.metrics import accuracy, mean_std
 from equivar.plot import plot_feature_pooling
-from experiments.common import (
+from equivar.experiments.common import (
     builder,
     check_before_data,
     execution_plan,

@@ -28,7 +28,7 @@ from equivar.layers import PADDINGS
 from equivar.metrics import accuracy, mean_std
 from equivar.plot import plot_padding_leak
 from equivar.train import make_predict
-from experiments.common import builder, execution_plan, init_seeds, publish, run_record, train_seeds
+from equivar.experiments.common import builder, execution_plan, init_seeds, publish, run_record, train_seeds
 
 log = logging.getLogger(__name__)
 

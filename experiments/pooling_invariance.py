@@ -33,7 +33,7 @@ from equivar.layers import Blur, GlobalPool, PolyphaseDownsample, Pool
 from equivar.metrics import mean_std
 from equivar.plot import plot_pooling_invariance
 from equivar.transforms import shift
-from experiments.common import publish, run_record
+from equivar.experiments.common import publish, run_record
 
 log = logging.getLogger(__name__)
 

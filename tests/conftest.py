@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parent.parent
-CONF = ROOT / "conf"
+CONF = ROOT / "conf"  # the same folder equivar.run.config_dir() finds in an editable install
 
 
 def compose_raw(overrides: list[str]) -> dict:

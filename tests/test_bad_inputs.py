@@ -72,7 +72,7 @@ def test_a_folder_that_holds_a_run_is_never_overwritten(tmp_path):
 
 
 def test_interrupted_run_leaves_a_clear_status(tmp_path, monkeypatch):
-    import experiments
+    import equivar.experiments as experiments
 
     def interrupted(config, out_dir):
         raise KeyboardInterrupt

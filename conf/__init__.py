@@ -1,0 +1,1 @@
+"""equivar's Hydra configs (installed as the package data of ``equivar.conf``)."""
