@@ -27,8 +27,16 @@ import numpy as np
 from flax import nnx
 
 from equivar.errors import ConfigError
-from equivar.layers import Activation, Flatten, Geometry, PolyphaseDownsample, layer_geometry, padding_before
-from equivar.models import LayerStack
+from equivar.introspect import layer_outputs, trace_layers
+from equivar.layers import (
+    Activation,
+    Flatten,
+    Geometry,
+    GlobalPool,
+    PolyphaseDownsample,
+    layer_geometry,
+    padding_before,
+)
 
 # How a layer maps positions: windowed (conv, locally connected, pooling), pointwise (activations),
 # flatten (positions become units), global (every position feeds every unit: dense layers, global pooling).
@@ -51,28 +59,43 @@ class LayerStep:
         return tuple(padding_before(self.geometry, n, a) for a, n in enumerate(self.in_spatial))
 
 
-def layer_steps(model: LayerStack, input_shape: Sequence[int]) -> list[LayerStep]:
-    """The model's layers with their mapping kind and the shapes around them (shapes by ``eval_shape``)."""
-    feats = jax.eval_shape(model.features, jax.ShapeDtypeStruct((1, *input_shape), jnp.float32))
+# Layers that act on each position alone (no spatial mixing), whatever their module type's home.
+POINTWISE_TYPES = (Activation, nnx.BatchNorm, nnx.Dropout, nnx.LayerNorm, nnx.RMSNorm)
+
+
+class NoFixedField(ConfigError):
+    """The model's layers cannot be analysed exactly: the reason says why (gradients still measure them)."""
+
+
+def layer_steps(model: nnx.Module, input_shape: Sequence[int], where: str = "model") -> list[LayerStep]:
+    """The model's layers with their mapping kind and the shapes around them (shapes by ``eval_shape``).
+
+    Raises NoFixedField when the layers do not form an exact chain of layers of known geometry."""
+    trace = trace_layers(model, input_shape, where)
+    if not trace.chained:
+        raise NoFixedField(f"{where}: {trace.why_not_chained}")
     spatial = tuple(input_shape[:-1])
     steps = []
     collapsed = False
-    for name, layer in model.layers():
-        out_shape = tuple(feats[name].shape[1:])
+    for name, layer in trace.layers:
+        out_shape = trace.out_shapes[name]
         geometry = layer_geometry(layer)
         if isinstance(layer, PolyphaseDownsample):
-            raise ConfigError(f"layer {name!r} ({type(layer).__name__}) chooses its sampling grid from the data: "
-                              "it has no fixed receptive field to analyse")
+            raise NoFixedField(f"layer {name!r} ({type(layer).__name__}) chooses its sampling grid from the data: "
+                               "it has no fixed receptive field to analyse")
         if geometry is not None:
             if collapsed:
                 raise ValueError(f"layer {name!r}: a windowed layer after flatten has no spatial axes")
             kind = WINDOWED
-        elif isinstance(layer, Activation):
+        elif isinstance(layer, POINTWISE_TYPES):
             kind = POINTWISE
         elif isinstance(layer, Flatten) and not collapsed:
             kind = FLATTEN
-        else:
+        elif isinstance(layer, (nnx.Linear, GlobalPool)) or collapsed:
             kind = GLOBAL
+        else:
+            raise NoFixedField(f"{where}: layer {name!r} is a {type(layer).__name__}, whose geometry equivar does "
+                               "not know, so receptive fields are measured from gradients only")
         steps.append(LayerStep(name, kind, type(layer).__name__, geometry, spatial, out_shape))
         if kind == WINDOWED:
             spatial = out_shape[:-1]
@@ -191,25 +214,10 @@ def support_mask(axes: Sequence[np.ndarray], spatial: Sequence[int]) -> np.ndarr
     return mask
 
 
-def gradient_maps(model: LayerStack, input_shape: Sequence[int], steps: Sequence[LayerStep],
-                  key: jax.Array, n_inputs: int = 64, resample_params: bool = False) -> dict[str, np.ndarray]:
-    """Mean |d unit / d input| over ``n_inputs`` standard normal inputs, summed over input channels, for the
-    probed (central) unit of every layer: the effective receptive field (Luo et al. 2016).
-
-    The probed unit is the sum over channels at the central position (flattened layers: the units of every
-    channel at that position; global layers: the sum of all units), so a dead channel does not hide it.
-    With ``resample_params`` every input also gets its own random parameters (normal, each array at its own
-    scale, biases included): a ReLU that one set of weights keeps dead cannot then hide part of the field,
-    so the map's support is the structural receptive field.
-    """
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    key_x, key_p = jax.random.split(key)
-    xs = jax.random.normal(key_x, (n_inputs, *input_shape), jnp.float32)
-    if resample_params:
-        params_axis = 0
-        params = jax.vmap(lambda k: _resample(params, k))(jax.random.split(key_p, n_inputs))
-    else:
-        params_axis = None
+def probe_picks(steps: Sequence[LayerStep], input_shape: Sequence[int]) -> dict[str, Any]:
+    """Per layer, which output units the gradient maps probe: the central position (all channels) of a
+    spatial map, the units of every channel at that position for a flattened map, None (all units) for a
+    global one."""
     picks = {}
     for i, step in enumerate(steps):
         position = probe_position(steps, i, "center")
@@ -220,9 +228,38 @@ def gradient_maps(model: LayerStack, input_shape: Sequence[int], steps: Sequence
             picks[step.name] = (slice(first, first + channels),)
         else:
             picks[step.name] = position
+    return picks
+
+
+def shape_picks(out_shapes: dict[str, tuple[int, ...]], input_shape: Sequence[int]) -> dict[str, Any]:
+    """Probes from output shapes alone (models whose layers are not an exact chain): the central position
+    of outputs that keep the input's spatial rank, every unit of the others."""
+    rank = len(input_shape) - 1
+    return {name: tuple((n - 1) // 2 for n in shape[:-1]) if len(shape) == rank + 1 else None
+            for name, shape in out_shapes.items()}
+
+
+def gradient_maps(model: nnx.Module, input_shape: Sequence[int], picks: dict[str, Any],
+                  key: jax.Array, n_inputs: int = 64, resample_params: bool = False) -> dict[str, np.ndarray]:
+    """Mean |d unit / d input| over ``n_inputs`` standard normal inputs, summed over input channels, for the
+    probed units (``picks``) of every layer: the effective receptive field (Luo et al. 2016).
+
+    A probe sums over channels, so a dead channel does not hide it. With ``resample_params`` every input also
+    gets its own random parameters (normal, each array at its own scale, biases included): a ReLU that one set
+    of weights keeps dead cannot then hide part of the field, so the map's support is the structural
+    receptive field.
+    """
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    key_x, key_p = jax.random.split(key)
+    xs = jax.random.normal(key_x, (n_inputs, *input_shape), jnp.float32)
+    if resample_params:
+        params_axis = 0
+        params = jax.vmap(lambda k: _resample(params, k))(jax.random.split(key_p, n_inputs))
+    else:
+        params_axis = None
 
     def unit(p: nnx.State, x: jax.Array, name: str) -> jax.Array:
-        out = nnx.merge(graphdef, p, rest).features(x[None])[name][0]
+        out = layer_outputs(nnx.merge(graphdef, p, rest), x[None])[name][0]
         return out.sum() if picks[name] is None else out[picks[name]].sum()
 
     def all_grads(p: nnx.State, x: jax.Array) -> dict[str, jax.Array]:  # one compile for every layer
@@ -242,48 +279,60 @@ def _resample(params: nnx.State, key: jax.Array) -> nnx.State:
     return jax.tree.unflatten(treedef, new)
 
 
-def anatomy(model: LayerStack, input_shape: Sequence[int], key: jax.Array | None = None,
-            n_inputs: int = 64) -> dict[str, Any]:
+def anatomy(model: nnx.Module, input_shape: Sequence[int], key: jax.Array | None = None,
+            n_inputs: int = 64, where: str = "model") -> dict[str, Any]:
     """The whole table for one model: per layer shapes, parameters, and fields three ways.
 
     With ``key`` the empirical field (the gradient's support over inputs and resampled parameters) and the
-    effective-receptive-field maps (this model's parameters) are included.
+    effective-receptive-field maps (this model's parameters) are included. A model whose layers are not an
+    exact chain of known layers (``analytic_unavailable`` says why) gets shapes, parameters and the
+    empirical fields only.
     """
     input_shape = tuple(int(n) for n in input_shape)
     spatial, rank = input_shape[:-1], len(input_shape) - 1
-    steps = layer_steps(model, input_shape)
-    forward = forward_analysis(steps, rank)
-    backward = backward_analysis(steps, rank)
-    maps = gradient_maps(model, input_shape, steps, key, n_inputs) if key is not None else {}
-    supports = gradient_maps(model, input_shape, steps, key, n_inputs, resample_params=True) \
+    trace = trace_layers(model, input_shape, where)
+    try:
+        steps = layer_steps(model, input_shape, where)
+        why_not = None
+    except NoFixedField as err:
+        steps, why_not = None, str(err)
+    picks = probe_picks(steps, input_shape) if steps else shape_picks(trace.out_shapes, input_shape)
+    maps = gradient_maps(model, input_shape, picks, key, n_inputs) if key is not None else {}
+    supports = gradient_maps(model, input_shape, picks, key, n_inputs, resample_params=True) \
         if key is not None else {}
-    layers = dict(model.layers())
+    layers = dict(trace.layers)
+    forward = forward_analysis(steps, rank) if steps else None
+    backward = backward_analysis(steps, rank) if steps else None
     rows = []
-    for i, step in enumerate(steps):
-        weights, biases = parameter_counts(layers[step.name])
-        support = exact_support(steps, i, spatial, "center")
+    for i, (name, layer) in enumerate(trace.layers):
+        weights, biases = parameter_counts(layers[name])
         row: dict[str, Any] = {
-            "layer": step.name,
-            "type": step.layer_type,
-            "output_shape": list(step.out_shape),
+            "layer": name,
+            "type": type(layer).__name__,
+            "output_shape": list(trace.out_shapes[name]),
             "weights": weights,
             "biases": biases,
             "params": weights + biases,
-            "rf_forward": list(forward[i].size),
-            "rf_backward": list(backward[i].size),
-            "start_forward": list(forward[i].start),
-            "start_backward": list(backward[i].start),
-            "jump": None if forward[i].jump is None else list(forward[i].jump),
-            "support_size": [int(len(s)) for s in support],
-            "support_range": [[int(s.min()), int(s.max())] for s in support],
         }
-        row["forward_equals_backward"] = (row["rf_forward"] == row["rf_backward"]
-                                          and row["start_forward"] == row["start_backward"])
+        if steps:
+            support = exact_support(steps, i, spatial, "center")
+            row |= {
+                "rf_forward": list(forward[i].size),
+                "rf_backward": list(backward[i].size),
+                "start_forward": list(forward[i].start),
+                "start_backward": list(backward[i].start),
+                "jump": None if forward[i].jump is None else list(forward[i].jump),
+                "support_size": [int(len(s)) for s in support],
+                "support_range": [[int(s.min()), int(s.max())] for s in support],
+            }
+            row["forward_equals_backward"] = (row["rf_forward"] == row["rf_backward"]
+                                              and row["start_forward"] == row["start_backward"])
         if maps:
-            empirical = supports[step.name] > 0
+            empirical = supports[name] > 0
             row["empirical_support_size"] = [int(np.any(empirical, axis=tuple(b for b in range(rank) if b != a))
                                                  .sum()) for a in range(rank)]
-            row["empirical_equals_analytic"] = bool(np.array_equal(empirical, support_mask(support, spatial)))
+            if steps:
+                row["empirical_equals_analytic"] = bool(np.array_equal(empirical, support_mask(support, spatial)))
         rows.append(row)
     total = sum(int(np.size(v)) for v in jax.tree.leaves(nnx.state(model, nnx.Param)))
     result = {
@@ -291,10 +340,14 @@ def anatomy(model: LayerStack, input_shape: Sequence[int], key: jax.Array | None
         "layers": rows,
         "total_params": sum(r["params"] for r in rows),
         "model_param_total": total,
-        "forward_equals_backward": all(r["forward_equals_backward"] for r in rows),
     }
+    if steps:
+        result["forward_equals_backward"] = all(r["forward_equals_backward"] for r in rows)
+    else:
+        result["analytic_unavailable"] = why_not
     if maps:
-        result["empirical_equals_analytic"] = all(r["empirical_equals_analytic"] for r in rows)
+        if steps:
+            result["empirical_equals_analytic"] = all(r["empirical_equals_analytic"] for r in rows)
         result["gradient_maps"] = {name: _normalised(m) for name, m in maps.items()}
     return result
 
@@ -319,16 +372,20 @@ def format_table(name: str, result: dict[str, Any]) -> str:
         if "empirical_equals_analytic" in r:
             grad += " ✓" if r["empirical_equals_analytic"] else " ✗"
         lines.append(f"| {r['layer']} | {r['type']} | {axes(r['output_shape'])} | {params} | "
-                     f"{axes(r['rf_forward'])} | {axes(r['rf_backward'])} | {axes(r['start_forward'])} | "
-                     f"{axes(r['jump'])} | {axes(r['support_size'])} | {grad} |")
+                     f"{axes(r.get('rf_forward'))} | {axes(r.get('rf_backward'))} | {axes(r.get('start_forward'))} | "
+                     f"{axes(r.get('jump'))} | {axes(r.get('support_size'))} | {grad} |")
+    if "analytic_unavailable" in result:
+        verdict = f"analytic fields: none ({result['analytic_unavailable']})"
+    else:
+        verdict = f"forward = backward: {result['forward_equals_backward']}"
     lines.append(f"\ntotal parameters {result['total_params']:,} (the model's own count: "
-                 f"{result['model_param_total']:,}); forward = backward: {result['forward_equals_backward']}"
+                 f"{result['model_param_total']:,}); {verdict}"
                  + (f"; gradient support = analytic support: {result['empirical_equals_analytic']}"
                     if "empirical_equals_analytic" in result else ""))
     return "\n".join(lines)
 
 
-def receptive_field_of(model: LayerStack, input_shape: Sequence[int]) -> dict[str, list[int]]:
+def receptive_field_of(model: nnx.Module, input_shape: Sequence[int]) -> dict[str, list[int]]:
     """Forward-analysis field size per layer name (a convenience for experiments)."""
     steps = layer_steps(model, input_shape)
     return {s.name: list(f.size) for s, f in zip(steps, forward_analysis(steps, len(input_shape) - 1))}

@@ -30,7 +30,9 @@ from flax import nnx
 
 from equivar.evaluate import ShiftEvaluator
 from equivar.layers import conv_geometry
-from equivar.models import LayerStack, build_model
+from equivar.models import MLP, LayerStack, LeNet, build_model
+
+BENCH_MODELS = {"lenet": LeNet, "mlp": MLP}  # the bench's rows, by the zoo's names
 from equivar.strategy import plan_execution
 from equivar.train import SeedTrainer, TrainSpec, init_states, make_optimizer, seed_keys
 from equivar.transforms import shift_grid
@@ -85,7 +87,7 @@ def equivar_train_ips(kind: str, n_seeds: int, packing: str, batch_size: int, st
     spec = TrainSpec(epochs=1, batch_size=batch_size)
     tx = make_optimizer(spec)
     keys = seed_keys(0, n_seeds)
-    graphdef, states = init_states(lambda r: build_model(kind, MNIST_SHAPE, 10, {}, r), tx, keys)
+    graphdef, states = init_states(lambda r: build_model(BENCH_MODELS[kind], MNIST_SHAPE, 10, {}, r), tx, keys)
     trainer = SeedTrainer(graphdef, tx, plan_execution(packing, steps_per_call=steps_per_call), guard=guard)
     seconds = _timed(lambda: trainer.fit(states, x, y, keys, spec, label="bench")[0], min_seconds)
     return n_seeds * steps * batch_size / seconds
@@ -96,10 +98,10 @@ def equivar_eval_ips(kind: str, n_examples: int, min_seconds: float, max_shift: 
     x, _ = _random_data(n_examples, MNIST_SHAPE)
     x = np.asarray(x)
     tx = make_optimizer(TrainSpec())
-    graphdef, states = init_states(lambda r: build_model(kind, MNIST_SHAPE, 10, {}, r), tx, seed_keys(0, 1))
+    graphdef, states = init_states(lambda r: build_model(BENCH_MODELS[kind], MNIST_SHAPE, 10, {}, r), tx, seed_keys(0, 1))
     evaluator = ShiftEvaluator(graphdef, "roll", plan_execution("auto"))
     offsets = shift_grid(max_shift, 2)
-    seconds = _timed(lambda: evaluator.predict(states.params, x, offsets), min_seconds)
+    seconds = _timed(lambda: evaluator.predict((states.params, states.model_state), x, offsets), min_seconds)
     return n_examples * len(offsets) / seconds
 
 
@@ -169,7 +171,7 @@ def run(quick: bool = False, seeds: tuple[int, ...] = (1, 4, 8), repeat: int = 1
                        "ratio_to_torch": None if torch_ips is None else ips / torch_ips}
         return cases[name]
 
-    fwd_flops = {kind: forward_flops(build_model(kind, MNIST_SHAPE, 10, {}, nnx.Rngs(0)), MNIST_SHAPE)
+    fwd_flops = {kind: forward_flops(build_model(BENCH_MODELS[kind], MNIST_SHAPE, 10, {}, nnx.Rngs(0)), MNIST_SHAPE)
                  for kind in ("lenet", "mlp")}
     for kind, fwd in fwd_flops.items():
         samples: dict[str, list[float]] = {"train": [], "eval": [], "torch.train": [], "torch.eval": [],

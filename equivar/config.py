@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any, Mapping
 
 from equivar.data import DATASETS
 from equivar.errors import ConfigError
-from equivar.models import MODELS
+from equivar.io import read_json
 from equivar.strategy import SEED_PACKINGS
 from equivar.train import OPTIMIZERS, TrainSpec
 from equivar.transforms import SHIFT_MODES
@@ -19,8 +20,13 @@ DATASET_RUN_KEYS = ("loader", "epochs", "shift_max", "shift_subset")
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
     name: str  # the label in results (a key of `zoo`)
-    kind: str  # the registry name in equivar.models.MODELS
+    target: str  # the model class, as Hydra's _target_ (e.g. equivar.models.LeNet)
     options: dict[str, Any]
+
+    @property
+    def where(self) -> str:
+        """How the user writes this model on the command line."""
+        return f"zoo.{self.name}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +54,7 @@ class RunConfig:
     seed_packing: str
     steps_per_call: int | None  # None: the backend's default (equivar.strategy)
     raw: dict[str, Any]
+    load_from: str | None = None  # an earlier run folder whose saved models are measured instead of training
 
 
 def _choice(value: Any, choices: Any, what: str) -> str:
@@ -100,13 +107,26 @@ def parse_config(raw: Mapping[str, Any]) -> RunConfig:
     if not names:
         raise ConfigError("models is empty: list at least one entry of zoo, e.g. models=[lenet]")
     models = []
+    load_from = raw.get("load_from")
+    if load_from is not None and not isinstance(load_from, str):
+        raise ConfigError(f"load_from must be the path of an earlier run folder, got {load_from!r}")
     for name in names:
+        if name not in zoo and load_from:  # a model of that run the config does not declare: its own record
+            manifest = Path(load_from).expanduser() / "checkpoints" / f"{name}.json"
+            if manifest.is_file():
+                saved = read_json(manifest)
+                models.append(ModelSpec(name=str(name), target=saved["target"], options=dict(saved["options"])))
+                continue
         if name not in zoo:
-            raise ConfigError(f"unknown model {name!r}; valid choices: {', '.join(sorted(zoo))} "
-                              "(entries of zoo; add one with +model@zoo.NAME=KIND)")
-        entry = dict(zoo[name])
-        kind = _choice(entry.pop("kind", None), MODELS, f"model kind for zoo.{name}")
-        models.append(ModelSpec(name=str(name), kind=kind, options=entry))
+            raise ConfigError(f"unknown model {name!r} in models; valid choices: {', '.join(sorted(zoo))} "
+                              "(entries of zoo; add one with +zoo.NAME._target_=package.module.Class or "
+                              "+model@zoo.NAME=lenet)")
+        entry = dict(zoo[name] or {})
+        target = entry.pop("_target_", None)
+        if target is None:
+            raise ConfigError(f"zoo.{name} has no _target_: name its model class, e.g. "
+                              f"+zoo.{name}._target_=equivar.models.LeNet")
+        models.append(ModelSpec(name=str(name), target=str(target), options=entry))
 
     ds = dict(raw.get("dataset") or {})
     loader = _choice(ds.get("loader"), DATASETS, "dataset loader")
@@ -141,4 +161,5 @@ def parse_config(raw: Mapping[str, Any]) -> RunConfig:
         steps_per_call=None if execution.get("steps_per_call", "auto") == "auto" else
         _int(execution["steps_per_call"], "execution.steps_per_call", 1),
         raw=raw,
+        load_from=load_from,
     )

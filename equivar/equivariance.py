@@ -21,7 +21,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from equivar.anatomy import FLATTEN, GLOBAL, Field, forward_analysis, layer_steps
+from flax import nnx
+
+from equivar.anatomy import FLATTEN, GLOBAL, Field, NoFixedField, forward_analysis, layer_steps
+from equivar.introspect import layer_outputs, trace_layers
 from equivar.layers import LocallyConnected
 from equivar.models import LayerStack
 from equivar.transforms import shift as shift_array
@@ -61,34 +64,60 @@ def _shift_vectors(max_shift: int, rank: int) -> list[tuple[int, ...]]:
     return [(s,) * rank for s in range(max_shift + 1)]
 
 
-def layer_shift_errors(model: LayerStack, x: jax.Array, max_shift: int, mode: str
+def layer_geometry_of(model: nnx.Module, input_shape: tuple[int, ...]
+                      ) -> tuple[list[str], dict[str, tuple[int, ...] | None], dict[str, Field | None]]:
+    """Layer names in call order; per layer its cumulative stride ("jump", None after a collapse) and its
+    receptive field (None where the model's layers are not an exact chain of known layers).
+
+    Without exact geometry the jump is read from shapes: ``round(input size / output size)`` per axis, which
+    is exact for SAME and circular windows and for pooling, and close for VALID ones."""
+    rank = len(input_shape) - 1
+    try:
+        steps = layer_steps(model, input_shape)
+    except NoFixedField:
+        trace = trace_layers(model, input_shape)
+        names = [n for n, _ in trace.layers]
+        jumps, collapsed = {}, False
+        for n in names:
+            shape = trace.out_shapes[n]
+            collapsed = collapsed or len(shape) != rank + 1
+            jumps[n] = None if collapsed else tuple(max(1, round(i / o)) for i, o in zip(input_shape, shape))
+        return names, jumps, {n: None for n in names}
+    fields = forward_analysis(steps, rank)
+    collapsed, jumps = False, {}
+    for step, field in zip(steps, fields):
+        collapsed = collapsed or step.kind in (FLATTEN, GLOBAL)
+        jumps[step.name] = None if collapsed else field.jump
+    return [s.name for s in steps], jumps, {s.name: f for s, f in zip(steps, fields)}
+
+
+def layer_shift_errors(model: nnx.Module, x: jax.Array, max_shift: int, mode: str
                        ) -> dict[str, dict[str, Any]]:
-    """Per layer: error per shift (full and interior), whether the layer's jump divides the shift, and the
-    layer's role (``equivariance`` for spatial maps, ``invariance`` after a collapse)."""
+    """Per layer: error per shift (full, and interior where the receptive fields are known), whether the
+    layer's jump divides the shift, and the layer's role (``equivariance`` for spatial maps, ``invariance``
+    after a collapse)."""
     input_shape = tuple(x.shape[1:])
     rank = len(input_shape) - 1
-    steps = layer_steps(model, input_shape)
-    fields = forward_analysis(steps, rank)
+    names, jumps, fields = layer_geometry_of(model, input_shape)
     shifts = _shift_vectors(max_shift, rank)
-    feats_x = jax.jit(model.features)(x)
-    feats_shifted = [jax.jit(model.features)(shift_array(x, s, mode)) for s in shifts]
-    collapsed = False
+    outputs = jax.jit(lambda v: layer_outputs(model, v))
+    feats_x = outputs(x)
+    feats_shifted = [outputs(shift_array(x, s, mode)) for s in shifts]
     out: dict[str, dict[str, Any]] = {}
-    for i, step in enumerate(steps):
-        collapsed = collapsed or step.kind in (FLATTEN, GLOBAL)
-        fx = feats_x[step.name]
+    for name in names:
+        fx = feats_x[name]
         rows = {"shift": [int(s[0]) for s in shifts], "full": [], "interior": [], "divisible": []}
-        if collapsed:
+        jump = jumps[name]
+        if jump is None:
             for fs in feats_shifted:
-                rows["full"].append(float(relative_error(fs[step.name], fx, fx).mean()))
+                rows["full"].append(float(relative_error(fs[name], fx, fx).mean()))
                 rows["divisible"].append(True)
             rows["role"] = "invariance"
-            out[step.name] = rows
+            out[name] = rows
             continue
-        jump = fields[i].jump
         out_spatial = fx.shape[1:-1]
         for s, fs in zip(shifts, feats_shifted):
-            f_shifted = fs[step.name]
+            f_shifted = fs[name]
             divisible = all(v % j == 0 for v, j in zip(s, jump))
             rows["divisible"].append(divisible)
             candidates = [tuple(g) for g in itertools.product(*({v // j, -(-v // j)} for v, j in zip(s, jump)))]
@@ -96,30 +125,40 @@ def layer_shift_errors(model: LayerStack, x: jax.Array, max_shift: int, mode: st
             for g in candidates:
                 target = shift_array(fx, g, mode)
                 full = float(relative_error(f_shifted, target, fx).mean())
-                mask = interior_mask(fields[i], input_shape[:-1], out_spatial, g, jump)
-                m = jnp.asarray(mask, fx.dtype)[None, ..., None]
-                interior = float(relative_error(f_shifted, target, fx, m).mean()) if mask.any() else float("nan")
+                interior = float("nan")
+                if fields[name] is not None:
+                    mask = interior_mask(fields[name], input_shape[:-1], out_spatial, g, jump)
+                    m = jnp.asarray(mask, fx.dtype)[None, ..., None]
+                    interior = float(relative_error(f_shifted, target, fx, m).mean()) if mask.any() else interior
                 if full < best_full:
                     best_full, best_interior = full, interior
             rows["full"].append(best_full)
-            rows["interior"].append(best_interior)
+            if fields[name] is not None:
+                rows["interior"].append(best_interior)
         rows["role"] = "equivariance"
         rows["jump"] = list(jump)
-        out[step.name] = rows
+        out[name] = rows
     return out
 
 
-def spatial_features(model: LayerStack, x: jax.Array) -> dict[str, jax.Array]:
-    """The outputs of the layers before the first flatten/global layer (or locally connected layer, which
-    only takes its own input size), run layer by layer so inputs of other sizes work too."""
+def spatial_features(model: nnx.Module, x: jax.Array) -> dict[str, jax.Array]:
+    """The outputs of the layers that keep the input's spatial rank, up to the first that does not. Layer
+    stacks run layer by layer, stopping before a locally connected layer (it only takes its own input
+    size), so inputs of other sizes work too."""
     out = {}
-    for name, layer in model.layers():
-        if isinstance(layer, LocallyConnected):
-            break
-        y = layer(x)
+    if isinstance(model, LayerStack):
+        for name, layer in model.layers():
+            if isinstance(layer, LocallyConnected):
+                break
+            y = layer(x)
+            if y.ndim != x.ndim:
+                break
+            out[name] = x = y
+        return out
+    for name, y in layer_outputs(model, x).items():
         if y.ndim != x.ndim:
             break
-        out[name] = x = y
+        out[name] = y
     return out
 
 
@@ -142,12 +181,15 @@ TRANSFORMS: dict[str, Callable[[jax.Array], jax.Array]] = {
 }
 
 
-def transform_errors(model: LayerStack, x: jax.Array, name: str) -> dict[str, float]:
+def transform_errors(model: nnx.Module, x: jax.Array, name: str) -> dict[str, float]:
     """``||f(R x) - R f(x)|| / ||f(x)||`` per spatial layer for a transform R that convolutions do NOT
     commute with (rotation, reflection, scaling); outputs are cropped to a common size where R changes it."""
     transform = TRANSFORMS[name]
     base = spatial_features(model, x)
-    moved = spatial_features(model, transform(x))
+    try:
+        moved = spatial_features(model, transform(x))
+    except (TypeError, ValueError):  # a model that only takes its own input size (e.g. dense layers inside)
+        return {}
     errors = {}
     for layer, fx in base.items():
         if layer not in moved:

@@ -10,7 +10,7 @@ import numpy as np
 from flax import nnx
 
 from equivar.strategy import ExecutionPlan
-from equivar.train import make_predict, take_seed
+from equivar.train import Variables, make_predict, take_seed
 from equivar.transforms import shift_many
 
 
@@ -21,18 +21,19 @@ class ShiftEvaluator:
         predict = make_predict(graphdef)
         self.plan = plan
 
-        def predict_shifted(params: nnx.State, x: jax.Array, offsets: jax.Array) -> jax.Array:
+        def predict_shifted(variables: Variables, x: jax.Array, offsets: jax.Array) -> jax.Array:
             shifted = shift_many(x, offsets, mode)  # (S, N, ...)
             flat = shifted.reshape((-1,) + x.shape[1:])
-            return predict(params, flat).reshape(offsets.shape[0], x.shape[0])
+            return predict(variables, flat).reshape(offsets.shape[0], x.shape[0])
 
         if plan.seed_packing == "vmap":
             self._call = jax.jit(jax.vmap(predict_shifted, in_axes=(0, None, None)))
         else:
             self._call = jax.jit(predict_shifted)
 
-    def predict(self, params: nnx.State, x: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-        """Class predictions ``(n_seeds, n_shifts, n_examples)`` for seed-stacked ``params``."""
+    def predict(self, params: Variables, x: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        """Class predictions ``(n_seeds, n_shifts, n_examples)`` for seed-stacked ``(params, model_state)``
+        (inference mode)."""
         n, n_shifts = len(x), len(offsets)
         budget = self.plan.eval_images_per_call
         x_chunk = min(n, max(1, budget))

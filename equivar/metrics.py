@@ -30,11 +30,12 @@ def consistency(predictions: np.ndarray, n_classes: int) -> float:
     return float((share**2).sum(axis=1).mean())
 
 
-def mean_std(values: Sequence[float] | np.ndarray) -> dict[str, float | list[float]]:
-    """Mean and sample standard deviation (ddof=1; 0 for one seed) over the leading (seed) axis."""
+def mean_std(values: Sequence[float] | np.ndarray) -> dict[str, float | int | list[float]]:
+    """Mean and sample standard deviation (ddof=1; 0 for one seed) over the leading (seed) axis, and ``n``,
+    the number of seeds they summarise."""
     values = np.asarray(values, dtype=np.float64)
     std = values.std(axis=0, ddof=1) if values.shape[0] > 1 else np.zeros(values.shape[1:])
     mean = values.mean(axis=0)
     if mean.ndim == 0:
-        return {"mean": float(mean), "std": float(std)}
-    return {"mean": mean.tolist(), "std": std.tolist()}
+        return {"mean": float(mean), "std": float(std), "n": int(values.shape[0])}
+    return {"mean": mean.tolist(), "std": std.tolist(), "n": int(values.shape[0])}

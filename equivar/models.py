@@ -7,6 +7,7 @@ can be read by name (``features``) and its geometry inspected. Input layout is c
 
 from __future__ import annotations
 
+import difflib
 import inspect
 from typing import Any, Callable, Sequence
 
@@ -335,30 +336,86 @@ class GroupPoolNet(LayerStack):
         b.finish()
 
 
-ModelFactory = Callable[..., LayerStack]
-
-MODELS: dict[str, type[LayerStack]] = {
-    "mlp": MLP,
-    "lenet": LeNet,
-    "local": LocalNet,
-    "cnn_gap": CNNGap,
-    "stack": Stack,
-    "group_pool": GroupPoolNet,
-}
+# The constructor contract every model follows, the zoo's and a user's alike (conf/model/*.yaml name them by
+# Hydra's ``_target_``): ``Model(input_shape, n_classes, *, rngs, **options)`` with ``input_shape`` the
+# channels-last shape of one example (``(L, C)`` or ``(H, W, C)``), returning an ``nnx.Module`` whose
+# ``__call__(x)`` maps a batch ``(N, *input_shape)`` to logits ``(N, n_classes)``.
+CONTRACT_ARGS = ("input_shape", "n_classes", "rngs")
 
 
-def build_model(kind: str, input_shape: Sequence[int], n_classes: int, options: dict[str, Any],
-                rngs: nnx.Rngs) -> LayerStack:
-    """Builds a zoo model by registry name with keyword options from config."""
-    if kind not in MODELS:
-        raise ConfigError(f"unknown model {kind!r}; valid choices: {', '.join(sorted(MODELS))}")
-    cls = MODELS[kind]
-    accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in
-                ("self", "input_shape", "n_classes", "rngs")]
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise ConfigError(f"model {kind!r} has no option(s) {unknown}; valid options: {', '.join(accepted)}")
+def resolve_target(target: str | type, where: str = "model") -> type:
+    """The class a ``_target_`` names (``package.module.Class``), imported as Hydra does; a one-line
+    ConfigError when it cannot be imported or is not a class."""
+    if isinstance(target, type):
+        return target
+    if not isinstance(target, str) or "." not in target:
+        raise ConfigError(f"{where}._target_={target!r} must be a dotted path to a model class, e.g. "
+                          "equivar.models.LeNet or mylab.nets.MyNet")
+    from hydra.utils import get_object
+
     try:
-        return cls(tuple(input_shape), int(n_classes), rngs=rngs, **options)
-    except ValueError as err:  # impossible shapes and bad option values name the layer and numbers
-        raise ConfigError(f"model {kind!r} on input {tuple(input_shape)}: {err}") from None
+        obj = get_object(target)
+    except Exception as err:  # Hydra wraps import errors; its message names the missing piece
+        reason = str(err).strip().splitlines()[0]
+        raise ConfigError(f"{where}._target_={target!r} cannot be imported ({reason}); the module must be "
+                          "installed or importable from the working directory") from None
+    if not isinstance(obj, type):
+        raise ConfigError(f"{where}._target_={target!r} is a {type(obj).__name__}, not a model class")
+    return obj
+
+
+def model_options(cls: type) -> tuple[list[str], bool]:
+    """The keyword options a model class accepts beyond the contract, and whether it takes ``**kwargs``."""
+    params = inspect.signature(cls.__init__).parameters
+    names = [p for p in params if p != "self" and p not in CONTRACT_ARGS
+             and params[p].kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)]
+    open_ended = any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values())
+    missing = [a for a in CONTRACT_ARGS if a not in params and not open_ended]
+    if missing:
+        raise ConfigError(f"{cls.__module__}.{cls.__qualname__} does not follow the model contract "
+                          f"Model(input_shape, n_classes, *, rngs, **options): no {', '.join(missing)} argument")
+    return names, open_ended
+
+
+def build_model(target: str | type, input_shape: Sequence[int], n_classes: int, options: dict[str, Any],
+                rngs: nnx.Rngs, where: str = "model") -> nnx.Module:
+    """Builds ``target(input_shape, n_classes, rngs=rngs, **options)``; bad options, impossible shapes and
+    models that break the contract give one-line ConfigErrors that name ``where`` (e.g. ``zoo.lenet``)."""
+    cls = resolve_target(target, where)
+    accepted, open_ended = model_options(cls)
+    unknown = sorted(set(options) - set(accepted))
+    if unknown and not open_ended:
+        hints = [f"{u!r}" + (f" (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(
+            u, accepted, n=1)) else "") for u in unknown]
+        raise ConfigError(f"{where} ({cls.__name__}) has no option {', '.join(hints)}; valid options: "
+                          f"{', '.join(accepted) or 'none'}")
+    try:
+        model = cls(tuple(int(n) for n in input_shape), int(n_classes), rngs=rngs, **options)
+    except (ValueError, TypeError, RuntimeError) as err:  # bad option values and impossible shapes
+        raise ConfigError(f"{where} ({cls.__name__}) on input {tuple(input_shape)}: {err}") from err
+    if not isinstance(model, nnx.Module):
+        raise ConfigError(f"{where}: {cls.__name__}(...) built a {type(model).__name__}, not a flax.nnx.Module")
+    return model
+
+
+def check_model(target: str | type, input_shape: Sequence[int], n_classes: int, options: dict[str, Any],
+                where: str = "model") -> None:
+    """Builds the model abstractly (no arrays allocated) and checks it maps ``(2, *input_shape)`` to logits
+    ``(2, n_classes)``: every option and shape problem surfaces before any data is read or trained on."""
+    import jax.numpy as jnp
+
+    def shapes():
+        model = build_model(target, input_shape, n_classes, options, nnx.Rngs(0), where)
+        return nnx.view(model, deterministic=True, use_running_average=True, raise_if_not_found=False)(
+            jnp.zeros((2, *input_shape), jnp.float32))
+
+    try:
+        out = nnx.eval_shape(shapes)
+    except ConfigError:
+        raise
+    except Exception as err:  # the forward pass itself fails: name the model and the input it got
+        raise ConfigError(f"{where} on input {tuple(input_shape)}: its forward pass fails: "
+                          f"{type(err).__name__}: {str(err).strip().splitlines()[0]}") from err
+    if getattr(out, "shape", None) != (2, n_classes):
+        raise ConfigError(f"{where} maps a batch of shape {(2, *input_shape)} to {getattr(out, 'shape', out)}; "
+                          f"a classifier must return logits of shape (batch, {n_classes})")

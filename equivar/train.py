@@ -59,6 +59,7 @@ def make_optimizer(spec: TrainSpec) -> optax.GradientTransformation:
 
 class TrainState(NamedTuple):
     params: nnx.State
+    model_state: nnx.State  # every non-parameter variable (BatchNorm statistics, Dropout's RNG counters, ...)
     opt_state: Any
     step: jax.Array  # steps taken (int32)
     rng: jax.Array  # key data for this seed's augmentation draws (uint32)
@@ -90,8 +91,8 @@ def init_states(build: Callable[[nnx.Rngs], nnx.Module], tx: optax.GradientTrans
     graphdef = nnx.graphdef(nnx.eval_shape(lambda: build(nnx.Rngs(0))))
 
     def init_one(key: jax.Array) -> TrainState:
-        params = nnx.state(build(nnx.Rngs(_init_key(key))), nnx.Param)
-        return TrainState(params, tx.init(params), jnp.zeros((), jnp.int32),
+        _, params, model_state = nnx.split(build(nnx.Rngs(_init_key(key))), nnx.Param, ...)
+        return TrainState(params, model_state, tx.init(params), jnp.zeros((), jnp.int32),
                           jax.random.key_data(jax.random.fold_in(key, 2)), jnp.full((), -1, jnp.int32))
 
     return graphdef, jax.jit(jax.vmap(init_one))(keys)
@@ -107,10 +108,11 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, au
     so it works the same inside a loop, ``vmap`` or ``scan``).
     """
 
-    def loss_fn(params: nnx.State, x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
-        logits = nnx.merge(graphdef, params)(x)
+    def loss_fn(params: nnx.State, model_state: nnx.State, x: jax.Array, y: jax.Array):
+        model = nnx.merge(graphdef, params, model_state)  # training mode: batch statistics, dropout on
+        logits = model(x)
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-        return loss, logits
+        return loss, (logits, nnx.split(model, nnx.Param, ...)[2])
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         x, y = batch
@@ -118,12 +120,13 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, au
             key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
             offsets = jax.random.randint(key, (x.shape[0], x.ndim - 2), -augment_shift, augment_shift + 1)
             x = shift_each(x, offsets, augment_mode)
-        (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, x, y)
+        (loss, (logits, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, state.model_state, x, y)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         accuracy = (logits.argmax(-1) == y).mean()
         if not guard:  # only for measuring what the guard costs (python -m equivar.bench)
-            return (TrainState(params, opt_state, state.step + 1, state.rng, state.diverged_at),
+            return (TrainState(params, model_state, opt_state, state.step + 1, state.rng, state.diverged_at),
                     {"loss": loss, "accuracy": accuracy})
         # One reduction each: a NaN or inf anywhere makes the global norm non-finite.
         finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads)) & jnp.isfinite(
@@ -132,8 +135,10 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, au
         # Only the parameters need keeping: once a seed diverges it never updates again, so its optimizer
         # state may go non-finite unguarded (selecting it too cost the MLP step a further ~3 %).
         params = jax.tree.map(lambda a, b: jnp.where(healthy, a, b), params, state.params)
+        model_state = jax.tree.map(lambda a, b: jnp.where(healthy, a, b) if jnp.issubdtype(a.dtype, jnp.floating)
+                                   else a, model_state, state.model_state)
         diverged_at = jnp.where((state.diverged_at < 0) & ~finite, state.step, state.diverged_at)
-        new_state = TrainState(params, opt_state, state.step + 1, state.rng, diverged_at)
+        new_state = TrainState(params, model_state, opt_state, state.step + 1, state.rng, diverged_at)
         return new_state, {"loss": loss, "accuracy": accuracy}
 
     return train_step
@@ -268,10 +273,35 @@ class SeedTrainer:
         return state, np.stack(losses, axis=-1), np.stack(accs, axis=-1)
 
 
-def make_predict(graphdef: nnx.GraphDef) -> Callable[[nnx.State, jax.Array], jax.Array]:
-    """``predict(params, x) -> class indices``; pure, to be jitted or vmapped by the caller."""
+Variables = tuple[nnx.State, nnx.State]  # (params, model_state) of one seed, or seed-stacked
 
-    def predict(params: nnx.State, x: jax.Array) -> jax.Array:
-        return nnx.merge(graphdef, params)(x).argmax(-1).astype(jnp.int32)
+
+def variables(states: TrainState) -> Variables:
+    """What evaluation needs of a training state: the parameters and the non-parameter state."""
+    return states.params, states.model_state
+
+
+def inference_model(graphdef: nnx.GraphDef, params: nnx.State, model_state: nnx.State) -> nnx.Module:
+    """The model in inference mode: Dropout off, BatchNorm on its running statistics (``nnx.view`` only
+    changes static attributes, so inside ``jit`` this costs nothing at run time)."""
+    model = nnx.merge(graphdef, params, model_state)
+    return nnx.view(model, deterministic=True, use_running_average=True, raise_if_not_found=False)
+
+
+def make_logits(graphdef: nnx.GraphDef) -> Callable[[Variables, jax.Array], jax.Array]:
+    """``logits(variables, x)`` in inference mode; pure, to be jitted or vmapped by the caller."""
+
+    def logits(variables: Variables, x: jax.Array) -> jax.Array:
+        return inference_model(graphdef, *variables)(x)
+
+    return logits
+
+
+def make_predict(graphdef: nnx.GraphDef) -> Callable[[Variables, jax.Array], jax.Array]:
+    """``predict(variables, x) -> class indices`` in inference mode; pure, to be jitted or vmapped."""
+    logits = make_logits(graphdef)
+
+    def predict(variables: Variables, x: jax.Array) -> jax.Array:
+        return logits(variables, x).argmax(-1).astype(jnp.int32)
 
     return predict

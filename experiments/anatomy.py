@@ -8,6 +8,7 @@ No training: the analysis is of the architecture (maps use the initial weights o
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import jax
 from flax import nnx
 
+from equivar import trained
 from equivar.anatomy import anatomy, format_table
 from equivar.config import RunConfig, int_list, positive_int
 from equivar.data import load_dataset
@@ -46,9 +48,15 @@ def run(config: RunConfig, out_dir: Path) -> dict[str, Any]:
 
     results, tables = {}, []
     for i, spec in enumerate(config.models):
-        model = build_model(spec.kind, input_shape, n_classes, spec.options, nnx.Rngs(config.seed))
-        result = anatomy(model, input_shape, jax.random.key(config.seed + i), n_inputs)
-        result["kind"] = spec.kind
+        if config.load_from:  # a trained model: its first healthy seed's weights give the maps
+            model = trained.load(Path(config.load_from), spec.name, spec.target, spec.options, input_shape,
+                                 n_classes, lambda t, o, w=spec.where: functools.partial(
+                                     build_model, t, input_shape, n_classes, o, where=w)).modules()[0]
+        else:
+            model = build_model(spec.target, input_shape, n_classes, spec.options, nnx.Rngs(config.seed),
+                                where=spec.where)
+        result = anatomy(model, input_shape, jax.random.key(config.seed + i), n_inputs, where=spec.where)
+        result["target"] = spec.target
         results[spec.name] = result
         tables.append(format_table(spec.name, result))
     metrics = {
@@ -58,6 +66,7 @@ def run(config: RunConfig, out_dir: Path) -> dict[str, Any]:
         "n_classes": n_classes,
         "n_inputs": n_inputs,
         "models": results,
+        "load_from": config.load_from,
         "environment": environment(),
     }
     write_json(out_dir / "metrics.json", metrics)

@@ -1,26 +1,36 @@
-"""Pieces several experiments share: train a zoo model's seeds as the config says, and unstack them."""
+"""Pieces several experiments share: the run record, publishing, and the models a run measures, trained here
+(and saved as checkpoints) or loaded from an earlier run (``load_from``)."""
 
 from __future__ import annotations
 
 import functools
+import logging
 from pathlib import Path
 from typing import Any, Callable
 
 import jax
 from flax import nnx
 
-from equivar.config import RunConfig
+from equivar import trained
+from equivar.config import ModelSpec, RunConfig
 from equivar.data import Dataset, dataset_shape
 from equivar.io import environment, write_json
-from equivar.models import LayerStack, build_model
+from equivar.models import build_model, check_model
 from equivar.strategy import ExecutionPlan, plan_execution
-from equivar.train import History, SeedTrainer, TrainState, init_states, make_optimizer, seed_keys, take_seed
+from equivar.trained import TrainedModel
+from equivar.train import History, SeedTrainer, TrainState, init_states, make_optimizer, seed_keys
+
+log = logging.getLogger(__name__)
 
 
-def run_record(experiment: str, config: RunConfig, dataset: dict[str, Any]) -> dict[str, Any]:
-    """The keys every seeded experiment's metrics.json starts with."""
-    return {"experiment": experiment, "dataset": dataset, "n_seeds": config.n_seeds,
-            "seeds": [config.seed + i for i in range(config.n_seeds)]}
+def run_record(experiment: str, config: RunConfig, dataset: dict[str, Any],
+               models: list[TrainedModel] | None = None) -> dict[str, Any]:
+    """The keys every seeded experiment's metrics.json starts with. The seeds are those of the measured
+    ``models`` when given (models loaded from an earlier run keep that run's seeds), else the config's."""
+    seeds = sorted({s for m in models for s in m.seeds}) if models else \
+        [config.seed + i for i in range(config.n_seeds)]
+    return {"experiment": experiment, "dataset": dataset, "n_seeds": len(seeds), "seeds": seeds,
+            "load_from": config.load_from}
 
 
 def publish(metrics: dict[str, Any], out_dir: Path, plot: Callable[[dict[str, Any], Path], Any],
@@ -37,24 +47,28 @@ def execution_plan(config: RunConfig) -> ExecutionPlan:
     return plan_execution(config.seed_packing, steps_per_call=config.steps_per_call)
 
 
-def builder(kind: str, options: dict[str, Any], data: Dataset) -> Callable[[nnx.Rngs], LayerStack]:
+def builder(target: str, options: dict[str, Any], data: Dataset, where: str = "model"
+            ) -> Callable[[nnx.Rngs], nnx.Module]:
     """A constructor for one model on ``data``, checked once abstractly so bad options fail before training."""
-    build = functools.partial(build_model, kind, data.input_shape, data.n_classes, options)
-    nnx.eval_shape(lambda: build(nnx.Rngs(0)))
-    return build
+    check_model(target, data.input_shape, data.n_classes, options, where)
+    return functools.partial(build_model, target, data.input_shape, data.n_classes, options, where=where)
 
 
-def check_before_data(config: RunConfig, variants: list[tuple[str, dict[str, Any]]]) -> None:
-    """Builds every (kind, options) abstractly on the dataset's shape, known from its options alone, so bad
-    model options fail before any data is read (loaders whose shape needs the data are checked later)."""
+def check_before_data(config: RunConfig, variants: list[tuple[str, dict[str, Any], str]]) -> None:
+    """Builds every (target, options, where) abstractly on the dataset's shape, known from its options alone,
+    so bad model options fail before any data is read (loaders whose shape needs the data are checked later)."""
     known = dataset_shape(config.dataset.loader, config.dataset.options)
     if known is None:
         return
-    for kind, options in variants:
-        nnx.eval_shape(lambda k=kind, o=options: build_model(k, known[0], known[1], o, nnx.Rngs(0)))
+    for target, options, where in variants:
+        check_model(target, known[0], known[1], options, where)
 
 
-def init_seeds(build: Callable[[nnx.Rngs], LayerStack], config: RunConfig
+def spec_variants(specs: tuple[ModelSpec, ...]) -> list[tuple[str, dict[str, Any], str]]:
+    return [(s.target, s.options, s.where) for s in specs]
+
+
+def init_seeds(build: Callable[[nnx.Rngs], nnx.Module], config: RunConfig
                ) -> tuple[nnx.GraphDef, TrainState]:
     return init_states(build, make_optimizer(config.train), seed_keys(config.seed, config.n_seeds))
 
@@ -69,7 +83,34 @@ def train_seeds(graphdef: nnx.GraphDef, states: TrainState, data: Dataset, confi
                        seed_keys(config.seed, config.n_seeds), config.train, label=label)
 
 
-def seed_models(graphdef: nnx.GraphDef, states: TrainState) -> list[LayerStack]:
-    """One model object per seed, for analyses that call ``model.features``."""
-    n = jax.tree.leaves(states.params)[0].shape[0]
-    return [nnx.merge(graphdef, take_seed(states.params, s)) for s in range(n)]
+def as_trained(name: str, target: str, options: dict[str, Any], data: Dataset, graphdef: nnx.GraphDef,
+               states: TrainState, config: RunConfig, history: History | None) -> TrainedModel:
+    """Wraps seed-stacked training states (trained or just initialised) as a :class:`TrainedModel`."""
+    return TrainedModel(
+        name=name, target=target, options=dict(options), input_shape=tuple(data.input_shape),
+        n_classes=data.n_classes, graphdef=graphdef, params=states.params, model_state=states.model_state,
+        seeds=[config.seed + i for i in range(config.n_seeds)],
+        status=history.status() if history is not None else ["ok"] * config.n_seeds,
+        source="trained" if history is not None else "initialised",
+        train_record=None if history is None else {"loss": history.loss.tolist(),
+                                                   "accuracy": history.accuracy.tolist(),
+                                                   "seconds": history.seconds})
+
+
+def obtain(config: RunConfig, data: Dataset, out_dir: Path, name: str, target: str, options: dict[str, Any],
+           plan: ExecutionPlan, where: str | None = None) -> TrainedModel:
+    """The trained seeds of one model: loaded from ``config.load_from`` when set (checked against this
+    config), else initialised, trained on ``data`` and saved as a checkpoint in ``out_dir``."""
+    where = where or f"zoo.{name}"
+    if config.load_from:
+        def build(t, o):
+            check_model(t, data.input_shape, data.n_classes, o, where)
+            return functools.partial(build_model, t, data.input_shape, data.n_classes, o, where=where)
+
+        return trained.load(Path(config.load_from), name, target, options, tuple(data.input_shape),
+                            data.n_classes, build)
+    graphdef, states = init_seeds(builder(target, options, data, where), config)
+    states, history = train_seeds(graphdef, states, data, config, plan, name)
+    model = as_trained(name, target, options, data, graphdef, states, config, history)
+    trained.save(model, out_dir, data.summary())
+    return model

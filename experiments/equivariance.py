@@ -27,15 +27,18 @@ from equivar.metrics import mean_std
 from equivar.plot import plot_equivariance
 from equivar.transforms import SHIFT_MODES
 from equivar.experiments.common import (
+    as_trained,
     builder,
     check_before_data,
     execution_plan,
     init_seeds,
+    obtain,
     publish,
     run_record,
-    seed_models,
-    train_seeds,
 )
+from equivar.models import model_options, resolve_target
+from equivar.text import seeds_phrase
+from equivar.trained import TrainedModel
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +77,14 @@ def _aggregate(per_seed: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str,
     return out
 
 
-def _variants(config: RunConfig, paddings: list[str]) -> list[tuple[Any, str, dict[str, Any]]]:
-    """(model spec, padding, options) for every model with a padding option and every padding."""
+def _variants(config: RunConfig, paddings: list[str]) -> list[tuple[Any, str | None, dict[str, Any]]]:
+    """(model spec, padding, options): every padding for models with a ``padding`` option, trained here; the
+    model as configured otherwise (and always for models loaded from an earlier run)."""
     out = []
     for spec in config.models:
-        accepted = _padding_capable(spec.kind)
-        if "padding" not in accepted:
+        accepted, _ = model_options(resolve_target(spec.target, spec.where))
+        if "padding" not in accepted or config.load_from:
+            out.append((spec, None, dict(spec.options)))
             continue
         for padding in paddings:
             options = dict(spec.options, padding=padding)
@@ -91,59 +96,56 @@ def _variants(config: RunConfig, paddings: list[str]) -> list[tuple[Any, str, di
 
 def run(config: RunConfig, out_dir: Path) -> dict[str, Any]:
     paddings = list((config.raw.get("equivariance") or {}).get("paddings") or PADDINGS)
-    check_before_data(config, [(spec.kind, options) for spec, _, options in _variants(config, paddings)
-                               if all(p in PADDINGS for p in paddings)])
+    check_before_data(config, [(spec.target, options, spec.where) for spec, _, options in
+                               _variants(config, paddings) if all(p in PADDINGS for p in paddings)])
     data = load_dataset(config.dataset.loader, config.dataset.options)
     opts = _options(config, data.rank, data.input_shape[:-1])
     plan = execution_plan(config)
     x = jnp.asarray(data.x_test[:opts["n_examples"]])
     variants: dict[str, Any] = {}
-    skipped = [f"{spec.name} ({spec.kind}) has no padding option: no spatial layers to compare"
-               for spec in config.models if "padding" not in _padding_capable(spec.kind)]
+    measured: list[TrainedModel] = []
     for spec, padding, options in _variants(config, opts["paddings"]):
-        name = f"{spec.name}/{padding}"
-        build = builder(spec.kind, options, data)
-        graphdef, states = init_seeds(build, config)
-        stages = {"init": states}
-        result: dict[str, Any] = {"model": spec.name, "kind": spec.kind, "padding": padding, "stages": {}}
-        if opts["trained"]:
-            stages["trained"], history = train_seeds(graphdef, states, data, config, plan, name)
-            result["train_status"] = history.status()  # per seed: ok, or the step it diverged at
-        for stage, st in stages.items():
-            models = seed_models(graphdef, st)
+        name = spec.name if padding is None else f"{spec.name}/{padding}"
+        where = spec.where
+        stages: dict[str, TrainedModel] = {}
+        if not config.load_from:
+            graphdef, states = init_seeds(builder(spec.target, options, data, where), config)
+            stages["init"] = as_trained(name, spec.target, options, data, graphdef, states, config, None)
+        if opts["trained"] or config.load_from:
+            stages["trained"] = obtain(config, data, out_dir, name if padding is None else
+                                       f"{spec.name}-{padding}", spec.target, options, plan, where)
+        result: dict[str, Any] = {"model": spec.name, "target": spec.target,
+                                  "padding": padding or options.get("padding", "as built"), "stages": {}}
+        if "trained" in stages:
+            result["train_status"] = stages["trained"].status  # per seed: ok, or the step it diverged at
+            result["source"] = stages["trained"].source
+        for stage, model in stages.items():
+            models = model.modules()
+            if not models:
+                continue
             shifts = {mode: _aggregate([layer_shift_errors(m, x, opts["max_shift"], mode) for m in models])
                       for mode in opts["modes"]}
             transforms = {}
             for t in opts["transforms"]:
-                per_seed = [transform_errors(m, x, t) for m in models]
+                per_seed = [transform_errors(m, x, t) for m in models]  # {} where the model cannot take R x
                 transforms[t] = {layer: mean_std([s[layer] for s in per_seed]) for layer in per_seed[0]}
             result["stages"][stage] = {"shift": shifts, "transforms": transforms}
         variants[name] = result
+        measured += list(stages.values())
         log.info("%s: done (%s)", name, ", ".join(stages))
-    if not variants:
-        raise ConfigError("equivariance: none of models=" + str([s.name for s in config.models]) +
-                          " has convolutional layers with a padding option (try models=[lenet,cnn_gap])")
-    metrics = run_record("equivariance", config, data.summary()) | {
+    metrics = run_record("equivariance", config, data.summary(), measured) | {
         "n_examples": int(x.shape[0]),
         "max_shift": opts["max_shift"],
         "modes": opts["modes"],
         "variants": variants,
-        "skipped": skipped,
     }
     return publish(metrics, out_dir, plot_equivariance, summary(metrics))
-
-
-def _padding_capable(kind: str) -> set[str]:
-    import inspect
-
-    from equivar.models import MODELS
-    return set(inspect.signature(MODELS[kind].__init__).parameters)
 
 
 def summary(metrics: dict[str, Any]) -> str:
     """Per variant, stage and mode: the last spatial layer's error at shift 1 and at shift J (its jump), full
     and interior, and the logits' invariance error at shift 1."""
-    lines = [f"equivariance on {metrics['dataset']['name']} ({metrics['n_seeds']} seeds, "
+    lines = [f"equivariance on {metrics['dataset']['name']} ({seeds_phrase(metrics['n_seeds'])}, "
              f"{metrics['n_examples']} test inputs): relative error, mean over seeds", "",
              "| variant | stage | mode | last spatial layer | shift 1 full | shift 1 interior | shift J full | "
              "shift J interior | logits at shift 1 |", "|---|---|---|---|---:|---:|---:|---:|---:|"]
@@ -156,9 +158,12 @@ def summary(metrics: dict[str, Any]) -> str:
         for stage, st in v["stages"].items():
             for mode, layers in st["shift"].items():
                 spatial = [k for k, r in layers.items() if r["role"] == "equivariance"]
+                logits = layers[list(layers)[-1]]
+                if not spatial:  # e.g. an MLP: no spatial maps, only its invariance
+                    lines.append(f"| {name} | {stage} | {mode} | none | — | — | — | — | {fmt(logits, 'full', 1)} |")
+                    continue
                 last = layers[spatial[-1]]
                 j = last["jump"][0]
-                logits = layers[list(layers)[-1]]
                 lines.append(f"| {name} | {stage} | {mode} | {spatial[-1]} (J={j}) | {fmt(last, 'full', 1)} | "
                              f"{fmt(last, 'interior', 1)} | {fmt(last, 'full', j)} | {fmt(last, 'interior', j)} | "
                              f"{fmt(logits, 'full', 1)} |")

@@ -25,15 +25,9 @@ from equivar.equivariance import relative_error
 from equivar.errors import ConfigError
 from equivar.metrics import accuracy, mean_std
 from equivar.plot import plot_feature_pooling
-from equivar.experiments.common import (
-    builder,
-    check_before_data,
-    execution_plan,
-    init_seeds,
-    publish,
-    run_record,
-    train_seeds,
-)
+from equivar.text import mean_std_text, seeds_phrase
+from equivar.experiments.common import check_before_data, execution_plan, obtain, publish, run_record
+from equivar.train import make_logits
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +44,9 @@ def run(config: RunConfig, out_dir: Path) -> dict[str, Any]:
     zoo = config.raw.get("zoo") or {}
     if "group_pool" not in zoo:
         raise ConfigError("feature_pooling needs zoo.group_pool (conf/model/group_pool.yaml)")
-    base = {k: v for k, v in dict(zoo["group_pool"]).items() if k != "kind"}
-    check_before_data(config, [("group_pool", dict(base, pool_copies=p)) for p in (True, False)])
+    base = {k: v for k, v in dict(zoo["group_pool"]).items() if k != "_target_"}
+    target = dict(zoo["group_pool"]).get("_target_", "equivar.models.GroupPoolNet")
+    check_before_data(config, [(target, dict(base, pool_copies=p), "zoo.group_pool") for p in (True, False)])
     data = load_dataset(config.dataset.loader, config.dataset.options)
     if data.rank == 2 and data.input_shape[0] != data.input_shape[1]:
         raise ConfigError(f"feature_pooling rotates images by 90 degrees: they must be square, got "
@@ -62,11 +57,11 @@ def run(config: RunConfig, out_dir: Path) -> dict[str, Any]:
     results = {}
     for variant, pool in (("pooled", True), ("unpooled", False)):
         options = dict(base, pool_copies=pool)
-        graphdef, states = init_seeds(builder("group_pool", options, data), config)
-        n_params = sum(int(np.prod(a.shape[1:])) for a in jax.tree.leaves(states.params))
-        states, history = train_seeds(graphdef, states, data, config, plan, variant)
-        logits_fn = jax.jit(jax.vmap(lambda p, v: nnx.merge(graphdef, p)(v), in_axes=(0, None)))
-        logits = {name: np.asarray(_chunked(logits_fn, states.params, t(x_test))) for name, t in transforms.items()}
+        model = obtain(config, data, out_dir, f"group_pool_{variant}", target, options, plan, "zoo.group_pool")
+        n_params = model.n_params
+        logits_fn = jax.jit(jax.vmap(make_logits(model.graphdef), in_axes=(0, None)))
+        logits = {name: np.asarray(_chunked(logits_fn, model.variables(), t(x_test)))
+                  for name, t in transforms.items()}
         reference = logits[next(iter(transforms))]
         preds = {name: l.argmax(-1) for name, l in logits.items()}
         agree = np.mean(np.stack([preds[n] == preds[next(iter(transforms))] for n in transforms]).all(0), axis=-1)
@@ -77,10 +72,10 @@ def run(config: RunConfig, out_dir: Path) -> dict[str, Any]:
             "logit_change": {name: mean_std([float(np.mean(relative_error(jnp.asarray(l[s]),
                                                                           jnp.asarray(reference[s]),
                                                                           jnp.asarray(reference[s]))))
-                                             for s in range(config.n_seeds)]) for name, l in logits.items()},
+                                             for s in range(len(l))]) for name, l in logits.items()},
             "same_prediction_under_all": mean_std(agree),
-            "train_accuracy_last_epoch": mean_std(history.accuracy[:, -1]),
-            "train_status": history.status(),
+            "train_status": model.status,
+            "source": model.source,
         }
         log.info("%s: accuracy %s", variant, {n: round(v["mean"], 4) for n, v in results[variant]["accuracy"].items()})
     metrics = run_record("feature_pooling", config, data.summary()) | {
@@ -96,12 +91,12 @@ def _chunked(fn, params, x, size: int = 2048):
 
 def summary(metrics: dict[str, Any]) -> str:
     names = metrics["transforms"]
-    lines = [f"feature_pooling on {metrics['dataset']['name']} ({metrics['n_seeds']} seeds): test accuracy per "
+    lines = [f"feature_pooling on {metrics['dataset']['name']} ({seeds_phrase(metrics['n_seeds'])}): test accuracy per "
              "transform of the test set, and the logits' relative change", "",
              "| variant | params | " + " | ".join(f"acc {n}" for n in names) + " | max logit change | "
              "same prediction under all |", "|---|---:|" + "---:|" * (len(names) + 2)]
     for variant, r in metrics["variants"].items():
-        accs = " | ".join(f"{r['accuracy'][n]['mean']:.4f} ± {r['accuracy'][n]['std']:.4f}" for n in names)
+        accs = " | ".join(mean_std_text(r["accuracy"][n]) for n in names)
         change = max(r["logit_change"][n]["mean"] for n in names)
         lines.append(f"| {variant} | {r['n_params']} | {accs} | {change:.1e} | "
                      f"{r['same_prediction_under_all']['mean']:.4f} |")

@@ -27,8 +27,9 @@ from equivar.errors import ConfigError
 from equivar.layers import PADDINGS
 from equivar.metrics import accuracy, mean_std
 from equivar.plot import plot_padding_leak
-from equivar.train import make_predict
-from equivar.experiments.common import builder, execution_plan, init_seeds, publish, run_record, train_seeds
+from equivar.text import mean_std_text, seeds_phrase
+from equivar.train import make_logits
+from equivar.experiments.common import execution_plan, obtain, publish, run_record
 
 log = logging.getLogger(__name__)
 
@@ -64,31 +65,31 @@ def run(config: RunConfig, out_dir: Path) -> dict[str, Any]:
     x_test, y_test = corner_dataset(data.x_test[:n_test], margin, background)
     corners = Dataset(name=f"{data.name} corners", x_train=x_train, y_train=y_train, x_test=x_test,
                       y_test=y_test, n_classes=2)
-    if config.train.batch_size > len(y_train):
+    if config.train.batch_size > len(y_train) and not config.load_from:
         raise ConfigError(f"train.batch_size={config.train.batch_size} exceeds the {len(y_train)} training inputs")
     plan = execution_plan(config)
     results = {}
     for padding in paddings:
         layers = [{"type": "conv", "features": channels, "kernel": kernel, "padding": padding},
                   {"type": "activation", "fn": "relu"}, {"type": "global_pool", "kind": "max"}]
-        build = builder("stack", {"layers": layers}, corners)
-        graphdef, states = init_seeds(build, config)
-        states, history = train_seeds(graphdef, states, corners, config, plan, f"padding {padding}")
-        predict = jax.jit(jax.vmap(make_predict(graphdef), in_axes=(0, None)))
-        logits_fn = jax.jit(jax.vmap(lambda p, v: _logits(graphdef, p, v), in_axes=(0, None)))
-        preds = np.asarray(predict(states.params, jnp.asarray(x_test)))
-        logits = np.asarray(logits_fn(states.params, jnp.asarray(x_test)))
+        model = obtain(config, corners, out_dir, f"padding_{padding}", "equivar.models.Stack",
+                       {"layers": layers}, plan, where=f"padding_leak.paddings[{padding}]")
+        logits_fn = jax.jit(jax.vmap(make_logits(model.graphdef), in_axes=(0, None)))
+        logits = np.asarray(logits_fn(model.variables(), jnp.asarray(x_test)))
+        preds = logits.argmax(-1)
         pair_diff = np.abs(logits[:, 0::2] - logits[:, 1::2]).max(axis=(1, 2))
         same_prediction = (preds[:, 0::2] == preds[:, 1::2]).mean(axis=1)
         acc = accuracy(preds, y_test)
         results[padding] = {
             "test_accuracy": mean_std(acc),
-            "train_accuracy_last_epoch": mean_std(history.accuracy[:, -1]),
+            "train_accuracy_last_epoch": mean_std(np.asarray(model.train_record["accuracy"])[model.ok, -1])
+            if model.train_record else None,
             "max_pair_logit_difference": pair_diff.tolist(),
             "pairs_identical": bool((pair_diff == 0).all()),
             "pairs_same_prediction": same_prediction.tolist(),
             "per_seed": {"test_accuracy": acc.tolist()},
-            "train_status": history.status(),
+            "train_status": model.status,
+            "source": model.source,
         }
         log.info("padding %s: test accuracy %s, max pair logit difference %s", padding, np.round(acc, 4),
                  pair_diff)
@@ -103,17 +104,13 @@ def run(config: RunConfig, out_dir: Path) -> dict[str, Any]:
     return publish(metrics, out_dir, plot_padding_leak, summary(metrics))
 
 
-def _logits(graphdef: nnx.GraphDef, params: nnx.State, x: jax.Array) -> jax.Array:
-    return nnx.merge(graphdef, params)(x)
-
-
 def summary(metrics: dict[str, Any]) -> str:
     lines = [f"padding_leak on {metrics['source']} patches in two corners of a canvas {metrics['margin']} larger "
-             f"({metrics['n_seeds']} seeds; chance 0.5)", "",
+             f"({seeds_phrase(metrics['n_seeds'])}; chance 0.5)", "",
              "| padding | test accuracy | pairs with identical logits | max pair logit difference |",
              "|---|---:|---|---:|"]
     for padding, r in metrics["paddings"].items():
-        lines.append(f"| {padding} | {r['test_accuracy']['mean']:.4f} ± {r['test_accuracy']['std']:.4f} | "
+        lines.append(f"| {padding} | {mean_std_text(r['test_accuracy'])} | "
                      f"{'all' if r['pairs_identical'] else 'no'} | {max(r['max_pair_logit_difference']):.2e} |")
     return "\n".join(lines)
 

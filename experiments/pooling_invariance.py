@@ -32,6 +32,7 @@ from equivar.errors import ConfigError
 from equivar.layers import Blur, GlobalPool, PolyphaseDownsample, Pool
 from equivar.metrics import mean_std
 from equivar.plot import plot_pooling_invariance
+from equivar.text import mean_std_text, seeds_phrase
 from equivar.transforms import shift
 from equivar.experiments.common import publish, run_record
 
@@ -117,11 +118,11 @@ def run(config: RunConfig, out_dir: Path) -> dict[str, Any]:
 def summary(metrics: dict[str, Any]) -> str:
     shifts = metrics["shifts"]
     picks = sorted({1, 2, 4, shifts[-1]} & set(shifts))
-    lines = [f"pooling_invariance on {metrics['dataset']['name']} ({metrics['n_seeds']} seeds, "
+    lines = [f"pooling_invariance on {metrics['dataset']['name']} ({seeds_phrase(metrics['n_seeds'])}, "
              f"{metrics['n_examples']} test inputs, circular shifts along every axis): invariance error", "",
              "| pooling | " + " | ".join(f"shift {s}" for s in picks) + " |",
              "|---|" + "---:|" * len(picks)]
     for name, r in metrics["poolings"].items():
-        cells = [f"{r['error']['mean'][s]:.3f} ± {r['error']['std'][s]:.3f}" for s in picks]
+        cells = [mean_std_text({"mean": r['error']['mean'][s], "std": r['error']['std'][s], "n": r['error'].get('n', 2)}, 3) for s in picks]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -7,26 +7,21 @@ accuracy, the accuracy per shift and the label-free shift consistency, each as m
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
-import jax
 import numpy as np
-from flax import nnx
 
 from equivar.config import RunConfig
 from equivar.data import Dataset, dataset_shape, load_dataset
 from equivar.errors import ConfigError
 from equivar.evaluate import ShiftEvaluator
-from equivar.io import environment, write_json
+from equivar.experiments.common import check_before_data, execution_plan, obtain, publish, run_record, spec_variants
 from equivar.metrics import accuracy, consistency, mean_std
-from equivar.models import build_model
 from equivar.plot import plot_shift_test
-from equivar.strategy import plan_execution
-from equivar.train import SeedTrainer, init_states, make_optimizer, seed_keys
+from equivar.text import mean_std_text, seeds_phrase
 from equivar.transforms import shift_grid
 
 log = logging.getLogger(__name__)
@@ -43,16 +38,6 @@ def check_batch(batch_size: int, n_train: int) -> None:
         raise ConfigError(f"train.batch_size={batch_size} exceeds the {n_train} training examples")
 
 
-def model_builders(config: RunConfig, input_shape: tuple[int, ...], n_classes: int) -> dict[str, Any]:
-    """A constructor per model, each checked once abstractly so bad options fail before any training."""
-    builders = {}
-    for spec in config.models:
-        build = functools.partial(build_model, spec.kind, input_shape, n_classes, spec.options)
-        nnx.eval_shape(lambda b=build: b(nnx.Rngs(0)))
-        builders[spec.name] = build
-    return builders
-
-
 def eval_subset(data: Dataset, n: int | None) -> tuple[np.ndarray, np.ndarray]:
     """The first ``n`` test examples (all when ``n`` is None): a fixed subset shared by every model."""
     if n is None or n >= len(data.y_test):
@@ -65,91 +50,73 @@ def run(config: RunConfig, out_dir: Path) -> dict[str, Any]:
     known = dataset_shape(config.dataset.loader, config.dataset.options)
     if known is not None:
         check_shift_range(config.shift.max, known[0][:-1])
-        model_builders(config, *known)
+    check_before_data(config, spec_variants(config.models))
     data = load_dataset(config.dataset.loader, config.dataset.options)
     spatial = data.input_shape[:-1]
     check_shift_range(config.shift.max, spatial)
-    check_batch(config.train.batch_size, len(data.y_train))
-    builders = model_builders(config, data.input_shape, data.n_classes)
+    if not config.load_from:
+        check_batch(config.train.batch_size, len(data.y_train))
     offsets = shift_grid(config.shift.max, data.rank)
     zero = np.zeros((1, data.rank), dtype=np.int32)
-    plan = plan_execution(config.seed_packing, steps_per_call=config.steps_per_call)
-    keys = seed_keys(config.seed, config.n_seeds)
-    tx = make_optimizer(config.train)
-    x_train, y_train = jax.device_put(data.x_train), jax.device_put(data.y_train)
+    plan = execution_plan(config)
     x_grid, y_grid = eval_subset(data, config.shift_subset)
     log.info("data %s: train %s, test %s; %d shifts (%s), grid on %d test examples; plan %s",
              data.name, data.x_train.shape, data.x_test.shape, len(offsets), config.shift.mode,
              len(y_grid), plan.describe())
 
-    results = {}
+    results, measured = {}, []
     for spec in config.models:
-        graphdef, states = init_states(builders[spec.name], tx, keys)
-        n_params = sum(int(np.prod(a.shape[1:])) for a in jax.tree.leaves(states.params))
-        trainer = SeedTrainer(graphdef, tx, plan, augment_shift=config.train.augment_shift,
-                              augment_mode=config.train.augment_mode)
-        states, history = trainer.fit(states, x_train, y_train, keys, config.train, label=spec.name)
-        status = history.status()
-        ok = np.array([st == "ok" for st in status])
-        train_record = {"loss": history.loss.tolist(), "accuracy": history.accuracy.tolist(),
-                        "seconds": history.seconds}
-        if not ok.any():
-            results[spec.name] = {"kind": spec.kind, "n_params": n_params, "status": status, "train": train_record}
+        model = obtain(config, data, out_dir, spec.name, spec.target, spec.options, plan)
+        measured.append(model)
+        record = {"target": model.target, "n_params": model.n_params, "status": model.status,
+                  "source": model.source}
+        if model.train_record is not None:
+            record["train"] = model.train_record
+        if not model.ok.any():
+            results[spec.name] = record
             log.error("%s: every seed diverged; no evaluation", spec.name)
             continue
-        kept = jax.tree.map(lambda a: a[np.flatnonzero(ok)], states.params)  # diverged seeds are left out
+        kept = model.variables()  # diverged seeds are left out
         start = time.perf_counter()
-        evaluator = ShiftEvaluator(graphdef, config.shift.mode, plan)
+        evaluator = ShiftEvaluator(model.graphdef, config.shift.mode, plan)
         clean_preds = evaluator.predict(kept, data.x_test, zero)[:, 0]
         grid_preds = evaluator.predict(kept, x_grid, offsets)  # (seeds, shifts, examples)
         eval_seconds = time.perf_counter() - start
         clean = accuracy(clean_preds, data.y_test)
         per_shift = accuracy(grid_preds, y_grid)
         cons = np.array([consistency(p, data.n_classes) for p in grid_preds])
-        results[spec.name] = {
-            "kind": spec.kind,
-            "n_params": n_params,
-            "status": status,
+        results[spec.name] = record | {
             "clean_accuracy": mean_std(clean),
             "shift_accuracy": mean_std(per_shift),
             "consistency": mean_std(cons),
             "grid_mean_accuracy": mean_std(per_shift.mean(axis=1)),
             "worst_shift_accuracy": mean_std(per_shift.min(axis=1)),
-            "per_seed": {"seeds": [config.seed + int(i) for i in np.flatnonzero(ok)],
+            "per_seed": {"seeds": model.healthy_seeds(),
                          "clean_accuracy": clean.tolist(), "grid_mean_accuracy": per_shift.mean(1).tolist(),
                          "consistency": cons.tolist()},
-            "train": train_record,
             "eval_seconds": eval_seconds,
         }
         log.info("%s: clean %.4f, grid mean %.4f, consistency %.4f (eval %.1fs)", spec.name,
                  clean.mean(), per_shift.mean(), cons.mean(), eval_seconds)
 
     n_ok = [sum(st == "ok" for st in r["status"]) for r in results.values()]
-    metrics = {
-        "experiment": "shift_test",
-        "status": "ok" if min(n_ok) == config.n_seeds else ("diverged" if max(n_ok) == 0 else "partial"),
-        "dataset": data.summary(),
-        "n_seeds": config.n_seeds,
-        "seeds": [config.seed + i for i in range(config.n_seeds)],
+    n_all = [len(r["status"]) for r in results.values()]
+    metrics = run_record("shift_test", config, data.summary(), measured) | {
+        "status": "ok" if n_ok == n_all else ("diverged" if max(n_ok) == 0 else "partial"),
         "shift_mode": config.shift.mode,
         "shifts": offsets.tolist(),
         "n_eval_shift": int(len(y_grid)),
         "models": results,
         "execution": plan.describe(),
-        "environment": environment(),
     }
-    write_json(out_dir / "metrics.json", metrics)
-    plot_shift_test(metrics, out_dir)
-    print(summary_table(metrics))
-    return metrics
+    return publish(metrics, out_dir, plot_shift_test, summary_table(metrics))
 
 
 def summary_table(metrics: dict[str, Any]) -> str:
     """A markdown table of the headline numbers, mean ± std over seeds."""
-    def fmt(d: dict[str, float]) -> str:
-        return f"{d['mean']:.4f} ± {d['std']:.4f}"
+    fmt = mean_std_text
 
-    lines = [f"shift_test on {metrics['dataset']['name']} ({metrics['n_seeds']} seeds, "
+    lines = [f"shift_test on {metrics['dataset']['name']} ({seeds_phrase(metrics['n_seeds'])}, "
              f"{len(metrics['shifts'])} shifts, mode {metrics['shift_mode']})", "",
              "| model | params | clean acc | grid-mean acc | worst-shift acc | consistency |",
              "|---|---:|---:|---:|---:|---:|"]
@@ -159,7 +126,7 @@ def summary_table(metrics: dict[str, Any]) -> str:
             continue
         diverged = sum(st != "ok" for st in m["status"])
         if diverged:
-            name = f"{name} ({diverged}/{len(m['status'])} seeds diverged)"
+            name = f"{name} ({diverged}/{len(m['status'])} diverged)"
         lines.append(f"| {name} | {m['n_params']} | {fmt(m['clean_accuracy'])} | "
                      f"{fmt(m['grid_mean_accuracy'])} | {fmt(m['worst_shift_accuracy'])} | "
                      f"{fmt(m['consistency'])} |")

@@ -31,3 +31,11 @@ def mnist_dir() -> Path | None:
 
 requires_mnist = pytest.mark.skipif(mnist_dir() is None, reason="prepared TFDS MNIST not found "
                                     "(set TFDS_DATA_DIR to a folder holding mnist/3.0.1)")
+
+
+ZOO_NAMES = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+
+
+def target(name: str) -> str:
+    """The ``_target_`` of the zoo model ``name``, read from its conf/model YAML (the one declaration)."""
+    return str(OmegaConf.load(CONF / "model" / f"{name}.yaml")["_target_"])

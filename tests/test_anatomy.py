@@ -7,7 +7,8 @@ from flax import nnx
 
 from equivar.anatomy import anatomy, exact_support, layer_steps
 from equivar.errors import ConfigError
-from equivar.models import MODELS, build_model
+from equivar.models import build_model
+from conftest import ZOO_NAMES, target
 
 PADDINGS = ["VALID", "SAME", "CIRCULAR"]
 
@@ -38,7 +39,7 @@ def test_analytic_field_equals_gradient_support_on_random_stacks(rank):
     while checked < (10 if rank == 1 else 5):
         layers, shape = random_stack(rng, rank)
         try:
-            model = build_model("stack", shape, 3, {"layers": layers}, nnx.Rngs(int(rng.integers(1 << 20))))
+            model = build_model(target("stack"), shape, 3, {"layers": layers}, nnx.Rngs(int(rng.integers(1 << 20))))
         except ConfigError:  # an impossible shape (the stack shrank the input to nothing): draw again
             continue
         result = anatomy(model, shape, jax.random.key(checked), n_inputs=512)
@@ -50,7 +51,7 @@ def test_analytic_field_equals_gradient_support_on_random_stacks(rank):
 
 def test_the_lectures_problem_1_answers():
     """28x28x1, two [5x5 conv, ReLU, 2x2 max-pool] blocks with 16 and 32 channels, dense 512, dense 10."""
-    model = build_model("lenet", (28, 28, 1), 10, {}, nnx.Rngs(0))
+    model = build_model(target("lenet"), (28, 28, 1), 10, {}, nnx.Rngs(0))
     rows = {r["layer"]: r for r in anatomy(model, (28, 28, 1))["layers"]}
     expected = {  # layer: (output shape, parameters, receptive field, jump)
         "conv1": ([24, 24, 16], 5 * 5 * 1 * 16 + 16, 5, 1),
@@ -68,19 +69,19 @@ def test_the_lectures_problem_1_answers():
         assert row["jump"] == (None if jump is None else [jump, jump]), row
 
 
-@pytest.mark.parametrize("kind", sorted(MODELS))
+@pytest.mark.parametrize("kind", ZOO_NAMES)
 @pytest.mark.parametrize("shape", [(28, 28, 1), (40, 1)])
 def test_parameter_counts_equal_the_models_own_totals(kind, shape):
     options = {"layers": [{"type": "conv", "features": 4, "kernel": 3}]} if kind == "stack" else {}
-    model = build_model(kind, shape, 10, options, nnx.Rngs(0))
+    model = build_model(target(kind), shape, 10, options, nnx.Rngs(0))
     result = anatomy(model, shape)
     assert result["total_params"] == result["model_param_total"]
     assert result["forward_equals_backward"]
 
 
 def test_local_model_has_lenets_fields_without_sharing():
-    lenet = anatomy(build_model("lenet", (28, 28, 1), 10, {}, nnx.Rngs(0)), (28, 28, 1))
-    local = anatomy(build_model("local", (28, 28, 1), 10, {}, nnx.Rngs(0)), (28, 28, 1))
+    lenet = anatomy(build_model(target("lenet"), (28, 28, 1), 10, {}, nnx.Rngs(0)), (28, 28, 1))
+    local = anatomy(build_model(target("local"), (28, 28, 1), 10, {}, nnx.Rngs(0)), (28, 28, 1))
     assert [r["rf_forward"] for r in lenet["layers"]] == [r["rf_forward"] for r in local["layers"]]
     conv1 = {r["layer"]: r for r in local["layers"]}["conv1"]
     assert conv1["params"] == 24 * 24 * (5 * 5 * 16 + 16)  # one kernel and bias per output position
@@ -89,7 +90,7 @@ def test_local_model_has_lenets_fields_without_sharing():
 
 def test_positions_no_window_reaches_are_outside_every_field():
     """On 29x29 the last row and column fall off both 2x2 poolings: no unit depends on them."""
-    model = build_model("lenet", (29, 29, 1), 10, {}, nnx.Rngs(0))
+    model = build_model(target("lenet"), (29, 29, 1), 10, {}, nnx.Rngs(0))
     steps = layer_steps(model, (29, 29, 1))
     logits = exact_support(steps, len(steps) - 1, (29, 29))
     assert [len(a) for a in logits] == [28, 28]
@@ -100,6 +101,6 @@ def test_positions_no_window_reaches_are_outside_every_field():
 @pytest.mark.parametrize("kind", ["mlp", "lenet", "local", "cnn_gap"])
 def test_every_zoo_model_gradient_support_equals_its_analytic_field(kind):
     """The zoo at its default options on MNIST-1D's 40x1 (the 28x28 case is in test_experiments)."""
-    model = build_model(kind, (40, 1), 10, {}, nnx.Rngs(0))
+    model = build_model(target(kind), (40, 1), 10, {}, nnx.Rngs(0))
     result = anatomy(model, (40, 1), jax.random.key(0))
     assert result["forward_equals_backward"] and result["empirical_equals_analytic"]

@@ -10,12 +10,13 @@ from equivar.equivariance import interior_mask, layer_shift_errors, transform_er
 from equivar.anatomy import Field
 from equivar.models import build_model
 from equivar.transforms import shift
+from conftest import target
 
 TOL = 1e-5  # relative error float32 stacks must stay under where the theory says "exact"
 
 
 def _stack(layers, shape, seed=0):
-    return build_model("stack", shape, 3, {"layers": layers}, nnx.Rngs(seed))
+    return build_model(target("stack"), shape, 3, {"layers": layers}, nnx.Rngs(seed))
 
 
 @pytest.mark.parametrize("shape", [(20, 2), (12, 10, 1)])
@@ -62,7 +63,7 @@ def test_interior_mask_excludes_fields_that_touch_a_border():
 
 
 def test_global_pooling_over_a_circular_net_is_invariant_to_every_roll():
-    model = build_model("cnn_gap", (16, 16, 1), 4, {"channels": [3, 4], "dilations": [1, 2]}, nnx.Rngs(0))
+    model = build_model(target("cnn_gap"), (16, 16, 1), 4, {"channels": [3, 4], "dilations": [1, 2]}, nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(3), (2, 16, 16, 1))
     base = model(x)
     for dy in range(16):
@@ -86,7 +87,7 @@ def test_rotation_reflection_and_scaling_are_not_equivariances(shape, transforms
 def test_pooling_over_rotated_copies_is_invariant_and_its_absence_is_not(shape, transform):
     x = jax.random.normal(jax.random.key(5), (3, *shape))
     options = {"channels": [3, 4], "dilations": [1, 2]}
-    pooled = build_model("group_pool", shape, 5, options, nnx.Rngs(0))
+    pooled = build_model(target("group_pool"), shape, 5, options, nnx.Rngs(0))
     np.testing.assert_allclose(pooled(transform(x)), pooled(x), rtol=TOL, atol=TOL)
-    unpooled = build_model("group_pool", shape, 5, dict(options, pool_copies=False), nnx.Rngs(0))
+    unpooled = build_model(target("group_pool"), shape, 5, dict(options, pool_copies=False), nnx.Rngs(0))
     assert not np.allclose(unpooled(transform(x)), unpooled(x), atol=1e-3)

@@ -28,4 +28,4 @@ def test_mean_std_over_seeds():
     out = mean_std([[1.0, 2.0], [3.0, 2.0]])
     assert out["mean"] == [2.0, 2.0]
     assert np.allclose(out["std"], [np.sqrt(2), 0.0])
-    assert mean_std([0.5]) == {"mean": 0.5, "std": 0.0}
+    assert mean_std([0.5]) == {"mean": 0.5, "std": 0.0, "n": 1}

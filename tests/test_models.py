@@ -6,8 +6,9 @@ from flax import nnx
 
 from equivar.errors import ConfigError
 from equivar.layers import Pool
-from equivar.models import MODELS, build_model
+from equivar.models import build_model
 from equivar.transforms import shift, shift_grid
+from conftest import ZOO_NAMES, target
 
 SHAPES = {"1d": (40, 1), "2d": (28, 28, 1)}
 
@@ -16,10 +17,10 @@ def n_params(model):
     return sum(int(np.prod(a.shape)) for a in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
-@pytest.mark.parametrize("kind", sorted(MODELS))
+@pytest.mark.parametrize("kind", ZOO_NAMES)
 @pytest.mark.parametrize("shape", list(SHAPES.values()), ids=list(SHAPES))
 def test_output_shape(kind, shape):
-    model = build_model(kind, shape, 10, {}, nnx.Rngs(0))
+    model = build_model(target(kind), shape, 10, {}, nnx.Rngs(0))
     x = jnp.ones((3,) + shape)
     assert model(x).shape == (3, 10)
     feats = model.features(x)
@@ -29,7 +30,7 @@ def test_output_shape(kind, shape):
 
 def test_lenet_is_the_lecture_problem_1():
     """28x28x1 input: conv5(16) 24x24, pool 12x12, conv5(32) 8x8, pool 4x4, flatten 512, fc 512, fc 10."""
-    model = build_model("lenet", (28, 28, 1), 10, {}, nnx.Rngs(0))
+    model = build_model(target("lenet"), (28, 28, 1), 10, {}, nnx.Rngs(0))
     shapes = {k: v.shape[1:] for k, v in model.features(jnp.zeros((1, 28, 28, 1))).items()}
     assert shapes["conv1"] == (24, 24, 16) and shapes["pool1"] == (12, 12, 16)
     assert shapes["conv2"] == (8, 8, 32) and shapes["pool2"] == (4, 4, 32)
@@ -41,8 +42,8 @@ def test_lenet_is_the_lecture_problem_1():
 @pytest.mark.parametrize("shape", [(24, 2), (12, 10, 3)], ids=["1d", "2d"])
 def test_cnn_gap_invariant_to_every_circular_shift(shape):
     """Relative logit change under every roll is at float32 rounding level (tolerance 1e-5)."""
-    model = build_model("cnn_gap", shape, 7, {"global_pool": "mean"}, nnx.Rngs(1))
-    model_max = build_model("cnn_gap", shape, 7, {}, nnx.Rngs(2))
+    model = build_model(target("cnn_gap"), shape, 7, {"global_pool": "mean"}, nnx.Rngs(1))
+    model_max = build_model(target("cnn_gap"), shape, 7, {}, nnx.Rngs(2))
     x = jax.random.normal(jax.random.key(3), (4,) + shape)
     rank = len(shape) - 1
     grid = jnp.asarray(shift_grid(max(shape[:-1]), rank))
@@ -55,7 +56,7 @@ def test_cnn_gap_invariant_to_every_circular_shift(shape):
 
 def test_lenet_is_not_shift_invariant():
     """The invariance test above can fail: LeNet's logits do change under a roll."""
-    model = build_model("lenet", (28, 28, 1), 10, {}, nnx.Rngs(0))
+    model = build_model(target("lenet"), (28, 28, 1), 10, {}, nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(3), (2, 28, 28, 1))
     ref = model(x)
     err = jnp.abs(model(shift(x, jnp.array([1, 3]))) - ref).max() / jnp.abs(ref).max()
@@ -91,20 +92,24 @@ def test_2d_reshape_pool_crops_like_valid_reduce_window():
 
 def test_impossible_shape_names_the_layer():
     with pytest.raises(ConfigError, match="conv2"):
-        build_model("lenet", (12, 1), 10, {}, nnx.Rngs(0))
+        build_model(target("lenet"), (12, 1), 10, {}, nnx.Rngs(0))
 
 
 def test_unknown_model_and_option():
-    with pytest.raises(ConfigError, match="valid choices: cnn_gap, group_pool, lenet, local, mlp, stack"):
-        build_model("resnet", (8, 1), 2, {}, nnx.Rngs(0))
-    with pytest.raises(ConfigError, match="no option"):
-        build_model("lenet", (28, 28, 1), 2, {"width": 3}, nnx.Rngs(0))
+    with pytest.raises(ConfigError, match=r"zoo.x._target_='equivar.models.ResNet' cannot be imported"):
+        build_model("equivar.models.ResNet", (8, 1), 2, {}, nnx.Rngs(0), where="zoo.x")
+    with pytest.raises(ConfigError, match=r"zoo.x._target_='nosuchpackage.Net' cannot be imported"):
+        build_model("nosuchpackage.Net", (8, 1), 2, {}, nnx.Rngs(0), where="zoo.x")
+    with pytest.raises(ConfigError, match="is a function, not a model class"):
+        build_model("equivar.models.build_model", (8, 1), 2, {}, nnx.Rngs(0), where="zoo.x")
+    with pytest.raises(ConfigError, match=r"zoo.lenet \(LeNet\) has no option 'chanels' \(did you mean 'channels'\?\)"):
+        build_model(target("lenet"), (28, 28, 1), 2, {"chanels": [3]}, nnx.Rngs(0), where="zoo.lenet")
 
 
 def test_bench_counts_the_lenet_forward_flops_from_its_layers():
     """2 FLOPs per multiply-add: conv1 24*24*25*1*16, conv2 8*8*25*16*32, dense 512*512 and 512*10."""
     from equivar.bench import forward_flops
-    model = build_model("lenet", (28, 28, 1), 10, {}, nnx.Rngs(0))
+    model = build_model(target("lenet"), (28, 28, 1), 10, {}, nnx.Rngs(0))
     expected = 2 * (24 * 24 * 25 * 16 + 8 * 8 * 25 * 16 * 32 + 512 * 512 + 512 * 10)
     assert forward_flops(model, (28, 28, 1)) == expected
 

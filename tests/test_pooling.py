@@ -9,6 +9,7 @@ from flax import nnx
 from equivar.layers import Blur, PolyphaseDownsample, binomial_filter
 from equivar.models import build_model
 from equivar.transforms import shift
+from conftest import target
 
 
 def test_binomial_taps():
@@ -67,7 +68,7 @@ def test_circular_aps_lenet_with_global_pool_is_exactly_invariant():
         {"type": "conv", "features": 6, "kernel": 3, "padding": "CIRCULAR"}, {"type": "activation", "fn": "relu"},
         {"type": "polyphase", "stride": 2},
         {"type": "global_pool", "kind": "mean"}]}
-    model = build_model("stack", (16, 16, 1), 5, options, nnx.Rngs(0))
+    model = build_model(target("stack"), (16, 16, 1), 5, options, nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(2), (3, 16, 16, 1))
     base = model(x)
     for offset in [(1, 0), (0, 3), (5, 7), (15, 15)]:
@@ -77,6 +78,6 @@ def test_circular_aps_lenet_with_global_pool_is_exactly_invariant():
 @pytest.mark.parametrize("pool", ["blurmax", "aps"])
 @pytest.mark.parametrize("shape", [(28, 28, 1), (40, 1)])
 def test_lenet_takes_anti_aliased_pooling(pool, shape):
-    model = build_model("lenet", shape, 10, {"pool": pool}, nnx.Rngs(0))
+    model = build_model(target("lenet"), shape, 10, {"pool": pool}, nnx.Rngs(0))
     assert model(jnp.ones((2, *shape))).shape == (2, 10)
     assert any(name.startswith("blur" if pool == "blurmax" else "aps") for name in model.layer_names)

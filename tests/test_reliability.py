@@ -12,7 +12,7 @@ from equivar.strategy import plan_execution
 from equivar.train import SeedTrainer, TrainSpec, init_states, make_optimizer, seed_keys
 from equivar.run import run_experiment
 
-from conftest import compose_raw
+from conftest import compose_raw, target
 from test_experiments import TINY, _cli
 
 
@@ -21,7 +21,7 @@ def test_a_non_finite_loss_freezes_that_seed_and_records_the_step():
     spec = TrainSpec(epochs=3, batch_size=16, learning_rate=1e-3)
     tx = make_optimizer(spec)
     keys = seed_keys(0, 2)
-    graphdef, states = init_states(lambda r: build_model("mlp", data.input_shape, 3, {"hidden": [8]}, r), tx, keys)
+    graphdef, states = init_states(lambda r: build_model(target("mlp"), data.input_shape, 3, {"hidden": [8]}, r), tx, keys)
     x = np.array(data.x_train)
     x[5] = np.nan  # example 5 poisons whichever batch holds it, in both seeds' first epoch
     for packing in ("loop", "vmap"):

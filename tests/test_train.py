@@ -8,6 +8,7 @@ from equivar.data import load_synthetic
 from equivar.models import build_model
 from equivar.strategy import plan_execution
 from equivar.train import SeedTrainer, TrainSpec, init_states, make_optimizer, seed_keys, take_seed
+from conftest import target
 
 SPEC = TrainSpec(epochs=2, batch_size=16, learning_rate=3e-3)
 
@@ -18,7 +19,7 @@ def data():
 
 
 def _train(data, kind, packing, n_seeds=2, base_seed=0, spec=SPEC, max_traces=None, steps_per_call=1):
-    build = lambda rngs: build_model(kind, data.input_shape, data.n_classes, {"channels": [4, 8],
+    build = lambda rngs: build_model(target(kind), data.input_shape, data.n_classes, {"channels": [4, 8],
                                                                               "hidden": [16]}
                                      if kind == "lenet" else {"hidden": [32]}, rngs)
     tx = make_optimizer(spec)

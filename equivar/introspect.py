@@ -1,0 +1,149 @@
+"""What a model computes inside: the outputs of its layers, from any Flax NNX module.
+
+Layer-wise experiments (anatomy, equivariance) read a model's intermediate outputs. A model's *layers* are its
+outermost submodules (attributes that are ``nnx.Module`` objects, in lists too), in the order its forward pass
+calls them. They are captured during one call by wrapping those submodules' ``__call__`` for its duration,
+so a model needs no special base class and no ``sow`` calls. ``equivar.models.LayerStack`` models name their
+layers in order already and are read directly.
+
+Functional operations between layers (``nnx.relu(x)``, ``x.mean(axis=1)``) are not layers: they happen
+between two captured outputs. Whether the layers form an exact chain (each layer's input is the previous
+layer's output, the model's output is the last layer's) is recorded, because the analytic receptive-field
+analysis is only valid then.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from equivar.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerCall:
+    """One layer call of a forward pass."""
+
+    name: str
+    module: nnx.Module
+    output: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerTrace:
+    """A model's layers in call order with their output shapes (batch axis dropped)."""
+
+    layers: list[tuple[str, nnx.Module]]
+    out_shapes: dict[str, tuple[int, ...]]
+    chained: bool  # each layer reads the previous layer's output, and the model returns the last one's
+    why_not_chained: str | None = None
+
+
+def outer_layers(model: nnx.Module) -> dict[int, str]:
+    """``id(module) -> name`` for the model's outermost submodules (paths joined with dots)."""
+    modules = [(path, m) for path, m in nnx.iter_modules(model) if path]
+    module_paths = {tuple(p) for p, _ in modules}
+    out = {}
+    for path, m in modules:
+        if any(tuple(path[:k]) in module_paths for k in range(1, len(path))):
+            continue  # inside another layer
+        out.setdefault(id(m), ".".join(str(p) for p in path))
+    return out
+
+
+def _is_layer_stack(model: nnx.Module) -> bool:
+    from equivar.models import LayerStack
+
+    return isinstance(model, LayerStack)
+
+
+def capture(model: nnx.Module, x: jax.Array) -> tuple[Any, list[LayerCall], bool]:
+    """Calls ``model(x)`` recording every outermost layer's output in call order.
+
+    Returns:
+        The model's output, the layer calls (a layer called twice appears as ``name``, ``name:2``), and whether
+        the calls form an exact chain from ``x`` to the output.
+    """
+    if _is_layer_stack(model):
+        calls, h = [], x
+        for name, layer in model.layers():
+            h = layer(h)
+            calls.append(LayerCall(name, layer, h))
+        return h, calls, True
+    names = outer_layers(model)
+    calls: list[LayerCall] = []
+    inputs: list[Any] = []
+    depth = [0]
+    counts: dict[str, int] = {}
+    patched: dict[type, Any] = {}
+
+    def wrap(cls: type):
+        original = cls.__dict__.get("__call__")
+        inherited = cls.__call__
+
+        def recording_call(self, *args, **kwargs):
+            name = names.get(id(self)) if depth[0] == 0 else None
+            depth[0] += 1
+            try:
+                out = inherited(self, *args, **kwargs)
+            finally:
+                depth[0] -= 1
+            if name is not None:
+                counts[name] = counts.get(name, 0) + 1
+                label = name if counts[name] == 1 else f"{name}:{counts[name]}"
+                calls.append(LayerCall(label, self, out))
+                inputs.append(args[0] if args else None)
+            return out
+
+        patched[cls] = original
+        cls.__call__ = recording_call
+
+    for _, m in nnx.iter_modules(model):
+        if id(m) in names and type(m) not in patched:
+            wrap(type(m))
+    try:
+        out = model(x)
+    finally:
+        for cls, original in patched.items():
+            if original is None:
+                del cls.__call__
+            else:
+                cls.__call__ = original
+    chained = bool(calls) and inputs[0] is x and calls[-1].output is out and all(
+        inputs[i] is calls[i - 1].output for i in range(1, len(calls)))
+    return out, calls, chained
+
+
+def layer_outputs(model: nnx.Module, x: jax.Array) -> dict[str, jax.Array]:
+    """Every layer's output on ``x`` by name, in call order (jittable)."""
+    _, calls, _ = capture(model, x)
+    return {c.name: c.output for c in calls}
+
+
+def trace_layers(model: nnx.Module, input_shape: Sequence[int], where: str = "model") -> LayerTrace:
+    """The model's layers, output shapes and chain-ness, found abstractly (no computation).
+
+    Raises a one-line ConfigError when the forward pass calls no submodule: then there are no layers to read.
+    """
+    example = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+    found: dict[str, Any] = {}
+
+    def run(x):
+        out, calls, chained = capture(model, x)
+        found["layers"] = [(c.name, c.module) for c in calls]
+        found["chained"] = chained
+        return {c.name: c.output for c in calls}
+
+    shapes = jax.eval_shape(run, example)
+    if not found["layers"]:
+        raise ConfigError(f"{where} ({type(model).__name__}) calls no flax.nnx.Module attribute in its forward "
+                          "pass, so it has no layers to read: keep its layers as attributes (e.g. self.conv1 = "
+                          "nnx.Conv(...)) and call them in __call__, or subclass equivar.models.LayerStack")
+    why = None if found["chained"] else (
+        "its forward pass computes between its layers (e.g. a functional nnx.relu or pooling), so receptive "
+        "fields are measured from gradients only")
+    return LayerTrace(found["layers"], {k: tuple(v.shape[1:]) for k, v in shapes.items()}, found["chained"], why)

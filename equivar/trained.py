@@ -1,0 +1,214 @@
+"""Trained models of a run: every seed's parameters and non-parameter state, where they came from, and their
+Orbax checkpoints in the run folder.
+
+A run that trains saves each model under ``<run>/checkpoints/<name>/`` (Orbax) beside a manifest
+``<run>/checkpoints/<name>.json`` that records the model's ``_target_`` and options, the input shape, the
+classes, the seeds and their training status. Any measuring experiment can take them instead of training
+(``load_from=<run>``); a checkpoint that does not match the model config is refused with one line naming the
+mismatch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from equivar.errors import ConfigError
+from equivar.io import read_json, write_json
+from equivar.train import Variables, inference_model
+
+log = logging.getLogger(__name__)
+
+
+def _quiet_orbax() -> None:
+    """Orbax logs every read and write at INFO through absl; a run's log keeps equivar's own lines."""
+    logging.getLogger("absl").setLevel(logging.WARNING)
+
+CHECKPOINTS = "checkpoints"
+
+
+@dataclasses.dataclass
+class TrainedModel:
+    """One model's seeds, stacked on a leading axis, with what identifies them.
+
+    Attributes:
+        name: the model's label (its key in ``zoo``).
+        target: the model class as Hydra's ``_target_``.
+        options: the constructor options beyond the contract.
+        input_shape: one example's channels-last shape.
+        n_classes: the classifier's outputs.
+        graphdef: the model's structure in training mode (``inference_model`` gives inference mode).
+        params: the parameters, seed-stacked.
+        model_state: every non-parameter variable (BatchNorm statistics, RNG counters), seed-stacked.
+        seeds: the seed of each stacked model.
+        status: per seed, ``ok`` or how its training diverged.
+        source: ``trained`` (in this run) or the run folder the checkpoint was loaded from.
+        train_record: loss and accuracy per epoch and seconds, when trained in this run.
+    """
+
+    name: str
+    target: str
+    options: dict[str, Any]
+    input_shape: tuple[int, ...]
+    n_classes: int
+    graphdef: nnx.GraphDef
+    params: nnx.State
+    model_state: nnx.State
+    seeds: list[int]
+    status: list[str]
+    source: str = "trained"
+    train_record: dict[str, Any] | None = None
+
+    @property
+    def n_params(self) -> int:
+        """Parameters of one seed's model."""
+        return sum(int(np.prod(a.shape[1:])) for a in jax.tree.leaves(self.params))
+
+    @property
+    def ok(self) -> np.ndarray:
+        """Per seed: True where training stayed finite."""
+        return np.array([s == "ok" for s in self.status])
+
+    def variables(self, healthy_only: bool = True) -> Variables:
+        """``(params, model_state)``, seed-stacked; by default without the seeds that diverged."""
+        both = (self.params, self.model_state)
+        if not healthy_only or self.ok.all():
+            return both
+        keep = np.flatnonzero(self.ok)
+        return jax.tree.map(lambda a: a[keep], both)
+
+    def healthy_seeds(self) -> list[int]:
+        return [s for s, ok in zip(self.seeds, self.ok) if ok]
+
+    def modules(self, healthy_only: bool = True) -> list[nnx.Module]:
+        """One model object per seed, in inference mode, for analyses that look inside the model."""
+        params, model_state = self.variables(healthy_only)
+        n = len(self.healthy_seeds()) if healthy_only else len(self.seeds)
+        return [inference_model(self.graphdef, *jax.tree.map(lambda a: a[i], (params, model_state)))
+                for i in range(n)]
+
+    def provenance(self) -> dict[str, Any]:
+        """What metrics.json records of where the model came from."""
+        return {"source": self.source, "target": self.target, "options": self.options, "seeds": self.seeds}
+
+
+def _to_arrays(state: nnx.State) -> dict[str, Any]:
+    """A state as a nested dict of plain arrays (PRNG keys as their raw key data) for Orbax."""
+    def plain(a):
+        return jax.random.key_data(a) if jnp.issubdtype(a.dtype, jax.dtypes.prng_key) else a
+
+    return jax.tree.map(plain, nnx.to_pure_dict(state))
+
+
+def _from_arrays(abstract: nnx.State, arrays: dict[str, Any]) -> nnx.State:
+    """The inverse of ``_to_arrays`` onto an abstract state of the same structure."""
+    pure = nnx.to_pure_dict(abstract)
+
+    def restore(template, value):
+        if jnp.issubdtype(template.dtype, jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(jnp.asarray(value), impl=jax.random.key_impl(template))
+        return jnp.asarray(value, template.dtype)
+
+    filled = jax.tree.map(restore, pure, arrays)
+    state = jax.tree.map(lambda a: a, abstract)
+    nnx.replace_by_pure_dict(state, filled)
+    return state
+
+
+def manifest_of(model: TrainedModel, dataset: dict[str, Any]) -> dict[str, Any]:
+    return {"name": model.name, "target": model.target, "options": model.options,
+            "input_shape": list(model.input_shape), "n_classes": model.n_classes, "seeds": model.seeds,
+            "status": model.status, "dataset": dataset}
+
+
+def save(model: TrainedModel, run_dir: Path, dataset: dict[str, Any]) -> Path:
+    """Writes every seed's parameters and state with Orbax, then the manifest (last, so a manifest always
+    names a complete checkpoint)."""
+    import orbax.checkpoint as ocp
+
+    _quiet_orbax()
+    folder = (Path(run_dir) / CHECKPOINTS / model.name).resolve()
+    arrays = {"params": _to_arrays(model.params), "model_state": _to_arrays(model.model_state)}
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(folder, arrays, force=True)
+    checkpointer.wait_until_finished()
+    write_json(folder.parent / f"{model.name}.json", manifest_of(model, dataset))
+    return folder
+
+
+def available(run_dir: Path) -> list[str]:
+    """The model names a run folder holds checkpoints of."""
+    folder = Path(run_dir) / CHECKPOINTS
+    return sorted(p.stem for p in folder.glob("*.json") if (folder / p.stem).is_dir())
+
+
+def load(run_dir: Path, name: str, target: str | None, options: dict[str, Any] | None,
+         input_shape: tuple[int, ...], n_classes: int, build: Callable[[str, dict[str, Any]], Callable]
+         ) -> TrainedModel:
+    """Restores model ``name`` from ``run_dir``, after checking it against the config.
+
+    Args:
+        run_dir: an earlier run's folder.
+        name: the model's label (its ``zoo`` key).
+        target, options: the config's ``_target_`` and options for it (None: take the checkpoint's).
+        input_shape, n_classes: the data this run measures on.
+        build: ``build(target, options) -> (rngs -> module)``, the run's model constructor.
+    """
+    import orbax.checkpoint as ocp
+
+    _quiet_orbax()
+    run_dir = Path(run_dir).expanduser().resolve()
+    if not run_dir.is_dir():
+        raise ConfigError(f"load_from={str(run_dir)!r} is not a folder; give the run folder of an earlier run "
+                          "(it holds checkpoints/)")
+    held = available(run_dir)
+    if name not in held:
+        raise ConfigError(f"load_from={str(run_dir)!r} holds no checkpoint of model {name!r}; it holds "
+                          f"{held or 'none'} (choose with models=[...])")
+    manifest = read_json(run_dir / CHECKPOINTS / f"{name}.json")
+    target = manifest["target"] if target is None else target
+    options = dict(manifest["options"]) if options is None else dict(options)
+    where = f"zoo.{name}"
+    if target != manifest["target"]:
+        raise ConfigError(f"{where}._target_={target!r} does not match the checkpoint in {run_dir} "
+                          f"({manifest['target']!r})")
+    for key in sorted(set(options) | set(manifest["options"])):
+        mine, theirs = options.get(key, "<unset>"), manifest["options"].get(key, "<unset>")
+        if _normal(mine) != _normal(theirs):
+            raise ConfigError(f"{where}.{key}={mine!r} does not match the checkpoint in {run_dir} ({theirs!r})")
+    if tuple(manifest["input_shape"]) != tuple(input_shape) or manifest["n_classes"] != n_classes:
+        raise ConfigError(f"the checkpoint of {name!r} in {run_dir} was trained on inputs "
+                          f"{tuple(manifest['input_shape'])} with {manifest['n_classes']} classes; this dataset has "
+                          f"{tuple(input_shape)} and {n_classes}")
+    make = build(target, options)
+    abstract = nnx.eval_shape(lambda: make(nnx.Rngs(0)))
+    graphdef, params, model_state = nnx.split(abstract, nnx.Param, ...)
+    seeds = list(manifest["seeds"])
+    stacked = jax.tree.map(lambda a: jax.ShapeDtypeStruct((len(seeds), *a.shape), a.dtype), (params, model_state))
+    try:
+        arrays = ocp.StandardCheckpointer().restore(run_dir / CHECKPOINTS / name)
+        params, model_state = (_from_arrays(stacked[0], arrays["params"]),
+                               _from_arrays(stacked[1], arrays["model_state"]))
+    except (ValueError, KeyError, TypeError, FileNotFoundError) as err:
+        raise ConfigError(f"the checkpoint of {name!r} in {run_dir} does not fit {target} with these options: "
+                          f"{str(err).strip().splitlines()[0]}") from err
+    log.info("%s: %d seed(s) loaded from %s", name, len(seeds), run_dir)
+    return TrainedModel(name=name, target=target, options=options, input_shape=tuple(input_shape),
+                        n_classes=n_classes, graphdef=graphdef, params=params, model_state=model_state,
+                        seeds=seeds, status=list(manifest["status"]), source=str(run_dir))
+
+
+def _normal(value: Any) -> Any:
+    """Options compared as JSON would store them (tuples and lists alike)."""
+    if isinstance(value, (list, tuple)):
+        return [_normal(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _normal(v) for k, v in value.items()}
+    return value
