@@ -1,7 +1,24 @@
 """equivar: what convolution and pooling buy a model, measured."""
 
+from equivar.quiet import quiet_missing_tpu as _quiet_missing_tpu
+
+_quiet_missing_tpu()  # before JAX starts a backend: that is when it logs the failed TPU probe
+
 __version__ = "0.1.0"
 
 from equivar.strategy import configure_xla_flags as _configure_xla_flags
 
 _configure_xla_flags()
+
+
+_API = ("measure", "load_models", "compose")
+
+
+def __getattr__(name: str):
+    """The Python API (``equivar.measure``, ``equivar.load_models``, ``equivar.compose``), imported on first
+    use so that ``import equivar`` stays light."""
+    if name in _API:
+        from equivar import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'equivar' has no attribute {name!r}")

@@ -81,7 +81,7 @@ def layer_geometry_of(model: nnx.Module, input_shape: tuple[int, ...]
         for n in names:
             shape = trace.out_shapes[n]
             collapsed = collapsed or len(shape) != rank + 1
-            jumps[n] = None if collapsed else tuple(max(1, round(i / o)) for i, o in zip(input_shape, shape))
+            jumps[n] = None if collapsed else tuple(max(1, round(i / o)) for i, o in zip(input_shape[:-1], shape[:-1]))
         return names, jumps, {n: None for n in names}
     fields = forward_analysis(steps, rank)
     collapsed, jumps = False, {}

@@ -43,6 +43,11 @@ class LayerTrace:
     why_not_chained: str | None = None
 
 
+def to_inference(model: nnx.Module) -> nnx.Module:
+    """A view of ``model`` with Dropout off and BatchNorm on its running statistics (the arrays are shared)."""
+    return nnx.view(model, deterministic=True, use_running_average=True, raise_if_not_found=False)
+
+
 def outer_layers(model: nnx.Module) -> dict[int, str]:
     """``id(module) -> name`` for the model's outermost submodules (paths joined with dots)."""
     modules = [(path, m) for path, m in nnx.iter_modules(model) if path]
@@ -125,10 +130,11 @@ def layer_outputs(model: nnx.Module, x: jax.Array) -> dict[str, jax.Array]:
 
 
 def trace_layers(model: nnx.Module, input_shape: Sequence[int], where: str = "model") -> LayerTrace:
-    """The model's layers, output shapes and chain-ness, found abstractly (no computation).
+    """The model's layers, output shapes and chain-ness, found abstractly (no computation), in inference mode.
 
     Raises a one-line ConfigError when the forward pass calls no submodule: then there are no layers to read.
     """
+    model = to_inference(model)
     example = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
     found: dict[str, Any] = {}
 

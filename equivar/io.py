@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
-import tempfile
+import secrets
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -16,10 +16,21 @@ PACKAGES = ("equivar", "jax", "jaxlib", "flax", "optax", "numpy", "tensorflow-da
 
 def write_json(path: Path, obj: Any) -> Path:
     """Writes JSON atomically: a temp file in the same folder, then a rename, so a killed run never leaves a
-    half-written file."""
+    half-written file.
+
+    The file gets the mode a plain ``open(path, "w")`` would give it (0644 under the usual umask 022), so
+    metrics.json and status.json are as readable as the plots beside them.
+
+    Args:
+        path: Where the JSON goes; missing parent folders are created.
+        obj: Anything ``json`` writes; NaN and infinities become null.
+
+    Returns:
+        ``path``.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = _create_temp(path)
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(_finite(obj), f, indent=1, sort_keys=False, allow_nan=False)
@@ -31,6 +42,22 @@ def write_json(path: Path, obj: Any) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _create_temp(path: Path) -> tuple[int, Path]:
+    """Creates a new hidden file beside ``path`` and opens it for writing.
+
+    ``tempfile.mkstemp`` would make it 0600 (private), and the rename would keep that mode. Opening with 0666
+    lets the kernel apply the process umask exactly as ``open()`` does, without reading or changing the umask
+    (``os.umask`` can only be read by setting it, which races with other threads).
+    """
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:  # another writer picked the same name: draw again
+            continue
+    raise FileExistsError(f"no free temporary name beside {path}")
 
 
 def _finite(obj: Any) -> Any:

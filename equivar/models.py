@@ -8,6 +8,7 @@ can be read by name (``features``) and its geometry inspected. Input layout is c
 from __future__ import annotations
 
 import difflib
+import importlib
 import inspect
 from typing import Any, Callable, Sequence
 
@@ -351,17 +352,38 @@ def resolve_target(target: str | type, where: str = "model") -> type:
     if not isinstance(target, str) or "." not in target:
         raise ConfigError(f"{where}._target_={target!r} must be a dotted path to a model class, e.g. "
                           "equivar.models.LeNet or mylab.nets.MyNet")
-    from hydra.utils import get_object
-
-    try:
-        obj = get_object(target)
-    except Exception as err:  # Hydra wraps import errors; its message names the missing piece
-        reason = str(err).strip().splitlines()[0]
-        raise ConfigError(f"{where}._target_={target!r} cannot be imported ({reason}); the module must be "
-                          "installed or importable from the working directory") from None
+    obj = _locate(target, where)
     if not isinstance(obj, type):
         raise ConfigError(f"{where}._target_={target!r} is a {type(obj).__name__}, not a model class")
     return obj
+
+
+def _locate(target: str, where: str) -> Any:
+    """Imports ``package.module.Attr`` (the longest importable module prefix, then attributes), with a
+    one-line ConfigError that says which part is missing or what failed inside the user's module."""
+    parts = target.split(".")
+    hint = "; the module must be installed or importable from the working directory"
+    for i in range(len(parts) - 1, 0, -1):
+        module_name = ".".join(parts[:i])
+        try:
+            obj = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            if err.name and (module_name == err.name or module_name.startswith(err.name + ".")):
+                if i == 1:
+                    raise ConfigError(f"{where}._target_={target!r} cannot be imported: no module named "
+                                      f"{err.name!r}{hint}") from None
+                continue  # a shorter prefix may be the module and the rest attributes
+            raise ConfigError(f"{where}._target_={target!r}: importing {module_name} fails: {err}") from err
+        except Exception as err:  # the user's module itself raises on import
+            raise ConfigError(f"{where}._target_={target!r}: importing {module_name} fails: "
+                              f"{type(err).__name__}: {err}") from err
+        for attr in parts[i:]:
+            if not hasattr(obj, attr):
+                raise ConfigError(f"{where}._target_={target!r} cannot be imported: {getattr(obj, '__name__', obj)} "
+                                  f"has no attribute {attr!r}")
+            obj = getattr(obj, attr)
+        return obj
+    raise ConfigError(f"{where}._target_={target!r} cannot be imported{hint}")
 
 
 def model_options(cls: type) -> tuple[list[str], bool]:
@@ -404,10 +426,11 @@ def check_model(target: str | type, input_shape: Sequence[int], n_classes: int, 
     ``(2, n_classes)``: every option and shape problem surfaces before any data is read or trained on."""
     import jax.numpy as jnp
 
+    from equivar.introspect import to_inference
+
     def shapes():
         model = build_model(target, input_shape, n_classes, options, nnx.Rngs(0), where)
-        return nnx.view(model, deterministic=True, use_running_average=True, raise_if_not_found=False)(
-            jnp.zeros((2, *input_shape), jnp.float32))
+        return to_inference(model)(jnp.zeros((2, *input_shape), jnp.float32))
 
     try:
         out = nnx.eval_shape(shapes)

@@ -7,6 +7,7 @@ it wrote.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -17,7 +18,79 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from equivar.text import seeds_phrase  # noqa: E402
+
 AXIS_NAMES = {1: ("shift",), 2: ("dy (rows)", "dx (columns)")}
+
+# One colour per model in every figure (plot.py and report.py), so a reader can follow a model across plots.
+# The zoo's models keep the tab10 colours they had when the default run drew them in order.
+MODEL_COLORS = {"mlp": "#1f77b4", "lenet": "#ff7f0e", "local": "#2ca02c", "cnn_gap": "#d62728",
+                "group_pool": "#9467bd", "stack": "#8c564b"}
+# Other names hash into colours set apart from the zoo's (and from the grey of chance and precision lines).
+HASH_PALETTE = ("#e377c2", "#bcbd22", "#17becf", "#393b79", "#637939", "#7b4173", "#9c9ede", "#e7ba52")
+CHANCE_STYLE = {"color": "gray", "ls": "--", "lw": 1}
+
+
+def model_color(name: str) -> str:
+    """The colour a model is drawn in, the same in every plot and every process.
+
+    Args:
+        name: A model name as it appears in ``metrics["models"]`` (e.g. ``"lenet"`` or ``"lenet_blur"``).
+
+    Returns:
+        A hex colour: a fixed one for the zoo's models, otherwise one picked by a hash of the name.
+    """
+    if name in MODEL_COLORS:
+        return MODEL_COLORS[name]
+    # hashlib, not hash(): Python salts str hashes per process, and the colour must not change between runs.
+    digest = hashlib.sha256(str(name).encode()).digest()
+    return HASH_PALETTE[int.from_bytes(digest[:4], "big") % len(HASH_PALETTE)]
+
+
+def over_seeds(n: int | None, stat: str = "mean ± std") -> str:
+    """How a figure says what its numbers summarise: ``"mean ± std over 3 seeds"``, or ``"1 seed"`` (one
+    seed has no spread, so no "±" is promised).
+
+    Args:
+        n: The number of seeds (None: unknown).
+        stat: What is taken over several seeds.
+    """
+    if n is None:
+        return f"{stat} over seeds"
+    return seeds_phrase(n) if n == 1 else f"{stat} over {seeds_phrase(n)}"
+
+
+def chance_level(metrics: dict[str, Any]) -> float | None:
+    """1 / n_classes from ``metrics["dataset"]`` (what ``Dataset.summary()`` writes), or None when unknown."""
+    dataset = metrics.get("dataset")
+    n = dataset.get("n_classes") if isinstance(dataset, dict) else None
+    if isinstance(n, bool) or not isinstance(n, (int, float)) or n < 1:
+        return None
+    return 1.0 / n
+
+
+def draw_chance(ax: plt.Axes, chance: float | None) -> None:
+    """The dashed grey "chance" line of an accuracy axis; nothing when chance is unknown."""
+    if chance is not None:
+        ax.axhline(chance, label="chance", zorder=1.5, **CHANCE_STYLE)
+
+
+def n_summarised(summary: Any, model: dict[str, Any] | None = None, default: int | None = None) -> int | None:
+    """How many seeds a ``{"mean", "std"}`` summary is over: its ``n`` (``metrics.mean_std`` writes it), else
+    the model's healthy seeds (diverged ones are left out of the statistics), else ``default``.
+
+    Args:
+        summary: One metric's summary dict from metrics.json.
+        model: The model's record, whose ``status`` lists one entry per seed.
+        default: The run's ``n_seeds``, for records that carry neither.
+    """
+    n = summary.get("n") if isinstance(summary, dict) else None
+    if isinstance(n, int) and not isinstance(n, bool):
+        return n
+    status = model.get("status") if isinstance(model, dict) else None
+    if isinstance(status, list):
+        return sum(s == "ok" for s in status)
+    return default
 
 
 def _axis_slice(shifts: np.ndarray, axis: int) -> np.ndarray:
@@ -29,10 +102,11 @@ def _axis_slice(shifts: np.ndarray, axis: int) -> np.ndarray:
 
 def _seed_label(name: str, m: dict[str, Any]) -> str:
     diverged = sum(s != "ok" for s in m.get("status", []))
-    return f"{name} ({diverged}/{len(m['status'])} seeds diverged)" if diverged else name
+    return f"{name} ({diverged}/{seeds_phrase(len(m['status']))} diverged)" if diverged else name
 
 
 def plot_shift_test(metrics: dict[str, Any], out_dir: Path) -> list[Path]:
+    """Accuracy vs shift per axis (with chance), the (dy, dx) heatmap for 2D data, and consistency bars."""
     out_dir = Path(out_dir)
     shifts = np.asarray(metrics["shifts"])
     rank = shifts.shape[1]
@@ -40,9 +114,11 @@ def plot_shift_test(metrics: dict[str, Any], out_dir: Path) -> list[Path]:
     models = {_seed_label(name, m): m for name, m in metrics["models"].items() if "shift_accuracy" in m}
     if not models:
         return []
+    colors = {_seed_label(name, m): model_color(name) for name, m in metrics["models"].items()}
     mode = metrics["shift_mode"]
     dataset = metrics["dataset"]["name"]
     n_seeds = metrics["n_seeds"]
+    chance = chance_level(metrics)
     written = []
 
     fig, axes = plt.subplots(1, rank, figsize=(6 * rank, 4.2), squeeze=False)
@@ -53,8 +129,9 @@ def plot_shift_test(metrics: dict[str, Any], out_dir: Path) -> list[Path]:
             mean = np.asarray(m["shift_accuracy"]["mean"])[rows]
             std = np.asarray(m["shift_accuracy"]["std"])[rows]
             x = shifts[rows, axis]
-            line, = ax.plot(x, mean, marker="o", ms=3, label=name)
-            ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+            ax.plot(x, mean, marker="o", ms=3, label=name, color=colors[name])
+            ax.fill_between(x, mean - std, mean + std, color=colors[name], alpha=0.2)
+        draw_chance(ax, chance)
         ax.set_xlabel(f"{AXIS_NAMES[rank][axis]} shift (pixels, mode={mode})" if rank > 1 else
                       f"shift (positions, mode={mode})")
         ax.set_ylabel("test accuracy")
@@ -63,7 +140,7 @@ def plot_shift_test(metrics: dict[str, Any], out_dir: Path) -> list[Path]:
         if rank > 1:
             ax.set_title(f"shift along {AXIS_NAMES[rank][axis]}, other axis 0")
     axes[0, 0].legend(loc="lower center")
-    fig.suptitle(f"Accuracy vs shift on {dataset} (mean ± std over {n_seeds} seeds)")
+    fig.suptitle(f"Accuracy vs shift on {dataset} ({over_seeds(n_seeds)})")
     fig.tight_layout()
     written.append(_save(fig, out_dir / "accuracy_vs_shift.png"))
 
@@ -82,19 +159,22 @@ def plot_shift_test(metrics: dict[str, Any], out_dir: Path) -> list[Path]:
             if i == 0:
                 ax.set_ylabel("dy (rows)")
         fig.colorbar(im, ax=axes[0].tolist(), label="test accuracy", shrink=0.85)
-        fig.suptitle(f"Accuracy over (dy, dx) shifts on {dataset}, mode={mode}, mean of {n_seeds} seeds")
+        fig.suptitle(f"Accuracy over (dy, dx) shifts on {dataset}, mode={mode}, "
+                     f"{over_seeds(n_seeds, 'mean')}")
         written.append(_save(fig, out_dir / "accuracy_heatmap.png"))
 
     fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(models), 4))
     names = list(models)
     means = [models[n]["consistency"]["mean"] for n in names]
-    stds = [models[n]["consistency"]["std"] for n in names]
-    bars = ax.bar(names, means, yerr=stds, capsize=5, color=[f"C{i}" for i in range(len(names))])
+    # No error bar where a model has one seed left: a std of 0 would claim a precision it does not have.
+    stds = [np.nan if n_summarised(models[n]["consistency"], models[n], n_seeds) == 1
+            else models[n]["consistency"]["std"] for n in names]
+    bars = ax.bar(names, means, yerr=stds, capsize=5, color=[colors[n] for n in names])
     for bar, mean in zip(bars, means):
         ax.text(bar.get_x() + bar.get_width() / 2, min(mean, 1.0) + 0.02, f"{mean:.3f}", ha="center")
     ax.set_ylim(0, 1.1)
     ax.set_ylabel("consistency (same class under two random shifts)")
-    ax.set_title(f"Shift consistency, {dataset}, mode={mode}\n(mean ± std over {n_seeds} seeds)")
+    ax.set_title(f"Shift consistency, {dataset}, mode={mode}\n({over_seeds(n_seeds)})")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     written.append(_save(fig, out_dir / "consistency.png"))
@@ -114,13 +194,19 @@ def plot_anatomy(metrics: dict[str, Any], out_dir: Path) -> list[Path]:
         fig, axes = plt.subplots(n_rows, cols, figsize=(3.1 * cols, 2.9 * n_rows), squeeze=False)
         for ax, row in zip(axes.ravel(), rows):
             m = np.asarray(maps.get(row["layer"], []))
-            rf = "×".join(str(v) for v in row["rf_forward"])
-            seen = "×".join(str(v) for v in row["support_size"])
-            if seen != rf:
-                rf += f", sees {seen}"
-            ok = {True: "grad = analytic", False: "grad ≠ analytic"}.get(row.get("empirical_equals_analytic"), "")
-            ax.set_title(f"{row['layer']}: RF {rf}\n{ok}", fontsize=9)
-            (lo0, hi0), *rest = row["support_range"]
+            if "rf_forward" in row:
+                rf = "×".join(str(v) for v in row["rf_forward"])
+                seen = "×".join(str(v) for v in row["support_size"])
+                if seen != rf:
+                    rf += f", sees {seen}"
+                ok = {True: "grad = analytic", False: "grad ≠ analytic"}.get(row.get("empirical_equals_analytic"),
+                                                                             "")
+                ax.set_title(f"{row['layer']}: RF {rf}\n{ok}", fontsize=9)
+                (lo0, hi0), *rest = row["support_range"]
+            else:  # no analytic field (the model computes between its layers): the gradient's extent only
+                seen = "×".join(str(v) for v in row.get("empirical_support_size") or ["?"])
+                ax.set_title(f"{row['layer']}: gradient sees {seen}\n(no analytic field)", fontsize=9)
+                (lo0, hi0), *rest = _extent(m)
             if m.ndim == 2:
                 ax.imshow(m, cmap="magma", vmin=0, vmax=1, interpolation="nearest")
                 (lo1, hi1) = rest[0]
@@ -129,7 +215,7 @@ def plot_anatomy(metrics: dict[str, Any], out_dir: Path) -> list[Path]:
                 ax.set_xticks([])
                 ax.set_yticks([])
             elif m.ndim == 1:
-                ax.bar(np.arange(len(m)), m, width=1.0, color="tab:purple")
+                ax.bar(np.arange(len(m)), m, width=1.0, color=model_color(name))
                 ax.axvspan(lo0 - 0.5, hi0 + 0.5, color="tab:cyan", alpha=0.2)
                 ax.set_xlim(-0.5, len(m) - 0.5)
                 ax.set_ylim(0, 1.05)
@@ -138,11 +224,21 @@ def plot_anatomy(metrics: dict[str, Any], out_dir: Path) -> list[Path]:
             ax.axis("off")
         shape = "×".join(str(v) for v in model["input_shape"])
         fig.suptitle(f"{name} on {shape}: effective receptive field of each layer's central unit "
-                     f"(mean |∂unit/∂input| over {metrics['n_inputs']} inputs; box/band: analytic extent)",
+                     f"(mean |∂unit/∂input| over {metrics['n_inputs']} inputs; box/band: analytic extent, or the "
+                     "gradient's where the model has no analytic field)",
                      fontsize=10)
         fig.tight_layout()
         written.append(_save(fig, out_dir / f"erf_{name}.png"))
     return written
+
+
+def _extent(m: np.ndarray) -> list[tuple[int, int]]:
+    """Per axis, the first and last index where a map is non-zero (the whole axis when it is all zero)."""
+    out = []
+    for axis in range(m.ndim):
+        nonzero = np.flatnonzero(np.any(m > 0, axis=tuple(a for a in range(m.ndim) if a != axis)))
+        out.append((int(nonzero[0]), int(nonzero[-1])) if nonzero.size else (0, m.shape[axis] - 1))
+    return out or [(0, 0)]
 
 
 def plot_conv_compare(metrics: dict[str, Any], out_dir: Path) -> list[Path]:
@@ -224,7 +320,7 @@ def plot_equivariance(metrics: dict[str, Any], out_dir: Path) -> list[Path]:
                 ax.axhline(FLOAT32_EPS, color="gray", lw=0.8, ls="--")
                 ax.set_yscale("log")
                 ax.set_ylim(_FLOOR / 2, 3)
-                ax.set_title(f"{name}, {mode} shift", fontsize=10)
+                ax.set_title(f"{name}, {mode} shift", fontsize=10, color=model_color(v.get("model", name)))
                 ax.grid(alpha=0.3, which="both", axis="y")
                 if row == len(variants) - 1:
                     ax.set_xlabel("shift (pixels, every axis)")
@@ -233,8 +329,9 @@ def plot_equivariance(metrics: dict[str, Any], out_dir: Path) -> list[Path]:
                 if col == len(modes) - 1:
                     ax.legend(fontsize=6.5, loc="center left", bbox_to_anchor=(1.01, 0.5))
         fig.suptitle(f"{stage}: ‖f(Tₛx) − T_(s/J) f(x)‖ / ‖f(x)‖ per layer on {metrics['dataset']['name']}, "
-                     f"mean over {metrics['n_seeds']} seeds\nsolid: all positions; dotted: interior; hollow marks: "
-                     f"the jump J does not divide s; dashed grey: float32 precision; exact zeros drawn at {_FLOOR:g}",
+                     f"{over_seeds(metrics['n_seeds'], 'mean')}\nsolid: all positions; dotted: interior; "
+                     f"hollow marks: the jump J does not divide s; dashed grey: float32 precision; "
+                     f"exact zeros drawn at {_FLOOR:g}",
                      fontsize=9)
         fig.tight_layout(rect=(0, 0, 1, 0.97))
         written.append(_save(fig, out_dir / f"equivariance_{stage}.png"))
@@ -246,15 +343,24 @@ def plot_equivariance(metrics: dict[str, Any], out_dir: Path) -> list[Path]:
     for t_i, t in enumerate(transforms):
         means, stds = [], []
         for v in variants.values():
-            errors = v["stages"][stage]["transforms"][t]
-            last = [k for k in errors if not k.startswith("act")][-1]
-            means.append(errors[last]["mean"])
-            stds.append(errors[last]["std"])
+            errors = v["stages"].get(stage, {}).get("transforms", {}).get(t, {})
+            spatial = [k for k in errors if not k.startswith("act")]
+            if not spatial:  # no spatial layer measured (an MLP, or a model that only takes its own size)
+                means.append(np.nan)
+                stds.append(0.0)
+                continue
+            means.append(errors[spatial[-1]]["mean"])
+            stds.append(errors[spatial[-1]]["std"])
         x = np.arange(len(variants)) + (t_i - (len(transforms) - 1) / 2) * width
-        ax.bar(x, means, width, yerr=stds, capsize=3, label=t)
+        # Greys, not C0, C1, ...: those are the colours of models (model_color), and these bars are transforms.
+        ax.bar(x, means, width, yerr=stds, capsize=3, label=t,
+               color=plt.cm.Greys(0.35 + 0.45 * t_i / max(len(transforms) - 1, 1)))
     ax.set_xticks(np.arange(len(variants)), list(variants), rotation=20, fontsize=8)
+    for tick, v in zip(ax.get_xticklabels(), variants.values()):  # bars are transforms; labels name the model
+        tick.set_color(model_color(v.get("model", tick.get_text())))
     ax.set_ylabel("relative error, last spatial layer")
-    ax.set_title(f"{stage}: transforms convolutions do not commute with (mean ± std over seeds)", fontsize=9)
+    ax.set_title(f"{stage}: transforms convolutions do not commute with ({over_seeds(metrics.get('n_seeds'))})",
+                 fontsize=9)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
@@ -292,7 +398,7 @@ def plot_pooling_invariance(metrics: dict[str, Any], out_dir: Path) -> list[Path
     ax.legend(fontsize=7)
     axes[0].set_ylabel("‖g(Tₛx) − g(x)‖ / ‖g(x)‖")
     fig.suptitle(f"pooling invariance on {metrics['dataset']['name']}: circular conv + ReLU features, "
-                 f"mean ± std over {metrics['n_seeds']} seeds", fontsize=10)
+                 f"{over_seeds(metrics['n_seeds'])}", fontsize=10)
     fig.tight_layout()
     written = [_save(fig, out_dir / "pooling_invariance.png")]
 
@@ -322,12 +428,13 @@ def plot_padding_leak(metrics: dict[str, Any], out_dir: Path) -> list[Path]:
     paddings = metrics["paddings"]
     fig, ax = plt.subplots(figsize=(1.8 + 1.4 * len(paddings), 3.6))
     for i, (padding, r) in enumerate(paddings.items()):
-        ax.bar(i, r["test_accuracy"]["mean"], 0.6, yerr=r["test_accuracy"]["std"], capsize=4,
+        ax.bar(i, r["test_accuracy"]["mean"], 0.6, capsize=4,
+               yerr=None if metrics.get("n_seeds") == 1 else r["test_accuracy"]["std"],
                color="tab:red" if r["pairs_identical"] else "tab:blue")
         seeds = r["per_seed"]["test_accuracy"]
         ax.plot(np.full(len(seeds), i) + np.linspace(-0.12, 0.12, len(seeds)), seeds, "k.", ms=5)
         ax.text(i, r["test_accuracy"]["mean"] + 0.03, f"{r['test_accuracy']['mean']:.3f}", ha="center", fontsize=9)
-    ax.axhline(metrics["chance"], color="gray", ls="--", lw=1, label="chance")
+    draw_chance(ax, metrics.get("chance") or chance_level(metrics))
     ax.set_xticks(range(len(paddings)), list(paddings))
     ax.set_ylim(0, 1.1)
     ax.set_ylabel("test accuracy: which corner?")
@@ -344,12 +451,20 @@ def plot_feature_pooling(metrics: dict[str, Any], out_dir: Path) -> list[Path]:
     variants = metrics["variants"]
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
     width = 0.8 / len(variants)
+    # Every variant is the same zoo model (group_pool): its colour, with hatching for all but the first variant.
+    color = model_color(metrics.get("model", "group_pool"))
+    one_seed = metrics.get("n_seeds") == 1
     for i, (variant, r) in enumerate(variants.items()):
         x = np.arange(len(names)) + (i - (len(variants) - 1) / 2) * width
-        ax.bar(x, [r["accuracy"][n]["mean"] for n in names], width, yerr=[r["accuracy"][n]["std"] for n in names],
-               capsize=3, label=f"{variant} ({r['n_params']:,} params)")
+        style = {"color": color, "alpha": 1.0 if i == 0 else 0.55, "hatch": None if i == 0 else "//",
+                 "edgecolor": "white" if i else color}
+        ax.bar(x, [r["accuracy"][n]["mean"] for n in names], width,
+               yerr=None if one_seed else [r["accuracy"][n]["std"] for n in names],
+               capsize=3, label=f"{variant} ({r['n_params']:,} params)", **style)
         change = np.maximum([r["logit_change"][n]["mean"] for n in names], _FLOOR)
-        ax2.bar(x, change, width, yerr=[r["logit_change"][n]["std"] for n in names], capsize=3, label=variant)
+        ax2.bar(x, change, width, yerr=None if one_seed else [r["logit_change"][n]["std"] for n in names],
+                capsize=3, label=variant, **style)
+    draw_chance(ax, chance_level(metrics))
     for a in (ax, ax2):
         a.set_xticks(range(len(names)), names)
         a.grid(axis="y", alpha=0.3)
@@ -362,7 +477,7 @@ def plot_feature_pooling(metrics: dict[str, Any], out_dir: Path) -> list[Path]:
     ax2.set_ylabel("‖f(Rx) − f(x)‖ / ‖f(x)‖")
     ax2.set_title(f"change of the logits (grey: float32 precision; zeros drawn at {_FLOOR:g})", fontsize=9)
     fig.suptitle(f"pooling across rotated feature maps on {metrics['dataset']['name']} "
-                 f"(mean ± std over {metrics['n_seeds']} seeds)", fontsize=10)
+                 f"({over_seeds(metrics['n_seeds'])})", fontsize=10)
     fig.tight_layout()
     return [_save(fig, Path(out_dir) / "feature_pooling.png")]
 

@@ -3,8 +3,11 @@
 Reads every run's ``.hydra/config.yaml``, ``status.json`` and ``metrics.json`` under a multirun folder, finds
 the config keys whose values differ between runs, and writes ``report.csv`` and ``report.md`` (one row per run
 and model: the varying keys as columns, then every per-model metric stored as mean and std over seeds) and
-``report_<metric>.png`` (each metric against the first numeric varying key, one line per model and value of
-the other varying keys, with ± std bands). Failed or unfinished runs are listed, never silently dropped.
+``report.png`` (each headline metric against the first numeric varying key, one line per model and value of
+the other varying keys, with ± std bands; when no varying key is numeric, e.g. ``zoo.lenet.pool=max,mean``,
+grouped bars: one group per value, one bar per model, ± std error bars). Accuracy panels carry a dashed
+chance line (1 / n_classes). Models keep their colour from :func:`equivar.plot.model_color`. Failed or
+unfinished runs are listed, never silently dropped.
 A sweep launched with ``hydra.callbacks.report`` (as ``experiment=sample_efficiency`` does) writes its report
 into ``SWEEP_DIR/report/`` when the last job ends.
 """
@@ -25,6 +28,9 @@ from hydra.experimental.callback import Callback
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from equivar.plot import draw_chance, model_color, n_summarised, over_seeds  # noqa: E402
+from equivar.text import mean_std_text, seeds_phrase  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -88,13 +94,20 @@ def varying_keys(configs: list[dict[str, Any]]) -> list[str]:
 
 
 def table(runs: list[dict[str, Any]], keys: list[str]) -> tuple[list[str], list[dict[str, Any]]]:
-    """Columns and tidy rows: one per run and model, varying keys first, then ``<metric>_mean/_std``."""
+    """Columns and tidy rows: one per run and model, varying keys first, then ``<metric>_mean/_std``.
+
+    Rows also hold ``_n_seeds`` (seeds behind the model's statistics) and ``_n_classes`` (the dataset's), for
+    the markdown and the plots; they are not columns, so report.csv leaves them out.
+    """
     rows, metric_names = [], []
     for run in runs:
         models = run["metrics"].get("models") or {"(run)": run["metrics"]}
+        dataset = run["metrics"].get("dataset")
+        n_classes = dataset.get("n_classes") if isinstance(dataset, dict) else None
         for model, values in models.items():
             row: dict[str, Any] = {"run": run["run"], **{k: run["config"].get(k) for k in keys}, "model": model,
-                                   "status": _model_status(values, run["status"])}
+                                   "status": _model_status(values, run["status"]),
+                                   "_n_seeds": _n_seeds(values, run), "_n_classes": n_classes}
             for name, value in values.items():
                 if isinstance(value, dict) and isinstance(value.get("mean"), (int, float)):
                     row[f"{name}_mean"], row[f"{name}_std"] = value["mean"], value.get("std")
@@ -109,8 +122,16 @@ def _model_status(values: dict[str, Any], run_status: str) -> str:
     per_seed = values.get("status") if isinstance(values, dict) else None
     if isinstance(per_seed, list):
         diverged = sum(s != "ok" for s in per_seed)
-        return f"{diverged}/{len(per_seed)} seeds diverged" if diverged else "ok"
+        return f"{diverged}/{seeds_phrase(len(per_seed))} diverged" if diverged else "ok"
     return run_status
+
+
+def _n_seeds(values: dict[str, Any], run: dict[str, Any]) -> int | None:
+    """Seeds behind a model's means and stds (every metric of a model is over the same seeds); None: unknown."""
+    n = run["metrics"].get("n_seeds", run["config"].get("n_seeds"))
+    default = n if isinstance(n, int) and not isinstance(n, bool) else None
+    first = next((v for v in values.values() if isinstance(v, dict) and "mean" in v), None)
+    return n_summarised(first, values, default)
 
 
 def write_report(sweep_dir: Path, out_dir: Path | None = None) -> dict[str, Any]:
@@ -152,8 +173,9 @@ def _markdown(sweep_dir: Path, columns: list[str], rows: list[dict[str, Any]], p
     for row in rows:
         cells = [_fmt(row.get(c)) for c in ["run", *keys, "model", "status"]]
         for m in metrics:
-            mean, std = row.get(f"{m}_mean"), row.get(f"{m}_std")
-            cells.append("" if mean is None else f"{mean:.4f} ± {std or 0:.4f}")
+            mean, std, n = row.get(f"{m}_mean"), row.get(f"{m}_std"), row.get("_n_seeds")
+            # one seed: the mean alone ("± 0.0000" would read as a measured spread)
+            cells.append("" if mean is None else mean_std_text({"mean": mean, "std": std or 0.0, "n": n or 2}))
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"## Failed or unfinished runs: {len(problems)}", ""]
     lines += [f"- `{p['run']}`: {p['status']} ({p.get('error')})" for p in problems] or ["(none)"]
@@ -164,23 +186,51 @@ HEADLINE_METRICS = ("clean_accuracy", "grid_mean_accuracy", "worst_shift_accurac
 
 
 def _plots(rows: list[dict[str, Any]], keys: list[str], columns: list[str], out_dir: Path) -> list[Path]:
+    """``report.png``: headline metrics against the first numeric varying key (lines), or, when no varying key
+    is numeric, per value of the varying keys (grouped bars)."""
+    if not rows:
+        return []
     numeric = [k for k in keys if all(isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool)
                                       for r in rows)]
-    if not numeric or not rows:
-        return []
-    x_key, others = numeric[0], [k for k in keys if k != numeric[0]]
     metrics = [m for m in HEADLINE_METRICS if f"{m}_mean" in columns] or \
         [c[:-5] for c in columns if c.endswith("_mean")][:4]
-    written = []
+    if not metrics:
+        return []
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 3.8), squeeze=False)
+    if numeric:
+        against = _line_panels(axes[0], rows, keys, numeric[0], metrics)
+    else:
+        against = _bar_panels(axes[0], rows, keys, metrics)
+    for ax, metric in zip(axes[0], metrics):
+        if "accuracy" in metric:
+            _chance(ax, [r for r in rows if r.get(f"{metric}_mean") is not None])
+        ax.set_title(metric.replace("_", " "), fontsize=10)
+    # One legend for the figure: every model, plus "chance" even when the last panel is not an accuracy.
+    entries: dict[str, Any] = {}
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+    axes[0, -1].legend(entries.values(), entries.keys(), fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    n_seeds = {r.get("_n_seeds") for r in rows}
+    fig.suptitle(f"{over_seeds(n_seeds.pop() if len(n_seeds) == 1 else None)} per run, against {against}",
+                 fontsize=10)
+    fig.tight_layout()
+    written = [out_dir / "report.png"]
+    fig.savefig(written[-1], dpi=110)
+    plt.close(fig)
+    return written
+
+
+def _line_panels(axes: Any, rows: list[dict[str, Any]], keys: list[str], x_key: str, metrics: list[str]) -> str:
+    """One line per model and value of the other varying keys, ± std bands; returns the x axis' name."""
+    others = [k for k in keys if k != x_key]
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault((row["model"], *[row.get(k) for k in others]), []).append(row)
-    models = list(dict.fromkeys(r["model"] for r in rows))
     combos = list(dict.fromkeys(group[1:] for group in groups))
-    colours = {m: plt.cm.tab10(i % 10) for i, m in enumerate(models)}
     styles = ["-", "--", ":", "-."]
-    for ax, metric in zip(axes[0], metrics):
+    values = sorted({r[x_key] for r in rows})
+    for ax, metric in zip(axes, metrics):
         for group, members in groups.items():
             members = sorted(members, key=lambda r: r[x_key])
             x = np.array([r[x_key] for r in members], dtype=float)
@@ -188,23 +238,60 @@ def _plots(rows: list[dict[str, Any]], keys: list[str], columns: list[str], out_
             std = np.array([r.get(f"{metric}_std") or 0.0 for r in members], dtype=float)
             label = group[0] + "".join(f", {k.split('.')[-1]}={v}" for k, v in zip(others, group[1:]))
             style = styles[combos.index(group[1:]) % len(styles)]
-            ax.plot(x, mean, style, marker="o", ms=3, color=colours[group[0]], label=label)
-            ax.fill_between(x, mean - std, mean + std, color=colours[group[0]], alpha=0.12)
-        values = sorted({r[x_key] for r in rows})
+            color = model_color(group[0])
+            ax.plot(x, mean, style, marker="o", ms=3, color=color, label=label)
+            ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.12)
         if len(values) > 2 and values[0] > 0:
             ax.set_xscale("log")
             ax.minorticks_off()
         ax.set_xticks(values, [f"{v:g}" for v in values], fontsize=8)
         ax.set_xlabel(x_key)
-        ax.set_title(metric.replace("_", " "), fontsize=10)
         ax.grid(alpha=0.3)
-    axes[0, -1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    fig.suptitle(f"mean ± std over seeds against {x_key}", fontsize=10)
-    fig.tight_layout()
-    written.append(out_dir / "report.png")
-    fig.savefig(written[-1], dpi=110)
-    plt.close(fig)
-    return written
+    return x_key
+
+
+def _bar_panels(axes: Any, rows: list[dict[str, Any]], keys: list[str], metrics: list[str]) -> str:
+    """Grouped bars for categorical sweeps: one group per value of the varying keys, one bar per model (its
+    colour), ± std error bars (none for one seed); returns the x axis' name."""
+    def category(row: dict[str, Any]) -> str:
+        if len(keys) == 1:
+            return str(row.get(keys[0]))
+        return ", ".join(f"{k.split('.')[-1]}={row.get(k)}" for k in keys) or row["run"]
+
+    # Runs that share every varying value (repeats) would hide each other's bars: tell them apart by run.
+    seen = [(category(r), r["model"]) for r in rows]
+    repeated = len(set(seen)) < len(seen)
+    label_of = {id(r): f"{category(r)} ({r['run']})" if repeated else category(r) for r in rows}
+    categories = list(dict.fromkeys(label_of[id(r)] for r in rows))
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    width = 0.8 / len(models)
+    for ax, metric in zip(axes, metrics):
+        for i, model in enumerate(models):
+            by_category = {label_of[id(r)]: r for r in rows if r["model"] == model}
+            x, mean, std = [], [], []
+            for j, cat in enumerate(categories):
+                row = by_category.get(cat)
+                if row is None or row.get(f"{metric}_mean") is None:
+                    continue
+                x.append(j + (i - (len(models) - 1) / 2) * width)
+                mean.append(row[f"{metric}_mean"])
+                std.append(np.nan if row.get("_n_seeds") == 1 else row.get(f"{metric}_std") or 0.0)
+            if x:
+                ax.bar(x, mean, width, yerr=std, capsize=3, color=model_color(model), label=model)
+        ax.set_xticks(range(len(categories)), categories, fontsize=8, rotation=20 if len(categories) > 4 else 0)
+        ax.set_xlabel(", ".join(keys) or "run")
+        ax.grid(axis="y", alpha=0.3)
+    return ", ".join(keys) or "run"
+
+
+def _chance(ax: plt.Axes, rows: list[dict[str, Any]]) -> None:
+    """The dashed grey chance line (1 / n_classes) when every run drawn on ``ax`` shares one known n_classes."""
+    n_classes = {r.get("_n_classes") for r in rows}
+    if len(n_classes) != 1:
+        return  # mixed datasets have no single chance level
+    n = n_classes.pop()
+    if isinstance(n, int) and not isinstance(n, bool) and n >= 1:
+        draw_chance(ax, 1.0 / n)
 
 
 class ReportCallback(Callback):

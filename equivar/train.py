@@ -21,6 +21,7 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
+from equivar.introspect import to_inference
 from equivar.strategy import ExecutionPlan, replicate, shard_seeds
 from equivar.transforms import shift_each
 
@@ -109,7 +110,9 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, au
     """
 
     def loss_fn(params: nnx.State, model_state: nnx.State, x: jax.Array, y: jax.Array):
-        model = nnx.merge(graphdef, params, model_state)  # training mode: batch statistics, dropout on
+        # Training mode (batch statistics, dropout on). Fresh Variables (copy): the layers may update their state
+        # (BatchNorm statistics, RNG counters) inside this trace.
+        model = nnx.merge(graphdef, params, model_state, copy=True)
         logits = model(x)
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
         return loss, (logits, nnx.split(model, nnx.Param, ...)[2])
@@ -284,8 +287,8 @@ def variables(states: TrainState) -> Variables:
 def inference_model(graphdef: nnx.GraphDef, params: nnx.State, model_state: nnx.State) -> nnx.Module:
     """The model in inference mode: Dropout off, BatchNorm on its running statistics (``nnx.view`` only
     changes static attributes, so inside ``jit`` this costs nothing at run time)."""
-    model = nnx.merge(graphdef, params, model_state)
-    return nnx.view(model, deterministic=True, use_running_average=True, raise_if_not_found=False)
+    return to_inference(nnx.merge(graphdef, params, model_state))
+
 
 
 def make_logits(graphdef: nnx.GraphDef) -> Callable[[Variables, jax.Array], jax.Array]:

@@ -113,7 +113,8 @@ def _from_arrays(abstract: nnx.State, arrays: dict[str, Any]) -> nnx.State:
 
     def restore(template, value):
         if jnp.issubdtype(template.dtype, jax.dtypes.prng_key):
-            return jax.random.wrap_key_data(jnp.asarray(value), impl=jax.random.key_impl(template))
+            impl = getattr(template.dtype, "_impl", None)  # the key's implementation (threefry unless changed)
+            return jax.random.wrap_key_data(jnp.asarray(value), **({"impl": impl} if impl is not None else {}))
         return jnp.asarray(value, template.dtype)
 
     filled = jax.tree.map(restore, pure, arrays)

@@ -24,6 +24,7 @@ from equivar.errors import ConfigError
 from equivar.io import environment, write_json
 from equivar.models import build_model
 from equivar.plot import plot_anatomy
+from equivar.introspect import to_inference
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +54,8 @@ def run(config: RunConfig, out_dir: Path) -> dict[str, Any]:
                                  n_classes, lambda t, o, w=spec.where: functools.partial(
                                      build_model, t, input_shape, n_classes, o, where=w)).modules()[0]
         else:
-            model = build_model(spec.target, input_shape, n_classes, spec.options, nnx.Rngs(config.seed),
-                                where=spec.where)
+            model = to_inference(build_model(spec.target, input_shape, n_classes, spec.options,
+                                             nnx.Rngs(config.seed), where=spec.where))
         result = anatomy(model, input_shape, jax.random.key(config.seed + i), n_inputs, where=spec.where)
         result["target"] = spec.target
         results[spec.name] = result

@@ -18,7 +18,7 @@ from conftest import compose_raw, mnist_dir, requires_mnist
 from test_experiments import _cli
 
 ROWS = [  # (overrides, error class, words the one-line message must contain)
-    (["models=[resnet]"], ConfigError, "unknown model 'resnet'; valid choices: cnn_gap, group_pool, lenet, local, mlp"),
+    (["models=[resnet]"], ConfigError, "unknown model 'resnet' in models; valid choices: cnn_gap, group_pool, lenet, local, mlp"),
     (["dataset.loader=imagenet"], ConfigError, "unknown dataset loader 'imagenet'; valid choices: mnist1d,"),
     (["train.optimizer=adamx"], ConfigError, "unknown optimizer 'adamx'; valid choices: adam, adamw,"),
     (["shift.mode=reflect"], ConfigError, "unknown shift mode 'reflect'; valid choices: roll, zero"),
@@ -37,7 +37,11 @@ ROWS = [  # (overrides, error class, words the one-line message must contain)
     (["train.learning_rate=fast"], ConfigError, "train.learning_rate must be a number, got 'fast'"),
     (["train.epochs=two"], ConfigError, "train.epochs must be an integer, got 'two'"),
     (["zoo.lenet.kernel=big", "models=[lenet]"], ConfigError, "expected an integer or one integer per spatial axis"),
-    (["+zoo.lenet.width=3", "models=[lenet]"], ConfigError, "model 'lenet' has no option(s) ['width']"),
+    (["+zoo.lenet.width=3", "models=[lenet]"], ConfigError, "zoo.lenet (LeNet) has no option 'width'; valid options: channels,"),
+    (["+zoo.lenet.chanels=[4,8]", "models=[lenet]"], ConfigError, "no option 'chanels' (did you mean 'channels'?)"),
+    (["+zoo.mine._target_=nosuch.Net", "models=[mine]"], ConfigError, "zoo.mine._target_='nosuch.Net' cannot be imported"),
+    (["+zoo.mine.width=3", "models=[mine]"], ConfigError, "zoo.mine has no _target_"),
+    (["load_from=/nonexistent/run", "models=[lenet]"], ConfigError, "load_from='/nonexistent/run' is not a folder"),
     (["+dataset.colour=red"], ConfigError, "dataset loader 'mnist1d' has no option(s) ['colour']"),
     (["dataset.max_translation=0"], ConfigError, "max_translation must be >= 1"),
     (["train.batch_size=100000"], ConfigError, "train.batch_size=100000 exceeds the 4000 training examples"),

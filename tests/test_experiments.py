@@ -132,7 +132,7 @@ def test_plot_cli_redraws(tmp_path):
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (["models=[resnet]"], "unknown model 'resnet'; valid choices: cnn_gap, group_pool, lenet, local, mlp"),
+    (["models=[resnet]"], "unknown model 'resnet' in models; valid choices: cnn_gap, group_pool, lenet, local, mlp"),
     (["dataset.loader=imagenet"], "unknown dataset loader 'imagenet'"),
     (["zoo.lenet.padding=REFLECT", "models=[lenet]"], "unknown padding 'REFLECT'"),
     (["shift.mode=reflect"], "unknown shift mode 'reflect'"),
@@ -156,7 +156,7 @@ def _cli(args, tmp_path, env_extra=None):
 def test_cli_unknown_model_is_one_clear_line(tmp_path):
     proc = _cli(["experiment=shift_test", "dataset=synthetic", "models=[resnet]"], tmp_path)
     assert proc.returncode == 2
-    assert "equivar: error: unknown model 'resnet'; valid choices: cnn_gap, group_pool, lenet, local, mlp" in proc.stderr
+    assert "equivar: error: unknown model 'resnet' in models; valid choices: cnn_gap, group_pool, lenet, local, mlp" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 

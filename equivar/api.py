@@ -1,0 +1,100 @@
+"""The Python API, for notebooks and scripts: the same runs as the command line, the same results.
+
+    import equivar
+    metrics = equivar.measure("shift_test", ["dataset=synthetic", "n_seeds=2"], out_dir="outputs/nb")
+    again = equivar.measure("shift_test", ["dataset=synthetic", "shift.mode=zero"], load_from="outputs/nb")
+    models = equivar.load_models("outputs/nb")        # name -> TrainedModel (every seed, inference mode)
+
+Your own model class goes in ``models``: ``equivar.measure("shift_test", models={"mine": MyNet})`` or, with
+options, ``models={"mine": (MyNet, {"width": 64})}``. The result is the dict written to ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from equivar.errors import ConfigError
+
+
+def compose(experiment: str, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """The resolved config ``python -m equivar.run experiment=EXPERIMENT OVERRIDES`` would run, as a dict."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from equivar.run import config_dir
+
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = hydra_compose(config_name="config", overrides=[f"experiment={experiment}", *overrides])
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def _model_overrides(models: Mapping[str, Any]) -> list[str]:
+    """``zoo`` overrides for model classes given as objects: ``{name: cls}`` or ``{name: (cls, options)}``."""
+    out = []
+    for name, value in models.items():
+        cls, options = (value if isinstance(value, tuple) else (value, {}))
+        if isinstance(cls, str):
+            path = cls
+        else:
+            path = f"{cls.__module__}.{cls.__qualname__}"
+            if "<locals>" in path:
+                raise ConfigError(f"model {name!r}: {cls.__qualname__} is defined inside a function; define it at "
+                                  "the top level of a module or notebook so it can be imported by name")
+        out.append(f"++zoo.{name}._target_={path}")
+        out += [f"++zoo.{name}.{key}={_hydra_value(v)}" for key, v in options.items()]
+    if models:
+        out.append(f"models=[{','.join(models)}]")
+    return out
+
+
+def _hydra_value(value: Any) -> str:
+    import json
+
+    return json.dumps(value) if not isinstance(value, str) else value
+
+
+def measure(experiment: str, overrides: Sequence[str] = (), *, out_dir: str | Path | None = None,
+        models: Mapping[str, Any] | None = None, load_from: str | Path | None = None) -> dict[str, Any]:
+    """Runs an experiment as the command line does and returns its ``metrics.json`` dict.
+
+    Args:
+        experiment: an experiment name (``shift_test``, ``equivariance``, ...).
+        overrides: Hydra overrides, as on the command line (``["dataset=mnist", "n_seeds=2"]``).
+        out_dir: the run folder (default ``outputs/<experiment>/<date_time>``); it gets metrics.json, the
+            plots and the checkpoints.
+        models: model classes to measure, by name: ``{"mine": MyNet}`` or ``{"mine": (MyNet, {"width": 64})}``
+            (they replace ``models=[...]``).
+        load_from: an earlier run folder whose saved models are measured instead of training.
+    """
+    from equivar.run import run_experiment
+
+    overrides = list(overrides) + _model_overrides(models or {})
+    if load_from is not None:
+        overrides.append(f"load_from={Path(load_from).expanduser().resolve()}")
+    raw = compose(experiment, overrides)
+    if out_dir is None:
+        stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
+        out_dir = Path("outputs") / str(raw.get("experiment_name")) / stamp
+    return run_experiment(raw, Path(out_dir))
+
+
+def load_models(run_dir: str | Path, names: Sequence[str] | None = None) -> dict[str, Any]:
+    """The trained models saved in a run folder, by name (``TrainedModel``: every seed's parameters and
+    state; ``.modules()`` gives one inference-mode ``nnx.Module`` per seed)."""
+    import functools
+
+    from equivar import trained
+    from equivar.io import read_json
+    from equivar.models import build_model
+
+    run_dir = Path(run_dir)
+    out = {}
+    for name in names or trained.available(run_dir):
+        manifest = read_json(run_dir / trained.CHECKPOINTS / f"{name}.json")
+        shape, n_classes = tuple(manifest["input_shape"]), int(manifest["n_classes"])
+        out[name] = trained.load(run_dir, name, None, None, shape, n_classes,
+                                 lambda t, o, s=shape, n=n_classes: functools.partial(build_model, t, s, n, o))
+    return out
