@@ -7,7 +7,6 @@ can be read by name (``features``) and its geometry inspected. Input layout is c
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import inspect
 from typing import Any, Callable, Sequence
@@ -16,6 +15,7 @@ import jax
 from flax import nnx
 
 from equivar.errors import ConfigError
+from equivar.options import nearest
 from equivar.layers import (
     PADDINGS,
     Activation,
@@ -407,8 +407,8 @@ def build_model(target: str | type, input_shape: Sequence[int], n_classes: int, 
     accepted, open_ended = model_options(cls)
     unknown = sorted(set(options) - set(accepted))
     if unknown and not open_ended:
-        hints = [f"{u!r}" + (f" (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(
-            u, accepted, n=1)) else "") for u in unknown]
+        hints = [f"{u!r}" + (f" (did you mean {close[0]!r}?)" if (close := nearest(u, accepted)) else "")
+                 for u in unknown]
         raise ConfigError(f"{where} ({cls.__name__}) has no option {', '.join(hints)}; valid options: "
                           f"{', '.join(accepted) or 'none'}")
     try:

@@ -35,6 +35,15 @@ def config_dir() -> str:
 CONFIG_DIR = config_dir()
 
 
+def _register_structured_configs() -> None:
+    from equivar.experiments import register_options
+
+    register_options()
+
+
+_register_structured_configs()  # before Hydra composes: experiment YAMLs default to options/<name>
+
+
 def run_experiment(raw: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     """Runs the experiment a resolved config dict names, writing its files into ``out_dir``.
 

@@ -1,21 +1,36 @@
-"""One module per experiment; ``EXPERIMENTS`` maps the config's ``experiment_name`` to its ``run``."""
+"""One module per experiment, found by name: a module here with a ``run(config, out_dir)`` is the experiment
+of that name, and its ``Options`` dataclass (if any) is its typed ``<name>.*`` options.
 
-from equivar.experiments import (
-    anatomy,
-    conv_compare,
-    equivariance,
-    feature_pooling,
-    padding_leak,
-    pooling_invariance,
-    shift_test,
-)
+Adding an experiment means one module here and one YAML in ``conf/experiment/`` (whose defaults list
+``/options@<name>: <name>`` when the module has options).
+"""
 
-EXPERIMENTS = {
-    "anatomy": anatomy.run,
-    "conv_compare": conv_compare.run,
-    "equivariance": equivariance.run,
-    "feature_pooling": feature_pooling.run,
-    "padding_leak": padding_leak.run,
-    "pooling_invariance": pooling_invariance.run,
-    "shift_test": shift_test.run,
-}
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from types import ModuleType
+
+
+def _discover() -> dict[str, ModuleType]:
+    found = {}
+    for info in pkgutil.iter_modules(__path__):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        if callable(getattr(module, "run", None)):
+            found[info.name] = module
+    return dict(sorted(found.items()))
+
+
+MODULES = _discover()
+EXPERIMENTS = {name: module.run for name, module in MODULES.items()}
+
+
+def register_options() -> None:
+    """Registers every experiment's ``Options`` with Hydra as the structured config ``options/<name>``, so
+    Hydra composes, type-checks and defaults them (call before composing)."""
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    for name, module in MODULES.items():
+        if hasattr(module, "Options"):
+            store.store(group="options", name=name, node=module.Options)

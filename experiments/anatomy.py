@@ -8,10 +8,11 @@ No training: the analysis is of the architecture (maps use the initial weights o
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import jax
 from flax import nnx
@@ -23,17 +24,27 @@ from equivar.data import load_dataset
 from equivar.errors import ConfigError
 from equivar.io import environment, write_json
 from equivar.models import build_model
+from equivar.options import check, option
 from equivar.plot import plot_anatomy
 from equivar.introspect import to_inference
 
 log = logging.getLogger(__name__)
 
 
+@dataclasses.dataclass
+class Options:
+    """``anatomy.*``."""
+
+    input_shape: Optional[list[int]] = option(None, "one example's shape, e.g. [28, 28, 1] or [40, 1]; null: "
+                                                    "the dataset's", minimum=1)
+    n_classes: Optional[int] = option(None, "classifier outputs; null: the dataset's", minimum=1)
+    n_inputs: int = option(64, "random inputs whose input gradients are averaged (effective receptive field)",
+                           minimum=1)
+
+
 def run(config: RunConfig, out_dir: Path) -> dict[str, Any]:
-    options = dict(config.raw.get("anatomy") or {})
-    input_shape = options.get("input_shape")
-    n_classes = options.get("n_classes")
-    n_inputs = positive_int(options.get("n_inputs", 64), "anatomy.n_inputs")
+    opts = check(Options, config.raw.get("anatomy"), "anatomy")
+    input_shape, n_classes, n_inputs = opts.input_shape, opts.n_classes, opts.n_inputs
     if input_shape is None or n_classes is None:
         data = load_dataset(config.dataset.loader, config.dataset.options)
         input_shape = data.input_shape if input_shape is None else input_shape

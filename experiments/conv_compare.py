@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import warnings
 from pathlib import Path
@@ -24,7 +25,8 @@ import numpy as np
 import scipy.ndimage as ndimage
 from flax import nnx
 
-from equivar.config import RunConfig, positive_int
+from equivar.options import check, option
+from equivar.config import RunConfig
 from equivar.convolution import (
     BORDER_MODES,
     classify,
@@ -184,16 +186,21 @@ def toeplitz_proof(seed: int) -> dict[str, Any]:
     return out
 
 
+@dataclasses.dataclass
+class Options:
+    """``conv_compare.*``."""
+
+    x: list[float] = option([2, 2, 2, 6, 6, 6, 6], "the input signal (the lecture's example)")
+    w: list[float] = option([-1, 1], "the kernel (at most as long as x)")
+    random_trials: int = option(5, "random inputs each implementation's reading is checked on", minimum=1)
+
+
 def run(config: RunConfig, out_dir: Path) -> dict[str, Any]:
-    options = dict(config.raw.get("conv_compare") or {})
-    try:
-        x = np.asarray(options.get("x", [2, 2, 2, 6, 6, 6, 6]), dtype=np.float64)
-        w = np.asarray(options.get("w", [-1, 1]), dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ConfigError("conv_compare.x and conv_compare.w must be lists of numbers") from None
-    if x.ndim != 1 or w.ndim != 1 or not 1 <= len(w) <= len(x):
-        raise ConfigError(f"conv_compare: need 1D x and w with 1 <= len(w) <= len(x), got {len(x)} and {len(w)}")
-    trials = positive_int(options.get("random_trials", 5), "conv_compare.random_trials")
+    opts = check(Options, config.raw.get("conv_compare"), "conv_compare")
+    x, w = np.asarray(opts.x, dtype=np.float64), np.asarray(opts.w, dtype=np.float64)
+    if len(w) > len(x):
+        raise ConfigError(f"conv_compare.w has {len(w)} taps, more than the {len(x)} values of conv_compare.x")
+    trials = opts.random_trials
     impls, notes = implementations()
     rows = compare_1d(impls, x, w, trials, config.seed)
     metrics = {

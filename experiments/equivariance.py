@@ -11,6 +11,7 @@ convolutions do not commute with them.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,8 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from equivar.config import RunConfig, positive_int
+from equivar.config import RunConfig
+from equivar.options import check, option
 from equivar.data import load_dataset
 from equivar.equivariance import layer_shift_errors, transform_errors
 from equivar.errors import ConfigError
@@ -43,23 +45,24 @@ from equivar.trained import TrainedModel
 log = logging.getLogger(__name__)
 
 
-def _options(config: RunConfig, rank: int, spatial: tuple[int, ...]) -> dict[str, Any]:
-    raw = dict(config.raw.get("equivariance") or {})
-    paddings = list(raw.get("paddings") or PADDINGS)
-    for p in paddings:
-        if p not in PADDINGS:
-            raise ConfigError(f"unknown padding {p!r} in equivariance.paddings; valid choices: {', '.join(PADDINGS)}")
-    modes = list(raw.get("modes") or SHIFT_MODES)
-    for m in modes:
-        if m not in SHIFT_MODES:
-            raise ConfigError(f"unknown shift mode {m!r} in equivariance.modes; valid choices: {', '.join(SHIFT_MODES)}")
-    max_shift = positive_int(raw.get("max_shift", 8), "equivariance.max_shift")
-    if max_shift >= min(spatial):
-        raise ConfigError(f"equivariance.max_shift={max_shift} must be smaller than the input size {spatial}")
+@dataclasses.dataclass
+class Options:
+    """``equivariance.*``."""
+
+    paddings: list[str] = option(list(PADDINGS), "paddings to build each model with (models with a padding "
+                                 "option)", choices=PADDINGS)
+    modes: list[str] = option(list(SHIFT_MODES), "how inputs are shifted", choices=SHIFT_MODES)
+    max_shift: int = option(8, "shifts 0..max_shift along every spatial axis at once", minimum=1)
+    n_examples: int = option(256, "test inputs per measurement", minimum=1)
+    trained: bool = option(True, "also measure after training (train.*), not only at initialisation")
+
+
+def _options(config: RunConfig, rank: int, spatial: tuple[int, ...]) -> tuple[Options, list[str]]:
+    opts = check(Options, config.raw.get("equivariance"), "equivariance")
+    if opts.max_shift >= min(spatial):
+        raise ConfigError(f"equivariance.max_shift={opts.max_shift} must be smaller than the input size {spatial}")
     transforms = ["rotate90", "scale2"] if rank == 2 and spatial[0] == spatial[1] else ["flip", "scale2"]
-    return {"paddings": paddings, "modes": modes, "max_shift": max_shift,
-            "n_examples": positive_int(raw.get("n_examples", 256), "equivariance.n_examples"),
-            "trained": bool(raw.get("trained", True)), "transforms": transforms}
+    return opts, transforms
 
 
 def _aggregate(per_seed: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
@@ -95,23 +98,23 @@ def _variants(config: RunConfig, paddings: list[str]) -> list[tuple[Any, str | N
 
 
 def run(config: RunConfig, out_dir: Path) -> dict[str, Any]:
-    paddings = list((config.raw.get("equivariance") or {}).get("paddings") or PADDINGS)
+    paddings = check(Options, config.raw.get("equivariance"), "equivariance").paddings
     check_before_data(config, [(spec.target, options, spec.where) for spec, _, options in
-                               _variants(config, paddings) if all(p in PADDINGS for p in paddings)])
+                               _variants(config, paddings)])
     data = load_dataset(config.dataset.loader, config.dataset.options)
-    opts = _options(config, data.rank, data.input_shape[:-1])
+    opts, transform_names = _options(config, data.rank, data.input_shape[:-1])
     plan = execution_plan(config)
-    x = jnp.asarray(data.x_test[:opts["n_examples"]])
+    x = jnp.asarray(data.x_test[:opts.n_examples])
     variants: dict[str, Any] = {}
     measured: list[TrainedModel] = []
-    for spec, padding, options in _variants(config, opts["paddings"]):
+    for spec, padding, options in _variants(config, opts.paddings):
         name = spec.name if padding is None else f"{spec.name}/{padding}"
         where = spec.where
         stages: dict[str, TrainedModel] = {}
         if not config.load_from:
             graphdef, states = init_seeds(builder(spec.target, options, data, where), config)
             stages["init"] = as_trained(name, spec.target, options, data, graphdef, states, config, None)
-        if opts["trained"] or config.load_from:
+        if opts.trained or config.load_from:
             stages["trained"] = obtain(config, data, out_dir, name if padding is None else
                                        f"{spec.name}-{padding}", spec.target, options, plan, where)
         result: dict[str, Any] = {"model": spec.name, "target": spec.target,
@@ -123,10 +126,10 @@ def run(config: RunConfig, out_dir: Path) -> dict[str, Any]:
             models = model.modules()
             if not models:
                 continue
-            shifts = {mode: _aggregate([layer_shift_errors(m, x, opts["max_shift"], mode) for m in models])
-                      for mode in opts["modes"]}
+            shifts = {mode: _aggregate([layer_shift_errors(m, x, opts.max_shift, mode) for m in models])
+                      for mode in opts.modes}
             transforms = {}
-            for t in opts["transforms"]:
+            for t in transform_names:
                 per_seed = [transform_errors(m, x, t) for m in models]  # {} where the model cannot take R x
                 transforms[t] = {layer: mean_std([s[layer] for s in per_seed]) for layer in per_seed[0]}
             result["stages"][stage] = {"shift": shifts, "transforms": transforms}
@@ -135,8 +138,8 @@ def run(config: RunConfig, out_dir: Path) -> dict[str, Any]:
         log.info("%s: done (%s)", name, ", ".join(stages))
     metrics = run_record("equivariance", config, data.summary(), measured) | {
         "n_examples": int(x.shape[0]),
-        "max_shift": opts["max_shift"],
-        "modes": opts["modes"],
+        "max_shift": opts.max_shift,
+        "modes": opts.modes,
         "variants": variants,
     }
     return publish(metrics, out_dir, plot_equivariance, summary(metrics))

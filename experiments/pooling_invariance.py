@@ -16,6 +16,7 @@ global pooling stays at 0.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any, Callable
@@ -25,7 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from equivar.config import RunConfig, int_list, positive_int
+from equivar.config import RunConfig
+from equivar.options import check, option
 from equivar.data import load_dataset
 from equivar.equivariance import relative_error
 from equivar.errors import ConfigError
@@ -66,20 +68,29 @@ def _aligned_error(pooled_shifted: jax.Array, pooled: jax.Array) -> jax.Array:
     return errs.min(0)
 
 
+@dataclasses.dataclass
+class Options:
+    """``pooling_invariance.*``."""
+
+    sizes: list[int] = option([2, 4, 8], "pooling sizes (window = stride)", minimum=1)
+    max_shift: int = option(12, "circular shifts 0..max_shift along every axis", minimum=1)
+    channels: int = option(16, "feature maps of the circular conv + ReLU", minimum=1)
+    kernel: int = option(5, "kernel size of that conv along every axis", minimum=1)
+    n_examples: int = option(256, "test inputs", minimum=1)
+
+
 def run(config: RunConfig, out_dir: Path) -> dict[str, Any]:
-    options = dict(config.raw.get("pooling_invariance") or {})
+    opts = check(Options, config.raw.get("pooling_invariance"), "pooling_invariance")
     data = load_dataset(config.dataset.loader, config.dataset.options)
     spatial = data.input_shape[:-1]
-    sizes = int_list(options.get("sizes", [2, 4, 8]), "pooling_invariance.sizes", minimum=1)
+    sizes = opts.sizes
     too_big = [p for p in sizes if p > min(spatial)]
     if too_big:
         raise ConfigError(f"pooling_invariance.sizes {too_big} exceed the input size {spatial}")
-    max_shift = positive_int(options.get("max_shift", 12), "pooling_invariance.max_shift")
+    max_shift = opts.max_shift
     if max_shift >= min(spatial):
         raise ConfigError(f"pooling_invariance.max_shift={max_shift} must be smaller than the input {spatial}")
-    channels = positive_int(options.get("channels", 16), "pooling_invariance.channels")
-    kernel = positive_int(options.get("kernel", 5), "pooling_invariance.kernel")
-    n_examples = positive_int(options.get("n_examples", 256), "pooling_invariance.n_examples")
+    channels, kernel, n_examples = opts.channels, opts.kernel, opts.n_examples
     x = jnp.asarray(data.x_test[:n_examples])
     shifts = [(s,) * data.rank for s in range(max_shift + 1)]
     pools = poolings(data.rank, sizes)

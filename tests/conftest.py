@@ -9,6 +9,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+import equivar.run  # noqa: F401  registers the experiments' typed options with Hydra before any compose
+
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"  # the same folder equivar.run.config_dir() finds in an editable install
 
@@ -39,3 +41,17 @@ ZOO_NAMES = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 def target(name: str) -> str:
     """The ``_target_`` of the zoo model ``name``, read from its conf/model YAML (the one declaration)."""
     return str(OmegaConf.load(CONF / "model" / f"{name}.yaml")["_target_"])
+
+
+def pytest_addoption(parser):
+    parser.addoption("--slow", action="store_true", default=False,
+                     help="also run the tests marked slow (CI runs them; the default run stays under 3 minutes)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--slow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --slow (CI does)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

@@ -30,6 +30,7 @@ def random_stack(rng: np.random.Generator, rank: int) -> tuple[list[dict], tuple
     return layers, (size,) * rank + (int(rng.integers(1, 3)),)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rank", [1, 2])
 def test_analytic_field_equals_gradient_support_on_random_stacks(rank):
     """For every layer of random stacks: forward = backward analysis, and the exact analytic support (holes
@@ -88,6 +89,7 @@ def test_local_model_has_lenets_fields_without_sharing():
     assert local["total_params"] == 1_328_650
 
 
+@pytest.mark.slow
 def test_positions_no_window_reaches_are_outside_every_field():
     """On 29x29 the last row and column fall off both 2x2 poolings: no unit depends on them."""
     model = build_model(target("lenet"), (29, 29, 1), 10, {}, nnx.Rngs(0))

@@ -53,6 +53,7 @@ def test_every_experiment_composes_and_runs_tiny(name, tmp_path):
     assert list(tmp_path.glob("*.png")), "every experiment draws its plots"
 
 
+@pytest.mark.slow
 def test_anatomy_on_a_given_input_shape_answers_the_lecture(tmp_path):
     raw = compose_raw(["experiment=anatomy", "anatomy.input_shape=[28,28,1]",
                        "anatomy.n_classes=10"])
@@ -91,6 +92,7 @@ def test_padding_leak_circular_is_at_chance_on_the_data(tmp_path):
     assert zero["test_accuracy"]["mean"] > 0.9 and not zero["pairs_identical"]
 
 
+@pytest.mark.slow
 def test_equivariance_experiment_shows_the_theory(tmp_path):
     raw = compose_raw(["experiment=equivariance", "dataset=synthetic", "dataset.size=16", "n_seeds=1",
                        "models=[cnn_gap]", "zoo.cnn_gap.channels=[3,3]", "zoo.cnn_gap.dilations=[1,2]",
@@ -103,6 +105,7 @@ def test_equivariance_experiment_shows_the_theory(tmp_path):
     assert {"equivariance_init.png", "transforms.png"} <= {p.name for p in tmp_path.glob("*.png")}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rank", [1, 2])
 def test_shift_test_tiny(rank, tmp_path):
     raw = compose_raw(["experiment=shift_test", "dataset=synthetic", f"dataset.rank={rank}",
@@ -112,6 +115,7 @@ def test_shift_test_tiny(rank, tmp_path):
     assert len(metrics["shifts"]) == 7 ** rank
 
 
+@pytest.mark.slow
 def test_shift_test_on_default_mnist1d_composes(tmp_path):
     raw = compose_raw(["experiment=shift_test", "dataset.num_samples=300", "shift.max=5"] + TINY)
     assert raw["dataset"]["loader"] == "mnist1d" and raw["train"]["epochs"] == 2
@@ -176,6 +180,7 @@ def test_cli_unknown_dataset_lists_choices(tmp_path):
     assert "mnist1d" in proc.stderr and "synthetic" in proc.stderr
 
 
+@pytest.mark.slow
 def test_cli_runs_tiny(tmp_path):
     proc = _cli(["experiment=shift_test", "dataset=synthetic", "shift.max=2"] + TINY, tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -184,6 +189,7 @@ def test_cli_runs_tiny(tmp_path):
     assert "| cnn_gap |" in proc.stdout
 
 
+@pytest.mark.slow
 @requires_mnist
 def test_shift_test_on_real_mnist_subset(tmp_path):
     raw = compose_raw(["experiment=shift_test", "dataset=mnist", f"dataset.data_dir={mnist_dir()}",

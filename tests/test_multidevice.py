@@ -1,5 +1,6 @@
 """Seeds sharded over several devices give the same models as one device (CPU devices forced by XLA_FLAGS)."""
 
+import pytest
 import os
 import subprocess
 import sys
@@ -40,6 +41,7 @@ def _run(tmp_path, name, n_devices):
     return np.load(out)
 
 
+@pytest.mark.slow
 def test_seeds_sharded_over_four_devices_match_one_device(tmp_path):
     one = _run(tmp_path, "one", 1)
     four = _run(tmp_path, "four", 4)

@@ -1,5 +1,6 @@
 """Divergence is caught per seed, recorded and reported; results are reproducible."""
 
+import pytest
 import json
 
 import jax
@@ -53,6 +54,7 @@ def _numbers(metrics):
     return out
 
 
+@pytest.mark.slow
 def test_the_same_config_twice_gives_identical_metrics(tmp_path):
     overrides = ["experiment=shift_test", "dataset=synthetic", "models=[mlp,cnn_gap]"] + TINY
     run_experiment(compose_raw(overrides), tmp_path / "a")

@@ -58,6 +58,7 @@ def _complete(run_dir: Path) -> bool:
     return (run_dir / "metrics.json").is_file() and json.loads(status.read_text())["status"] == "complete"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["local_parallel", "submitit_local"])
 def test_tiny_sweep_through_a_launcher_completes_every_run(launcher, tmp_path):
     extra = ["hydra.launcher.timeout_min=5"] if launcher == "submitit_local" else []
@@ -68,6 +69,7 @@ def test_tiny_sweep_through_a_launcher_completes_every_run(launcher, tmp_path):
     assert sizes == {64, 96}
 
 
+@pytest.mark.slow
 def test_an_interrupted_sweep_resumes_without_recomputing_finished_runs(tmp_path):
     args = TINY_SWEEP + ["dataset.n_train=64,96"]
     assert _sweep(args, tmp_path).returncode == 0
