@@ -1,6 +1,6 @@
 """The one place that decides how work is laid out on the device, per backend.
 
-Measured (see README, performance section, and ``python -m equivar.bench``):
+Measured (see docs/performance.md and ``python -m equivar.bench``):
 
 * CPU (2 cores): ``vmap`` over 8 LeNet seeds runs at 0.4x the speed of a Python loop over them, because
   XLA:CPU lowers a batched-weights convolution poorly; a loop over seeds wins. ``lax.scan`` over an epoch of

@@ -100,6 +100,7 @@ def test_positions_no_window_reaches_are_outside_every_field():
     assert result["empirical_equals_analytic"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["mlp", "lenet", "local", "cnn_gap"])
 def test_every_zoo_model_gradient_support_equals_its_analytic_field(kind):
     """The zoo at its default options on MNIST-1D's 40x1 (the 28x28 case is in test_experiments)."""

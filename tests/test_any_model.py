@@ -160,6 +160,7 @@ def test_a_checkpoint_that_does_not_match_the_config_names_the_mismatch(tmp_path
                         out_dir=tmp_path / "d", load_from=run_dir)
 
 
+@pytest.mark.slow
 def test_layer_wise_experiments_read_any_module(user_module, tmp_path):
     """equivariance and anatomy on a user's model: its layers are captured by name; a model computing between
     its layers gets gradient fields only (and says so), an exact chain gets the analytic fields too."""

@@ -1,11 +1,14 @@
 """The Python API example in docs/api.md runs as written and gives what the doc says it gives."""
 
 import re
+
+import pytest
 import sys
 
 from conftest import ROOT
 
 
+@pytest.mark.slow
 def test_the_api_doc_example_runs(tmp_path, monkeypatch):
     text = (ROOT / "docs" / "api.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)

@@ -1,4 +1,4 @@
-"""Every row of the README's bad-input table: a one-line error naming what is wrong, before data or compiling.
+"""Every row of the bad-input table in docs/reliability.md: a one-line error naming what is wrong, before data or compiling.
 
 In-process rows check the exception a CLI run prints as ``equivar: error: <message>`` (exit 2; the CLI path
 itself is tested in test_experiments.py); Hydra-level rows run the CLI.

@@ -19,7 +19,7 @@ def _stack(layers, shape, seed=0):
     return build_model(target("stack"), shape, 3, {"layers": layers}, nnx.Rngs(seed))
 
 
-@pytest.mark.parametrize("shape", [(20, 2), (12, 10, 1)])
+@pytest.mark.parametrize("shape", [(20, 2), pytest.param((12, 10, 1), marks=pytest.mark.slow)])
 def test_circular_conv_stacks_commute_with_every_roll(shape):
     rng = np.random.default_rng(0)
     layers = []

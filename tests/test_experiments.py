@@ -44,7 +44,11 @@ def _check_shift_test(metrics, out_dir, rank):
     assert expected <= {p.name for p in out_dir.glob("*.png")}
 
 
-@pytest.mark.parametrize("name", EXPERIMENT_NAMES)
+SLOW_TINY = {"anatomy", "equivariance", "sample_efficiency", "antialiased_shift_test"}  # 10-20 s each here
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_TINY else n
+                                  for n in EXPERIMENT_NAMES])
 def test_every_experiment_composes_and_runs_tiny(name, tmp_path):
     raw = compose_raw([f"experiment={name}", "dataset=synthetic"] + TINY)
     metrics = run_experiment(raw, tmp_path)

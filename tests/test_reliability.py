@@ -63,6 +63,7 @@ def test_the_same_config_twice_gives_identical_metrics(tmp_path):
     assert json.dumps(_numbers(a), sort_keys=True) == json.dumps(_numbers(b), sort_keys=True)
 
 
+@pytest.mark.slow
 def test_n_seeds_at_once_equals_single_seed_runs(tmp_path):
     base = ["experiment=shift_test", "dataset=synthetic", "models=[mlp]"] + TINY
     both = run_experiment(compose_raw(base + ["n_seeds=2", "seed=3"]), tmp_path / "both")

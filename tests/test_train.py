@@ -38,7 +38,7 @@ def test_training_reduces_the_loss():
     assert np.all(history.loss[:, -1] < 0.5 * history.loss[:, 0])
 
 
-@pytest.mark.parametrize("kind", ["mlp", "lenet"])
+@pytest.mark.parametrize("kind", ["mlp", pytest.param("lenet", marks=pytest.mark.slow)])
 def test_vmapped_seeds_equal_seeds_trained_alone(data, kind):
     """The same seeds, packed with vmap or trained one by one, give the same parameters (float tolerance)."""
     packed, h_packed, _ = _train(data, kind, "vmap", n_seeds=2)
@@ -71,6 +71,7 @@ def test_step_compiles_once(data, packing):
     assert trainer.step._cache_size() == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("packing", ["loop", "vmap"])
 def test_steps_scanned_in_one_call_equal_steps_called_one_by_one(data, packing):
     """steps_per_call=3 on 4 steps per epoch (a scan of 3, then a remainder of 1) gives the same training."""
@@ -83,6 +84,7 @@ def test_steps_scanned_in_one_call_equal_steps_called_one_by_one(data, packing):
     assert trainer.multi_step._cache_size() == 2  # the full chunk and the remainder
 
 
+@pytest.mark.slow
 def test_shift_augmentation_draws_per_seed_and_step_and_min_steps_adds_epochs(data):
     """Augmented training differs from plain training, is reproducible, and min_steps stretches epochs."""
     aug = TrainSpec(epochs=2, batch_size=16, learning_rate=3e-3, augment_shift=3)
