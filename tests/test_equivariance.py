@@ -62,6 +62,7 @@ def test_interior_mask_excludes_fields_that_touch_a_border():
     np.testing.assert_array_equal(np.nonzero(mask)[0], [3, 4, 5, 6, 7])
 
 
+@pytest.mark.slow
 def test_global_pooling_over_a_circular_net_is_invariant_to_every_roll():
     model = build_model(target("cnn_gap"), (16, 16, 1), 4, {"channels": [3, 4], "dilations": [1, 2]}, nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(3), (2, 16, 16, 1))

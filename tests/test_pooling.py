@@ -59,6 +59,7 @@ def test_polyphase_keeps_the_largest_component_and_follows_circular_shifts():
     assert not any(np.array_equal(shift(x, (1, 0))[:, ::2, ::2], shift(x[:, ::2, ::2], (a, 0))) for a in range(6))
 
 
+@pytest.mark.slow
 def test_circular_aps_lenet_with_global_pool_is_exactly_invariant():
     """Circular convs + APS downsampling + global pooling: logits identical under every circular shift."""
     options = {"layers": [
