@@ -30,6 +30,7 @@ from flax import nnx
 
 from equivar.evaluate import ShiftEvaluator
 from equivar.layers import conv_geometry
+from equivar.introspect import layer_outputs
 from equivar.models import MLP, LayerStack, LeNet, build_model
 
 BENCH_MODELS = {"lenet": LeNet, "mlp": MLP}  # the bench's rows, by the zoo's names
@@ -42,7 +43,7 @@ MNIST_SHAPE = (28, 28, 1)
 
 def forward_flops(model: LayerStack, input_shape: tuple[int, ...]) -> int:
     """Multiply-add FLOPs (x2) of one forward pass for one example, from convs and dense layers."""
-    feats = jax.eval_shape(model.features, jax.ShapeDtypeStruct((1,) + input_shape, jnp.float32))
+    feats = jax.eval_shape(lambda x: layer_outputs(model, x), jax.ShapeDtypeStruct((1,) + input_shape, jnp.float32))
     flops = 0
     for name, layer in model.layers():
         out = feats[name].shape

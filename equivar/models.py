@@ -1,7 +1,7 @@
 """The model zoo: Flax NNX classifiers that are generic over the input's spatial rank.
 
 Models know nothing of training. Each is an ordered stack of named layers, so that the output of every layer
-can be read by name (``features``) and its geometry inspected. Input layout is channels-last:
+can be read by name (``equivar.introspect.layer_outputs``) and its geometry inspected. Input layout is channels-last:
 ``(N, L, C)`` for sequences, ``(N, H, W, C)`` for images; kernel sizes are broadcast to the data's rank.
 """
 
@@ -33,7 +33,8 @@ from equivar.layers import (
 
 
 class LayerStack(nnx.Module):
-    """Runs named layers in order; ``features`` returns every intermediate activation by name."""
+    """Runs named layers in order; ``layers()`` lists them (``equivar.introspect.layer_outputs`` reads every
+    layer's output, of this and of any other module)."""
 
     layer_names: tuple[str, ...]
 
@@ -41,13 +42,6 @@ class LayerStack(nnx.Module):
         for name in self.layer_names:
             x = getattr(self, name)(x)
         return x
-
-    def features(self, x: jax.Array) -> dict[str, jax.Array]:
-        out = {}
-        for name in self.layer_names:
-            x = getattr(self, name)(x)
-            out[name] = x
-        return out
 
     def layers(self) -> list[tuple[str, nnx.Module]]:
         return [(name, getattr(self, name)) for name in self.layer_names]

@@ -125,7 +125,7 @@ def test_user_model_with_batchnorm_trains_checkpoints_and_reloads_identically(us
 def test_checkpoint_round_trip_is_exact_for_every_variable(user_module, tmp_path):
     from equivar.experiments.common import as_trained
     from equivar.models import build_model
-    from equivar.train import init_states, make_optimizer, seed_keys
+    from equivar.train import init_states, seed_keys
     import functools
     import optax
 

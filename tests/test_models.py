@@ -6,6 +6,7 @@ from flax import nnx
 
 from equivar.errors import ConfigError
 from equivar.layers import Pool
+from equivar.introspect import layer_outputs
 from equivar.models import build_model
 from equivar.transforms import shift, shift_grid
 from conftest import ZOO_NAMES, target
@@ -23,7 +24,7 @@ def test_output_shape(kind, shape):
     model = build_model(target(kind), shape, 10, {}, nnx.Rngs(0))
     x = jnp.ones((3,) + shape)
     assert model(x).shape == (3, 10)
-    feats = model.features(x)
+    feats = layer_outputs(model, x)
     assert list(feats) == list(model.layer_names)
     assert feats[model.layer_names[-1]].shape == (3, 10)
 
@@ -31,7 +32,7 @@ def test_output_shape(kind, shape):
 def test_lenet_is_the_lecture_problem_1():
     """28x28x1 input: conv5(16) 24x24, pool 12x12, conv5(32) 8x8, pool 4x4, flatten 512, fc 512, fc 10."""
     model = build_model(target("lenet"), (28, 28, 1), 10, {}, nnx.Rngs(0))
-    shapes = {k: v.shape[1:] for k, v in model.features(jnp.zeros((1, 28, 28, 1))).items()}
+    shapes = {k: v.shape[1:] for k, v in layer_outputs(model, jnp.zeros((1, 28, 28, 1))).items()}
     assert shapes["conv1"] == (24, 24, 16) and shapes["pool1"] == (12, 12, 16)
     assert shapes["conv2"] == (8, 8, 32) and shapes["pool2"] == (4, 4, 32)
     assert shapes["flatten"] == (512,) and shapes["fc1"] == (512,) and shapes["logits"] == (10,)
