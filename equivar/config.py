@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -11,7 +12,7 @@ from equivar.errors import ConfigError
 from equivar.io import read_json
 from equivar.strategy import SEED_PACKINGS
 from equivar.train import OPTIMIZERS, TrainSpec
-from equivar.transforms import SHIFT_MODES
+from equivar.transforms import INTEGER_MODES, SHIFT_MODES
 
 # Dataset keys that describe how to use the data, not how to load it.
 DATASET_RUN_KEYS = ("loader", "epochs", "shift_max", "shift_subset")
@@ -37,8 +38,9 @@ class DatasetSpec:
 
 @dataclasses.dataclass(frozen=True)
 class ShiftSpec:
-    max: int
+    max: float  # shifts -max..max along every spatial axis
     mode: str
+    step: float = 1  # grid spacing; fractional steps need a sub-pixel mode
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +95,24 @@ def number(value: Any, what: str) -> float:
     return _number(value, what)
 
 
+def _shift_spec(sh: dict[str, Any]) -> ShiftSpec:
+    mode = _choice(sh.get("mode"), SHIFT_MODES, "shift mode")
+    step = _number(sh.get("step", 1), "shift.step")
+    maximum = _number(sh.get("max"), "shift.max")
+    if not step > 0 or not math.isfinite(step):
+        raise ConfigError(f"shift.step must be > 0, got {step}")
+    if not maximum >= 0 or not math.isfinite(maximum):
+        raise ConfigError(f"shift.max must be >= 0, got {maximum}")
+    if mode in INTEGER_MODES and not (float(step).is_integer() and float(maximum).is_integer()):
+        raise ConfigError(f"shift.mode={mode} shifts by whole positions, but shift.step={step} and shift.max="
+                          f"{maximum}; use shift.mode=fourier or bilinear-zero|reflect|circular for sub-pixel grids")
+    if abs(round(maximum / step) * step - maximum) > 1e-9:
+        raise ConfigError(f"shift.max={maximum} is not a whole number of shift.step={step}")
+    if mode in INTEGER_MODES:
+        maximum, step = int(maximum), int(step)
+    return ShiftSpec(max=maximum, mode=mode, step=step)
+
+
 def parse_config(raw: Mapping[str, Any]) -> RunConfig:
     """Checks a resolved config dict and turns it into a :class:`RunConfig`."""
     raw = dict(raw)
@@ -144,8 +164,7 @@ def parse_config(raw: Mapping[str, Any]) -> RunConfig:
         min_steps=_int(tr.get("min_steps", 0), "train.min_steps", 0),
     )
     sh = dict(raw.get("shift") or {})
-    shift = ShiftSpec(max=_int(sh.get("max"), "shift.max", 0),
-                      mode=_choice(sh.get("mode"), SHIFT_MODES, "shift mode"))
+    shift = _shift_spec(sh)
     subset = (raw.get("eval") or {}).get("shift_subset")
     execution = dict(raw.get("execution") or {})
     return RunConfig(

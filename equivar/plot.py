@@ -151,8 +151,10 @@ def plot_shift_test(metrics: dict[str, Any], out_dir: Path) -> list[Path]:
                                  layout="constrained")
         for i, (ax, (name, m)) in enumerate(zip(axes[0], models.items())):
             grid = np.asarray(m["shift_accuracy"]["mean"]).reshape(side, side)
-            extent = (shifts[:, 1].min() - 0.5, shifts[:, 1].max() + 0.5,
-                      shifts[:, 0].max() + 0.5, shifts[:, 0].min() - 0.5)
+            values = np.unique(shifts[:, 1])
+            half = (values[1] - values[0]) / 2 if len(values) > 1 else 0.5  # half a grid step (sub-pixel too)
+            extent = (shifts[:, 1].min() - half, shifts[:, 1].max() + half,
+                      shifts[:, 0].max() + half, shifts[:, 0].min() - half)
             im = ax.imshow(grid, vmin=lo, vmax=1.0, cmap="viridis", extent=extent)
             ax.set_title(f"{name}: mean {grid.mean():.3f}, min {grid.min():.3f}")
             ax.set_xlabel("dx (columns)")

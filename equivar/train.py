@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from equivar.introspect import to_inference
 from equivar.strategy import ExecutionPlan, replicate, shard_seeds
-from equivar.transforms import shift_each
+from equivar.transforms import INTEGER_MODES, shift_each
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,11 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, au
         x, y = batch
         if augment_shift > 0:  # a fresh random translation per example and step, from this seed's key
             key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-            offsets = jax.random.randint(key, (x.shape[0], x.ndim - 2), -augment_shift, augment_shift + 1)
+            if augment_mode in INTEGER_MODES:
+                offsets = jax.random.randint(key, (x.shape[0], x.ndim - 2), -augment_shift, augment_shift + 1)
+            else:  # sub-pixel modes: real offsets, uniform in [-a, a]
+                offsets = jax.random.uniform(key, (x.shape[0], x.ndim - 2), minval=-augment_shift,
+                                             maxval=augment_shift)
             x = shift_each(x, offsets, augment_mode)
         (loss, (logits, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params, state.model_state, x, y)

@@ -1,10 +1,17 @@
-"""Integer translations of channels-last arrays along every spatial axis.
+"""Translations of channels-last arrays along every spatial axis, by integer or fractional offsets.
 
-Positive offsets move content towards higher indices, as ``np.roll`` does. Two modes:
+Positive offsets move content towards higher indices, as ``np.roll`` does. Modes:
 
-* ``roll``: circular; content leaving one side re-enters on the other (a group action: exact inverses and
-  composition).
-* ``zero``: content leaving the frame is lost and the vacated positions are filled with zeros.
+* ``roll``: circular, integer offsets; content leaving one side re-enters on the other (a group action: exact
+  inverses and composition).
+* ``zero``: integer offsets; content leaving the frame is lost and the vacated positions are filled with zeros.
+* ``fourier``: circular and band-limited, any real offset: every frequency's phase turns by ``-2 pi k t / N``.
+  Convention for even lengths: the Nyquist bin keeps a real phase, ``cos(pi t)``, so the output stays real and
+  an integer offset equals ``roll`` exactly; the price is that composition (shift by a, then b, equals shift by
+  a + b) holds exactly only for signals with no energy at the Nyquist frequency.
+* ``bilinear-zero``, ``bilinear-reflect``, ``bilinear-circular``: linear interpolation between the two nearest
+  integer shifts along each axis (bilinear in 2D), with that border; at integer offsets they equal ``zero``,
+  a reflecting shift, and ``roll``.
 
 All functions are pure and jittable; offsets may be traced values.
 """
@@ -17,13 +24,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-SHIFT_MODES = ("roll", "zero")
+INTEGER_MODES = ("roll", "zero")
+SUBPIXEL_MODES = ("fourier", "bilinear-zero", "bilinear-reflect", "bilinear-circular")
+SHIFT_MODES = INTEGER_MODES + SUBPIXEL_MODES
 
 
 def shift(x: jax.Array, offset: jax.Array, mode: str = "roll") -> jax.Array:
-    """Translates a batch ``x`` of shape ``(N, *spatial, C)`` by ``offset`` (one integer per spatial axis)."""
+    """Translates a batch ``x`` of shape ``(N, *spatial, C)`` by ``offset`` (one value per spatial axis;
+    integers for ``roll`` and ``zero``, any real number for the sub-pixel modes)."""
     if mode not in SHIFT_MODES:
         raise ValueError(f"unknown shift mode {mode!r}; choose one of {SHIFT_MODES}")
+    if mode == "fourier":
+        return fourier_shift(x, offset)
+    if mode.startswith("bilinear-"):
+        return bilinear_shift(x, offset, mode.split("-", 1)[1])
     offset = jnp.asarray(offset, dtype=jnp.int32)
     rank = x.ndim - 2
     out = x
@@ -31,6 +45,62 @@ def shift(x: jax.Array, offset: jax.Array, mode: str = "roll") -> jax.Array:
         out = jnp.roll(out, offset[axis], axis=axis + 1)
     if mode == "zero":
         out = out * _inside_mask(x.shape[1:-1], offset).astype(x.dtype)[None, ..., None]
+    return out
+
+
+def fourier_shift(x: jax.Array, offset: jax.Array) -> jax.Array:
+    """Band-limited circular translation by real ``offset`` per spatial axis (see the module docstring for
+    the Nyquist convention)."""
+    offset = jnp.asarray(offset, dtype=jnp.float32)
+    out = x
+    for axis in range(x.ndim - 2):
+        n = x.shape[axis + 1]
+        spectrum = jnp.fft.rfft(out, axis=axis + 1)
+        k = jnp.arange(spectrum.shape[axis + 1])
+        phase = jnp.exp(-2j * jnp.pi * k * offset[axis] / n)
+        if n % 2 == 0:  # the Nyquist bin: a real phase keeps the signal real and integer shifts exact
+            phase = phase.at[-1].set(jnp.cos(jnp.pi * offset[axis]))
+        shape = [1] * x.ndim
+        shape[axis + 1] = -1
+        out = jnp.fft.irfft(spectrum * phase.reshape(shape), n=n, axis=axis + 1).astype(x.dtype)
+    return out
+
+
+def _integer_shift_axis(x: jax.Array, amount: jax.Array, axis: int, border: str) -> jax.Array:
+    """``x`` moved by an integer ``amount`` along ``axis``: output position i reads position i - amount, whose
+    index outside the frame is wrapped (circular), reflected (reflect, edge not repeated) or zero."""
+    n = x.shape[axis]
+    source = jnp.arange(n) - amount
+    if border == "circular":
+        index = jnp.mod(source, n)
+    elif border == "reflect":
+        period = 2 * (n - 1) if n > 1 else 1
+        folded = jnp.mod(source, period)
+        index = jnp.where(folded < n, folded, period - folded)
+    else:
+        index = jnp.clip(source, 0, n - 1)
+    out = jnp.take(x, index, axis=axis)
+    if border == "zero":
+        inside = (source >= 0) & (source < n)
+        shape = [1] * x.ndim
+        shape[axis] = n
+        out = out * inside.reshape(shape).astype(x.dtype)
+    return out
+
+
+def bilinear_shift(x: jax.Array, offset: jax.Array, border: str = "zero") -> jax.Array:
+    """Translation by real ``offset`` per axis with linear interpolation along each axis (bilinear in 2D):
+    ``(1 - f) T_floor(t) x + f T_floor(t)+1 x`` with ``f`` the fractional part. Differentiable in ``offset``."""
+    if border not in ("zero", "reflect", "circular"):
+        raise ValueError(f"unknown bilinear border {border!r}; choose one of zero, reflect, circular")
+    offset = jnp.asarray(offset, dtype=jnp.float32)
+    out = x
+    for axis in range(x.ndim - 2):
+        low = jnp.floor(offset[axis])
+        frac = (offset[axis] - low).astype(x.dtype)
+        low = low.astype(jnp.int32)
+        out = ((1 - frac) * _integer_shift_axis(out, low, axis + 1, border)
+               + frac * _integer_shift_axis(out, low + 1, axis + 1, border))
     return out
 
 
@@ -56,14 +126,20 @@ def shift_each(x: jax.Array, offsets: jax.Array, mode: str = "roll") -> jax.Arra
     return jax.vmap(lambda xi, o: shift(xi[None], o, mode)[0])(x, offsets)
 
 
-def shift_grid(max_shift: int, rank: int, step: int = 1) -> np.ndarray:
-    """Every offset in ``[-max_shift, max_shift]`` (by ``step``) along each axis: ``(n_shifts, rank)``.
+def shift_grid(max_shift: float, rank: int, step: float = 1) -> np.ndarray:
+    """Every offset in ``[-max_shift, max_shift]`` by ``step`` along each axis: ``(n_shifts, rank)``, int32 for
+    integer grids and float32 for fractional ones (``step=0.25``: sub-pixel).
 
     Ordered lexicographically by axis, so for rank 2 the row index is ``iy * n + ix`` with offsets (dy, dx).
     """
     if max_shift < 0:
         raise ValueError(f"max_shift must be >= 0, got {max_shift}")
-    axis_values = list(range(-max_shift, max_shift + 1, step))
-    if 0 not in axis_values:
-        raise ValueError(f"shift grid with step {step} must contain 0")
-    return np.array(list(itertools.product(axis_values, repeat=rank)), dtype=np.int32).reshape(-1, rank)
+    if step <= 0:
+        raise ValueError(f"step must be > 0, got {step}")
+    n = int(round(max_shift / step))
+    if abs(n * step - max_shift) > 1e-9:
+        raise ValueError(f"max_shift={max_shift} is not a whole number of steps of {step}")
+    axis_values = np.arange(-n, n + 1) * step
+    integer = float(step).is_integer() and float(max_shift).is_integer()
+    grid = np.array(list(itertools.product(axis_values, repeat=rank))).reshape(-1, rank)
+    return grid.astype(np.int32 if integer else np.float32)

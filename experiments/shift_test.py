@@ -56,7 +56,7 @@ def run(config: RunConfig, out_dir: Path) -> dict[str, Any]:
     check_shift_range(config.shift.max, spatial)
     if not config.load_from:
         check_batch(config.train.batch_size, len(data.y_train))
-    offsets = shift_grid(config.shift.max, data.rank)
+    offsets = shift_grid(config.shift.max, data.rank, config.shift.step)
     zero = np.zeros((1, data.rank), dtype=np.int32)
     plan = execution_plan(config)
     x_grid, y_grid = eval_subset(data, config.shift_subset)
