@@ -484,6 +484,81 @@ def plot_feature_pooling(metrics: dict[str, Any], out_dir: Path) -> list[Path]:
     return [_save(fig, Path(out_dir) / "feature_pooling.png")]
 
 
+def plot_lie_derivative(metrics: dict[str, Any], out_dir: Path) -> list[Path]:
+    """Per-layer contributions to the translation Lie derivative (one panel per model), the saw-tooth of the
+    predicted probability under sub-pixel shifts, and LEE against integer-shift consistency and accuracy."""
+    out_dir = Path(out_dir)
+    models = {n: m for n, m in metrics["models"].items() if "lee" in m}
+    if not models:
+        return []
+    gens = metrics["generators"]
+    translate = [g for g in gens if g.startswith("translate_")]
+    n_seeds = metrics["n_seeds"]
+    written = []
+
+    layered = {n: m for n, m in models.items() if "layers" in m}
+    if layered:
+        fig, axes = plt.subplots(len(layered), 1, figsize=(9, 2.6 * len(layered)), squeeze=False)
+        for ax, (name, m) in zip(axes[:, 0], layered.items()):
+            width = 0.8 / len(m["layers"])
+            for i, g in enumerate(m["layers"]):
+                parts = m["layers"][g]["probs"]
+                layers = list(parts)
+                x = np.arange(len(layers)) + (i - (len(m["layers"]) - 1) / 2) * width
+                ax.bar(x, [parts[k]["mean"] for k in layers], width, label=g, color=model_color(name),
+                       alpha=1.0 - 0.4 * i, yerr=[parts[k]["std"] for k in layers] if n_seeds > 1 else None,
+                       capsize=2)
+                ax.set_xticks(np.arange(len(layers)), layers, rotation=30, fontsize=8)
+            total = m["lee"][translate[-1]]["probs"]["mse"]["mean"]
+            ax.set_title(f"{name}: end-to-end LEE {total:.3g} ({translate[-1]})", fontsize=9)
+            ax.set_ylabel("contribution\n(mean ||·||², softmax)", fontsize=8)
+            ax.set_yscale("symlog", linthresh=1e-6)
+            if len(m["layers"]) > 1:
+                ax.legend(fontsize=7)
+            ax.grid(axis="y", alpha=0.3)
+        fig.suptitle(f"Which layers break translation equivariance, {metrics['dataset']['name']} "
+                     f"({over_seeds(n_seeds)}; per pixel)", fontsize=10)
+        fig.tight_layout()
+        written.append(_save(fig, out_dir / "lie_layers.png"))
+
+    saw = {n: m["sawtooth"] for n, m in models.items() if m.get("sawtooth")}
+    if saw:
+        fig, axes = plt.subplots(1, len(saw), figsize=(3.6 * len(saw), 3.2), squeeze=False, sharey=True)
+        for ax, (name, s) in zip(axes[0], saw.items()):
+            for curve in s["probability"]:
+                ax.plot(s["shifts"], curve, color=model_color(name), alpha=0.8, lw=1)
+            ax.set_title(name, fontsize=9)
+            ax.set_xlabel("Fourier shift (pixels)")
+            ax.set_ylim(0, 1.02)
+            ax.grid(alpha=0.3)
+        axes[0, 0].set_ylabel("p(clean predicted class)")
+        fig.suptitle("Predicted-class probability of a few test inputs under sub-pixel shifts (first seed)",
+                     fontsize=10)
+        fig.tight_layout()
+        written.append(_save(fig, out_dir / "lie_sawtooth.png"))
+
+    gen = translate[-1]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for name, m in models.items():
+        lee = m["lee"][gen]["probs"]["mse"]
+        for ax, key in zip(axes, ("consistency", "clean_accuracy")):
+            ax.errorbar(m[key]["mean"], lee["mean"], xerr=m[key]["std"] if n_seeds > 1 else None,
+                        yerr=lee["std"] if n_seeds > 1 else None, fmt="o", ms=7, color=model_color(name),
+                        label=name, capsize=3)
+    axes[0].set_xlabel("consistency under integer rolls")
+    axes[1].set_xlabel("clean test accuracy")
+    for ax in axes:
+        ax.set_ylabel(f"LEE ({gen}, softmax, per pixel)")
+        ax.set_yscale("symlog", linthresh=1e-6)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"Local equivariance error against integer-shift consistency and accuracy, "
+                 f"{metrics['dataset']['name']} ({over_seeds(n_seeds)})", fontsize=10)
+    fig.tight_layout()
+    written.append(_save(fig, out_dir / "lie_vs_consistency.png"))
+    return written
+
+
 def _save(fig: plt.Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -499,6 +574,7 @@ PLOTTERS: dict[str, Callable[[dict[str, Any], Path], list[Path]]] = {
     "pooling_invariance": plot_pooling_invariance,
     "padding_leak": plot_padding_leak,
     "feature_pooling": plot_feature_pooling,
+    "lie_derivative": plot_lie_derivative,
 }
 
 
