@@ -137,6 +137,9 @@ def parse_config(raw: Mapping[str, Any]) -> RunConfig:
                 saved = read_json(manifest)
                 models.append(ModelSpec(name=str(name), target=saved["target"], options=dict(saved["options"])))
                 continue
+        if name not in zoo and load_from:
+            raise ConfigError(f"unknown model {name!r} in models: it is not in zoo, and load_from={load_from!r} "
+                              f"holds no checkpoint of it (no checkpoints/{name}.json there)")
         if name not in zoo:
             raise ConfigError(f"unknown model {name!r} in models; valid choices: {', '.join(sorted(zoo))} "
                               "(entries of zoo; add one with +zoo.NAME._target_=package.module.Class or "

@@ -25,7 +25,7 @@ from flax import nnx
 
 from equivar.anatomy import FLATTEN, GLOBAL, Field, NoFixedField, forward_analysis, layer_steps
 from equivar.introspect import layer_outputs, trace_layers
-from equivar.layers import LocallyConnected
+from equivar.layers import LocallyConnected, layer_geometry
 from equivar.models import LayerStack
 from equivar.transforms import shift as shift_array
 
@@ -69,8 +69,9 @@ def layer_geometry_of(model: nnx.Module, input_shape: tuple[int, ...]
     """Layer names in call order; per layer its cumulative stride ("jump", None after a collapse) and its
     receptive field (None where the model's layers are not an exact chain of known layers).
 
-    Without exact geometry the jump is read from shapes: ``round(input size / output size)`` per axis, which
-    is exact for SAME and circular windows and for pooling, and close for VALID ones."""
+    Without an exact analysis the jump is the product of every layer's stride: the stride of a layer of known
+    geometry (``nnx.Conv``, equivar's windowed layers), else ``round(its input size / its output size)``, and
+    ``round(previous output size / this input size)`` for functional downsampling between two layers."""
     rank = len(input_shape) - 1
     try:
         steps = layer_steps(model, input_shape)
@@ -78,10 +79,20 @@ def layer_geometry_of(model: nnx.Module, input_shape: tuple[int, ...]
         trace = trace_layers(model, input_shape)
         names = [n for n, _ in trace.layers]
         jumps, collapsed = {}, False
-        for n in names:
-            shape = trace.out_shapes[n]
+        jump, previous = [1] * rank, tuple(input_shape)
+        for n, module in trace.layers:
+            shape, seen = trace.out_shapes[n], trace.in_shapes[n]
             collapsed = collapsed or len(shape) != rank + 1
-            jumps[n] = None if collapsed else tuple(max(1, round(i / o)) for i, o in zip(input_shape[:-1], shape[:-1]))
+            if collapsed:
+                jumps[n] = None
+                continue
+            if seen is not None and len(seen) == rank + 1:  # functional downsampling since the last layer
+                jump = [j * max(1, round(p / s)) for j, p, s in zip(jump, previous[:-1], seen[:-1])]
+            geometry = layer_geometry(module)
+            own = geometry.stride if geometry is not None else tuple(
+                max(1, round(i / o)) for i, o in zip((seen or previous)[:-1], shape[:-1]))
+            jump = [j * s for j, s in zip(jump, own)]
+            jumps[n], previous = tuple(jump), shape
         return names, jumps, {n: None for n in names}
     fields = forward_analysis(steps, rank)
     collapsed, jumps = False, {}

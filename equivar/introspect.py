@@ -31,6 +31,7 @@ class LayerCall:
     name: str
     module: nnx.Module
     output: Any
+    input: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +40,7 @@ class LayerTrace:
 
     layers: list[tuple[str, nnx.Module]]
     out_shapes: dict[str, tuple[int, ...]]
+    in_shapes: dict[str, tuple[int, ...] | None]  # the shape of each layer's first argument (batch dropped)
     chained: bool  # each layer reads the previous layer's output, and the model returns the last one's
     why_not_chained: str | None = None
 
@@ -76,8 +78,8 @@ def capture(model: nnx.Module, x: jax.Array) -> tuple[Any, list[LayerCall], bool
     if _is_layer_stack(model):
         calls, h = [], x
         for name, layer in model.layers():
-            h = layer(h)
-            calls.append(LayerCall(name, layer, h))
+            calls.append(LayerCall(name, layer, layer(h), h))
+            h = calls[-1].output
         return h, calls, True
     names = outer_layers(model)
     calls: list[LayerCall] = []
@@ -100,7 +102,7 @@ def capture(model: nnx.Module, x: jax.Array) -> tuple[Any, list[LayerCall], bool
             if name is not None:
                 counts[name] = counts.get(name, 0) + 1
                 label = name if counts[name] == 1 else f"{name}:{counts[name]}"
-                calls.append(LayerCall(label, self, out))
+                calls.append(LayerCall(label, self, out, args[0] if args else None))
                 inputs.append(args[0] if args else None)
             return out
 
@@ -142,7 +144,7 @@ def trace_layers(model: nnx.Module, input_shape: Sequence[int], where: str = "mo
         out, calls, chained = capture(model, x)
         found["layers"] = [(c.name, c.module) for c in calls]
         found["chained"] = chained
-        return {c.name: c.output for c in calls}
+        return {c.name: (c.output, c.input if hasattr(c.input, "shape") else None) for c in calls}
 
     shapes = jax.eval_shape(run, example)
     if not found["layers"]:
@@ -152,4 +154,6 @@ def trace_layers(model: nnx.Module, input_shape: Sequence[int], where: str = "mo
     why = None if found["chained"] else (
         "its forward pass computes between its layers (e.g. a functional nnx.relu or pooling), so receptive "
         "fields are measured from gradients only")
-    return LayerTrace(found["layers"], {k: tuple(v.shape[1:]) for k, v in shapes.items()}, found["chained"], why)
+    return LayerTrace(found["layers"], {k: tuple(v[0].shape[1:]) for k, v in shapes.items()},
+                      {k: None if v[1] is None else tuple(v[1].shape[1:]) for k, v in shapes.items()},
+                      found["chained"], why)

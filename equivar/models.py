@@ -373,8 +373,9 @@ def _locate(target: str, where: str) -> Any:
                               f"{type(err).__name__}: {err}") from err
         for attr in parts[i:]:
             if not hasattr(obj, attr):
+                near = nearest(attr, [a for a in dir(obj) if not a.startswith("_")])
                 raise ConfigError(f"{where}._target_={target!r} cannot be imported: {getattr(obj, '__name__', obj)} "
-                                  f"has no attribute {attr!r}")
+                                  f"has no attribute {attr!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
             obj = getattr(obj, attr)
         return obj
     raise ConfigError(f"{where}._target_={target!r} cannot be imported{hint}")

@@ -171,8 +171,11 @@ def load(run_dir: Path, name: str, target: str | None, options: dict[str, Any] |
                           "(it holds checkpoints/)")
     held = available(run_dir)
     if name not in held:
+        if not held:
+            raise ConfigError(f"load_from={str(run_dir)!r} holds no checkpoints (no checkpoints/ folder from a run "
+                              "that trained); give the folder of a run that trained its models")
         raise ConfigError(f"load_from={str(run_dir)!r} holds no checkpoint of model {name!r}; it holds "
-                          f"{held or 'none'} (choose with models=[...])")
+                          f"{held} (choose with models=[...])")
     manifest = read_json(run_dir / CHECKPOINTS / f"{name}.json")
     target = manifest["target"] if target is None else target
     options = dict(manifest["options"]) if options is None else dict(options)

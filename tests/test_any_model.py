@@ -183,6 +183,29 @@ def test_layer_wise_experiments_read_any_module(user_module, tmp_path):
     assert (tmp_path / "an" / "erf_mine.png").is_file()
 
 
+@pytest.mark.parametrize("padding", ["VALID", "SAME", "CIRCULAR"])
+def test_cumulative_stride_of_a_model_that_computes_between_its_layers(padding):
+    """Read from each layer's own stride (known geometry) and from functional pooling between layers, not from
+    the ratio of input to output size, which VALID padding shrinks (24 -> 20 -> 8 is a stride of 2, not 3)."""
+    from equivar.equivariance import layer_geometry_of
+    from equivar.introspect import to_inference
+
+    class Net(nnx.Module):
+        def __init__(self, input_shape, n_classes, *, rngs):
+            self.conv1 = nnx.Conv(1, 4, (5,), padding=padding, rngs=rngs)
+            self.conv2 = nnx.Conv(4, 4, (5,), strides=2, padding=padding, rngs=rngs)
+            self.conv3 = nnx.Conv(4, 4, (3,), padding=padding, rngs=rngs)
+            self.head = nnx.Linear(4, n_classes, rngs=rngs)
+
+        def __call__(self, x):
+            x = nnx.relu(self.conv2(nnx.relu(self.conv1(x))))
+            x = nnx.max_pool(x, (2,), (2,))  # functional downsampling between two layers
+            return self.head(self.conv3(x).mean(axis=1))
+
+    _, jumps, _ = layer_geometry_of(to_inference(Net((40, 1), 3, rngs=nnx.Rngs(0))), (40, 1))
+    assert jumps == {"conv1": (1,), "conv2": (2,), "conv3": (4,), "head": None}
+
+
 def test_a_model_without_layers_gets_one_line(user_module, tmp_path):
     with pytest.raises(ConfigError, match="calls no flax.nnx.Module attribute in its forward pass"):
         equivar.measure("anatomy", SMALL, out_dir=tmp_path / "an", models={"bare": user_module.NoLayers})

@@ -85,7 +85,8 @@ def test_a_circular_linear_net_with_global_pooling_has_zero_lee(shape):
 
 @pytest.mark.parametrize("kind,shape,options", [
     ("equivar.models.LeNet", (28, 1), {"channels": [4, 6], "kernel": 3, "hidden": [16]}),
-    ("equivar.models.LeNet", (12, 12, 1), {"channels": [3, 4], "kernel": 3, "hidden": [8], "pool": "blurmax"}),
+    pytest.param("equivar.models.LeNet", (12, 12, 1), {"channels": [3, 4], "kernel": 3, "hidden": [8],
+                                                       "pool": "blurmax"}, marks=pytest.mark.slow),
     ("equivar.models.CNNGap", (20, 2), {"channels": [4, 4], "dilations": [1, 2]}),
     ("equivar.models.MLP", (10, 1), {"hidden": [16]}),
 ])
@@ -103,6 +104,7 @@ def test_layer_contributions_sum_to_the_end_to_end_derivative(kind, shape, optio
         assert all(float(jnp.abs(parts[n]).max()) < 1e-5 for n in parts if n.startswith("conv"))
 
 
+@pytest.mark.slow
 def test_lie_derivative_experiment_tiny(tmp_path):
     from conftest import compose_raw
     from equivar.run import run_experiment
