@@ -15,7 +15,7 @@ from equivar.train import OPTIMIZERS, TrainSpec
 from equivar.transforms import INTEGER_MODES, SHIFT_MODES
 
 # Dataset keys that describe how to use the data, not how to load it.
-DATASET_RUN_KEYS = ("loader", "epochs", "shift_max", "shift_subset")
+DATASET_RUN_KEYS = ("loader", "epochs", "batch_size", "learning_rate", "shift_max", "shift_subset")
 
 
 @dataclasses.dataclass(frozen=True)
