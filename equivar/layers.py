@@ -77,9 +77,10 @@ def padding_before(geometry: Geometry, size: int, axis: int) -> int:
 
 
 def layer_geometry(layer: nnx.Module) -> Geometry | None:
-    """The geometry of a windowed layer (convolution, locally connected, pooling); None for the others."""
+    """The geometry of a windowed layer (convolution, locally connected, pooling); None for the others and for
+    convolutions with explicit per-side padding (not one of PADDINGS)."""
     if isinstance(layer, nnx.Conv):
-        return conv_geometry(layer)
+        return conv_geometry(layer) if isinstance(layer.padding, str) and layer.padding in PADDINGS else None
     return getattr(layer, "geometry", None)
 
 

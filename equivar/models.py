@@ -100,6 +100,17 @@ class _Builder:
         self._add(name, conv)
         self.channels = features
 
+    def padded_conv(self, name: str, features: int, kernel: int, *, stride: int = 1, pad: int = 0) -> None:
+        """A convolution with ``pad`` zeros on each side of every axis (PyTorch's ``padding=pad``)."""
+        self._positive(name, features=features, kernel=kernel, stride=stride)
+        conv = nnx.Conv(self.channels, features, (kernel,) * self.rank, strides=(stride,) * self.rank,
+                        padding=((pad, pad),) * self.rank, rngs=self.rngs)
+        self.spatial = tuple((n + 2 * pad - kernel) // stride + 1 for n in self.spatial)
+        if min(self.spatial) < 1:
+            raise ValueError(f"layer {name!r} (kernel {kernel}, stride {stride}, pad {pad}) leaves no positions")
+        self._add(name, conv)
+        self.channels = features
+
     def local(self, name: str, features: int, kernel: int | Sequence[int], *, stride=1, dilation=1,
               padding: str = "VALID", use_bias: bool = True) -> None:
         if padding not in PADDINGS:
@@ -437,3 +448,44 @@ def check_model(target: str | type, input_shape: Sequence[int], n_classes: int, 
     if getattr(out, "shape", None) != (2, n_classes):
         raise ConfigError(f"{where} maps a batch of shape {(2, *input_shape)} to {getattr(out, 'shape', out)}; "
                           f"a classifier must return logits of shape (batch, {n_classes})")
+
+
+
+class PaperLinear(nnx.Module):
+    """The MNIST-1D paper's logistic regression (``LinearBase``): flatten, one linear layer."""
+
+    def __init__(self, input_shape: Sequence[int], n_classes: int, *, rngs: nnx.Rngs):
+        self.flatten = Flatten()
+        self.logits = nnx.Linear(_prod(input_shape), n_classes, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.logits(self.flatten(x))
+
+
+class PaperMLP(nnx.Module):
+    """The MNIST-1D paper's MLP (``MLPBase``): ``h = relu(W1 x); h = h + relu(W2 h); logits = W3 h``."""
+
+    def __init__(self, input_shape: Sequence[int], n_classes: int, *, hidden: int = 100, rngs: nnx.Rngs):
+        self.flatten = Flatten()
+        self.fc1 = nnx.Linear(_prod(input_shape), hidden, rngs=rngs)
+        self.fc2 = nnx.Linear(hidden, hidden, rngs=rngs)
+        self.logits = nnx.Linear(hidden, n_classes, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = jax.nn.relu(self.fc1(self.flatten(x)))
+        h = h + jax.nn.relu(self.fc2(h))
+        return self.logits(h)
+
+
+class PaperCNN(LayerStack):
+    """The MNIST-1D paper's CNN (``ConvBase``): three stride-2 convolutions (kernels 5, 3, 3; one position
+    of zero padding on each side; 25 channels), ReLU after each, flatten, linear. On length 40: 19, 10, 5."""
+
+    def __init__(self, input_shape: Sequence[int], n_classes: int, *, channels: int = 25, rngs: nnx.Rngs):
+        b = _Builder(self, input_shape, rngs)
+        for i, kernel in enumerate((5, 3, 3), start=1):
+            b.padded_conv(f"conv{i}", int(channels), kernel, stride=2, pad=1)
+            b.activation(f"act{i}", "relu")
+        b.flatten()
+        b.dense("logits", n_classes)
+        b.finish()

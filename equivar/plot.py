@@ -559,6 +559,32 @@ def plot_lie_derivative(metrics: dict[str, Any], out_dir: Path) -> list[Path]:
     return written
 
 
+def plot_mnist1d_baselines(metrics: dict[str, Any], out_dir: Path) -> list[Path]:
+    """Test accuracy per model (mean ± std over seeds) beside the paper's number."""
+    models = {n: m for n, m in metrics["models"].items() if "test_accuracy" in m}
+    if not models:
+        return []
+    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(models), 4))
+    x = np.arange(len(models))
+    ours = [m["test_accuracy"]["mean"] for m in models.values()]
+    spread = [m["test_accuracy"]["std"] if metrics["n_seeds"] > 1 else 0 for m in models.values()]
+    ax.bar(x - 0.2, ours, 0.4, yerr=spread, capsize=4, color=[model_color(n) for n in models], label="equivar")
+    paper = [np.nan if m["paper_accuracy"] is None else m["paper_accuracy"] for m in models.values()]
+    ax.bar(x + 0.2, paper, 0.4, color="lightgrey", edgecolor="grey", label="paper")
+    for xi, v in zip(x, ours):
+        ax.text(xi - 0.2, v + 0.02, f"{v:.3f}", ha="center", fontsize=8)
+    draw_chance(ax, chance_level(metrics))
+    ax.set_xticks(x, list(models))
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel("test accuracy")
+    ax.legend(fontsize=8)
+    p = metrics["protocol"]
+    ax.set_title(f"MNIST-1D baselines ({over_seeds(metrics['n_seeds'])}; {p['optimizer']} {p['learning_rate']:g}, "
+                 f"batch {p['batch_size']}, {p['steps']} steps)", fontsize=9)
+    fig.tight_layout()
+    return [_save(fig, Path(out_dir) / "mnist1d_baselines.png")]
+
+
 def _save(fig: plt.Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -575,6 +601,7 @@ PLOTTERS: dict[str, Callable[[dict[str, Any], Path], list[Path]]] = {
     "padding_leak": plot_padding_leak,
     "feature_pooling": plot_feature_pooling,
     "lie_derivative": plot_lie_derivative,
+    "mnist1d_baselines": plot_mnist1d_baselines,
 }
 
 

@@ -23,7 +23,8 @@ TINY = ["n_seeds=2", "train.epochs=2", "train.batch_size=32", "zoo.mlp.hidden=[3
         "++pooling_invariance.n_examples=16", "++pooling_invariance.sizes=[2,4]", "++pooling_invariance.max_shift=3",
         "++padding_leak.n_train=64", "++padding_leak.n_test=32", "++equivariance.paddings=[CIRCULAR]",
         "train.min_steps=0", "++zoo.lenet_blur.channels=[4,8]", "++zoo.lenet_blur.hidden=[16]",
-        "++zoo.lenet_aps.channels=[4,8]", "++zoo.lenet_aps.hidden=[16]"]
+        "++zoo.lenet_aps.channels=[4,8]", "++zoo.lenet_aps.hidden=[16]", "++lie_derivative.n_examples=16",
+        "++lie_derivative.sawtooth_step=0.5"]
 EXPERIMENT_NAMES = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
 
 
