@@ -27,7 +27,7 @@ from equivar.errors import ConfigError
 from equivar.layers import PADDINGS
 from equivar.metrics import mean_std
 from equivar.plot import plot_equivariance
-from equivar.transforms import SHIFT_MODES
+from equivar.transforms import INTEGER_MODES, SHIFT_MODES
 from equivar.experiments.common import (
     as_trained,
     builder,
@@ -51,7 +51,8 @@ class Options:
 
     paddings: list[str] = option(list(PADDINGS), "paddings to build each model with (models with a padding "
                                  "option)", choices=PADDINGS)
-    modes: list[str] = option(list(SHIFT_MODES), "how inputs are shifted", choices=SHIFT_MODES)
+    modes: list[str] = option(list(INTEGER_MODES), "how inputs are shifted (integer shifts 0..max_shift)",
+                              choices=SHIFT_MODES)
     max_shift: int = option(8, "shifts 0..max_shift along every spatial axis at once", minimum=1)
     n_examples: int = option(256, "test inputs per measurement", minimum=1)
     trained: bool = option(True, "also measure after training (train.*), not only at initialisation")
