@@ -44,7 +44,8 @@ def _check_shift_test(metrics, out_dir, rank):
     assert expected <= {p.name for p in out_dir.glob("*.png")}
 
 
-SLOW_TINY = {"anatomy", "equivariance", "sample_efficiency", "antialiased_shift_test", "lie_derivative"}  # 10-20 s each here
+SLOW_TINY = {"anatomy", "equivariance", "sample_efficiency", "antialiased_shift_test", "lie_derivative",
+             "feature_pooling", "mnist1d_baselines"}  # 10-20 s each here
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_TINY else n

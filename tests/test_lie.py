@@ -27,7 +27,7 @@ def _rel(a, b):
     return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
 
 
-@pytest.mark.parametrize("shape", [(24, 2), (12, 10, 1)])
+@pytest.mark.parametrize("shape", [(24, 2), pytest.param((12, 10, 1), marks=pytest.mark.slow)])
 def test_jvp_matches_central_differences_on_a_smooth_model(shape):
     """Finite differences are no reference for ReLU/max-pool nets (kinks), so the model is smooth: tanh,
     mean pooling."""
@@ -70,7 +70,7 @@ def test_a_linear_circular_convolution_commutes_and_relu_after_it_does_not():
     assert float(jnp.linalg.norm(own_relu) / jnp.linalg.norm(spectral_derivative(h, 0))) > 1e-2
 
 
-@pytest.mark.parametrize("shape", [(24, 1), (12, 12, 1)])
+@pytest.mark.parametrize("shape", [(24, 1), pytest.param((12, 12, 1), marks=pytest.mark.slow)])
 def test_a_circular_linear_net_with_global_pooling_has_zero_lee(shape):
     layers = [{"type": "conv", "features": 4, "kernel": 3, "padding": "CIRCULAR"},
               {"type": "conv", "features": 4, "kernel": 3, "dilation": 2, "padding": "CIRCULAR"},
@@ -87,7 +87,8 @@ def test_a_circular_linear_net_with_global_pooling_has_zero_lee(shape):
     ("equivar.models.LeNet", (28, 1), {"channels": [4, 6], "kernel": 3, "hidden": [16]}),
     pytest.param("equivar.models.LeNet", (12, 12, 1), {"channels": [3, 4], "kernel": 3, "hidden": [8],
                                                        "pool": "blurmax"}, marks=pytest.mark.slow),
-    ("equivar.models.CNNGap", (20, 2), {"channels": [4, 4], "dilations": [1, 2]}),
+    pytest.param("equivar.models.CNNGap", (20, 2), {"channels": [4, 4], "dilations": [1, 2]},
+                 marks=pytest.mark.slow),
     ("equivar.models.MLP", (10, 1), {"hidden": [16]}),
 ])
 def test_layer_contributions_sum_to_the_end_to_end_derivative(kind, shape, options):

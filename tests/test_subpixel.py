@@ -62,6 +62,7 @@ def test_fractional_grids():
         shift_grid(1, 1, 0.3)
 
 
+@pytest.mark.slow
 def test_shift_test_on_a_subpixel_grid(tmp_path):
     from conftest import compose_raw
     from equivar.run import run_experiment
