@@ -36,6 +36,8 @@ requires_mnist = pytest.mark.skipif(mnist_dir() is None, reason="prepared TFDS M
 
 
 ZOO_NAMES = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+# The MNIST-1D paper's models are checked in full only with --slow (the default run stays under 3 minutes).
+ZOO_PARAMS = [pytest.param(n, marks=pytest.mark.slow) if n.startswith("paper_") else n for n in ZOO_NAMES]
 
 
 def target(name: str) -> str:

@@ -8,7 +8,7 @@ from flax import nnx
 from equivar.anatomy import anatomy, exact_support, layer_steps
 from equivar.errors import ConfigError
 from equivar.models import build_model
-from conftest import ZOO_NAMES, target
+from conftest import ZOO_PARAMS, target
 
 PADDINGS = ["VALID", "SAME", "CIRCULAR"]
 
@@ -70,14 +70,17 @@ def test_the_lectures_problem_1_answers():
         assert row["jump"] == (None if jump is None else [jump, jump]), row
 
 
-@pytest.mark.parametrize("kind", ZOO_NAMES)
+@pytest.mark.parametrize("kind", ZOO_PARAMS)
 @pytest.mark.parametrize("shape", [(28, 28, 1), (40, 1)])
 def test_parameter_counts_equal_the_models_own_totals(kind, shape):
     options = {"layers": [{"type": "conv", "features": 4, "kernel": 3}]} if kind == "stack" else {}
     model = build_model(target(kind), shape, 10, options, nnx.Rngs(0))
     result = anatomy(model, shape)
     assert result["total_params"] == result["model_param_total"]
-    assert result["forward_equals_backward"]
+    if kind in ("paper_mlp", "paper_cnn"):  # a residual sum; convolutions with explicit per-side padding
+        assert "analytic_unavailable" in result
+    else:
+        assert result["forward_equals_backward"]
 
 
 def test_local_model_has_lenets_fields_without_sharing():

@@ -147,6 +147,7 @@ def test_checkpoint_round_trip_is_exact_for_every_variable(user_module, tmp_path
     assert back.seeds == [7, 8, 9]
 
 
+@pytest.mark.slow
 def test_a_checkpoint_that_does_not_match_the_config_names_the_mismatch(tmp_path):
     run_dir = tmp_path / "run"
     equivar.measure("shift_test", SMALL + ["models=[lenet]"] + TINY[3:7], out_dir=run_dir)

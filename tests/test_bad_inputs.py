@@ -21,7 +21,7 @@ ROWS = [  # (overrides, error class, words the one-line message must contain)
     (["models=[resnet]"], ConfigError, "unknown model 'resnet' in models; valid choices: cnn_gap, group_pool, lenet, local, mlp"),
     (["dataset.loader=imagenet"], ConfigError, "unknown dataset loader 'imagenet'; valid choices: mnist1d,"),
     (["train.optimizer=adamx"], ConfigError, "unknown optimizer 'adamx'; valid choices: adam, adamw,"),
-    (["shift.mode=reflect"], ConfigError, "unknown shift mode 'reflect'; valid choices: roll, zero"),
+    (["shift.mode=reflect"], ConfigError, "unknown shift mode 'reflect'; valid choices: bilinear-circular, bilinear-reflect, bilinear-zero, fourier, roll, zero"),
     (["zoo.lenet.padding=REFLECT", "models=[lenet]"], ConfigError, "unknown padding 'REFLECT'"),
     (["zoo.lenet.pool=median", "models=[lenet]"], ConfigError, "unknown pool 'median'"),
     (["zoo.lenet.kernel=30", "models=[lenet]"], ConfigError,

@@ -83,7 +83,8 @@ def test_rotation_reflection_and_scaling_are_not_equivariances(shape, transforms
     assert transform_errors(model, x, transforms[0])["conv1"] <= TOL
 
 
-@pytest.mark.parametrize("shape,transform", [((12, 12, 1), lambda x: jnp.rot90(x, 1, axes=(1, 2))),
+@pytest.mark.parametrize("shape,transform", [pytest.param((12, 12, 1), lambda x: jnp.rot90(x, 1, axes=(1, 2)),
+                                                          marks=pytest.mark.slow),
                                              ((20, 1), lambda x: jnp.flip(x, 1))])
 def test_pooling_over_rotated_copies_is_invariant_and_its_absence_is_not(shape, transform):
     x = jax.random.normal(jax.random.key(5), (3, *shape))

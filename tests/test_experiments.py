@@ -129,6 +129,7 @@ def test_shift_test_on_default_mnist1d_composes(tmp_path):
     assert metrics["dataset"]["n_train"] == 240
 
 
+@pytest.mark.slow
 def test_plot_cli_redraws(tmp_path):
     raw = compose_raw(["experiment=shift_test", "dataset=synthetic", "dataset.rank=2", "dataset.size=10",
                        "shift.max=2", "models=[mlp]"] + TINY)

@@ -63,7 +63,7 @@ def test_training_is_deterministic(data):
     np.testing.assert_array_equal(ha.loss, hb.loss)
 
 
-@pytest.mark.parametrize("packing", ["loop", "vmap"])
+@pytest.mark.parametrize("packing", ["loop", pytest.param("vmap", marks=pytest.mark.slow)])
 def test_step_compiles_once(data, packing):
     """Every seed and epoch reuses one compiled step (chex raises on a second trace)."""
     chex.clear_trace_counter()  # the counter is global per function; other tests traced it already
