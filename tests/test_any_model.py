@@ -233,6 +233,7 @@ def _package(folder, source=USER_MODULE):
     (folder / "mylab" / "nets.py").write_text(source)
 
 
+@pytest.mark.slow
 def test_cli_takes_a_model_from_the_working_directory(tmp_path):
     _package(tmp_path)
     proc = _cli(["experiment=shift_test", "+zoo.mine._target_=mylab.nets.BNNet", "+zoo.mine.width=4",

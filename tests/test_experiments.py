@@ -45,7 +45,7 @@ def _check_shift_test(metrics, out_dir, rank):
 
 
 SLOW_TINY = {"anatomy", "equivariance", "sample_efficiency", "antialiased_shift_test", "lie_derivative",
-             "feature_pooling", "mnist1d_baselines"}  # 10-20 s each here
+             "feature_pooling", "mnist1d_baselines", "padding_leak", "pooling_invariance"}  # 10-20 s each here
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_TINY else n
@@ -85,6 +85,7 @@ def test_conv_compare_reads_every_implementation(tmp_path):
     assert (tmp_path / "conv_compare.png").is_file()
 
 
+@pytest.mark.slow
 def test_padding_leak_circular_is_at_chance_on_the_data(tmp_path):
     """Circular padding: each pair (patch in either corner) gets identical logits, so accuracy is exactly 0.5;
     zero padding learns the corner."""

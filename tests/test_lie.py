@@ -27,7 +27,8 @@ def _rel(a, b):
     return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
 
 
-@pytest.mark.parametrize("shape", [(24, 2), pytest.param((12, 10, 1), marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("shape", [(24, 2), (12, 10, 1)])
 def test_jvp_matches_central_differences_on_a_smooth_model(shape):
     """Finite differences are no reference for ReLU/max-pool nets (kinks), so the model is smooth: tanh,
     mean pooling."""
