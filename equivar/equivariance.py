@@ -102,52 +102,58 @@ def layer_geometry_of(model: nnx.Module, input_shape: tuple[int, ...]
     return [s.name for s in steps], jumps, {s.name: f for s, f in zip(steps, fields)}
 
 
-def layer_shift_errors(model: nnx.Module, x: jax.Array, max_shift: int, mode: str
+def layer_shift_errors(model: nnx.Module, x: jax.Array, max_shift: int, mode: str, grid: bool = False
                        ) -> dict[str, dict[str, Any]]:
-    """Per layer: error per shift (full, and interior where the receptive fields are known), whether the
-    layer's jump divides the shift, and the layer's role (``equivariance`` for spatial maps, ``invariance``
-    after a collapse)."""
+    """Per layer: error per shift along the diagonal ``(s, ..., s)`` (full, and interior where the receptive
+    fields are known), whether the layer's jump divides the shift, and the layer's role (``equivariance`` for
+    spatial maps, ``invariance`` after a collapse). With ``grid`` (2D inputs), also ``grid``: the full error
+    at every ``(dy, dx)`` in ``0..max_shift`` on both axes, rows indexed by dy."""
     input_shape = tuple(x.shape[1:])
     rank = len(input_shape) - 1
     names, jumps, fields = layer_geometry_of(model, input_shape)
-    shifts = _shift_vectors(max_shift, rank)
     outputs = jax.jit(lambda v: layer_outputs(model, v))
     feats_x = outputs(x)
-    feats_shifted = [outputs(shift_array(x, s, mode)) for s in shifts]
+    cache: dict[tuple[int, ...], dict[str, jax.Array]] = {}
+
+    def error_at(name: str, s: tuple[int, ...]) -> tuple[float, float, bool]:
+        """(full, interior, divisible) of layer ``name`` at input shift ``s``."""
+        if s not in cache:
+            cache[s] = outputs(shift_array(x, s, mode))
+        fx, f_shifted, jump = feats_x[name], cache[s][name], jumps[name]
+        if jump is None:
+            return float(relative_error(f_shifted, fx, fx).mean()), float("nan"), True
+        candidates = [tuple(g) for g in itertools.product(*({v // j, -(-v // j)} for v, j in zip(s, jump)))]
+        best_full, best_interior = np.inf, float("nan")
+        for g in candidates:
+            target = shift_array(fx, g, mode)
+            full = float(relative_error(f_shifted, target, fx).mean())
+            interior = float("nan")
+            if fields[name] is not None:
+                mask = interior_mask(fields[name], input_shape[:-1], fx.shape[1:-1], g, jump)
+                m = jnp.asarray(mask, fx.dtype)[None, ..., None]
+                interior = float(relative_error(f_shifted, target, fx, m).mean()) if mask.any() else interior
+            if full < best_full:
+                best_full, best_interior = full, interior
+        return best_full, best_interior, all(v % j == 0 for v, j in zip(s, jump))
+
+    shifts = _shift_vectors(max_shift, rank)
     out: dict[str, dict[str, Any]] = {}
     for name in names:
-        fx = feats_x[name]
-        rows = {"shift": [int(s[0]) for s in shifts], "full": [], "interior": [], "divisible": []}
-        jump = jumps[name]
-        if jump is None:
-            for fs in feats_shifted:
-                rows["full"].append(float(relative_error(fs[name], fx, fx).mean()))
-                rows["divisible"].append(True)
-            rows["role"] = "invariance"
-            out[name] = rows
-            continue
-        out_spatial = fx.shape[1:-1]
-        for s, fs in zip(shifts, feats_shifted):
-            f_shifted = fs[name]
-            divisible = all(v % j == 0 for v, j in zip(s, jump))
+        rows: dict[str, Any] = {"shift": [int(s[0]) for s in shifts], "full": [], "interior": [], "divisible": []}
+        for s in shifts:
+            full, interior, divisible = error_at(name, s)
+            rows["full"].append(full)
             rows["divisible"].append(divisible)
-            candidates = [tuple(g) for g in itertools.product(*({v // j, -(-v // j)} for v, j in zip(s, jump)))]
-            best_full, best_interior = np.inf, np.inf
-            for g in candidates:
-                target = shift_array(fx, g, mode)
-                full = float(relative_error(f_shifted, target, fx).mean())
-                interior = float("nan")
-                if fields[name] is not None:
-                    mask = interior_mask(fields[name], input_shape[:-1], out_spatial, g, jump)
-                    m = jnp.asarray(mask, fx.dtype)[None, ..., None]
-                    interior = float(relative_error(f_shifted, target, fx, m).mean()) if mask.any() else interior
-                if full < best_full:
-                    best_full, best_interior = full, interior
-            rows["full"].append(best_full)
-            if fields[name] is not None:
-                rows["interior"].append(best_interior)
-        rows["role"] = "equivariance"
-        rows["jump"] = list(jump)
+            if jumps[name] is not None and fields[name] is not None:
+                rows["interior"].append(interior)
+        if jumps[name] is None:
+            rows["role"] = "invariance"
+        else:
+            rows["role"] = "equivariance"
+            rows["jump"] = list(jumps[name])
+        if grid and rank == 2:
+            rows["grid"] = [[error_at(name, (dy, dx))[0] for dx in range(max_shift + 1)]
+                            for dy in range(max_shift + 1)]
         out[name] = rows
     return out
 

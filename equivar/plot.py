@@ -338,6 +338,11 @@ def plot_equivariance(metrics: dict[str, Any], out_dir: Path) -> list[Path]:
         fig.tight_layout(rect=(0, 0, 1, 0.97))
         written.append(_save(fig, out_dir / f"equivariance_{stage}.png"))
 
+    for stage in stages:
+        grid_plot = _plot_equivariance_grid(metrics, stage, out_dir)
+        if grid_plot is not None:
+            written.append(grid_plot)
+
     stage = stages[-1]
     transforms = list(next(iter(variants.values()))["stages"][stage]["transforms"])
     fig, ax = plt.subplots(figsize=(1.6 + 1.5 * len(variants) * len(transforms) / 2, 3.8))
@@ -368,6 +373,42 @@ def plot_equivariance(metrics: dict[str, Any], out_dir: Path) -> list[Path]:
     fig.tight_layout()
     written.append(_save(fig, out_dir / "transforms.png"))
     return written
+
+
+def _plot_equivariance_grid(metrics: dict[str, Any], stage: str, out_dir: Path) -> Path | None:
+    """Per variant and shift mode: the last spatial layer's error over the full (dy, dx) grid (log scale)."""
+    variants = {n: v for n, v in metrics["variants"].items() if stage in v["stages"]}
+    modes = metrics["modes"]
+    cells = {}
+    for name, v in variants.items():
+        for mode in modes:
+            layers = v["stages"][stage]["shift"][mode]
+            spatial = [k for k, r in layers.items() if r["role"] == "equivariance" and "grid" in r]
+            if spatial:
+                cells[name, mode] = (spatial[-1], layers[spatial[-1]])
+    if not cells:
+        return None
+    fig, axes = plt.subplots(len(variants), len(modes), figsize=(3.6 * len(modes) + 1, 3.2 * len(variants)),
+                             squeeze=False, layout="constrained")
+    image = None
+    for i, name in enumerate(variants):
+        for j, mode in enumerate(modes):
+            ax = axes[i, j]
+            if (name, mode) not in cells:
+                ax.axis("off")
+                continue
+            layer, r = cells[name, mode]
+            grid = np.maximum(np.asarray(r["grid"]["mean"], dtype=float), 1e-9)
+            image = ax.imshow(np.log10(grid), vmin=-9, vmax=0.5, cmap="magma", origin="upper")
+            ax.set_title(f"{name}, {mode}: {layer} (J={r['jump'][0]})", fontsize=8,
+                         color=model_color(variants[name].get("model", name)))
+            ax.set_xlabel("dx")
+            ax.set_ylabel("dy")
+    if image is not None:
+        fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="log10 relative error (1e-9: exact)")
+    fig.suptitle(f"{stage}: equivariance error of the last spatial layer over every (dy, dx) shift, "
+                 f"{over_seeds(metrics.get('n_seeds'), 'mean')}", fontsize=9)
+    return _save(fig, Path(out_dir) / f"equivariance_grid_{stage}.png")
 
 
 def plot_pooling_invariance(metrics: dict[str, Any], out_dir: Path) -> list[Path]:

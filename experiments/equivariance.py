@@ -56,6 +56,8 @@ class Options:
     max_shift: int = option(8, "shifts 0..max_shift along every spatial axis at once", minimum=1)
     n_examples: int = option(256, "test inputs per measurement", minimum=1)
     trained: bool = option(True, "also measure after training (train.*), not only at initialisation")
+    grid: bool = option(False, "2D data: also every (dy, dx) shift in 0..max_shift on both axes, not only the "
+                               "diagonal (max_shift + 1 squared forward passes per model)")
 
 
 def _options(config: RunConfig, rank: int, spatial: tuple[int, ...]) -> tuple[Options, list[str]]:
@@ -73,8 +75,8 @@ def _aggregate(per_seed: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str,
         row = {k: first[k] for k in ("shift", "divisible", "role") if k in first}
         if "jump" in first:
             row["jump"] = first["jump"]
-        for key in ("full", "interior"):
-            values = [s[layer][key] for s in per_seed]
+        for key in ("full", "interior", "grid"):
+            values = [s[layer].get(key) for s in per_seed]
             if values[0]:
                 row[key] = mean_std(np.asarray(values, dtype=np.float64))
         out[layer] = row
@@ -127,7 +129,7 @@ def run(config: RunConfig, out_dir: Path) -> dict[str, Any]:
             models = model.modules()
             if not models:
                 continue
-            shifts = {mode: _aggregate([layer_shift_errors(m, x, opts.max_shift, mode) for m in models])
+            shifts = {mode: _aggregate([layer_shift_errors(m, x, opts.max_shift, mode, opts.grid) for m in models])
                       for mode in opts.modes}
             transforms = {}
             for t in transform_names:

@@ -36,7 +36,7 @@ from equivar.metrics import mean_std
 from equivar.plot import plot_pooling_invariance
 from equivar.text import mean_std_text, seeds_phrase
 from equivar.transforms import shift
-from equivar.experiments.common import publish, run_record
+from equivar.experiments.common import execution_plan, obtain, publish, run_record
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,23 @@ class Options:
     channels: int = option(16, "feature maps of the circular conv + ReLU", minimum=1)
     kernel: int = option(5, "kernel size of that conv along every axis", minimum=1)
     n_examples: int = option(256, "test inputs", minimum=1)
+    features: str = option("random", "the conv's weights: random (a fresh initialisation per seed) or trained "
+                                     "(a circular conv + ReLU + global max pool + linear net trained on the "
+                                     "dataset with train.*; with load_from, the one saved there)",
+                           choices=("random", "trained"))
+
+
+def feature_convs(config: RunConfig, data, out_dir: Path, opts: Options) -> list[nnx.Conv]:
+    """One circular convolution per seed: freshly initialised, or the first layer of a trained (or loaded)
+    circular conv + ReLU + global max pool + linear classifier."""
+    if opts.features == "random":
+        return [nnx.Conv(data.input_shape[-1], opts.channels, (opts.kernel,) * data.rank, padding="CIRCULAR",
+                         rngs=nnx.Rngs(config.seed + i)) for i in range(config.n_seeds)]
+    layers = [{"type": "conv", "features": opts.channels, "kernel": opts.kernel, "padding": "CIRCULAR"},
+              {"type": "activation", "fn": "relu"}, {"type": "global_pool", "kind": "max"}]
+    model = obtain(config, data, out_dir, "pooling_features", "equivar.models.Stack", {"layers": layers},
+                   execution_plan(config), where="pooling_invariance.features")
+    return [m.conv1 for m in model.modules()]
 
 
 def run(config: RunConfig, out_dir: Path) -> dict[str, Any]:
@@ -97,9 +114,7 @@ def run(config: RunConfig, out_dir: Path) -> dict[str, Any]:
 
     per_seed: dict[str, list[list[float]]] = {name: [] for name in pools}
     aligned: dict[str, list[list[float]]] = {name: [] for name in pools if pools[name]["type"] == "aps"}
-    for i in range(config.n_seeds):
-        conv = nnx.Conv(data.input_shape[-1], channels, (kernel,) * data.rank, padding="CIRCULAR",
-                        rngs=nnx.Rngs(config.seed + i))
+    for conv in feature_convs(config, data, out_dir, opts):
         features = jax.jit(lambda v, c=conv: jax.nn.relu(c(v)))
         base = features(x)
         moved = [features(shift(x, s)) for s in shifts]
@@ -117,7 +132,8 @@ def run(config: RunConfig, out_dir: Path) -> dict[str, Any]:
             results[name]["shift_aligned_error"] = mean_std(np.asarray(aligned[name]))
     metrics = run_record("pooling_invariance", config, data.summary()) | {
         "features": {"channels": channels, "kernel": kernel, "padding": "CIRCULAR", "activation": "relu",
-                     "weights": "random (one initialisation per seed)"},
+                     "weights": "random (one initialisation per seed)" if opts.features == "random" else
+                     "trained (circular conv + ReLU + global max pool + linear, one model per seed)"},
         "n_examples": int(x.shape[0]),
         "shifts": [int(s[0]) for s in shifts],
         "sizes": sizes,

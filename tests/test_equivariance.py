@@ -93,3 +93,17 @@ def test_pooling_over_rotated_copies_is_invariant_and_its_absence_is_not(shape, 
     np.testing.assert_allclose(pooled(transform(x)), pooled(x), rtol=TOL, atol=TOL)
     unpooled = build_model(target("group_pool"), shape, 5, dict(options, pool_copies=False), nnx.Rngs(0))
     assert not np.allclose(unpooled(transform(x)), unpooled(x), atol=1e-3)
+
+
+def test_the_full_2d_grid_is_exact_exactly_where_the_jump_divides_both_offsets():
+    """Circular LeNet, roll: pool2 (J=4) commutes with (dy, dx) iff 4 divides both, off the diagonal too."""
+    model = build_model(target("lenet"), (16, 16, 1), 3, {"channels": [2, 3], "kernel": 3, "hidden": [4],
+                                                          "padding": "CIRCULAR", "pool_padding": "CIRCULAR"},
+                        nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(0), (4, 16, 16, 1))
+    grid = np.asarray(layer_shift_errors(model, x, 4, "roll", grid=True)["pool2"]["grid"])
+    exact = grid < 1e-6
+    expected = np.zeros((5, 5), bool)
+    expected[np.ix_([0, 4], [0, 4])] = True
+    np.testing.assert_array_equal(exact, expected)
+    assert grid[0, 1] > 1e-2 and grid[4, 1] > 1e-2

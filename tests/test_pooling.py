@@ -82,3 +82,20 @@ def test_lenet_takes_anti_aliased_pooling(pool, shape):
     model = build_model(target("lenet"), shape, 10, {"pool": pool}, nnx.Rngs(0))
     assert model(jnp.ones((2, *shape))).shape == (2, 10)
     assert any(name.startswith("blur" if pool == "blurmax" else "aps") for name in model.layer_names)
+
+
+def test_pooling_invariance_on_trained_features_keeps_its_defining_facts(tmp_path):
+    """Global pooling of circular features is exactly invariant and APS exactly equivariant, with trained
+    weights too; the trained feature net is saved like any trained model."""
+    from conftest import compose_raw
+    from equivar.run import run_experiment
+    raw = compose_raw(["experiment=pooling_invariance", "dataset=synthetic", "n_seeds=2", "train.epochs=1",
+                       "pooling_invariance.features=trained", "pooling_invariance.n_examples=16",
+                       "pooling_invariance.sizes=[2,4]", "pooling_invariance.max_shift=4",
+                       "pooling_invariance.channels=4"])
+    metrics = run_experiment(raw, tmp_path)
+    pools = metrics["poolings"]
+    assert max(pools["global_mean"]["error"]["mean"]) < 1e-6 and max(pools["global_max"]["error"]["mean"]) < 1e-6
+    assert max(pools["aps4"]["shift_aligned_error"]["mean"]) < 1e-6 and max(pools["max4"]["error"]["mean"]) > 0.1
+    assert metrics["features"]["weights"].startswith("trained")
+    assert (tmp_path / "checkpoints" / "pooling_features.json").is_file()
