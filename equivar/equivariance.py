@@ -27,6 +27,7 @@ from equivar.anatomy import FLATTEN, GLOBAL, Field, NoFixedField, forward_analys
 from equivar.introspect import layer_outputs, trace_layers
 from equivar.layers import LocallyConnected, layer_geometry
 from equivar.models import LayerStack
+from equivar.transforms import SUBPIXEL_MODES
 from equivar.transforms import shift as shift_array
 
 _TINY = 1e-30
@@ -59,9 +60,10 @@ def interior_mask(field: Field, in_spatial: Sequence[int], out_spatial: Sequence
     return mask
 
 
-def _shift_vectors(max_shift: int, rank: int) -> list[tuple[int, ...]]:
-    """Shifts 0..max_shift along every axis at once (the diagonal in 2D)."""
-    return [(s,) * rank for s in range(max_shift + 1)]
+def _shift_vectors(max_shift: int, rank: int, step: float = 1) -> list[tuple[float, ...]]:
+    """Shifts 0..max_shift by ``step`` along every axis at once (the diagonal in 2D)."""
+    values = [i * step for i in range(int(round(max_shift / step)) + 1)]
+    return [(int(v) if float(v).is_integer() and float(step).is_integer() else float(v),) * rank for v in values]
 
 
 def layer_geometry_of(model: nnx.Module, input_shape: tuple[int, ...]
@@ -102,12 +104,14 @@ def layer_geometry_of(model: nnx.Module, input_shape: tuple[int, ...]
     return [s.name for s in steps], jumps, {s.name: f for s, f in zip(steps, fields)}
 
 
-def layer_shift_errors(model: nnx.Module, x: jax.Array, max_shift: int, mode: str, grid: bool = False
-                       ) -> dict[str, dict[str, Any]]:
+def layer_shift_errors(model: nnx.Module, x: jax.Array, max_shift: int, mode: str, grid: bool = False,
+                       step: float = 1) -> dict[str, dict[str, Any]]:
     """Per layer: error per shift along the diagonal ``(s, ..., s)`` (full, and interior where the receptive
     fields are known), whether the layer's jump divides the shift, and the layer's role (``equivariance`` for
     spatial maps, ``invariance`` after a collapse). With ``grid`` (2D inputs), also ``grid``: the full error
-    at every ``(dy, dx)`` in ``0..max_shift`` on both axes, rows indexed by dy."""
+    at every ``(dy, dx)`` in ``0..max_shift`` on both axes, rows indexed by dy. Sub-pixel modes (``fourier``,
+    ``bilinear-*``) take fractional shifts (``step``); their target moves each map by exactly ``s / J``
+    (a sub-pixel shift of the map itself), and no interior error is defined."""
     input_shape = tuple(x.shape[1:])
     rank = len(input_shape) - 1
     names, jumps, fields = layer_geometry_of(model, input_shape)
@@ -122,29 +126,32 @@ def layer_shift_errors(model: nnx.Module, x: jax.Array, max_shift: int, mode: st
         fx, f_shifted, jump = feats_x[name], cache[s][name], jumps[name]
         if jump is None:
             return float(relative_error(f_shifted, fx, fx).mean()), float("nan"), True
-        candidates = [tuple(g) for g in itertools.product(*({v // j, -(-v // j)} for v, j in zip(s, jump)))]
+        if mode in SUBPIXEL_MODES:
+            candidates = [tuple(v / j for v, j in zip(s, jump))]
+        else:
+            candidates = [tuple(g) for g in itertools.product(*({v // j, -(-v // j)} for v, j in zip(s, jump)))]
         best_full, best_interior = np.inf, float("nan")
         for g in candidates:
             target = shift_array(fx, g, mode)
             full = float(relative_error(f_shifted, target, fx).mean())
             interior = float("nan")
-            if fields[name] is not None:
+            if fields[name] is not None and mode not in SUBPIXEL_MODES:
                 mask = interior_mask(fields[name], input_shape[:-1], fx.shape[1:-1], g, jump)
                 m = jnp.asarray(mask, fx.dtype)[None, ..., None]
                 interior = float(relative_error(f_shifted, target, fx, m).mean()) if mask.any() else interior
             if full < best_full:
                 best_full, best_interior = full, interior
-        return best_full, best_interior, all(v % j == 0 for v, j in zip(s, jump))
+        return best_full, best_interior, all(float(v / j).is_integer() for v, j in zip(s, jump))
 
-    shifts = _shift_vectors(max_shift, rank)
+    shifts = _shift_vectors(max_shift, rank, step)
     out: dict[str, dict[str, Any]] = {}
     for name in names:
-        rows: dict[str, Any] = {"shift": [int(s[0]) for s in shifts], "full": [], "interior": [], "divisible": []}
+        rows: dict[str, Any] = {"shift": [s[0] for s in shifts], "full": [], "interior": [], "divisible": []}
         for s in shifts:
             full, interior, divisible = error_at(name, s)
             rows["full"].append(full)
             rows["divisible"].append(divisible)
-            if jumps[name] is not None and fields[name] is not None:
+            if jumps[name] is not None and fields[name] is not None and mode not in SUBPIXEL_MODES:
                 rows["interior"].append(interior)
         if jumps[name] is None:
             rows["role"] = "invariance"

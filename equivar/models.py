@@ -440,8 +440,8 @@ def check_model(target: str | type, input_shape: Sequence[int], n_classes: int, 
 
     try:
         out = nnx.eval_shape(shapes)
-    except ConfigError:
-        raise
+    except ConfigError as err:  # raised inside a JAX trace, which appends a note on its frames: one line only
+        raise ConfigError(str(err).split("\n")[0]) from None
     except Exception as err:  # the forward pass itself fails: name the model and the input it got
         raise ConfigError(f"{where} on input {tuple(input_shape)}: its forward pass fails: "
                           f"{type(err).__name__}: {str(err).strip().splitlines()[0]}") from err

@@ -118,7 +118,8 @@ def main(cfg: DictConfig) -> None:
     except UserError as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        print(f"equivar: error: {err}", file=sys.stderr)
+        # One line: JAX appends a note on its frames to exceptions raised inside traced code.
+        print(f"equivar: error: {str(err).splitlines()[0] if str(err) else type(err).__name__}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print(f"equivar: interrupted; {out_dir / 'status.json'} records it (no metrics.json was written)",

@@ -27,7 +27,7 @@ from equivar.errors import ConfigError
 from equivar.layers import PADDINGS
 from equivar.metrics import mean_std
 from equivar.plot import plot_equivariance
-from equivar.transforms import INTEGER_MODES, SHIFT_MODES
+from equivar.transforms import INTEGER_MODES, SHIFT_MODES, SUBPIXEL_MODES
 from equivar.experiments.common import (
     as_trained,
     builder,
@@ -56,12 +56,17 @@ class Options:
     max_shift: int = option(8, "shifts 0..max_shift along every spatial axis at once", minimum=1)
     n_examples: int = option(256, "test inputs per measurement", minimum=1)
     trained: bool = option(True, "also measure after training (train.*), not only at initialisation")
+    step: float = option(1.0, "spacing of the shifts; fractional steps need a sub-pixel mode in modes "
+                              "(fourier, bilinear-*)", minimum=1e-3)
     grid: bool = option(False, "2D data: also every (dy, dx) shift in 0..max_shift on both axes, not only the "
                                "diagonal (max_shift + 1 squared forward passes per model)")
 
 
 def _options(config: RunConfig, rank: int, spatial: tuple[int, ...]) -> tuple[Options, list[str]]:
     opts = check(Options, config.raw.get("equivariance"), "equivariance")
+    if not float(opts.step).is_integer() and not any(m in SUBPIXEL_MODES for m in opts.modes):
+        raise ConfigError(f"equivariance.step={opts.step} is fractional but equivariance.modes={opts.modes} shift "
+                          "by whole positions: add fourier or bilinear-zero|reflect|circular")
     if opts.max_shift >= min(spatial):
         raise ConfigError(f"equivariance.max_shift={opts.max_shift} must be smaller than the input size {spatial}")
     transforms = ["rotate90", "scale2"] if rank == 2 and spatial[0] == spatial[1] else ["flip", "scale2"]
@@ -129,7 +134,8 @@ def run(config: RunConfig, out_dir: Path) -> dict[str, Any]:
             models = model.modules()
             if not models:
                 continue
-            shifts = {mode: _aggregate([layer_shift_errors(m, x, opts.max_shift, mode, opts.grid) for m in models])
+            shifts = {mode: _aggregate([layer_shift_errors(m, x, opts.max_shift, mode, opts.grid,
+                                                        opts.step if mode in SUBPIXEL_MODES else 1) for m in models])
                       for mode in opts.modes}
             transforms = {}
             for t in transform_names:
@@ -156,9 +162,11 @@ def summary(metrics: dict[str, Any]) -> str:
              "| variant | stage | mode | last spatial layer | shift 1 full | shift 1 interior | shift J full | "
              "shift J interior | logits at shift 1 |", "|---|---|---|---|---:|---:|---:|---:|---:|"]
 
-    def fmt(r, key, i):
-        value = r[key]["mean"][i] if key in r and i < len(r[key]["mean"]) else None
-        return "—" if value is None else f"{value:.1e}"
+    def fmt(r, key, shift):
+        """The mean error of row ``r`` at the shift of that value ('—' where it was not measured)."""
+        i = r["shift"].index(shift) if shift in r["shift"] else None
+        value = r[key]["mean"][i] if key in r and i is not None and i < len(r[key]["mean"]) else None
+        return "—" if value is None or value != value else f"{value:.1e}"
 
     for name, v in metrics["variants"].items():
         for stage, st in v["stages"].items():

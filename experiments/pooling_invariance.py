@@ -77,6 +77,9 @@ class Options:
     channels: int = option(16, "feature maps of the circular conv + ReLU", minimum=1)
     kernel: int = option(5, "kernel size of that conv along every axis", minimum=1)
     n_examples: int = option(256, "test inputs", minimum=1)
+    mode: str = option("roll", "how inputs are shifted: roll, or fourier for sub-pixel steps (both circular)",
+                       choices=("roll", "fourier"))
+    step: float = option(1.0, "spacing of the shifts 0..max_shift (fractional needs mode=fourier)", minimum=1e-3)
     features: str = option("random", "the conv's weights: random (a fresh initialisation per seed) or trained "
                                      "(a circular conv + ReLU + global max pool + linear net trained on the "
                                      "dataset with train.*; with load_from, the one saved there)",
@@ -109,7 +112,10 @@ def run(config: RunConfig, out_dir: Path) -> dict[str, Any]:
         raise ConfigError(f"pooling_invariance.max_shift={max_shift} must be smaller than the input {spatial}")
     channels, kernel, n_examples = opts.channels, opts.kernel, opts.n_examples
     x = jnp.asarray(data.x_test[:n_examples])
-    shifts = [(s,) * data.rank for s in range(max_shift + 1)]
+    if opts.mode == "roll" and not float(opts.step).is_integer():
+        raise ConfigError(f"pooling_invariance.step={opts.step} is fractional: use pooling_invariance.mode=fourier")
+    values = [i * opts.step for i in range(int(round(max_shift / opts.step)) + 1)]
+    shifts = [(v,) * data.rank for v in values]
     pools = poolings(data.rank, sizes)
 
     per_seed: dict[str, list[list[float]]] = {name: [] for name in pools}
@@ -117,7 +123,7 @@ def run(config: RunConfig, out_dir: Path) -> dict[str, Any]:
     for conv in feature_convs(config, data, out_dir, opts):
         features = jax.jit(lambda v, c=conv: jax.nn.relu(c(v)))
         base = features(x)
-        moved = [features(shift(x, s)) for s in shifts]
+        moved = [features(shift(x, s, opts.mode)) for s in shifts]
         for name, p in pools.items():
             fn = jax.jit(p["fn"])
             pooled = fn(base)
@@ -135,7 +141,8 @@ def run(config: RunConfig, out_dir: Path) -> dict[str, Any]:
                      "weights": "random (one initialisation per seed)" if opts.features == "random" else
                      "trained (circular conv + ReLU + global max pool + linear, one model per seed)"},
         "n_examples": int(x.shape[0]),
-        "shifts": [int(s[0]) for s in shifts],
+        "shift_mode": opts.mode,
+        "shifts": [int(s[0]) if float(s[0]).is_integer() else float(s[0]) for s in shifts],
         "sizes": sizes,
         "poolings": results,
     }
@@ -144,12 +151,12 @@ def run(config: RunConfig, out_dir: Path) -> dict[str, Any]:
 
 def summary(metrics: dict[str, Any]) -> str:
     shifts = metrics["shifts"]
-    picks = sorted({1, 2, 4, shifts[-1]} & set(shifts))
+    picks = sorted({0.5, 1, 2, 4, shifts[-1]} & set(shifts))
     lines = [f"pooling_invariance on {metrics['dataset']['name']} ({seeds_phrase(metrics['n_seeds'])}, "
              f"{metrics['n_examples']} test inputs, circular shifts along every axis): invariance error", "",
              "| pooling | " + " | ".join(f"shift {s}" for s in picks) + " |",
              "|---|" + "---:|" * len(picks)]
     for name, r in metrics["poolings"].items():
-        cells = [mean_std_text({"mean": r['error']['mean'][s], "std": r['error']['std'][s], "n": r['error'].get('n', 2)}, 3) for s in picks]
+        cells = [mean_std_text({"mean": r['error']['mean'][shifts.index(s)], "std": r['error']['std'][shifts.index(s)], "n": r['error'].get('n', 2)}, 3) for s in picks]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

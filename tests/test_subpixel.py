@@ -86,3 +86,28 @@ def test_bad_shift_grids_are_one_line(overrides, words, tmp_path):
     from equivar.run import run_experiment
     with pytest.raises(ConfigError, match=words.replace("(", r"\(").replace(".", r"\.")):
         run_experiment(compose_raw(["experiment=shift_test", "dataset=synthetic"] + overrides), tmp_path)
+
+
+def test_layer_errors_under_fractional_fourier_shifts():
+    """A circular convolution commutes with half-pixel Fourier shifts (its map moves by exactly s); the ReLU
+    after it does not (it creates frequencies that alias)."""
+    from flax import nnx
+    from equivar.equivariance import layer_shift_errors
+    from equivar.models import build_model
+    layers = [{"type": "conv", "features": 4, "kernel": 3, "padding": "CIRCULAR"}, {"type": "activation", "fn": "relu"}]
+    model = build_model("equivar.models.Stack", (24, 2), 3, {"layers": layers}, nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(0), (4, 24, 2))
+    errors = layer_shift_errors(model, x, 1, "fourier", step=0.5)
+    assert errors["conv1"]["shift"] == [0.0, 0.5, 1.0]
+    assert max(errors["conv1"]["full"]) < 1e-5 and errors["activation2"]["full"][1] > 1e-2
+    assert errors["conv1"]["divisible"] == [True, False, True]
+
+
+def test_fractional_steps_need_a_subpixel_mode(tmp_path):
+    from conftest import compose_raw
+    from equivar.run import run_experiment
+    for overrides, words in ((["experiment=equivariance", "equivariance.step=0.5", "models=[lenet]"], "equivariance.step=0.5 is fractional"),
+                             (["experiment=pooling_invariance", "pooling_invariance.step=0.25"],
+                              "use pooling_invariance.mode=fourier")):
+        with pytest.raises(ConfigError, match=words):
+            run_experiment(compose_raw(overrides + ["dataset=synthetic"]), tmp_path / overrides[0])
