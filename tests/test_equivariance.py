@@ -95,6 +95,7 @@ def test_pooling_over_rotated_copies_is_invariant_and_its_absence_is_not(shape, 
     assert not np.allclose(unpooled(transform(x)), unpooled(x), atol=1e-3)
 
 
+@pytest.mark.slow
 def test_the_full_2d_grid_is_exact_exactly_where_the_jump_divides_both_offsets():
     """Circular LeNet, roll: pool2 (J=4) commutes with (dy, dx) iff 4 divides both, off the diagonal too."""
     model = build_model(target("lenet"), (16, 16, 1), 3, {"channels": [2, 3], "kernel": 3, "hidden": [4],

@@ -84,6 +84,7 @@ def test_lenet_takes_anti_aliased_pooling(pool, shape):
     assert any(name.startswith("blur" if pool == "blurmax" else "aps") for name in model.layer_names)
 
 
+@pytest.mark.slow
 def test_pooling_invariance_on_trained_features_keeps_its_defining_facts(tmp_path):
     """Global pooling of circular features is exactly invariant and APS exactly equivariant, with trained
     weights too; the trained feature net is saved like any trained model."""
