@@ -84,17 +84,12 @@ def measure(experiment: str, overrides: Sequence[str] = (), *, out_dir: str | Pa
 def load_models(run_dir: str | Path, names: Sequence[str] | None = None) -> dict[str, Any]:
     """The trained models saved in a run folder, by name (``TrainedModel``: every seed's parameters and
     state; ``.modules()`` gives one inference-mode ``nnx.Module`` per seed)."""
-    import functools
-
     from equivar import trained
     from equivar.io import read_json
-    from equivar.models import build_model
 
     run_dir = Path(run_dir)
     out = {}
     for name in names or trained.available(run_dir):
-        manifest = read_json(run_dir / trained.CHECKPOINTS / f"{name}.json")
-        shape, n_classes = tuple(manifest["input_shape"]), int(manifest["n_classes"])
-        out[name] = trained.load(run_dir, name, None, None, shape, n_classes,
-                                 lambda t, o, s=shape, n=n_classes: functools.partial(build_model, t, s, n, o))
+        record = read_json(trained.record_path(run_dir, name))
+        out[name] = trained.load(run_dir, name, None, None, tuple(record["input_shape"]), int(record["n_classes"]))
     return out

@@ -12,6 +12,7 @@ from equivar.errors import ConfigError
 from equivar.io import read_json
 from equivar.strategy import SEED_PACKINGS
 from equivar.train import OPTIMIZERS, TrainSpec
+from equivar.trained import record_path
 from equivar.transforms import INTEGER_MODES, SHIFT_MODES
 
 # Dataset keys that describe how to use the data, not how to load it.
@@ -132,7 +133,7 @@ def parse_config(raw: Mapping[str, Any]) -> RunConfig:
         raise ConfigError(f"load_from must be the path of an earlier run folder, got {load_from!r}")
     for name in names:
         if name not in zoo and load_from:  # a model of that run the config does not declare: its own record
-            manifest = Path(load_from).expanduser() / "checkpoints" / f"{name}.json"
+            manifest = record_path(Path(load_from), name)
             if manifest.is_file():
                 saved = read_json(manifest)
                 models.append(ModelSpec(name=str(name), target=saved["target"], options=dict(saved["options"])))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -150,9 +150,13 @@ def available(run_dir: Path) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.json") if (folder / p.stem).is_dir())
 
 
+def record_path(run_dir: Path, name: str) -> Path:
+    """The JSON record (target, options, shapes, seeds) beside model ``name``'s checkpoint in ``run_dir``."""
+    return Path(run_dir).expanduser() / CHECKPOINTS / f"{name}.json"
+
+
 def load(run_dir: Path, name: str, target: str | None, options: dict[str, Any] | None,
-         input_shape: tuple[int, ...], n_classes: int, build: Callable[[str, dict[str, Any]], Callable]
-         ) -> TrainedModel:
+         input_shape: tuple[int, ...], n_classes: int, where: str | None = None) -> TrainedModel:
     """Restores model ``name`` from ``run_dir``, after checking it against the config.
 
     Args:
@@ -160,9 +164,11 @@ def load(run_dir: Path, name: str, target: str | None, options: dict[str, Any] |
         name: the model's label (its ``zoo`` key).
         target, options: the config's ``_target_`` and options for it (None: take the checkpoint's).
         input_shape, n_classes: the data this run measures on.
-        build: ``build(target, options) -> (rngs -> module)``, the run's model constructor.
+        where: how errors name the model (default ``zoo.<name>``).
     """
     import orbax.checkpoint as ocp
+
+    from equivar.models import build_model, check_model
 
     _quiet_orbax()
     run_dir = Path(run_dir).expanduser().resolve()
@@ -176,10 +182,10 @@ def load(run_dir: Path, name: str, target: str | None, options: dict[str, Any] |
                               "that trained); give the folder of a run that trained its models")
         raise ConfigError(f"load_from={str(run_dir)!r} holds no checkpoint of model {name!r}; it holds "
                           f"{held} (choose with models=[...])")
-    manifest = read_json(run_dir / CHECKPOINTS / f"{name}.json")
+    manifest = read_json(record_path(run_dir, name))
     target = manifest["target"] if target is None else target
     options = dict(manifest["options"]) if options is None else dict(options)
-    where = f"zoo.{name}"
+    where = where or f"zoo.{name}"
     if target != manifest["target"]:
         raise ConfigError(f"{where}._target_={target!r} does not match the checkpoint in {run_dir} "
                           f"({manifest['target']!r})")
@@ -191,8 +197,8 @@ def load(run_dir: Path, name: str, target: str | None, options: dict[str, Any] |
         raise ConfigError(f"the checkpoint of {name!r} in {run_dir} was trained on inputs "
                           f"{tuple(manifest['input_shape'])} with {manifest['n_classes']} classes; this dataset has "
                           f"{tuple(input_shape)} and {n_classes}")
-    make = build(target, options)
-    abstract = nnx.eval_shape(lambda: make(nnx.Rngs(0)))
+    check_model(target, input_shape, n_classes, options, where)
+    abstract = nnx.eval_shape(lambda: build_model(target, input_shape, n_classes, options, nnx.Rngs(0), where))
     graphdef, params, model_state = nnx.split(abstract, nnx.Param, ...)
     seeds = list(manifest["seeds"])
     stacked = jax.tree.map(lambda a: jax.ShapeDtypeStruct((len(seeds), *a.shape), a.dtype), (params, model_state))

@@ -9,7 +9,6 @@ No training: the analysis is of the architecture (maps use the initial weights o
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 from pathlib import Path
 from typing import Any, Optional
@@ -62,8 +61,7 @@ def run(config: RunConfig, out_dir: Path) -> dict[str, Any]:
     for i, spec in enumerate(config.models):
         if config.load_from:  # a trained model: its first healthy seed's weights give the maps
             model = trained.load(Path(config.load_from), spec.name, spec.target, spec.options, input_shape,
-                                 n_classes, lambda t, o, w=spec.where: functools.partial(
-                                     build_model, t, input_shape, n_classes, o, where=w)).modules()[0]
+                                 n_classes, spec.where).modules()[0]
         else:
             model = to_inference(build_model(spec.target, input_shape, n_classes, spec.options,
                                              nnx.Rngs(config.seed), where=spec.where))

@@ -103,12 +103,8 @@ def obtain(config: RunConfig, data: Dataset, out_dir: Path, name: str, target: s
     config), else initialised, trained on ``data`` and saved as a checkpoint in ``out_dir``."""
     where = where or f"zoo.{name}"
     if config.load_from:
-        def build(t, o):
-            check_model(t, data.input_shape, data.n_classes, o, where)
-            return functools.partial(build_model, t, data.input_shape, data.n_classes, o, where=where)
-
         return trained.load(Path(config.load_from), name, target, options, tuple(data.input_shape),
-                            data.n_classes, build)
+                            data.n_classes, where)
     graphdef, states = init_seeds(builder(target, options, data, where), config)
     states, history = train_seeds(graphdef, states, data, config, plan, name)
     model = as_trained(name, target, options, data, graphdef, states, config, history)
