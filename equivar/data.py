@@ -16,6 +16,7 @@ from typing import Any, Callable
 import numpy as np
 
 from equivar.errors import ConfigError, DataUnavailableError
+from equivar.options import MISSING, check, nearest, option, schema_of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -271,7 +272,7 @@ DATASETS: dict[str, Callable[..., Dataset]] = {
 }
 
 
-def _tfds_shape(*, tfds_name: str, data_dir: str | None = None, **_: Any) -> tuple[tuple[int, ...], int]:
+def _tfds_shape(*, tfds_name: str, data_dir: str | None = None) -> tuple[tuple[int, ...], int]:
     """Input shape and classes from a prepared TFDS dataset's metadata, without reading any records."""
     import tensorflow_datasets as tfds
 
@@ -288,36 +289,83 @@ def _tfds_shape(*, tfds_name: str, data_dir: str | None = None, **_: Any) -> tup
     return shape, int(builder.info.features[label_key].num_classes)
 
 
+@dataclasses.dataclass
+class Recipe:
+    """The ``dataset.*`` keys beside the loader's own options: which loader, and the training and measuring
+    recipe that ``train.*``, ``shift.max`` and ``eval.shift_subset`` follow unless overridden."""
+
+    loader: str = option(MISSING, "the loader that reads the data", choices=("mnist1d", "synthetic", "tfds"))
+    epochs: int = option(10, "training epochs (train.epochs follows it)", minimum=1)
+    batch_size: int = option(128, "training batch (train.batch_size follows it)", minimum=1)
+    learning_rate: float = option(1e-3, "optimizer step size (train.learning_rate follows it)", above=0)
+    shift_max: float = option(4, "evaluate shifts -max..max per axis (shift.max follows it)", minimum=0)
+    shift_subset: int | None = option(None, "test examples in the shift grid (null: all)", minimum=1)
+
+
+# Each loader's options are its keyword parameters (types and defaults from its signature), with these rules.
+LOADER_RULES: dict[str, dict[str, dict[str, Any]]] = {
+    "mnist1d": {
+        "num_samples": {"minimum": 10, "help": "examples generated (train and test)"},
+        "train_split": {"above": 0, "below": 1, "help": "share of the examples used for training"},
+        "template_len": {"minimum": 1}, "padding": {"minimum": 0}, "scale_coeff": {"minimum": 0},
+        "max_translation": {"minimum": 1, "help": "1 = untranslated, left-aligned digits"},
+        "corr_noise_scale": {"minimum": 0}, "iid_noise_scale": {"minimum": 0}, "shear_scale": {"minimum": 0},
+        "final_seq_length": {"minimum": 1}, "seed": {"minimum": 0},
+        "n_train": {"minimum": 1, "help": "a fixed random subset of the training set (null: all)"},
+    },
+    "synthetic": {
+        "rank": {"minimum": 1, "below": 3, "help": "1: sequences, 2: images"}, "size": {"minimum": 1},
+        "n_classes": {"minimum": 2}, "n_train": {"minimum": 1}, "n_test": {"minimum": 1},
+        "template_size": {"minimum": 1}, "max_offset": {"minimum": 0, "help": "null: anywhere; 0: at the origin"},
+        "noise": {"minimum": 0}, "seed": {"minimum": 0},
+    },
+    "tfds": {
+        "tfds_name": {"help": "any TFDS image-classification dataset, e.g. mnist, fashion_mnist"},
+        "n_train": {"minimum": 1}, "n_test": {"minimum": 1}, "subset_seed": {"minimum": 0},
+    },
+}
+
+DATASET_SCHEMAS: dict[str, type] = {
+    name: schema_of(fn, f"{name.capitalize()}Dataset", LOADER_RULES.get(name), bases=(Recipe,))
+    for name, fn in DATASETS.items()
+}
+
+
+def dataset_options(values: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The ``dataset.*`` node checked against its loader's schema: ``(loader, the loader's own options)``.
+    A bad key or value is a one-line ConfigError naming ``dataset.<key>``."""
+    loader = values.get("loader")
+    if loader not in DATASETS:
+        near = nearest(str(loader), DATASETS)
+        raise ConfigError(f"dataset.loader={loader!r} is not one of {', '.join(DATASETS)}"
+                          + (f" (did you mean {near[0]!r}?)" if near else ""))
+    checked = check(DATASET_SCHEMAS[loader], values, "dataset")
+    own = inspect.signature(DATASETS[loader]).parameters
+    return loader, {k: getattr(checked, k) for k in own if k in values}
+
+
 # How each loader's input shape and class count follow from its options alone (no data read), so configs
 # can be checked against the models before anything is loaded or compiled.
 DATASET_SHAPES: dict[str, Callable[..., tuple[tuple[int, ...], int]]] = {
-    "mnist1d": lambda final_seq_length=40, **_: ((int(final_seq_length), 1), 10),
-    "synthetic": lambda rank=1, size=24, n_classes=4, **_: ((int(size),) * int(rank) + (1,), int(n_classes)),
-    "tfds": _tfds_shape,
+    "mnist1d": lambda o: ((o["final_seq_length"], 1), 10),
+    "synthetic": lambda o: ((o["size"],) * o["rank"] + (1,), o["n_classes"]),
+    "tfds": lambda o: _tfds_shape(tfds_name=o["tfds_name"], data_dir=o["data_dir"]),
 }
 
 
 def dataset_shape(loader: str, options: dict[str, Any]) -> tuple[tuple[int, ...], int] | None:
-    """``(input_shape, n_classes)`` of a configured dataset without loading it (None: unknown loader)."""
+    """``(input_shape, n_classes)`` of a configured dataset without loading it (None: a loader whose shape
+    needs its data)."""
     if loader not in DATASET_SHAPES:
         return None
-    try:
-        return DATASET_SHAPES[loader](**options)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"dataset options {options}: {err}") from None
+    checked = check(DATASET_SCHEMAS[loader], {**options, "loader": loader}, "dataset")
+    return DATASET_SHAPES[loader](dataclasses.asdict(checked))
 
 
 def load_dataset(loader: str, options: dict[str, Any]) -> Dataset:
-    """Loads a dataset by registry name with its config options."""
-    if loader not in DATASETS:
-        raise ConfigError(f"unknown dataset loader {loader!r}; valid choices: {', '.join(sorted(DATASETS))}")
-    fn = DATASETS[loader]
-    accepted = inspect.signature(fn).parameters
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise ConfigError(f"dataset loader {loader!r} has no option(s) {unknown}; valid options: "
-                          f"{', '.join(accepted)}")
+    """Loads a dataset by registry name with its options (checked first: one line naming ``dataset.<key>``)."""
+    loader, options = dataset_options({**options, "loader": loader})
     try:
-        return fn(**options)
-    except (ValueError, TypeError) as err:  # bad option values: one line naming the loader
-        raise ConfigError(f"dataset loader {loader!r}: {err}") from None
+        return DATASETS[loader](**options)
+    except (ValueError, TypeError) as err:  # values the rules cannot see (e.g. sizes that do not fit together)
+        raise ConfigError(f"dataset.loader={loader}: {err}") from None

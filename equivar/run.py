@@ -17,7 +17,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from equivar.config import parse_config
+from equivar.config import RunConfig, parse_config
 from equivar.errors import ConfigError, UserError
 from equivar.io import read_json, write_json
 from equivar.strategy import enable_compilation_cache
@@ -35,13 +35,15 @@ def config_dir() -> str:
 CONFIG_DIR = config_dir()
 
 
-def _register_structured_configs() -> None:
+def _register_schemas() -> None:
+    from equivar.config import register_schemas
     from equivar.experiments import register_options
 
+    register_schemas()
     register_options()
 
 
-_register_structured_configs()  # before Hydra composes: experiment YAMLs default to options/<name>
+_register_schemas()  # before Hydra composes: the configs' defaults lists name these nodes
 
 
 def run_experiment(raw: dict[str, Any], out_dir: Path) -> dict[str, Any]:
@@ -52,9 +54,9 @@ def run_experiment(raw: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     is skipped (so a re-launched sweep resumes); one that holds another config's results is refused unless the
     config says ``overwrite: true``: results are never overwritten by accident.
     """
-    from equivar.experiments import EXPERIMENTS
+    from equivar.experiments import EXPERIMENTS, OPTION_SCHEMAS
 
-    config = parse_config(raw)
+    config = parse_config(raw, OPTION_SCHEMAS)
     if config.experiment not in EXPERIMENTS:
         raise ConfigError(f"unknown experiment {config.experiment!r}; valid choices: "
                           f"{', '.join(sorted(EXPERIMENTS))}")
@@ -108,8 +110,128 @@ def _previous_run(out_dir: Path, raw: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
+def job_overrides(overrides: list[str], multirun: bool) -> list[list[str]]:
+    """The override list of every job a command line starts: one job, or for ``-m`` the product of the
+    sweeps on the command line and in the config's ``hydra.sweeper.params`` (as Hydra's basic sweeper does)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    if not multirun:
+        return [list(overrides)]
+    plain = [o for o in OverridesParser.create().parse_overrides(overrides) if not o.is_sweep_override()]
+    base = compose_config([o.input_line for o in plain], with_hydra=True)
+    params = (base.get("hydra", {}).get("sweeper", {}) or {}).get("params") or {}
+    arguments = [f"{k}={v}" for k, v in params.items()] + list(overrides)
+    batches = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(arguments), None)
+    return [job for batch in batches for job in batch]
+
+
+def compose_config(overrides: list[str], with_hydra: bool = False) -> dict[str, Any]:
+    """The resolved config dict ``python -m equivar.run OVERRIDES`` runs (Hydra's compose API, equivar's
+    configs), or a one-line ConfigError for whatever Hydra refuses."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            cfg = compose(config_name="config", overrides=list(overrides), return_hydra_config=with_hydra)
+            if with_hydra:  # only Hydra's own node (the sweeper's params); unresolved: ${now:} needs a run
+                return {"hydra": OmegaConf.to_container(cfg.hydra, resolve=False)}
+            return OmegaConf.to_container(cfg, resolve=True)
+    except UserError:
+        raise
+    except Exception as err:  # Hydra's and OmegaConf's composition errors: one line, naming the key
+        raise ConfigError(hydra_message(err)) from None
+    finally:
+        GlobalHydra.instance().clear()
+
+
+_CONVERSIONS = {"Integer": "an integer", "Float": "a number", "Boolean": "true or false", "String": "a string"}
+
+
+def hydra_message(err: BaseException) -> str:
+    """One line from a Hydra or OmegaConf error and its cause: the key, then what is wrong with it."""
+    import re
+
+    lines = [line.strip() for e in (err, err.__cause__) if e is not None for line in str(e).splitlines()]
+    key = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("full_key:")), None)
+    if "Config search path:" in lines:  # where Hydra looked: not the user's business
+        lines = lines[:lines.index("Config search path:")]
+    lines = [re.sub(r"^In '[^']*': ", "", line) for line in lines
+             if line and not line.startswith(("full_key:", "object_type=", "reference_type="))]
+    parts: list[str] = []
+    for line in dict.fromkeys(lines):  # in order, without repeats; a list under a heading on one line
+        if parts and parts[-1].endswith(":"):
+            parts[-1] += " " + line
+        elif parts and ":" in parts[-1] and parts[-1].startswith("Available options"):
+            parts[-1] += ", " + line
+        else:
+            parts.append(line)
+    text = "; ".join(p.rstrip(".") for p in parts)
+    missing = re.match(r"Could not override '([^']+)'", text)
+    if missing:
+        return (f"{missing.group(1)} is not in the config, so it cannot be overridden; to add a key, write "
+                f"+{missing.group(1)}=VALUE")
+    converted = re.search(r"Value '(.*)' of type '\w+' could not be converted to (\w+)", text)
+    if key and converted:
+        return f"{key} must be {_CONVERSIONS.get(converted.group(2), converted.group(2))}, got {converted.group(1)!r}"
+    if key and key not in text:
+        text = f"{key}: {text}"
+    return text or type(err).__name__
+
+
+def validate(overrides: list[str], multirun: bool = False) -> list[RunConfig]:
+    """The CLI's validation path: every job the command line starts, composed as Hydra will and checked
+    against every schema, before any job runs (a sweep with one bad configuration starts none)."""
+    from equivar.data import dataset_shape
+    from equivar.experiments import EXPERIMENTS, OPTION_SCHEMAS
+    from equivar.models import check_model
+
+    configs, checked = [], set()
+    for job in job_overrides(overrides, multirun):
+        config = parse_config(compose_config(job), OPTION_SCHEMAS)
+        if config.experiment not in EXPERIMENTS:
+            raise ConfigError(f"unknown experiment {config.experiment!r}; valid choices: "
+                              f"{', '.join(sorted(EXPERIMENTS))}")
+        known = None if config.load_from else dataset_shape(config.dataset.loader, config.dataset.options)
+        for spec in config.models if known is not None else ():
+            signature = json.dumps([spec.target, spec.options, known], sort_keys=True, default=str)
+            if signature not in checked:  # sweeps repeat models: build each one once
+                check_model(spec.target, known[0], known[1], spec.options, spec.where)
+                checked.add(signature)
+        configs.append(config)
+    return configs
+
+
+def report_error(err: BaseException) -> str:
+    """The one line a user error prints (JAX appends a note on its frames to errors raised in traced code)."""
+    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return f"equivar: error: {text}"
+
+
+def main() -> None:
+    """``python -m equivar.run`` and the ``equivar`` command: the configs are checked first (one line and exit
+    code 2 for a bad one, whatever part of the config or the command line is wrong), then Hydra runs them."""
+    from hydra._internal.utils import get_args_parser
+
+    try:
+        args = get_args_parser().parse_args(sys.argv[1:])
+    except SystemExit:
+        raise
+    own_flags = (args.help, args.hydra_help, args.cfg, args.info, args.shell_completion, args.config_path,
+                 args.config_name, args.config_dir, args.experimental_rerun)
+    if not any(own_flags) and os.environ.get("HYDRA_FULL_ERROR") != "1":
+        try:
+            validate(args.overrides, args.multirun)
+        except UserError as err:
+            print(report_error(err), file=sys.stderr)
+            sys.exit(2)
+    _hydra_main()
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
-def main(cfg: DictConfig) -> None:
+def _hydra_main(cfg: DictConfig) -> None:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     enable_compilation_cache()
     try:
@@ -118,8 +240,7 @@ def main(cfg: DictConfig) -> None:
     except UserError as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        # One line: JAX appends a note on its frames to exceptions raised inside traced code.
-        print(f"equivar: error: {str(err).splitlines()[0] if str(err) else type(err).__name__}", file=sys.stderr)
+        print(report_error(err), file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print(f"equivar: interrupted; {out_dir / 'status.json'} records it (no metrics.json was written)",

@@ -23,14 +23,17 @@ def _discover() -> dict[str, ModuleType]:
 
 MODULES = _discover()
 EXPERIMENTS = {name: module.run for name, module in MODULES.items()}
+OPTION_SCHEMAS = {name: module.Options for name, module in MODULES.items() if hasattr(module, "Options")}
 
 
 def register_options() -> None:
-    """Registers every experiment's ``Options`` with Hydra as the structured config ``options/<name>``, so
-    Hydra composes, type-checks and defaults them (call before composing)."""
+    """Registers every experiment's ``Options`` defaults with Hydra as ``options/<name>`` (call before
+    composing). The nodes are plain: :func:`equivar.config.parse_config` checks every value against the
+    dataclass, so type and range errors read alike, one line naming the key."""
     from hydra.core.config_store import ConfigStore
 
+    from equivar.options import defaults
+
     store = ConfigStore.instance()
-    for name, module in MODULES.items():
-        if hasattr(module, "Options"):
-            store.store(group="options", name=name, node=module.Options)
+    for name, schema in OPTION_SCHEMAS.items():
+        store.store(group="options", name=name, node=defaults(schema))

@@ -18,7 +18,7 @@ from flax import nnx
 
 from equivar import trained
 from equivar.anatomy import anatomy, format_table
-from equivar.config import RunConfig, int_list, positive_int
+from equivar.config import RunConfig
 from equivar.data import load_dataset
 from equivar.errors import ConfigError
 from equivar.io import environment, write_json
@@ -51,11 +51,11 @@ def run(config: RunConfig, out_dir: Path) -> dict[str, Any]:
         source = data.name
     else:
         source = "anatomy.input_shape"
-    input_shape = tuple(int_list(input_shape, "anatomy.input_shape", minimum=1))
+    input_shape = tuple(int(d) for d in input_shape)
     if len(input_shape) < 2:
         raise ConfigError(f"anatomy.input_shape={list(input_shape)} needs spatial axes and channels, "
                           "e.g. [28, 28, 1] or [40, 1]")
-    n_classes = positive_int(n_classes, "anatomy.n_classes")
+    n_classes = int(n_classes)
 
     results, tables = {}, []
     for i, spec in enumerate(config.models):

@@ -36,10 +36,12 @@ def test_synthetic(rank):
 
 
 def test_unknown_loader_and_option():
-    with pytest.raises(ConfigError, match="valid choices"):
+    with pytest.raises(ConfigError, match="dataset.loader='imagenet22k' is not one of mnist1d, tfds, synthetic"):
         load_dataset("imagenet22k", {})
-    with pytest.raises(ConfigError, match="no option"):
+    with pytest.raises(ConfigError, match="dataset.colour is not an option of dataset"):
         load_dataset("synthetic", {"colour": True})
+    with pytest.raises(ConfigError, match="dataset.n_train must be >= 1, got 0"):
+        load_dataset("synthetic", {"n_train": 0})
 
 
 def test_missing_tfds_data_says_what_to_do(tmp_path):

@@ -167,7 +167,7 @@ def _cli(args, tmp_path, env_extra=None):
 def test_cli_unknown_model_is_one_clear_line(tmp_path):
     proc = _cli(["experiment=shift_test", "dataset=synthetic", "models=[resnet]"], tmp_path)
     assert proc.returncode == 2
-    assert "equivar: error: unknown model 'resnet' in models; valid choices: cnn_gap, group_pool, lenet, local, mlp" in proc.stderr
+    assert "equivar: error: unknown model 'resnet' in models (did you mean 'lenet'?); valid choices: cnn_gap, group_pool, lenet, local, mlp" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
