@@ -416,6 +416,8 @@ def plot_pooling_invariance(metrics: dict[str, Any], out_dir: Path) -> list[Path
     pooling size at a few shifts."""
     out_dir = Path(out_dir)
     pools = metrics["poolings"]
+    if not pools:  # trained features whose every seed diverged: nothing to draw
+        return []
     shifts = np.asarray(metrics["shifts"])
     types = list(dict.fromkeys(r["type"] for r in pools.values() if r["size"] is not None))
     fig, axes = plt.subplots(1, len(types) + 1, figsize=(3.6 * (len(types) + 1), 3.4), sharey=True)
@@ -466,11 +468,20 @@ def plot_pooling_invariance(metrics: dict[str, Any], out_dir: Path) -> list[Path
     return written
 
 
+def seeds_note(status: list[str] | None) -> str:
+    """`` (k/n seeds diverged)`` where some seeds of a model diverged (they are left out of its numbers)."""
+    bad = sum(s != "ok" for s in status or [])
+    return f" ({bad}/{len(status)} seeds diverged)" if bad else ""
+
+
 def plot_padding_leak(metrics: dict[str, Any], out_dir: Path) -> list[Path]:
     """Test accuracy per padding (mean ± std over seeds, seeds as dots) against chance."""
     paddings = metrics["paddings"]
     fig, ax = plt.subplots(figsize=(1.8 + 1.4 * len(paddings), 3.6))
     for i, (padding, r) in enumerate(paddings.items()):
+        if "test_accuracy" not in r:  # every seed diverged
+            ax.text(i, 0.05, "every seed\ndiverged", ha="center", fontsize=8)
+            continue
         ax.bar(i, r["test_accuracy"]["mean"], 0.6, capsize=4,
                yerr=None if metrics.get("n_seeds") == 1 else r["test_accuracy"]["std"],
                color="tab:red" if r["pairs_identical"] else "tab:blue")
@@ -478,7 +489,7 @@ def plot_padding_leak(metrics: dict[str, Any], out_dir: Path) -> list[Path]:
         ax.plot(np.full(len(seeds), i) + np.linspace(-0.12, 0.12, len(seeds)), seeds, "k.", ms=5)
         ax.text(i, r["test_accuracy"]["mean"] + 0.03, f"{r['test_accuracy']['mean']:.3f}", ha="center", fontsize=9)
     draw_chance(ax, metrics.get("chance") or chance_level(metrics))
-    ax.set_xticks(range(len(paddings)), list(paddings))
+    ax.set_xticks(range(len(paddings)), [p + seeds_note(r.get("train_status")) for p, r in paddings.items()])
     ax.set_ylim(0, 1.1)
     ax.set_ylabel("test accuracy: which corner?")
     ax.set_title(f"padding leak on {metrics['source']} patches\n(red: the two corners get identical logits)",
@@ -499,11 +510,15 @@ def plot_feature_pooling(metrics: dict[str, Any], out_dir: Path) -> list[Path]:
     one_seed = metrics.get("n_seeds") == 1
     for i, (variant, r) in enumerate(variants.items()):
         x = np.arange(len(names)) + (i - (len(variants) - 1) / 2) * width
+        if "accuracy" not in r:  # every seed diverged: named in the legend, nothing to draw
+            ax.bar(x, np.zeros(len(names)), width, label=f"{variant}: every seed diverged", color="lightgray")
+            continue
         style = {"color": color, "alpha": 1.0 if i == 0 else 0.55, "hatch": None if i == 0 else "//",
                  "edgecolor": "white" if i else color}
         ax.bar(x, [r["accuracy"][n]["mean"] for n in names], width,
                yerr=None if one_seed else [r["accuracy"][n]["std"] for n in names],
-               capsize=3, label=f"{variant} ({r['n_params']:,} params)", **style)
+               capsize=3, label=f"{variant} ({r['n_params']:,} params){seeds_note(r.get('train_status'))}",
+               **style)
         change = np.maximum([r["logit_change"][n]["mean"] for n in names], _FLOOR)
         ax2.bar(x, change, width, yerr=None if one_seed else [r["logit_change"][n]["std"] for n in names],
                 capsize=3, label=variant, **style)

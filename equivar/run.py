@@ -132,6 +132,7 @@ def compose_config(overrides: list[str], with_hydra: bool = False) -> dict[str, 
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    _check_grammar(overrides)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
@@ -145,6 +146,21 @@ def compose_config(overrides: list[str], with_hydra: bool = False) -> dict[str, 
         raise ConfigError(hydra_message(err)) from None
     finally:
         GlobalHydra.instance().clear()
+
+
+def _check_grammar(overrides: list[str]) -> None:
+    """Each override parsed alone, so a syntax error names the override it is in."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    for override in overrides:
+        try:
+            parser.parse_override(override)
+        except Exception as err:
+            key = override.split("=", 1)[0].lstrip("+~")
+            detail = str(err).splitlines()[0].split("; See https", 1)[0].rstrip(".")
+            raise ConfigError(f"{key}: cannot parse the override {override!r} ({detail}); lists are [a,b], "
+                              "strings with special characters are quoted: key='a,b'") from None
 
 
 _CONVERSIONS = {"Integer": "an integer", "Float": "a number", "Boolean": "true or false", "String": "a string"}
@@ -181,6 +197,9 @@ def hydra_message(err: BaseException) -> str:
     return text or type(err).__name__
 
 
+_CHECKED_MODELS: set[str] = set()  # models that built and passed their shape check in this process
+
+
 def validate(overrides: list[str], multirun: bool = False) -> list[RunConfig]:
     """The CLI's validation path: every job the command line starts, composed as Hydra will and checked
     against every schema, before any job runs (a sweep with one bad configuration starts none)."""
@@ -188,7 +207,7 @@ def validate(overrides: list[str], multirun: bool = False) -> list[RunConfig]:
     from equivar.experiments import EXPERIMENTS, OPTION_SCHEMAS
     from equivar.models import check_model
 
-    configs, checked = [], set()
+    configs = []
     for job in job_overrides(overrides, multirun):
         config = parse_config(compose_config(job), OPTION_SCHEMAS)
         if config.experiment not in EXPERIMENTS:
@@ -196,10 +215,10 @@ def validate(overrides: list[str], multirun: bool = False) -> list[RunConfig]:
                               f"{', '.join(sorted(EXPERIMENTS))}")
         known = None if config.load_from else dataset_shape(config.dataset.loader, config.dataset.options)
         for spec in config.models if known is not None else ():
-            signature = json.dumps([spec.target, spec.options, known], sort_keys=True, default=str)
-            if signature not in checked:  # sweeps repeat models: build each one once
+            signature = json.dumps([spec.target, spec.options, known, spec.where], sort_keys=True, default=str)
+            if signature not in _CHECKED_MODELS:  # sweeps repeat models: build each one once
                 check_model(spec.target, known[0], known[1], spec.options, spec.where)
-                checked.add(signature)
+                _CHECKED_MODELS.add(signature)
         configs.append(config)
     return configs
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import logging
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 from flax import nnx
@@ -14,6 +14,7 @@ from flax import nnx
 from equivar import trained
 from equivar.config import ModelSpec, RunConfig
 from equivar.data import Dataset, dataset_shape
+from equivar.errors import ConfigError
 from equivar.io import environment, write_json
 from equivar.models import build_model, check_model
 from equivar.strategy import ExecutionPlan, plan_execution
@@ -33,14 +34,43 @@ def run_record(experiment: str, config: RunConfig, dataset: dict[str, Any],
             "load_from": config.load_from}
 
 
+def seed_policy(models: Sequence[TrainedModel]) -> dict[str, Any]:
+    """The one seed policy of every experiment that trains: seeds whose training diverged are left out of
+    every mean (:meth:`TrainedModel.variables` and :meth:`~TrainedModel.modules` give the healthy ones), each
+    seed's status is recorded, and the run is ``ok``, ``partial`` (some seeds diverged) or ``diverged`` (every
+    seed of every trained model did: the CLI exits with code 3). Models only initialised do not count."""
+    trained = [m for m in models if m.source != "initialised"]
+    healthy = sum(int(m.ok.sum()) for m in trained)
+    total = sum(len(m.status) for m in trained)
+    status = "ok" if healthy == total else ("diverged" if healthy == 0 else "partial")
+    return {"status": status, "seed_status": {m.name: m.status for m in trained}}
+
+
+def measurable(model: TrainedModel) -> bool:
+    """Whether any seed of ``model`` trained to finite parameters (else it is reported, not measured)."""
+    if not model.ok.any():
+        log.error("%s: every seed diverged (%s); not measured", model.name, "; ".join(model.status))
+        return False
+    return True
+
+
 def publish(metrics: dict[str, Any], out_dir: Path, plot: Callable[[dict[str, Any], Path], Any],
-            summary: str) -> dict[str, Any]:
-    """Adds the environment record, writes metrics.json atomically, draws the plots and prints the summary."""
+            summary: str, models: Sequence[TrainedModel] = ()) -> dict[str, Any]:
+    """Applies the seed policy to the measured ``models``, adds the environment record, writes metrics.json
+    atomically, draws the plots and prints the summary."""
+    metrics |= seed_policy(models)
     metrics["environment"] = environment()
     write_json(out_dir / "metrics.json", metrics)
     plot(metrics, out_dir)
     print(summary)
     return metrics
+
+
+def check_batch(batch_size: int, n_train: int) -> None:
+    """A training set smaller than one batch would give epochs of no steps: an error before training."""
+    if batch_size > n_train:
+        raise ConfigError(f"train.batch_size={batch_size} exceeds the {n_train} training examples; use "
+                          f"train.batch_size <= {n_train}")
 
 
 def execution_plan(config: RunConfig) -> ExecutionPlan:
@@ -105,6 +135,7 @@ def obtain(config: RunConfig, data: Dataset, out_dir: Path, name: str, target: s
     if config.load_from:
         return trained.load(Path(config.load_from), name, target, options, tuple(data.input_shape),
                             data.n_classes, where)
+    check_batch(config.train.batch_size, len(data.y_train))
     graphdef, states = init_seeds(builder(target, options, data, where), config)
     states, history = train_seeds(graphdef, states, data, config, plan, name)
     model = as_trained(name, target, options, data, graphdef, states, config, history)

@@ -151,7 +151,7 @@ def run(config: RunConfig, out_dir: Path) -> dict[str, Any]:
         "modes": opts.modes,
         "variants": variants,
     }
-    return publish(metrics, out_dir, plot_equivariance, summary(metrics))
+    return publish(metrics, out_dir, plot_equivariance, summary(metrics), measured)
 
 
 def summary(metrics: dict[str, Any]) -> str:

@@ -25,7 +25,7 @@ from equivar.errors import ConfigError
 from equivar.metrics import accuracy, mean_std
 from equivar.plot import plot_feature_pooling
 from equivar.text import mean_std_text, seeds_phrase
-from equivar.experiments.common import check_before_data, execution_plan, obtain, publish, run_record
+from equivar.experiments.common import check_before_data, execution_plan, measurable, obtain, publish, run_record
 from equivar.train import make_logits
 
 log = logging.getLogger(__name__)
@@ -53,10 +53,15 @@ def run(config: RunConfig, out_dir: Path) -> dict[str, Any]:
     transforms = group_transforms(data.rank)
     plan = execution_plan(config)
     x_test = jnp.asarray(data.x_test)
-    results = {}
+    results, measured = {}, []
     for variant, pool in (("pooled", True), ("unpooled", False)):
         options = dict(base, pool_copies=pool)
         model = obtain(config, data, out_dir, f"group_pool_{variant}", target, options, plan, "zoo.group_pool")
+        measured.append(model)
+        if not measurable(model):
+            results[variant] = {"pool_copies": pool, "n_params": model.n_params, "train_status": model.status,
+                                "source": model.source}
+            continue
         n_params = model.n_params
         logits_fn = jax.jit(jax.vmap(make_logits(model.graphdef), in_axes=(0, None)))
         logits = {name: np.asarray(_chunked(logits_fn, model.variables(), t(x_test)))
@@ -81,7 +86,7 @@ def run(config: RunConfig, out_dir: Path) -> dict[str, Any]:
         "transforms": list(transforms),
         "variants": results,
     }
-    return publish(metrics, out_dir, plot_feature_pooling, summary(metrics))
+    return publish(metrics, out_dir, plot_feature_pooling, summary(metrics), measured)
 
 
 def _chunked(fn, params, x, size: int = 2048):
@@ -95,6 +100,9 @@ def summary(metrics: dict[str, Any]) -> str:
              "| variant | params | " + " | ".join(f"acc {n}" for n in names) + " | max logit change | "
              "same prediction under all |", "|---|---:|" + "---:|" * (len(names) + 2)]
     for variant, r in metrics["variants"].items():
+        if "accuracy" not in r:
+            lines.append(f"| {variant} | {r['n_params']} | every seed diverged |" + " |" * (len(names) + 1))
+            continue
         accs = " | ".join(mean_std_text(r["accuracy"][n]) for n in names)
         change = max(r["logit_change"][n]["mean"] for n in names)
         lines.append(f"| {variant} | {r['n_params']} | {accs} | {change:.1e} | "

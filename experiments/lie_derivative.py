@@ -184,7 +184,7 @@ def run(config: RunConfig, out_dir: Path) -> dict[str, Any]:
                              "n_examples": int(len(y_grid))},
         "models": results,
     }
-    return publish(metrics, out_dir, plot_lie_derivative, summary(metrics))
+    return publish(metrics, out_dir, plot_lie_derivative, summary(metrics), measured)
 
 
 def summary(metrics: dict[str, Any]) -> str:

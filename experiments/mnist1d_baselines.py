@@ -55,7 +55,7 @@ def run(config: RunConfig, out_dir: Path) -> dict[str, Any]:
                      "batch_size": config.train.batch_size, "steps": steps},
         "models": results,
     }
-    return publish(metrics, out_dir, plot_mnist1d_baselines, summary(metrics))
+    return publish(metrics, out_dir, plot_mnist1d_baselines, summary(metrics), measured)
 
 
 def summary(metrics: dict[str, Any]) -> str:

@@ -24,13 +24,12 @@ import numpy as np
 from equivar.config import RunConfig
 from equivar.options import check, option
 from equivar.data import Dataset, load_dataset
-from equivar.errors import ConfigError
 from equivar.layers import PADDINGS
 from equivar.metrics import accuracy, mean_std
 from equivar.plot import plot_padding_leak
 from equivar.text import mean_std_text, seeds_phrase
 from equivar.train import make_logits
-from equivar.experiments.common import execution_plan, obtain, publish, run_record
+from equivar.experiments.common import execution_plan, measurable, obtain, publish, run_record
 
 log = logging.getLogger(__name__)
 
@@ -73,15 +72,17 @@ def run(config: RunConfig, out_dir: Path) -> dict[str, Any]:
     x_test, y_test = corner_dataset(data.x_test[:n_test], margin, background)
     corners = Dataset(name=f"{data.name} corners", x_train=x_train, y_train=y_train, x_test=x_test,
                       y_test=y_test, n_classes=2)
-    if config.train.batch_size > len(y_train) and not config.load_from:
-        raise ConfigError(f"train.batch_size={config.train.batch_size} exceeds the {len(y_train)} training inputs")
     plan = execution_plan(config)
-    results = {}
+    results, measured = {}, []
     for padding in paddings:
         layers = [{"type": "conv", "features": channels, "kernel": kernel, "padding": padding},
                   {"type": "activation", "fn": "relu"}, {"type": "global_pool", "kind": "max"}]
         model = obtain(config, corners, out_dir, f"padding_{padding}", "equivar.models.Stack",
                        {"layers": layers}, plan, where=f"padding_leak.paddings[{padding}]")
+        measured.append(model)
+        if not measurable(model):
+            results[padding] = {"train_status": model.status, "source": model.source}
+            continue
         logits_fn = jax.jit(jax.vmap(make_logits(model.graphdef), in_axes=(0, None)))
         logits = np.asarray(logits_fn(model.variables(), jnp.asarray(x_test)))
         preds = logits.argmax(-1)
@@ -109,7 +110,7 @@ def run(config: RunConfig, out_dir: Path) -> dict[str, Any]:
         "chance": 0.5,
         "paddings": results,
     }
-    return publish(metrics, out_dir, plot_padding_leak, summary(metrics))
+    return publish(metrics, out_dir, plot_padding_leak, summary(metrics), measured)
 
 
 def summary(metrics: dict[str, Any]) -> str:
@@ -118,6 +119,9 @@ def summary(metrics: dict[str, Any]) -> str:
              "| padding | test accuracy | pairs with identical logits | max pair logit difference |",
              "|---|---:|---|---:|"]
     for padding, r in metrics["paddings"].items():
+        if "test_accuracy" not in r:
+            lines.append(f"| {padding} | every seed diverged | | |")
+            continue
         lines.append(f"| {padding} | {mean_std_text(r['test_accuracy'])} | "
                      f"{'all' if r['pairs_identical'] else 'no'} | {max(r['max_pair_logit_difference']):.2e} |")
     return "\n".join(lines)

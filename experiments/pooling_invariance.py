@@ -35,6 +35,7 @@ from equivar.layers import Blur, GlobalPool, PolyphaseDownsample, Pool
 from equivar.metrics import mean_std
 from equivar.plot import plot_pooling_invariance
 from equivar.text import mean_std_text, seeds_phrase
+from equivar.trained import TrainedModel
 from equivar.transforms import shift
 from equivar.experiments.common import execution_plan, obtain, publish, run_record
 
@@ -86,17 +87,18 @@ class Options:
                            choices=("random", "trained"))
 
 
-def feature_convs(config: RunConfig, data, out_dir: Path, opts: Options) -> list[nnx.Conv]:
+def feature_convs(config: RunConfig, data, out_dir: Path, opts: Options
+                  ) -> tuple[list[nnx.Conv], list[TrainedModel]]:
     """One circular convolution per seed: freshly initialised, or the first layer of a trained (or loaded)
     circular conv + ReLU + global max pool + linear classifier."""
     if opts.features == "random":
         return [nnx.Conv(data.input_shape[-1], opts.channels, (opts.kernel,) * data.rank, padding="CIRCULAR",
-                         rngs=nnx.Rngs(config.seed + i)) for i in range(config.n_seeds)]
+                         rngs=nnx.Rngs(config.seed + i)) for i in range(config.n_seeds)], []
     layers = [{"type": "conv", "features": opts.channels, "kernel": opts.kernel, "padding": "CIRCULAR"},
               {"type": "activation", "fn": "relu"}, {"type": "global_pool", "kind": "max"}]
     model = obtain(config, data, out_dir, "pooling_features", "equivar.models.Stack", {"layers": layers},
                    execution_plan(config), where="pooling_invariance.features")
-    return [m.conv1 for m in model.modules()]
+    return [m.conv1 for m in model.modules()], [model]  # the healthy seeds only
 
 
 def run(config: RunConfig, out_dir: Path) -> dict[str, Any]:
@@ -120,7 +122,8 @@ def run(config: RunConfig, out_dir: Path) -> dict[str, Any]:
 
     per_seed: dict[str, list[list[float]]] = {name: [] for name in pools}
     aligned: dict[str, list[list[float]]] = {name: [] for name in pools if pools[name]["type"] == "aps"}
-    for conv in feature_convs(config, data, out_dir, opts):
+    convs, measured = feature_convs(config, data, out_dir, opts)
+    for conv in convs:
         features = jax.jit(lambda v, c=conv: jax.nn.relu(c(v)))
         base = features(x)
         moved = [features(shift(x, s, opts.mode)) for s in shifts]
@@ -132,7 +135,7 @@ def run(config: RunConfig, out_dir: Path) -> dict[str, Any]:
             if name in aligned:
                 aligned[name].append([float(_aligned_error(pm, pooled).mean()) for pm in pooled_moved])
     results = {}
-    for name, p in pools.items():
+    for name, p in pools.items() if convs else ():
         results[name] = {"type": p["type"], "size": p["size"], "error": mean_std(np.asarray(per_seed[name]))}
         if name in aligned:
             results[name]["shift_aligned_error"] = mean_std(np.asarray(aligned[name]))
@@ -146,7 +149,7 @@ def run(config: RunConfig, out_dir: Path) -> dict[str, Any]:
         "sizes": sizes,
         "poolings": results,
     }
-    return publish(metrics, out_dir, plot_pooling_invariance, summary(metrics))
+    return publish(metrics, out_dir, plot_pooling_invariance, summary(metrics), measured)
 
 
 def summary(metrics: dict[str, Any]) -> str:

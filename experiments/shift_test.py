@@ -18,7 +18,8 @@ from equivar.config import RunConfig
 from equivar.data import Dataset, dataset_shape, load_dataset
 from equivar.errors import ConfigError
 from equivar.evaluate import ShiftEvaluator
-from equivar.experiments.common import check_before_data, execution_plan, obtain, publish, run_record, spec_variants
+from equivar.experiments.common import (check_batch, check_before_data, execution_plan, measurable, obtain, publish,
+                                       run_record, spec_variants)
 from equivar.metrics import accuracy, consistency, mean_std
 from equivar.plot import plot_shift_test
 from equivar.text import mean_std_text, seeds_phrase
@@ -31,11 +32,6 @@ def check_shift_range(max_shift: int, spatial: tuple[int, ...]) -> None:
     if max_shift > min(spatial):
         raise ConfigError(f"shift.max={max_shift} is larger than the input's spatial size {spatial}; "
                           f"use shift.max <= {min(spatial)}")
-
-
-def check_batch(batch_size: int, n_train: int) -> None:
-    if batch_size > n_train:
-        raise ConfigError(f"train.batch_size={batch_size} exceeds the {n_train} training examples")
 
 
 def eval_subset(data: Dataset, n: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -55,7 +51,7 @@ def run(config: RunConfig, out_dir: Path) -> dict[str, Any]:
     spatial = data.input_shape[:-1]
     check_shift_range(config.shift.max, spatial)
     if not config.load_from:
-        check_batch(config.train.batch_size, len(data.y_train))
+        check_batch(config.train.batch_size, len(data.y_train))  # before evaluating anything
     offsets = shift_grid(config.shift.max, data.rank, config.shift.step)
     zero = np.zeros((1, data.rank), dtype=np.int32)
     plan = execution_plan(config)
@@ -72,9 +68,8 @@ def run(config: RunConfig, out_dir: Path) -> dict[str, Any]:
                   "source": model.source}
         if model.train_record is not None:
             record["train"] = model.train_record
-        if not model.ok.any():
+        if not measurable(model):
             results[spec.name] = record
-            log.error("%s: every seed diverged; no evaluation", spec.name)
             continue
         kept = model.variables()  # diverged seeds are left out
         start = time.perf_counter()
@@ -99,17 +94,14 @@ def run(config: RunConfig, out_dir: Path) -> dict[str, Any]:
         log.info("%s: clean %.4f, grid mean %.4f, consistency %.4f (eval %.1fs)", spec.name,
                  clean.mean(), per_shift.mean(), cons.mean(), eval_seconds)
 
-    n_ok = [sum(st == "ok" for st in r["status"]) for r in results.values()]
-    n_all = [len(r["status"]) for r in results.values()]
     metrics = run_record("shift_test", config, data.summary(), measured) | {
-        "status": "ok" if n_ok == n_all else ("diverged" if max(n_ok) == 0 else "partial"),
         "shift_mode": config.shift.mode,
         "shifts": offsets.tolist(),
         "n_eval_shift": int(len(y_grid)),
         "models": results,
         "execution": plan.describe(),
     }
-    return publish(metrics, out_dir, plot_shift_test, summary_table(metrics))
+    return publish(metrics, out_dir, plot_shift_test, summary_table(metrics), measured)
 
 
 def summary_table(metrics: dict[str, Any]) -> str:

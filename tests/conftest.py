@@ -50,6 +50,19 @@ def pytest_addoption(parser):
                      help="also run the tests marked slow (CI runs them; the default run stays under 3 minutes)")
 
 
+def pytest_configure(config):
+    # Config fuzzing (test_fuzz_config.py): about a minute by default, more examples under --slow (CI).
+    from hypothesis import HealthCheck, settings
+
+    common = dict(deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+    settings.register_profile("default", max_examples=20, **common)
+    settings.register_profile("ci", max_examples=60, **common)
+    settings.register_profile("explore", max_examples=400, deadline=None, derandomize=False,  # by hand
+                              suppress_health_check=[HealthCheck.too_slow])
+    if config.getoption("--hypothesis-profile", None) is None:
+        settings.load_profile("ci" if config.getoption("--slow") else "default")
+
+
 def pytest_collection_modifyitems(config, items):
     if config.getoption("--slow"):
         return

@@ -90,11 +90,14 @@ def test_truncated_array_record_file_names_the_file(tmp_path):
 
 @pytest.mark.parametrize("args,words", [
     (["experiment=nosuch"], "Could not find 'experiment/nosuch'; Available options in 'experiment': anatomy,"),
-    ([], "no experiment chosen: add experiment=NAME"),
-    (["experiment=shift_test", "zoo.lenet.width=3"], "zoo.lenet.width is not in the config"),
-    (["experiment=shift_test", "+n_seed=2"], "n_seed is not an option (did you mean n_seeds?)"),
+    pytest.param([], "no experiment chosen: add experiment=NAME", marks=pytest.mark.slow),
+    pytest.param(["experiment=shift_test", "zoo.lenet.width=3"], "zoo.lenet.width is not in the config",
+                 marks=pytest.mark.slow),
+    pytest.param(["experiment=shift_test", "+n_seed=2"], "n_seed is not an option (did you mean n_seeds?)",
+                 marks=pytest.mark.slow),
     (["-m", "experiment=shift_test", "n_seeds=1,0"], "n_seeds must be >= 1, got 0"),  # a sweep's bad job
-    (["experiment=equivariance", "equivariance.max_shift=abc"], "equivariance.max_shift must be an integer"),
+    pytest.param(["experiment=equivariance", "equivariance.max_shift=abc"],
+                 "equivariance.max_shift must be an integer", marks=pytest.mark.slow),
 ])
 def test_cli_level_errors_are_one_line_with_exit_code_2(args, words, tmp_path):
     proc = _cli(args, tmp_path)

@@ -17,14 +17,26 @@ from conftest import ROOT, compose_raw, mnist_dir, requires_mnist
 TINY = ["n_seeds=2", "train.epochs=2", "train.batch_size=32", "zoo.mlp.hidden=[32]",
         "zoo.lenet.channels=[4,8]", "zoo.lenet.kernel=3", "zoo.lenet.hidden=[16]",
         "zoo.local.channels=[4,8]", "zoo.local.kernel=3", "zoo.local.hidden=[16]",
-        "zoo.cnn_gap.channels=[4,8]", "zoo.cnn_gap.dilations=[1,2]", "++anatomy.n_inputs=8",
+        "zoo.cnn_gap.channels=[4,8]", "zoo.cnn_gap.dilations=[1,2]",
         "zoo.group_pool.channels=[4,4]", "zoo.group_pool.dilations=[1,2]",
-        "++equivariance.n_examples=16", "++equivariance.max_shift=3",
-        "++pooling_invariance.n_examples=16", "++pooling_invariance.sizes=[2,4]", "++pooling_invariance.max_shift=3",
-        "++padding_leak.n_train=64", "++padding_leak.n_test=32", "++equivariance.paddings=[CIRCULAR]",
         "train.min_steps=0", "++zoo.lenet_blur.channels=[4,8]", "++zoo.lenet_blur.hidden=[16]",
-        "++zoo.lenet_aps.channels=[4,8]", "++zoo.lenet_aps.hidden=[16]", "++lie_derivative.n_examples=16",
-        "++lie_derivative.sawtooth_step=0.5"]
+        "++zoo.lenet_aps.channels=[4,8]", "++zoo.lenet_aps.hidden=[16]"]
+# Each experiment's own options, tiny (another experiment's options are refused, so they go per experiment).
+EXPERIMENT_TINY = {
+    "anatomy": ["anatomy.n_inputs=8"],
+    "equivariance": ["equivariance.n_examples=16", "equivariance.max_shift=3", "equivariance.paddings=[CIRCULAR]"],
+    "pooling_invariance": ["pooling_invariance.n_examples=16", "pooling_invariance.sizes=[2,4]",
+                           "pooling_invariance.max_shift=3"],
+    "padding_leak": ["padding_leak.n_train=64", "padding_leak.n_test=32"],
+    "lie_derivative": ["lie_derivative.n_examples=16", "lie_derivative.sawtooth_step=0.5"],
+}
+
+
+def tiny(name: str) -> list[str]:
+    """The tiny overrides for experiment ``name`` (a conf/experiment YAML's name)."""
+    return TINY + EXPERIMENT_TINY.get(name, [])
+
+
 EXPERIMENT_NAMES = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
 
 
@@ -51,7 +63,7 @@ SLOW_TINY = {"anatomy", "equivariance", "sample_efficiency", "antialiased_shift_
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_TINY else n
                                   for n in EXPERIMENT_NAMES])
 def test_every_experiment_composes_and_runs_tiny(name, tmp_path):
-    raw = compose_raw([f"experiment={name}", "dataset=synthetic"] + TINY)
+    raw = compose_raw([f"experiment={name}", "dataset=synthetic"] + tiny(name))
     metrics = run_experiment(raw, tmp_path)
     assert metrics["experiment"] == raw["experiment_name"]
     assert (tmp_path / "metrics.json").is_file()
@@ -143,11 +155,13 @@ def test_plot_cli_redraws(tmp_path):
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (["models=[resnet]"], "unknown model 'resnet' in models; valid choices: cnn_gap, group_pool, lenet, local, mlp"),
-    (["dataset.loader=imagenet"], "unknown dataset loader 'imagenet'"),
+    (["models=[resnet]"], "unknown model 'resnet' in models (did you mean 'lenet'?); valid choices: cnn_gap, "
+                          "group_pool, lenet, local, mlp"),
+    (["dataset.loader=imagenet"], "dataset.loader='imagenet' is not one of mnist1d, tfds, synthetic"),
     (["zoo.lenet.padding=REFLECT", "models=[lenet]"], "unknown padding 'REFLECT'"),
-    (["shift.mode=reflect"], "unknown shift mode 'reflect'"),
-    (["train.optimizer=adamax"], "unknown optimizer 'adamax'"),
+    (["shift.mode=reflect"], "shift.mode='reflect' is not one of roll, zero, fourier, bilinear-zero"),
+    (["train.optimizer=adamax"], "train.optimizer='adamax' is not one of adam, adamw, sgd, rmsprop, lion (did "
+                                 "you mean 'adam'?)"),
     (["n_seeds=0"], "n_seeds must be >= 1"),
     (["shift.max=99"], "larger than the input"),
 ])

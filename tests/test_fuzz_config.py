@@ -1,0 +1,152 @@
+"""Config fuzzing: random override sets drawn from every option's type and its invalid neighbours.
+
+Each example is a tiny run of one experiment plus 1-3 drawn overrides: a valid value of an option, a value
+that breaks its rule (0, negatives, NaN, inf, huge, wrong types, empty lists, misspelt choices), a misspelt
+key, or text Hydra cannot parse. Through the CLI's validation path, every example must end one of two ways:
+accepted, and the run completes with finite metrics; or refused with exactly one line ``equivar: error: ...``
+that names a key (the CLI prints it and exits 2, tested in test_bad_inputs.py), with no other exception.
+
+Profiles (tests/conftest.py): ``default`` (about a minute here) and ``ci`` (more examples; ``--slow``, which
+CI runs). Set
+``EQUIVAR_FUZZ_REPORT=<file>`` to get the counts of tried, refused and run examples.
+"""
+
+import json
+import math
+import os
+import re
+import tempfile
+import typing
+from pathlib import Path
+
+import pytest
+from hypothesis import given, strategies as st
+
+from equivar.errors import UserError
+from equivar.reference import _members, _misspelt, bad_values, option_sites
+from equivar.run import compose_config, report_error, run_experiment, validate
+
+from test_experiments import tiny
+
+# Experiments cheap enough to run tiny many times (the others share their code paths).
+EXPERIMENTS = ["shift_test", "conv_compare", "pooling_invariance", "anatomy", "padding_leak", "equivariance"]
+BASE = {name: [f"experiment={name}", "dataset=synthetic", "dataset.size=12", "n_seeds=1", "train.epochs=1",
+               "models=[mlp,cnn_gap]"] + [o for o in tiny(name) if not o.startswith(("n_seeds", "train.epochs"))]
+        for name in EXPERIMENTS}
+SITES = [s for s in option_sites() if not s.key.startswith("dataset.") or "dataset=synthetic" in s.context]
+SITES = [s for s in SITES if s.key not in ("load_from", "overwrite")]  # folders: tested on their own
+ALL_KEYS = sorted({s.key for s in option_sites()} | {"zoo", "models", "dataset", "experiment"})
+ZOO = ["mlp", "lenet", "local", "cnn_gap"]
+COUNTS = {"tried": 0, "refused": 0, "ran": 0}
+
+
+def _applies(site, experiment: str) -> bool:
+    head = site.key.split(".")[0]
+    return head not in {"anatomy", "conv_compare", "equivariance", "pooling_invariance", "padding_leak",
+                        "lie_derivative", "feature_pooling", "mnist1d_baselines"} or head == experiment
+
+
+def _valid(site) -> st.SearchStrategy[str]:
+    """Small valid values (runs stay tiny)."""
+    members, nullable = _members(site.annotation)
+    kind, rule = members[0], site.rule
+    if site.key == "models":
+        return st.lists(st.sampled_from(ZOO), min_size=1, max_size=2, unique=True).map(lambda v: f"[{','.join(v)}]")
+    origin = typing.get_origin(kind)
+    if origin is list:
+        entry = typing.get_args(kind)[0]
+        if rule.get("choices"):
+            inner = st.sampled_from([str(c) for c in rule["choices"]])
+        elif entry is int:
+            low = int(rule.get("minimum") or 1)
+            inner = st.integers(low, low + 3).map(str)
+        else:
+            inner = st.floats(0.5, 3).map(lambda v: f"{v:.2f}")
+        values = st.lists(inner, min_size=1, max_size=2).map(lambda v: f"[{','.join(v)}]")
+    elif kind is bool:
+        values = st.sampled_from(["true", "false"])
+    elif kind is dict:
+        values = st.just("{}")
+    elif rule.get("choices") and (kind is str or str in members):
+        values = st.sampled_from([str(c) for c in rule["choices"]])
+    elif int in members:
+        low = int(rule.get("minimum") if rule.get("minimum") is not None else 0)
+        values = st.integers(low, low + 3).map(str)
+    elif float in members:
+        low = rule.get("minimum") if rule.get("minimum") is not None else rule.get("above", 0) or 0
+        values = st.floats(max(low, 0.05), max(low, 0.05) + 2).map(lambda v: f"{v:.3g}")
+    else:
+        values = st.just("x")
+    return st.one_of(values, st.just("null")) if nullable else values
+
+
+def _invalid(site) -> st.SearchStrategy[str]:
+    neighbours = [v for v, _ in bad_values(site)]
+    wrong = ["null", "[1,2]", "{a:1}", "''", "-1e39", "-2147483649"]
+    return st.sampled_from(neighbours + wrong) if neighbours else st.sampled_from(wrong)
+
+
+@st.composite
+def override_sets(draw):
+    experiment = draw(st.sampled_from(EXPERIMENTS))
+    sites = [s for s in SITES if _applies(s, experiment)]
+    drawn = []
+    for _ in range(draw(st.integers(1, 3))):
+        site = draw(st.sampled_from(sites))
+        how = draw(st.sampled_from(["valid", "valid", "invalid", "invalid", "misspelt key", "unparsable"]))
+        if how == "valid":
+            drawn.append(f"{site.key}={draw(_valid(site))}")
+        elif how == "invalid":
+            drawn.append(f"{site.key}={draw(_invalid(site))}")
+        elif how == "misspelt key":
+            head, _, last = site.key.rpartition(".")
+            drawn.append(f"+{head + '.' if head else ''}{_misspelt(last)}={draw(_valid(site))}")
+        else:
+            drawn.append(f"{site.key}={draw(st.sampled_from(['[', 'a,b', '${nosuch}', '{']))}")
+    return experiment, drawn
+
+
+def _names_a_key(line: str, drawn: list[str]) -> bool:
+    keys = {re.split(r"[=]", d.lstrip("+"), maxsplit=1)[0] for d in drawn}
+    text = line.replace("equivar: error: ", "")
+    return any(k in text for k in keys) or any(re.search(rf"(^|[^\w.]){re.escape(k)}([^\w]|$)", text)
+                                               for k in ALL_KEYS)
+
+
+def _finite(obj) -> bool:
+    if isinstance(obj, float):
+        return math.isfinite(obj)
+    if isinstance(obj, dict):
+        return all(_finite(v) for k, v in obj.items() if k not in ("environment",))
+    if isinstance(obj, list):
+        return all(_finite(v) for v in obj)
+    return True
+
+
+@given(override_sets())
+def test_random_configs_run_or_fail_with_one_line_naming_a_key(case):
+    experiment, drawn = case
+    overrides = BASE[experiment] + drawn
+    COUNTS["tried"] += 1
+    try:
+        validate(overrides)
+        with tempfile.TemporaryDirectory() as tmp:
+            metrics = run_experiment(compose_config(overrides), Path(tmp) / "run")
+            assert (Path(tmp) / "run" / "metrics.json").is_file()
+    except UserError as err:
+        COUNTS["refused"] += 1
+        line = report_error(err)
+        assert "\n" not in line and line.startswith("equivar: error: ")
+        assert _names_a_key(line, drawn), f"{overrides}: {line}"
+        return
+    COUNTS["ran"] += 1
+    assert metrics.get("status", "ok") in ("ok", "partial", "diverged")
+    assert _finite(metrics) or metrics.get("status") != "ok", f"{overrides}: non-finite metrics"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report_counts():
+    yield
+    path = os.environ.get("EQUIVAR_FUZZ_REPORT")
+    if path:
+        Path(path).write_text(json.dumps(COUNTS) + "\n")

@@ -1,0 +1,177 @@
+"""The divergence guard records the first bad step and freezes the seed; one seed policy for every experiment
+that trains (diverged seeds out of the means, per-seed status, run status, exit 3 when all diverged); seed
+packings agree, augmentation streams included; the vmap evaluation path (the accelerators' default) on CPU."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import equivar.experiments.common as common
+from equivar.data import load_synthetic
+from equivar.evaluate import ShiftEvaluator
+from equivar.models import build_model
+from equivar.run import run_experiment
+from equivar.strategy import plan_execution
+from equivar.train import SeedTrainer, TrainSpec, init_states, make_optimizer, make_train_step, seed_keys, take_seed
+from equivar.transforms import shift_grid
+
+from conftest import compose_raw, target
+from test_experiments import tiny
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_synthetic(rank=1, size=16, n_classes=3, n_train=64, n_test=32, seed=1)
+
+
+def _mlp(data, n_seeds=2, spec=TrainSpec(epochs=2, batch_size=16, learning_rate=3e-3)):
+    tx = make_optimizer(spec)
+    keys = seed_keys(0, n_seeds)
+    graphdef, states = init_states(
+        lambda r: build_model(target("mlp"), data.input_shape, data.n_classes, {"hidden": [8]}, r), tx, keys)
+    return graphdef, states, tx, keys, spec
+
+
+def test_the_guard_records_the_first_non_finite_step_and_freezes_the_seed(data):
+    """Steps 0..3 with batches finite, NaN, finite, NaN: diverged_at is 1 (not 3), and the parameters after
+    the last step are those after step 0 (frozen: no later step, finite or not, moves them)."""
+    graphdef, states, tx, _, _ = _mlp(data, n_seeds=1)
+    state = take_seed(states, 0)
+    step = jax.jit(make_train_step(graphdef, tx))
+    x, y = jnp.asarray(data.x_train[:16]), jnp.asarray(data.y_train[:16])
+    bad = x.at[3].set(jnp.nan)
+    after = []
+    for batch in ((x, y), (bad, y), (x, y), (bad, y)):
+        state, _ = step(state, batch)
+        after.append(jax.tree.map(np.asarray, state.params))
+    assert int(state.diverged_at) == 1
+    assert int(state.step) == 4
+    for first, last in zip(jax.tree.leaves(after[0]), jax.tree.leaves(after[-1])):
+        np.testing.assert_array_equal(first, last)
+        assert np.isfinite(last).all()
+
+
+def test_healthy_steps_move_the_parameters(data):
+    """The freeze above is not a step that never updates: a finite batch changes every parameter array."""
+    graphdef, states, tx, _, _ = _mlp(data, n_seeds=1)
+    state = take_seed(states, 0)
+    new, _ = jax.jit(make_train_step(graphdef, tx))(state, (jnp.asarray(data.x_train[:16]),
+                                                             jnp.asarray(data.y_train[:16])))
+    assert int(new.diverged_at) == -1
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(new.params)):
+        assert not np.array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("steps_per_call", [1, 3])
+def test_the_guard_is_the_same_under_scanned_steps(data, steps_per_call):
+    """A NaN example poisons one batch per epoch: with 3 steps per call (a scan) the same first step is
+    recorded as with one step per call, and the parameters stay finite."""
+    graphdef, states, tx, keys, spec = _mlp(data)
+    x = np.array(data.x_train)
+    x[5] = np.nan
+    trainer = SeedTrainer(graphdef, tx, plan_execution("loop", steps_per_call=steps_per_call))
+    out, history = trainer.fit(states, jnp.asarray(x), jnp.asarray(data.y_train), keys, spec)
+    reference = SeedTrainer(graphdef, tx, plan_execution("loop", steps_per_call=1)).fit(
+        states, jnp.asarray(x), jnp.asarray(data.y_train), keys, spec)[1]
+    np.testing.assert_array_equal(history.diverged_at, reference.diverged_at)
+    assert (history.diverged_at >= 0).all() and (history.diverged_at < 4).all()
+    assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(out.params))
+
+
+def test_vmap_and_loop_draw_the_same_augmentation_per_seed(data):
+    """With shift augmentation on, each seed's random offsets follow its own key, whatever the packing."""
+    spec = TrainSpec(epochs=2, batch_size=16, learning_rate=3e-3, augment_shift=3)
+    graphdef, states, tx, keys, _ = _mlp(data, n_seeds=3, spec=spec)
+    results = {}
+    for packing in ("loop", "vmap"):
+        trainer = SeedTrainer(graphdef, tx, plan_execution(packing), augment_shift=3)
+        results[packing] = trainer.fit(states, jnp.asarray(data.x_train), jnp.asarray(data.y_train), keys, spec)
+    for a, b in zip(jax.tree.leaves(results["loop"][0].params), jax.tree.leaves(results["vmap"][0].params)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    seeds = jax.tree.leaves(results["loop"][0].params)[0]
+    assert not np.allclose(seeds[0], seeds[1])  # the seeds differ: their streams are their own
+
+
+def test_vmap_evaluation_equals_the_loop(data):
+    graphdef, states, _, _, _ = _mlp(data, n_seeds=3)
+    offsets = shift_grid(3, 1)
+    preds = {p: ShiftEvaluator(graphdef, "roll", plan_execution(p)).predict(
+        (states.params, states.model_state), data.x_test, offsets) for p in ("loop", "vmap")}
+    assert preds["loop"].shape == (3, len(offsets), len(data.y_test))
+    np.testing.assert_array_equal(preds["loop"], preds["vmap"])
+
+
+def _poison(seeds):
+    """Makes ``init_states`` give the chosen seeds NaN parameters: they diverge at step 0, the others train."""
+    real = common.init_states
+
+    def init(build, tx, keys):
+        graphdef, states = real(build, tx, keys)
+        mask = np.isin(np.arange(keys.shape[0]), seeds)
+
+        def poison(a):
+            shape = (-1,) + (1,) * (a.ndim - 1)
+            return jnp.where(jnp.asarray(mask).reshape(shape), jnp.nan, a)
+        return graphdef, states._replace(params=jax.tree.map(poison, states.params))
+    return init
+
+
+# The experiments that train, each with the models it trains (as its metrics' seed_status names them).
+TRAINING = {
+    "shift_test": ["models=[mlp]"],
+    "padding_leak": [],
+    "feature_pooling": [],
+    "lie_derivative": ["models=[mlp]", "lie_derivative.per_layer=false"],
+    "mnist1d_baselines": ["models=[mlp]"],
+    "equivariance": ["models=[lenet]"],
+    "pooling_invariance": ["pooling_invariance.features=trained"],
+}
+
+
+@pytest.mark.parametrize("name", [n if n == "shift_test" else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in TRAINING])
+def test_one_seed_policy_for_every_experiment_that_trains(name, tmp_path, monkeypatch):
+    overrides = [f"experiment={name}", "dataset=synthetic", "n_seeds=3"] + tiny(name) + TRAINING[name]
+    overrides = [o for o in overrides if not o.startswith("n_seeds=2")]
+    monkeypatch.setattr(common, "init_states", _poison([1]))
+    metrics = run_experiment(compose_raw(overrides), tmp_path / "partial")
+    assert metrics["status"] == "partial"
+    for statuses in metrics["seed_status"].values():
+        assert statuses[0] == statuses[2] == "ok" and statuses[1] == "diverged at step 0 (epoch 1)"
+    written = json.loads((tmp_path / "partial" / "metrics.json").read_text())
+    assert written["status"] == "partial" and written["seed_status"] == metrics["seed_status"]
+    if name == "shift_test":  # the means are over the healthy seeds, and the summary says which diverged
+        for model in metrics["models"].values():
+            assert model["per_seed"]["seeds"] == [0, 2]
+            assert model["clean_accuracy"]["n"] == 2
+            assert model["clean_accuracy"]["mean"] == pytest.approx(np.mean(model["per_seed"]["clean_accuracy"]))
+        assert "(1/3 diverged)" in common_summary(metrics)
+
+    monkeypatch.setattr(common, "init_states", _poison([0, 1, 2]))
+    metrics = run_experiment(compose_raw(overrides), tmp_path / "all")
+    assert metrics["status"] == "diverged"
+    status = json.loads((tmp_path / "all" / "status.json").read_text())
+    assert status["status"] == "diverged"  # and the CLI exits 3 (test_reliability)
+
+
+def common_summary(metrics):
+    from equivar.experiments.shift_test import summary_table
+
+    return summary_table(metrics)
+
+
+@pytest.mark.parametrize("name", ["equivariance", "feature_pooling", "padding_leak"])
+def test_a_training_set_smaller_than_a_batch_is_an_error_before_training(name, tmp_path):
+    from equivar.errors import ConfigError
+
+    overrides = [f"experiment={name}", "dataset=synthetic", "dataset.n_train=16", "train.batch_size=64"]
+    overrides += tiny(name)
+    overrides = [o for o in overrides if not o.startswith("train.batch_size=32")]
+    if name == "padding_leak":
+        overrides += ["padding_leak.n_train=8"]
+    with pytest.raises(ConfigError, match=r"train.batch_size=64 exceeds the \d+ training examples"):
+        run_experiment(compose_raw(overrides), tmp_path)
+    assert not (tmp_path / "metrics.json").exists()
