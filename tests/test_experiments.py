@@ -20,7 +20,8 @@ TINY = ["n_seeds=2", "train.epochs=2", "train.batch_size=32", "zoo.mlp.hidden=[3
         "zoo.cnn_gap.channels=[4,8]", "zoo.cnn_gap.dilations=[1,2]",
         "zoo.group_pool.channels=[4,4]", "zoo.group_pool.dilations=[1,2]",
         "train.min_steps=0", "++zoo.lenet_blur.channels=[4,8]", "++zoo.lenet_blur.hidden=[16]",
-        "++zoo.lenet_aps.channels=[4,8]", "++zoo.lenet_aps.hidden=[16]"]
+        "++zoo.lenet_aps.channels=[4,8]", "++zoo.lenet_aps.hidden=[16]", "++zoo.lenet_blur.kernel=3",
+        "++zoo.lenet_aps.kernel=3"]
 # Each experiment's own options, tiny (another experiment's options are refused, so they go per experiment).
 EXPERIMENT_TINY = {
     "anatomy": ["anatomy.n_inputs=8"],
