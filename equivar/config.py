@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from pathlib import Path
 from typing import Any, Mapping
 
 from equivar.data import DATASET_SCHEMAS, dataset_options
 from equivar.errors import ConfigError
 from equivar.io import read_json
-from equivar.options import check, defaults, nearest, option
+from equivar.options import check, check_keywords, defaults, nearest, option
 from equivar.strategy import SEED_PACKINGS
 from equivar.train import OPTIMIZERS, TrainSpec
 from equivar.trained import record_path
@@ -149,13 +148,7 @@ def _check_optimizer(name: str, options: dict[str, Any], learning_rate: float) -
     import jax.numpy as jnp
 
     fn = OPTIMIZERS[name]
-    accepted = [p for p in inspect.signature(fn).parameters if p != "learning_rate"]
-    for key in options:
-        if key not in accepted:
-            near = nearest(key, accepted)
-            raise ConfigError(f"train.optimizer_options.{key} is not an option of optax.{fn.__name__}"
-                              + (f" (did you mean train.optimizer_options.{near[0]}?)" if near else "")
-                              + f"; valid options: {', '.join(accepted)}")
+    check_keywords(fn, options, f"train.optimizer_options (optax.{fn.__name__})", skip=("learning_rate",))
     try:
         tx = fn(learning_rate=learning_rate, **options)
         params = {"w": jnp.ones(2)}

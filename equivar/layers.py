@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from equivar.options import nearest
+
 PADDINGS = ("VALID", "SAME", "CIRCULAR")
 POOL_KINDS = ("max", "mean")
 
@@ -329,7 +331,9 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 class Activation(nnx.Module):
     def __init__(self, name: str):
         if name not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}")
+            near = nearest(str(name), ACTIVATIONS)
+            raise ValueError(f"unknown activation {name!r}" + (f" (did you mean {near[0]!r}?)" if near else "")
+                             + f"; choose one of {sorted(ACTIVATIONS)}")
         self.name = name
 
     def __call__(self, x: jax.Array) -> jax.Array:

@@ -15,7 +15,7 @@ import jax
 from flax import nnx
 
 from equivar.errors import ConfigError
-from equivar.options import nearest
+from equivar.options import check_keywords, nearest
 from equivar.layers import (
     PADDINGS,
     Activation,
@@ -309,6 +309,7 @@ class Stack(LayerStack):
             if kind not in methods:
                 raise ValueError(f"layer {i}: unknown type {kind!r}; choose one of {sorted(methods)}")
             name = str(spec.pop("name", f"{kind}{i}"))
+            check_keywords(methods[kind], spec, f"layer {i} ({kind})", skip=("name",))
             try:
                 methods[kind](name, **spec)
             except TypeError as err:

@@ -45,6 +45,22 @@ def nearest(word: str, choices: Any) -> list[str]:
     return [by_lower[m] for m in match]
 
 
+def check_keywords(fn: Callable[..., Any], keywords: Mapping[str, Any], where: str,
+                   skip: tuple[str, ...] = ()) -> None:
+    """Keyword options meant for ``fn`` (a library's optimizer, a layer builder) against its signature: an
+    unknown name is a one-line ConfigError with the nearest valid one. ``skip``: parameters set elsewhere."""
+    params = inspect.signature(fn).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = [name for name, p in params.items() if name not in skip and name != "self"
+                and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    for key in keywords:
+        if key not in accepted:
+            near = nearest(key, accepted)
+            raise ConfigError(f"{where} has no option {key!r}" + (f" (did you mean {near[0]!r}?)" if near else "")
+                              + f"; valid options: {', '.join(accepted) or 'none'}")
+
+
 def _check_scalar(value: Any, kind: type, meta: Mapping[str, Any], key: str) -> Any:
     if kind is bool:
         if not isinstance(value, bool):
