@@ -61,8 +61,14 @@ SLOW_TINY = {"anatomy", "equivariance", "sample_efficiency", "antialiased_shift_
              "feature_pooling", "mnist1d_baselines", "padding_leak", "pooling_invariance"}  # 10-20 s each here
 
 
+# Run tiny elsewhere, with their results checked (not only their files): the experiments that train in
+# test_seed_policy.py (one seed poisoned, metrics and plots checked), and in test_defining_facts.py.
+RUN_ELSEWHERE = {"equivariance", "feature_pooling", "lie_derivative", "mnist1d_baselines", "padding_leak",
+                 "pooling_invariance", "antialiased_shift_test"}
+
+
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_TINY else n
-                                  for n in EXPERIMENT_NAMES])
+                                  for n in EXPERIMENT_NAMES if n not in RUN_ELSEWHERE])
 def test_every_experiment_composes_and_runs_tiny(name, tmp_path):
     raw = compose_raw([f"experiment={name}", "dataset=synthetic"] + tiny(name))
     metrics = run_experiment(raw, tmp_path)
@@ -219,3 +225,11 @@ def test_shift_test_on_real_mnist_subset(tmp_path):
     metrics = run_experiment(raw, tmp_path)
     _check_shift_test(metrics, tmp_path, 2)
     assert metrics["dataset"]["name"] == "mnist" and metrics["dataset"]["n_train"] == 512
+
+
+def test_every_experiment_is_run_tiny_somewhere():
+    from test_seed_policy import TRAINING
+
+    defining_facts = {"antialiased_shift_test", "feature_pooling", "pooling_invariance"}
+    assert RUN_ELSEWHERE <= set(TRAINING) | defining_facts
+    assert set(EXPERIMENT_NAMES) - RUN_ELSEWHERE  # the rest run in test_every_experiment_composes_and_runs_tiny

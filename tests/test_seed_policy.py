@@ -143,6 +143,8 @@ def test_one_seed_policy_for_every_experiment_that_trains(name, tmp_path, monkey
         assert statuses[0] == statuses[2] == "ok" and statuses[1] == "diverged at step 0 (epoch 1)"
     written = json.loads((tmp_path / "partial" / "metrics.json").read_text())
     assert written["status"] == "partial" and written["seed_status"] == metrics["seed_status"]
+    assert written["experiment"] == compose_raw(overrides)["experiment_name"]
+    assert list((tmp_path / "partial").glob("*.png")), "every experiment draws its plots"
     if name == "shift_test":  # the means are over the healthy seeds, and the summary says which diverged
         for model in metrics["models"].values():
             assert model["per_seed"]["seeds"] == [0, 2]
@@ -155,6 +157,7 @@ def test_one_seed_policy_for_every_experiment_that_trains(name, tmp_path, monkey
     assert metrics["status"] == "diverged"
     status = json.loads((tmp_path / "all" / "status.json").read_text())
     assert status["status"] == "diverged"  # and the CLI exits 3 (test_reliability)
+    assert (tmp_path / "all" / "metrics.json").is_file()  # plots and summary cope with nothing measured
 
 
 def common_summary(metrics):
