@@ -6,7 +6,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Mapping
 
-from equivar.data import DATASET_SCHEMAS, dataset_options
+from equivar.data import DATASET_SCHEMAS, Recipe, dataset_options
 from equivar.errors import ConfigError
 from equivar.io import read_json
 from equivar.options import check, check_keywords, defaults, nearest, option
@@ -16,7 +16,7 @@ from equivar.trained import record_path
 from equivar.transforms import INTEGER_MODES, SHIFT_MODES
 
 # Dataset keys that describe how to use the data, not how to load it.
-DATASET_RUN_KEYS = ("loader", "epochs", "batch_size", "learning_rate", "shift_max", "shift_subset")
+DATASET_RUN_KEYS = tuple(f.name for f in dataclasses.fields(Recipe))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,6 +246,8 @@ def parse_config(raw: Mapping[str, Any], option_schemas: Mapping[str, type] | No
             experiment's ``<name>.*`` are checked too, and another experiment's are refused.
     """
     raw = dict(raw)
+    if isinstance(raw.get("models"), str):  # models=lenet: one model
+        raw["models"] = [raw["models"]]
     option_schemas = dict(option_schemas or {})
     top = check(RunOptions, {k: v for k, v in raw.items() if k in {f.name for f in dataclasses.fields(RunOptions)}},
                 "").__dict__

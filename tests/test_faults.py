@@ -21,7 +21,7 @@ from equivar.report import write_report
 
 from conftest import ROOT
 
-RUN = ["experiment=shift_test", "dataset=synthetic", "models=[mlp,lenet]", "n_seeds=2", "train.epochs=4",
+RUN = ["experiment=shift_test", "dataset=synthetic", "models=[mlp,lenet]", "n_seeds=2", "train.epochs=6",
        "train.batch_size=32", "zoo.mlp.hidden=[16]", "zoo.lenet.channels=[4,8]", "zoo.lenet.hidden=[16]",
        "shift.max=3"]
 
@@ -50,7 +50,7 @@ def test_a_run_killed_at_a_random_moment_resumes_with_the_same_command(tmp_path)
         run_dir = tmp_path / f"run{trial}"
         args = RUN + [f"hydra.run.dir={run_dir}"]
         proc = _start(args)
-        delay = rng.uniform(2.0, 9.0)
+        delay = rng.uniform(1.5, 5.5)
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         proc.communicate()
