@@ -304,24 +304,39 @@ class Recipe:
 
 # Each loader's options are its keyword parameters (types and defaults from its signature), with these rules.
 LOADER_RULES: dict[str, dict[str, dict[str, Any]]] = {
-    "mnist1d": {
+    "mnist1d": {  # the generator's arguments (Greydanus 2020)
         "num_samples": {"minimum": 10, "help": "examples generated (train and test)"},
         "train_split": {"above": 0, "below": 1, "help": "share of the examples used for training"},
-        "template_len": {"minimum": 1}, "padding": {"minimum": 0}, "scale_coeff": {"minimum": 0},
-        "max_translation": {"minimum": 1, "help": "1 = untranslated, left-aligned digits"},
-        "corr_noise_scale": {"minimum": 0}, "iid_noise_scale": {"minimum": 0}, "shear_scale": {"minimum": 0},
-        "final_seq_length": {"minimum": 1}, "seed": {"minimum": 0},
+        "template_len": {"minimum": 1, "help": "length of the ten digit templates"},
+        "padding": {"minimum": 0, "help": "[low, high): random padding added around the template"},
+        "scale_coeff": {"minimum": 0, "help": "random scaling of the signal"},
+        "max_translation": {"minimum": 1, "help": "random circular translation; 1 = untranslated, left-aligned"},
+        "corr_noise_scale": {"minimum": 0, "help": "correlated (smooth) noise"},
+        "iid_noise_scale": {"minimum": 0, "help": "independent noise per position"},
+        "shear_scale": {"minimum": 0, "help": "random shear"},
+        "shuffle_seq": {"help": "shuffle the positions (destroys locality)"},
+        "final_seq_length": {"minimum": 1, "help": "length of each sequence"},
+        "seed": {"minimum": 0, "help": "the generator's seed"},
         "n_train": {"minimum": 1, "help": "a fixed random subset of the training set (null: all)"},
     },
     "synthetic": {
-        "rank": {"minimum": 1, "below": 3, "help": "1: sequences, 2: images"}, "size": {"minimum": 1},
-        "n_classes": {"minimum": 2}, "n_train": {"minimum": 1}, "n_test": {"minimum": 1},
-        "template_size": {"minimum": 1}, "max_offset": {"minimum": 0, "help": "null: anywhere; 0: at the origin"},
-        "noise": {"minimum": 0}, "seed": {"minimum": 0},
+        "rank": {"minimum": 1, "below": 3, "help": "1: sequences, 2: images"},
+        "size": {"minimum": 1, "help": "length (or side) of each input"},
+        "n_classes": {"minimum": 2, "help": "classes, one random template each"},
+        "n_train": {"minimum": 1, "help": "training examples"}, "n_test": {"minimum": 1, "help": "test examples"},
+        "template_size": {"minimum": 1, "help": "length (or side) of the templates"},
+        "max_offset": {"minimum": 0, "help": "how far templates land from the origin; null: anywhere"},
+        "noise": {"minimum": 0, "help": "background noise scale"}, "seed": {"minimum": 0, "help": "data seed"},
     },
     "tfds": {
         "tfds_name": {"help": "any TFDS image-classification dataset, e.g. mnist, fashion_mnist"},
-        "n_train": {"minimum": 1}, "n_test": {"minimum": 1}, "subset_seed": {"minimum": 0},
+        "data_dir": {"help": "TFDS data folder; null: $TFDS_DATA_DIR, else TFDS's default"},
+        "train_split": {"help": "TFDS split to train on"}, "test_split": {"help": "TFDS split to test on"},
+        "download": {"help": "try TFDS's download_and_prepare when the data are not prepared"},
+        "manual_dir": {"help": "folder with the original files, to prepare offline (needs tensorflow-cpu)"},
+        "n_train": {"minimum": 1, "help": "a fixed random subset of the training split (null: all)"},
+        "n_test": {"minimum": 1, "help": "a fixed random subset of the test split (null: all)"},
+        "subset_seed": {"minimum": 0, "help": "seed of those subsets"},
     },
 }
 
