@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from equivar.options import nearest
+from equivar.options import unknown
 
 PADDINGS = ("VALID", "SAME", "CIRCULAR")
 POOL_KINDS = ("max", "mean")
@@ -110,9 +110,9 @@ class Pool(nnx.Module):
 
     def __init__(self, kind: str, window: Sequence[int], stride: Sequence[int], padding: str = "VALID"):
         if kind not in POOL_KINDS:
-            raise ValueError(f"unknown pooling kind {kind!r}; choose one of {POOL_KINDS}")
+            raise ValueError(unknown("pooling kind", kind, POOL_KINDS))
         if padding not in PADDINGS:
-            raise ValueError(f"unknown pooling padding {padding!r}; choose one of {PADDINGS}")
+            raise ValueError(unknown("pooling padding", padding, PADDINGS))
         self.kind = kind
         self.window = tuple(window)
         self.stride = tuple(stride)
@@ -159,7 +159,7 @@ class LocallyConnected(nnx.Module):
                  *, stride: Sequence[int], dilation: Sequence[int], padding: str = "VALID",
                  use_bias: bool = True, rngs: nnx.Rngs):
         if padding not in PADDINGS:
-            raise ValueError(f"unknown padding {padding!r}; choose one of {PADDINGS}")
+            raise ValueError(unknown("padding", padding, PADDINGS))
         self.geometry = Geometry(tuple(kernel), tuple(stride), tuple(dilation), padding)
         out_spatial = self.geometry.output_spatial(in_spatial)
         rank = len(kernel)
@@ -195,7 +195,7 @@ class Blur(nnx.Module):
 
     def __init__(self, size: int, stride: Sequence[int], padding: str = "SAME"):
         if padding not in PADDINGS:
-            raise ValueError(f"unknown blur padding {padding!r}; choose one of {PADDINGS}")
+            raise ValueError(unknown("blur padding", padding, PADDINGS))
         rank = len(stride)
         self.geometry = Geometry((size,) * rank, tuple(stride), (1,) * rank, padding)
         self.size = size
@@ -308,7 +308,7 @@ class GlobalPool(nnx.Module):
 
     def __init__(self, kind: str):
         if kind not in POOL_KINDS:
-            raise ValueError(f"unknown global pooling kind {kind!r}; choose one of {POOL_KINDS}")
+            raise ValueError(unknown("global pooling kind", kind, POOL_KINDS))
         self.kind = kind
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -331,9 +331,7 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 class Activation(nnx.Module):
     def __init__(self, name: str):
         if name not in ACTIVATIONS:
-            near = nearest(str(name), ACTIVATIONS)
-            raise ValueError(f"unknown activation {name!r}" + (f" (did you mean {near[0]!r}?)" if near else "")
-                             + f"; choose one of {sorted(ACTIVATIONS)}")
+            raise ValueError(unknown("activation", name, sorted(ACTIVATIONS)))
         self.name = name
 
     def __call__(self, x: jax.Array) -> jax.Array:

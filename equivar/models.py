@@ -15,7 +15,7 @@ import jax
 from flax import nnx
 
 from equivar.errors import ConfigError
-from equivar.options import check_keywords, nearest
+from equivar.options import check_keywords, nearest, unknown
 from equivar.layers import (
     PADDINGS,
     Activation,
@@ -88,7 +88,7 @@ class _Builder:
     def conv(self, name: str, features: int, kernel: int | Sequence[int], *, stride=1, dilation=1,
              padding: str = "VALID", use_bias: bool = True) -> None:
         if padding not in PADDINGS:
-            raise ValueError(f"layer {name!r}: unknown padding {padding!r}; choose one of {PADDINGS}")
+            raise ValueError(f"layer {name!r}: " + unknown("padding", padding, PADDINGS))
         self._positive(name, features=features, kernel=as_tuple(kernel, self.rank),
                        stride=as_tuple(stride, self.rank), dilation=as_tuple(dilation, self.rank))
         conv = nnx.Conv(
@@ -114,7 +114,7 @@ class _Builder:
     def local(self, name: str, features: int, kernel: int | Sequence[int], *, stride=1, dilation=1,
               padding: str = "VALID", use_bias: bool = True) -> None:
         if padding not in PADDINGS:
-            raise ValueError(f"layer {name!r}: unknown padding {padding!r}; choose one of {PADDINGS}")
+            raise ValueError(f"layer {name!r}: " + unknown("padding", padding, PADDINGS))
         self._positive(name, features=features, kernel=as_tuple(kernel, self.rank),
                        stride=as_tuple(stride, self.rank), dilation=as_tuple(dilation, self.rank))
         geometry = Geometry(as_tuple(kernel, self.rank), as_tuple(stride, self.rank),
@@ -213,7 +213,7 @@ def _lenet_layers(b: _Builder, windowed: Callable[..., None], n_classes: int, ch
                   hidden: Sequence[int], activation: str, pool_padding: str = "VALID",
                   blur_size: int = 3) -> None:
     if pool not in POOLINGS:
-        raise ValueError(f"unknown pool {pool!r}; choose one of {POOLINGS}")
+        raise ValueError(unknown("pool", pool, POOLINGS))
     stride = pool_size if pool_stride is None else pool_stride
     for i, width in enumerate(channels, start=1):
         windowed(f"conv{i}", int(width), kernel, padding=padding)
@@ -307,7 +307,7 @@ class Stack(LayerStack):
             spec = dict(spec)
             kind = spec.pop("type", None)
             if kind not in methods:
-                raise ValueError(f"layer {i}: unknown type {kind!r}; choose one of {sorted(methods)}")
+                raise ValueError(f"layer {i}: " + unknown("type", kind, sorted(methods)))
             name = str(spec.pop("name", f"{kind}{i}"))
             check_keywords(methods[kind], spec, f"layer {i} ({kind})", skip=("name",))
             try:

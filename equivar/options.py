@@ -45,6 +45,14 @@ def nearest(word: str, choices: Any) -> list[str]:
     return [by_lower[m] for m in match]
 
 
+def unknown(what: str, value: Any, choices: Any) -> str:
+    """``unknown <what> 'x' (did you mean 'y'?); choose one of ...``: the message for a name not among
+    ``choices``."""
+    near = nearest(str(value), choices)
+    return (f"unknown {what} {value!r}" + (f" (did you mean {near[0]!r}?)" if near else "")
+            + f"; choose one of {', '.join(str(c) for c in choices)}")
+
+
 def check_keywords(fn: Callable[..., Any], keywords: Mapping[str, Any], where: str,
                    skip: tuple[str, ...] = ()) -> None:
     """Keyword options meant for ``fn`` (a library's optimizer, a layer builder) against its signature: an
