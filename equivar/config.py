@@ -149,17 +149,28 @@ def _check_optimizer(name: str, options: dict[str, Any], learning_rate: float) -
 
     fn = OPTIMIZERS[name]
     check_keywords(fn, options, f"train.optimizer_options (optax.{fn.__name__})", skip=("learning_rate",))
-    try:
-        tx = fn(learning_rate=learning_rate, **options)
+    def first_update(opts: dict[str, Any]) -> bool:
+        tx = fn(learning_rate=learning_rate, **opts)
         params = {"w": jnp.ones(2)}
         updates, _ = tx.update(params, tx.init(params), params)
-        finite = all(bool(jnp.isfinite(u).all()) for u in updates.values())
-    except Exception as err:  # optax's own complaint about a value, as one line naming the key
-        raise ConfigError(f"train.optimizer_options={options} for optax.{fn.__name__}: "
+        return all(bool(jnp.isfinite(u).all()) for u in updates.values())
+
+    for key, value in [(None, None), *options.items()]:  # each option alone first: the message names it
+        try:
+            finite = first_update(options if key is None else {key: value})
+        except Exception as err:  # optax's own complaint about a value, as one line naming the key
+            if key is None:
+                continue
+            raise ConfigError(f"train.optimizer_options.{key}={value!r} is refused by optax.{fn.__name__}: "
+                              f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from None
+        if not finite:
+            where = "train.optimizer_options" + ("" if key is None else f".{key}={value!r}")
+            raise ConfigError(f"{where} makes optax.{fn.__name__}'s first update non-finite")
+    try:
+        first_update(options)
+    except Exception as err:
+        raise ConfigError(f"train.optimizer_options={options} together are refused by optax.{fn.__name__}: "
                           f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from None
-    if not finite:
-        raise ConfigError(f"train.optimizer_options={options} make optax.{fn.__name__}'s first update "
-                          "non-finite")
 
 
 def _check_root(raw: Mapping[str, Any], option_schemas: Mapping[str, type]) -> None:
@@ -185,12 +196,12 @@ MAX_SHIFTS_PER_AXIS = 1001  # a finer grid is a typo (shift.step=0.0001), not a 
 def _shift_spec(options: ShiftOptions) -> ShiftSpec:
     mode, step, maximum = options.mode, options.step, options.max
     if mode in INTEGER_MODES and not (float(step).is_integer() and float(maximum).is_integer()):
-        raise ConfigError(f"shift.mode={mode} shifts by whole positions, but shift.step={step} and shift.max="
-                          f"{maximum}; use shift.mode=fourier or bilinear-zero|reflect|circular for sub-pixel grids")
+        raise ConfigError(f"shift.mode={mode} shifts by whole positions, but shift.step={step:g} and shift.max="
+                          f"{maximum:g}; use shift.mode=fourier or bilinear-zero|reflect|circular for sub-pixel grids")
     if abs(round(maximum / step) * step - maximum) > 1e-9 * max(1.0, maximum):
-        raise ConfigError(f"shift.max={maximum} is not a whole number of shift.step={step}")
+        raise ConfigError(f"shift.max={maximum:g} is not a whole number of shift.step={step:g}")
     if 2 * round(maximum / step) + 1 > MAX_SHIFTS_PER_AXIS:
-        raise ConfigError(f"shift.max={maximum} with shift.step={step} gives {2 * round(maximum / step) + 1} shifts "
+        raise ConfigError(f"shift.max={maximum:g} with shift.step={step:g} gives {2 * round(maximum / step) + 1} shifts "
                           f"per axis; at most {MAX_SHIFTS_PER_AXIS}: use a larger shift.step")
     if mode in INTEGER_MODES:
         maximum, step = int(maximum), int(step)

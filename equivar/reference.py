@@ -49,7 +49,7 @@ def option_sites() -> list[OptionSite]:
     for prefix, schema, context, skip in groups:
         hints = typing.get_type_hints(schema)
         for item in describe(schema):
-            if item["name"] in skip or item["name"] == "experiment_name":
+            if item["name"] in skip:
                 continue
             key = f"{prefix}.{item['name']}" if prefix else item["name"]
             sites.append(OptionSite(key, context, hints[item["name"]], item["rule"], item["default"],
@@ -154,7 +154,7 @@ def _rule_text(site: OptionSite) -> str:
         parts.append(f"> {rule['above']:g}")
     if rule.get("below") is not None:
         parts.append(f"< {rule['below']:g}")
-    return ", ".join(parts)
+    return ", ".join(parts)  # and, for every number, finite and within 32 bits (stated once, above the table)
 
 
 def _type_text(annotation: Any) -> str:
@@ -173,10 +173,27 @@ def _default_text(value: Any) -> str:
     return str(value).replace("'", "")
 
 
+def _composed_default(site: OptionSite) -> Any:
+    """A ``dataset.*`` option's value as its dataset's config sets it (the recipe of ``dataset=NAME``), else
+    the schema's default."""
+    from equivar.run import compose_config
+
+    if not site.key.startswith("dataset.") or site.key == "dataset.tfds_name":
+        return site.default
+    node: Any = compose_config([c for c in site.context if not c.startswith("dataset.")])
+    for part in site.key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
 def options_table() -> str:
     """Markdown: every option, its type, default, rule and help."""
     lines = ["| key | type | default | rule | meaning |", "|---|---|---|---|---|"]
     for site in option_sites():
+        if site.key == "experiment_name":
+            lines.append("| `experiment_name` | str \\| null | `null` |  | set by `experiment=NAME` |")
+            continue
+        site = dataclasses.replace(site, default=_composed_default(site))
         where = next((c for c in site.context if c.startswith("dataset=")), "")
         key = f"`{site.key}`" + (f" ({where})" if where and site.key.startswith("dataset.") else "")
         lines.append(f"| {key} | {_cell(_type_text(site.annotation))} | {_code(_default_text(site.default))} | "

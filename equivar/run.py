@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from equivar.config import RunConfig, parse_config
 from equivar.errors import ConfigError, UserError
+from equivar.options import nearest
 from equivar.io import read_json, write_json
 from equivar.strategy import enable_compilation_cache
 
@@ -143,9 +145,25 @@ def compose_config(overrides: list[str], with_hydra: bool = False) -> dict[str, 
     except UserError:
         raise
     except Exception as err:  # Hydra's and OmegaConf's composition errors: one line, naming the key
-        raise ConfigError(hydra_message(err)) from None
+        message = hydra_message(err)
     finally:
         GlobalHydra.instance().clear()
+    missing = re.match(r"(\S+) is not in the config", message)
+    if missing:  # a misspelt key: the nearest key beside it in the config composed without it
+        key = missing.group(1)
+        parent, _, name = key.rpartition(".")
+        rest = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != key]
+        try:
+            node = compose_config(rest)
+            for part in parent.split(".") if parent else []:
+                node = node[part]
+            near = nearest(name, node) if isinstance(node, dict) else []
+        except (ConfigError, KeyError, TypeError):
+            near = []
+        if near:
+            message = (f"{key} is not an option (did you mean {parent + '.' if parent else ''}{near[0]}?); to "
+                       f"add a new key, write +{key}=VALUE")
+    raise ConfigError(message)
 
 
 def _check_grammar(overrides: list[str]) -> None:
@@ -168,8 +186,6 @@ _CONVERSIONS = {"Integer": "an integer", "Float": "a number", "Boolean": "true o
 
 def hydra_message(err: BaseException) -> str:
     """One line from a Hydra or OmegaConf error and its cause: the key, then what is wrong with it."""
-    import re
-
     lines = [line.strip() for e in (err, err.__cause__) if e is not None for line in str(e).splitlines()]
     key = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("full_key:")), None)
     if "Config search path:" in lines:  # where Hydra looked: not the user's business
@@ -189,6 +205,17 @@ def hydra_message(err: BaseException) -> str:
     if missing:
         return (f"{missing.group(1)} is not in the config, so it cannot be overridden; to add a key, write "
                 f"+{missing.group(1)}=VALUE")
+    absent = re.match(r"Could not find '([\w/]+)/([^']+)'; Available options in '[^']+': (.*)", text)
+    if absent:  # an unknown choice of a config group: experiment=..., dataset=..., model@...
+        group, name, options = absent.group(1), absent.group(2), absent.group(3).split(", ")
+        near = nearest(name, options)
+        return (f"{group}={name} is not one of {', '.join(options)}"
+                + (f" (did you mean {group}={near[0]}?)" if near else ""))
+    ambiguous = re.match(r"Ambiguous value for argument '([^=']+)=([^']*)'", text)
+    if ambiguous:
+        key, value = ambiguous.groups()
+        return (f"{key}={value}: a comma makes a sweep; add -m (--multirun) for one run per value, or write a "
+                f"list as {key}=[{value}]")
     converted = re.search(r"Value '(.*)' of type '\w+' could not be converted to (\w+)", text)
     if key and converted:
         return f"{key} must be {_CONVERSIONS.get(converted.group(2), converted.group(2))}, got {converted.group(1)!r}"

@@ -89,9 +89,9 @@ def test_truncated_array_record_file_names_the_file(tmp_path):
 
 
 @pytest.mark.parametrize("args,words", [
-    (["experiment=nosuch"], "Could not find 'experiment/nosuch'; Available options in 'experiment': anatomy,"),
+    (["experiment=nosuch"], "experiment=nosuch is not one of anatomy, antialiased_shift_test,"),
     pytest.param([], "no experiment chosen: add experiment=NAME", marks=pytest.mark.slow),
-    pytest.param(["experiment=shift_test", "zoo.lenet.width=3"], "zoo.lenet.width is not in the config",
+    pytest.param(["experiment=shift_test", "zoo.lenet.width=3"], "zoo.lenet.width is not in the config, so it cannot be overridden; to add a key, write +zoo.lenet.width",
                  marks=pytest.mark.slow),
     pytest.param(["experiment=shift_test", "+n_seed=2"], "n_seed is not an option (did you mean n_seeds?)",
                  marks=pytest.mark.slow),

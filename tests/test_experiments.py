@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -174,7 +175,7 @@ def test_plot_cli_redraws(tmp_path):
 ])
 def test_config_errors(overrides, message, tmp_path):
     raw = compose_raw(["experiment=shift_test", "dataset=synthetic"] + overrides)
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         run_experiment(raw, tmp_path)
 
 
