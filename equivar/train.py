@@ -99,6 +99,19 @@ def init_states(build: Callable[[nnx.Rngs], nnx.Module], tx: optax.GradientTrans
     return graphdef, jax.jit(jax.vmap(init_one))(keys)
 
 
+def augmentation_key(rng: jax.Array, step: jax.Array) -> jax.Array:
+    """The key of one seed's augmentation draws at ``step`` (``rng``: the seed's key data)."""
+    return jax.random.fold_in(jax.random.wrap_key_data(rng), step)
+
+
+def augmentation_offsets(key: jax.Array, n: int, rank: int, augment_shift: int, mode: str) -> jax.Array:
+    """One random translation per example, ``(n, rank)``: integers uniform in ``[-a, a]`` for the integer
+    shift modes, reals uniform in ``[-a, a]`` for the sub-pixel ones."""
+    if mode in INTEGER_MODES:
+        return jax.random.randint(key, (n, rank), -augment_shift, augment_shift + 1)
+    return jax.random.uniform(key, (n, rank), minval=-augment_shift, maxval=augment_shift)
+
+
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, augment_shift: int = 0,
                     augment_mode: str = "roll", guard: bool = True
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
@@ -120,13 +133,9 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, au
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         x, y = batch
         if augment_shift > 0:  # a fresh random translation per example and step, from this seed's key
-            key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-            if augment_mode in INTEGER_MODES:
-                offsets = jax.random.randint(key, (x.shape[0], x.ndim - 2), -augment_shift, augment_shift + 1)
-            else:  # sub-pixel modes: real offsets, uniform in [-a, a]
-                offsets = jax.random.uniform(key, (x.shape[0], x.ndim - 2), minval=-augment_shift,
-                                             maxval=augment_shift)
-            x = shift_each(x, offsets, augment_mode)
+            key = augmentation_key(state.rng, state.step)
+            x = shift_each(x, augmentation_offsets(key, x.shape[0], x.ndim - 2, augment_shift, augment_mode),
+                           augment_mode)
         (loss, (logits, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params, state.model_state, x, y)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)

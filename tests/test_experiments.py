@@ -58,12 +58,13 @@ def _check_shift_test(metrics, out_dir, rank):
     assert expected <= {p.name for p in out_dir.glob("*.png")}
 
 
-SLOW_TINY = {"anatomy", "equivariance", "sample_efficiency", "antialiased_shift_test", "lie_derivative",
+SLOW_TINY = {"shift_test", "anatomy", "equivariance", "sample_efficiency", "antialiased_shift_test", "lie_derivative",
              "feature_pooling", "mnist1d_baselines", "padding_leak", "pooling_invariance"}  # 10-20 s each here
 
 
 # Run tiny elsewhere, with their results checked (not only their files): the experiments that train in
-# test_seed_policy.py (one seed poisoned, metrics and plots checked), and in test_defining_facts.py.
+# test_seed_policy.py (one seed poisoned, metrics and plots checked), and in test_defining_facts.py. (shift_test
+# runs tiny here under --slow too: by default its seed-policy run covers it.)
 RUN_ELSEWHERE = {"equivariance", "feature_pooling", "lie_derivative", "mnist1d_baselines", "padding_leak",
                  "pooling_invariance", "antialiased_shift_test"}
 

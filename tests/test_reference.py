@@ -36,6 +36,7 @@ def test_every_listed_mistake_is_refused():
         assert code == 2 and line.startswith("equivar: error: ") and "\n" not in line, (overrides, line)
 
 
+@pytest.mark.slow  # about 12 s: every rule through the CLI's validation path
 def test_docs_are_generated_from_the_rules():
     for path, text in generated_docs(ROOT / "docs").items():
         assert "accepted" not in text.split("<!-- generated", 1)[1], "a broken rule or a mistake was accepted"

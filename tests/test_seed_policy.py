@@ -178,3 +178,40 @@ def test_a_training_set_smaller_than_a_batch_is_an_error_before_training(name, t
     with pytest.raises(ConfigError, match=r"train.batch_size=64 exceeds the \d+ training examples"):
         run_experiment(compose_raw(overrides), tmp_path)
     assert not (tmp_path / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("mode", ["roll", "zero"])
+@pytest.mark.parametrize("a", [1, 3])
+def test_integer_augmentation_draws_every_offset_in_range(a, mode):
+    from equivar.train import augmentation_offsets
+
+    offsets = np.asarray(augmentation_offsets(jax.random.key(0), 4000, 2, a, mode))
+    assert offsets.shape == (4000, 2) and np.issubdtype(offsets.dtype, np.integer)
+    for axis in range(2):
+        assert set(np.unique(offsets[:, axis])) == set(range(-a, a + 1))  # every offset, none outside
+
+
+def test_subpixel_augmentation_draws_real_offsets_in_range():
+    from equivar.train import augmentation_offsets
+
+    offsets = np.asarray(augmentation_offsets(jax.random.key(0), 4000, 1, 2, "fourier"))
+    assert offsets.shape == (4000, 1) and np.issubdtype(offsets.dtype, np.floating)
+    assert offsets.min() >= -2 and offsets.max() <= 2 and offsets.min() < -1.9 and offsets.max() > 1.9
+    assert not np.all(offsets == np.round(offsets))
+
+
+@pytest.mark.parametrize("mode", ["roll", "fourier"])
+def test_an_augmented_step_is_a_plain_step_on_the_shifted_batch(data, mode):
+    """The step shifts each example by its own draw from this seed's key at this step, then trains."""
+    from equivar.train import augmentation_key, augmentation_offsets
+    from equivar.transforms import shift_each
+
+    graphdef, states, tx, _, _ = _mlp(data, n_seeds=1)
+    state = take_seed(states, 0)
+    x, y = jnp.asarray(data.x_train[:8]), jnp.asarray(data.y_train[:8])  # batch 8, length 16: shapes differ
+    augmented, _ = jax.jit(make_train_step(graphdef, tx, augment_shift=2, augment_mode=mode))(state, (x, y))
+    offsets = augmentation_offsets(augmentation_key(state.rng, state.step), 8, 1, 2, mode)
+    assert np.abs(np.asarray(offsets)).max() > 0
+    manual, _ = jax.jit(make_train_step(graphdef, tx))(state, (shift_each(x, offsets, mode), y))
+    for a, b in zip(jax.tree.leaves(augmented.params), jax.tree.leaves(manual.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
