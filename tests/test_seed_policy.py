@@ -215,3 +215,23 @@ def test_an_augmented_step_is_a_plain_step_on_the_shifted_batch(data, mode):
     manual, _ = jax.jit(make_train_step(graphdef, tx))(state, (shift_each(x, offsets, mode), y))
     for a, b in zip(jax.tree.leaves(augmented.params), jax.tree.leaves(manual.params)):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_the_step_reports_the_loss_and_accuracy_of_its_batch(data):
+    """The metrics are those of the parameters before the update, on this batch; the unguarded step (only the
+    benchmark's, to measure what the guard costs) takes the same step on finite data."""
+    import optax
+
+    from equivar.train import make_logits
+
+    graphdef, states, tx, _, _ = _mlp(data, n_seeds=1)
+    state = take_seed(states, 0)
+    x, y = jnp.asarray(data.x_train[:16]), jnp.asarray(data.y_train[:16])
+    logits = make_logits(graphdef)((state.params, state.model_state), x)
+    new, metrics = jax.jit(make_train_step(graphdef, tx))(state, (x, y))
+    assert float(metrics["accuracy"]) == pytest.approx(float((logits.argmax(-1) == y).mean()))
+    assert float(metrics["loss"]) == pytest.approx(
+        float(optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()), rel=1e-5)
+    unguarded, _ = jax.jit(make_train_step(graphdef, tx, guard=False))(state, (x, y))
+    for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(unguarded.params)):
+        np.testing.assert_array_equal(a, b)
