@@ -239,3 +239,24 @@ def test_the_step_reports_the_loss_and_accuracy_of_its_batch(data):
                                                  else a), np.asarray(jax.random.key_data(b) if jnp.issubdtype(
                                                      b.dtype, jax.dtypes.prng_key) else b))
     assert int(unguarded.step) == int(state.step) + 1
+
+
+def test_the_guard_catches_non_finite_gradients_under_a_finite_loss():
+    """sqrt(|Wx + b|) at Wx + b = 0: the loss is finite (log 3) but the gradients are not (d sqrt at 0)."""
+    from flax import nnx
+
+    class SqrtNet(nnx.Module):
+        def __init__(self, rngs):
+            self.dense = nnx.Linear(4, 3, rngs=rngs)  # bias starts at zero
+
+        def __call__(self, x):
+            return jnp.sqrt(jnp.abs(self.dense(x)))
+
+    tx = make_optimizer(TrainSpec(learning_rate=1e-2))
+    graphdef, states = init_states(lambda rngs: SqrtNet(rngs), tx, seed_keys(0, 1))
+    state = take_seed(states, 0)
+    new, metrics = jax.jit(make_train_step(graphdef, tx))(state, (jnp.zeros((8, 4)), jnp.zeros(8, jnp.int32)))
+    assert np.isfinite(float(metrics["loss"]))
+    assert int(new.diverged_at) == 0
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(new.params)):
+        np.testing.assert_array_equal(a, b)
