@@ -54,6 +54,51 @@ def test_the_guard_records_the_first_non_finite_step_and_freezes_the_seed(data):
         assert np.isfinite(last).all()
 
 
+def test_a_seed_that_diverges_at_step_0_stays_frozen(data):
+    graphdef, states, tx, _, _ = _mlp(data, n_seeds=1)
+    state = take_seed(states, 0)
+    step = jax.jit(make_train_step(graphdef, tx))
+    x, y = jnp.asarray(data.x_train[:16]), jnp.asarray(data.y_train[:16])
+    new = state
+    for batch in ((x.at[0].set(jnp.nan), y), (x, y), (x, y)):
+        new, _ = step(new, batch)
+    assert int(new.diverged_at) == 0
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(new.params)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_the_guard_freezes_batchnorm_statistics_too():
+    """A model with state beside its parameters (BatchNorm's running statistics): a finite step updates
+    them, a non-finite one leaves them as they were, and the seed stays frozen."""
+    from flax import nnx
+
+    class Normed(nnx.Module):
+        def __init__(self, rngs):
+            self.dense = nnx.Linear(4, 3, rngs=rngs)
+            self.norm = nnx.BatchNorm(3, rngs=rngs)
+
+        def __call__(self, x):
+            return self.norm(self.dense(x))
+
+    tx = make_optimizer(TrainSpec(learning_rate=1e-2))
+    graphdef, states = init_states(lambda rngs: Normed(rngs), tx, seed_keys(0, 1))
+    state = take_seed(states, 0)
+    step = jax.jit(make_train_step(graphdef, tx))
+    x = jax.random.normal(jax.random.key(1), (8, 4))
+    y = jnp.arange(8) % 3
+    healthy, _ = step(state, (x, y))
+    moved = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(state.model_state),
+                                                       jax.tree.leaves(healthy.model_state))]
+    assert any(moved)  # the running statistics are state the step updates
+    bad, _ = step(healthy, (x.at[0].set(jnp.nan), y))
+    after, _ = step(bad, (x, y))
+    assert int(after.diverged_at) == 1
+    for a, b in zip(jax.tree.leaves(healthy.model_state), jax.tree.leaves(after.model_state)):
+        a, b = np.asarray(a), np.asarray(b)
+        if np.issubdtype(a.dtype, np.floating):
+            np.testing.assert_array_equal(a, b)
+
+
 def test_healthy_steps_move_the_parameters(data):
     """The freeze above is not a step that never updates: a finite batch changes every parameter array."""
     graphdef, states, tx, _, _ = _mlp(data, n_seeds=1)
