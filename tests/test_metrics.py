@@ -29,3 +29,23 @@ def test_mean_std_over_seeds():
     assert out["mean"] == [2.0, 2.0]
     assert np.allclose(out["std"], [np.sqrt(2), 0.0])
     assert mean_std([0.5]) == {"mean": 0.5, "std": 0.0, "n": 1}
+
+
+def test_accuracy_of_seed_and_shift_stacks_is_over_examples():
+    labels = np.array([0, 1, 2, 0])
+    preds = np.array([[[0, 1, 2, 0], [0, 0, 0, 0], [1, 1, 1, 1]],
+                      [[2, 2, 2, 2], [0, 1, 0, 0], [0, 1, 2, 1]]])  # (seeds=2, shifts=3, examples=4)
+    np.testing.assert_array_equal(accuracy(preds, labels), [[1.0, 0.5, 0.25], [0.25, 0.75, 0.75]])
+
+
+def test_mean_std_of_vectors_counts_seeds_and_keeps_shapes():
+    one = mean_std([[1.0, 2.0, 3.0]])  # one seed of three values: zero spread per value
+    assert one == {"mean": [1.0, 2.0, 3.0], "std": [0.0, 0.0, 0.0], "n": 1}
+    three = mean_std(np.arange(12).reshape(3, 4))
+    assert three["n"] == 3 and len(three["mean"]) == len(three["std"]) == 4
+    assert mean_std([0.5, 0.7])["n"] == 2
+
+
+def test_mean_std_sums_in_float64():
+    values = np.float32([0.1, 0.2])
+    assert mean_std(values)["mean"] == float(np.float64(values).mean())
