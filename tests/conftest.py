@@ -56,7 +56,7 @@ def pytest_configure(config):
 
     common = dict(deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
     settings.register_profile("default", max_examples=20, **common)
-    settings.register_profile("ci", max_examples=60, **common)
+    settings.register_profile("ci", max_examples=25, **common)
     settings.register_profile("explore", max_examples=400, deadline=None, derandomize=False,  # by hand
                               suppress_health_check=[HealthCheck.too_slow])
     if config.getoption("--hypothesis-profile", None) is None:

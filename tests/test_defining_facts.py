@@ -27,7 +27,7 @@ def test_pooling_invariance_global_pooling_and_aligned_aps_are_exact(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("rank", [1, 2])
+@pytest.mark.parametrize("rank", [2])  # 1D (reversal) runs in test_seed_policy.py
 def test_feature_pooling_over_transformed_copies_is_exactly_invariant(rank, tmp_path):
     """Pooled over the group's copies: the same prediction under every transform (reversal in 1D, the four
     rotations in 2D) for every test input, logits unchanged up to rounding; without the pooling, not."""

@@ -63,9 +63,8 @@ SLOW_TINY = {"shift_test", "anatomy", "equivariance", "sample_efficiency", "anti
 
 
 # Run tiny elsewhere, with their results checked (not only their files): the experiments that train in
-# test_seed_policy.py (one seed poisoned, metrics and plots checked), and in test_defining_facts.py. (shift_test
-# runs tiny here under --slow too: by default its seed-policy run covers it.)
-RUN_ELSEWHERE = {"equivariance", "feature_pooling", "lie_derivative", "mnist1d_baselines", "padding_leak",
+# test_seed_policy.py (one seed poisoned, metrics and plots checked), and in test_defining_facts.py.
+RUN_ELSEWHERE = {"shift_test", "equivariance", "feature_pooling", "lie_derivative", "mnist1d_baselines", "padding_leak",
                  "pooling_invariance", "antialiased_shift_test"}
 
 

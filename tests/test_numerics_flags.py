@@ -49,21 +49,26 @@ print(json.dumps(out))
 """
 
 
-def _gradients(flags_on: bool) -> dict:
+def _start(flags_on: bool) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env["EQUIVAR_XLA_CPU_FLAGS"] = "on" if flags_on else "off"
     env["JAX_PLATFORMS"] = "cpu"
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(ROOT / "conf" / "model"), *ZOO_NAMES], env=env,
-                          capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return subprocess.Popen([sys.executable, "-c", SCRIPT, str(ROOT / "conf" / "model"), *ZOO_NAMES], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+
+
+def _result(proc: subprocess.Popen) -> dict:
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr[-3000:]
+    return json.loads(stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.slow
 def test_speed_flags_leave_every_zoo_models_gradients_unchanged():
     from equivar.strategy import XLA_CPU_FLAGS
 
-    with_flags, without = _gradients(True), _gradients(False)
+    both = _start(True), _start(False)  # side by side: one process per core
+    with_flags, without = _result(both[0]), _result(both[1])
     if not all(f in with_flags["xla_flags"] for f in XLA_CPU_FLAGS):
         pytest.skip("this jaxlib is not one equivar turns the flags on for (equivar.strategy)")
     assert not any(f.split("=")[0] in without["xla_flags"] for f in XLA_CPU_FLAGS)

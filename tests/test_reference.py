@@ -22,7 +22,7 @@ def test_every_schema_is_covered():
 @pytest.mark.parametrize("site", SITES, ids=[s.key + (f"[{s.context[-1]}]" if len(s.context) > 1 else "")
                                               for s in SITES])
 def test_every_broken_rule_is_one_line_naming_the_key(site):
-    cases = list(bad_values(site))
+    cases = list(bad_values(site))[:3]  # the bound, one past it and a wrong type; the docs test runs the first
     for value, why in cases:
         code, line = message_for([*site.context, f"{site.key}={value}"])
         assert code == 2, f"{site.key}={value} ({why}) was accepted"

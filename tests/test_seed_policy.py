@@ -178,6 +178,10 @@ TRAINING = {
 }
 
 
+# Every seed diverged: checked where the summary and plots have their own code for it (the policy is shared).
+ALL_DIVERGED = {"shift_test", "padding_leak", "feature_pooling", "pooling_invariance"}
+
+
 @pytest.mark.parametrize("name", [n if n == "shift_test" else pytest.param(n, marks=pytest.mark.slow)
                                   for n in TRAINING])
 def test_one_seed_policy_for_every_experiment_that_trains(name, tmp_path, monkeypatch):
@@ -199,6 +203,8 @@ def test_one_seed_policy_for_every_experiment_that_trains(name, tmp_path, monkey
             assert model["clean_accuracy"]["mean"] == pytest.approx(np.mean(model["per_seed"]["clean_accuracy"]))
         assert "(1/3 diverged)" in common_summary(metrics)
 
+    if name not in ALL_DIVERGED:
+        return
     monkeypatch.setattr(common, "init_states", _poison([0, 1, 2]))
     metrics = run_experiment(compose_raw(overrides), tmp_path / "all")
     assert metrics["status"] == "diverged"
