@@ -28,8 +28,10 @@ RUN = ["experiment=shift_test", "dataset=synthetic", "models=[mlp,lenet]", "n_se
 
 def _start(args, env_extra=None):
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"} | (env_extra or {})
+    # SIGINT back to its default: a shell running the tests in the background starts them with it ignored.
     return subprocess.Popen([sys.executable, "-m", "equivar.run", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _files_are_whole(folder: Path) -> None:
