@@ -1,11 +1,16 @@
-"""Benchmarks (not tests): ``python -m equivar.bench [--quick]``.
+"""Benchmarks (not tests): ``python -m equivar.bench [--quick] [--only SECTION ...]``.
 
 In one process: the float32 matmul peak of this device, equivar's own training step and evaluation for
 ``lenet`` and ``mlp`` on MNIST-shaped data against a PyTorch eager reference of the same model and optimizer
-(Adam with ``fused=True``; skipped with a note when torch is not installed), N-seed training for N = 1, 4, 8
-with each seed packing, and the shift-grid evaluation. Prints a table and writes ``bench.json`` in the
-working directory: per case (``lenet.train``, ``mlp.eval``, ``lenet.seeds8.vmap``, ...) the keys
-``images_per_s``, ``gflops``, ``pct_of_peak`` and ``ratio_to_torch``. Ratios are taken within this one run;
+(Adam with ``fused=True``; skipped with a note when torch is not installed; section ``torch``), scanned steps
+(``steps``), N-seed training for N = 1, 4, 8 with each seed packing and the shift-grid evaluation (``seeds``),
+every default zoo model's training and evaluation throughput (``zoo``), and the whole real-MNIST study a user
+waits for, ``python -m equivar.run experiment=shift_test dataset=mnist``, end to end in a fresh process with a
+cold compilation cache, split per model (``study``; skipped with a note when MNIST is not in
+``$TFDS_DATA_DIR``). Prints tables and writes ``bench.json`` in the working directory: per case
+(``lenet.train``, ``mlp.eval``, ``lenet.seeds8.vmap``, ``zoo.local.train``, ...) the keys
+``images_per_s``, ``gflops``, ``pct_of_peak`` and ``ratio_to_torch``; per study row (``study.mnist_shift_test``,
+``study.mnist_shift_test.local``, ...) ``seconds`` and the accuracy it reached. Ratios are taken within this one run;
 the equivar/torch pairs are repeated ``--repeat`` times, interleaved, and reported as medians with the range
 of the per-repeat ratios (``ratio_to_torch_range``), because a shared machine's load drifts. Seed-packing
 and steps-per-call cases carry ``ratio_to_lenet_train``: throughput over the single-seed default.
@@ -19,8 +24,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import jax
@@ -29,11 +39,14 @@ import numpy as np
 from flax import nnx
 
 from equivar.evaluate import ShiftEvaluator
-from equivar.layers import conv_geometry
+from equivar.layers import LocallyConnected, conv_geometry
 from equivar.introspect import layer_outputs
 from equivar.models import MLP, LayerStack, LeNet, build_model
 
 BENCH_MODELS = {"lenet": LeNet, "mlp": MLP}  # the bench's rows, by the zoo's names
+ZOO_ROWS = ("mlp", "lenet", "local", "cnn_aps", "cnn_gap")  # the zoo section: the default models and cnn_gap
+SECTIONS = ("torch", "steps", "seeds", "zoo", "study")
+STUDY_COMMAND = ("experiment=shift_test", "dataset=mnist")  # python -m equivar.run ... (the real-MNIST study)
 from equivar.strategy import plan_execution
 from equivar.train import SeedTrainer, TrainSpec, init_states, make_optimizer, seed_keys
 from equivar.transforms import shift_grid
@@ -50,6 +63,8 @@ def forward_flops(model: LayerStack, input_shape: tuple[int, ...]) -> int:
         if isinstance(layer, nnx.Conv):
             g = conv_geometry(layer)
             flops += 2 * math.prod(out[1:-1]) * math.prod(g.kernel) * layer.in_features * layer.out_features
+        elif isinstance(layer, LocallyConnected):  # kernel (*out, patch, features): one multiply-add per weight
+            flops += 2 * math.prod(layer.kernel.shape)
         elif isinstance(layer, nnx.Linear):
             flops += 2 * layer.in_features * layer.out_features
     return flops
@@ -81,6 +96,24 @@ def _random_data(n: int, shape: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
     return jnp.asarray(x), jnp.asarray(y)
 
 
+def zoo_entry(name: str) -> tuple[str, dict[str, Any]]:
+    """A zoo model's ``_target_`` and options, as ``conf/model/NAME.yaml`` gives them."""
+    from omegaconf import OmegaConf
+
+    from equivar.run import config_dir
+
+    entry = OmegaConf.to_container(OmegaConf.load(Path(config_dir()) / "model" / f"{name}.yaml"))
+    return entry.pop("_target_"), entry
+
+
+def _builder(kind: str) -> Callable[[nnx.Rngs], nnx.Module]:
+    """``kind`` is a bench model (``lenet``, ``mlp``: the torch pair's exact classes) or ``zoo.NAME``."""
+    if kind.startswith("zoo."):
+        target, options = zoo_entry(kind[4:])
+        return lambda r: build_model(target, MNIST_SHAPE, 10, options, r)
+    return lambda r: build_model(BENCH_MODELS[kind], MNIST_SHAPE, 10, {}, r)
+
+
 def equivar_train_ips(kind: str, n_seeds: int, packing: str, batch_size: int, steps: int,
                       min_seconds: float, steps_per_call: int | None = None, guard: bool = True) -> float:
     """Training images per second summed over seeds, through equivar's real SeedTrainer.fit path."""
@@ -88,7 +121,7 @@ def equivar_train_ips(kind: str, n_seeds: int, packing: str, batch_size: int, st
     spec = TrainSpec(epochs=1, batch_size=batch_size)
     tx = make_optimizer(spec)
     keys = seed_keys(0, n_seeds)
-    graphdef, states = init_states(lambda r: build_model(BENCH_MODELS[kind], MNIST_SHAPE, 10, {}, r), tx, keys)
+    graphdef, states = init_states(_builder(kind), tx, keys)
     trainer = SeedTrainer(graphdef, tx, plan_execution(packing, steps_per_call=steps_per_call), guard=guard)
     seconds = _timed(lambda: trainer.fit(states, x, y, keys, spec, label="bench")[0], min_seconds)
     return n_seeds * steps * batch_size / seconds
@@ -99,7 +132,7 @@ def equivar_eval_ips(kind: str, n_examples: int, min_seconds: float, max_shift: 
     x, _ = _random_data(n_examples, MNIST_SHAPE)
     x = np.asarray(x)
     tx = make_optimizer(TrainSpec())
-    graphdef, states = init_states(lambda r: build_model(BENCH_MODELS[kind], MNIST_SHAPE, 10, {}, r), tx, seed_keys(0, 1))
+    graphdef, states = init_states(_builder(kind), tx, seed_keys(0, 1))
     evaluator = ShiftEvaluator(graphdef, "roll", plan_execution("auto"))
     offsets = shift_grid(max_shift, 2)
     seconds = _timed(lambda: evaluator.predict((states.params, states.model_state), x, offsets), min_seconds)
@@ -153,16 +186,45 @@ def torch_reference(kind: str, batch_size: int, steps: int, eval_examples: int,
             "version": torch.__version__, "threads": torch.get_num_threads(), "device": device}
 
 
-def run(quick: bool = False, seeds: tuple[int, ...] = (1, 4, 8), repeat: int = 1) -> dict[str, Any]:
-    """All cases; the equivar-vs-torch pairs are measured ``repeat`` times, interleaved, and reported as the
-    median with the range of the per-repeat ratios (the machine's load drifts; one pair is one sample)."""
+def study(command: tuple[str, ...] = STUDY_COMMAND) -> dict[str, Any] | None:
+    """Runs ``python -m equivar.run COMMAND`` in a fresh process with a cold compilation cache, as a user waits
+    for it; returns its wall time and, per model, training and evaluation seconds and accuracies (None when
+    the run fails, e.g. no MNIST in ``$TFDS_DATA_DIR``: the reason is in the returned note)."""
+    with tempfile.TemporaryDirectory(prefix="equivar-study-") as tmp:
+        out = Path(tmp) / "run"
+        env = {**os.environ, "EQUIVAR_JAX_CACHE": str(Path(tmp) / "jax-cache")}
+        start = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "equivar.run", *command, f"hydra.run.dir={out}"], env=env,
+                              capture_output=True, text=True)
+        seconds = time.perf_counter() - start
+        if proc.returncode != 0 or not (out / "metrics.json").exists():
+            lines = [ln for ln in (proc.stderr or proc.stdout).strip().splitlines() if ln.strip()]
+            return {"error": lines[-1] if lines else f"exit code {proc.returncode}"}
+        metrics = json.loads((out / "metrics.json").read_text())
+    models = {}
+    for name, record in metrics["models"].items():
+        models[name] = {"train_seconds": record.get("train", {}).get("seconds"),
+                        "eval_seconds": record.get("eval_seconds"),
+                        "clean_accuracy": record.get("clean_accuracy", {}).get("mean"),
+                        "grid_mean_accuracy": record.get("grid_mean_accuracy", {}).get("mean"),
+                        "consistency": record.get("consistency", {}).get("mean")}
+    return {"command": "python -m equivar.run " + " ".join(command), "seconds": seconds,
+            "n_seeds": metrics.get("n_seeds"), "models": models}
+
+
+def run(quick: bool = False, seeds: tuple[int, ...] = (1, 4, 8), repeat: int = 1,
+        sections: tuple[str, ...] = SECTIONS) -> dict[str, Any]:
+    """The cases of ``sections``; the equivar-vs-torch pairs are measured ``repeat`` times, interleaved, and
+    reported as the median with the range of the per-repeat ratios (the machine's load drifts; one pair is one
+    sample)."""
     min_s = 1.0 if quick else 3.0
     steps = 20 if quick else 60
     batch = 128
     eval_n = 2048 if quick else 8192
     peak = matmul_peak_gflops(min_seconds=min_s)
     plan = plan_execution("auto")
-    print(f"backend {jax.default_backend()} devices {jax.devices()}; float32 matmul peak {peak:.1f} GFLOP/s")
+    print(f"backend {jax.default_backend()} devices {jax.devices()}; float32 matmul peak {peak:.1f} GFLOP/s",
+          flush=True)
     cases: dict[str, dict[str, Any]] = {}
     notes: list[str] = []
 
@@ -172,57 +234,86 @@ def run(quick: bool = False, seeds: tuple[int, ...] = (1, 4, 8), repeat: int = 1
                        "ratio_to_torch": None if torch_ips is None else ips / torch_ips}
         return cases[name]
 
-    fwd_flops = {kind: forward_flops(build_model(BENCH_MODELS[kind], MNIST_SHAPE, 10, {}, nnx.Rngs(0)), MNIST_SHAPE)
-                 for kind in ("lenet", "mlp")}
-    for kind, fwd in fwd_flops.items():
-        samples: dict[str, list[float]] = {"train": [], "eval": [], "torch.train": [], "torch.eval": [],
-                                           "unguarded": []}
-        ref = None
-        for _ in range(repeat):
-            ref = torch_reference(kind, batch, steps, eval_n, min_s)
-            samples["train"].append(equivar_train_ips(kind, 1, "auto", batch, steps, min_s))
-            # the same step without its divergence guard: what the guard costs, measured interleaved
-            samples["unguarded"].append(equivar_train_ips(kind, 1, "auto", batch, steps, min_s, guard=False))
-            samples["eval"].append(equivar_eval_ips(kind, eval_n, min_s))
-            if ref is not None:
-                samples["torch.train"].append(ref["train"])
-                samples["torch.eval"].append(ref["eval"])
-        if ref is None:
-            notes.append("torch not installed: no PyTorch reference (pip install torch)")
-        for what, flops in (("train", 3 * fwd), ("eval", fwd)):
-            ours = float(np.median(samples[what]))
-            theirs = float(np.median(samples[f"torch.{what}"])) if ref else None
-            case = add(f"{kind}.{what}", ours, flops, theirs)
-            if ref and repeat > 1:
-                ratios = np.array(samples[what]) / np.array(samples[f"torch.{what}"])
-                case["ratio_to_torch_range"] = [float(ratios.min()), float(ratios.max())]
-            if what == "train":
-                unguarded = add(f"{kind}.train.no_guard", float(np.median(samples["unguarded"])), flops, theirs)
-                unguarded["ratio_to_lenet_train"] = None
-                unguarded["guarded_over_unguarded"] = float(np.median(
-                    np.array(samples["train"]) / np.array(samples["unguarded"])))
-            if ref:
-                torch_case = add(f"{kind}.{what}.torch", theirs, flops, theirs)
-                torch_case["torch"] = f"{ref['version']} eager on {ref['device']}, Adam(fused=True), " \
-                                      f"{ref['threads']} threads"
+    fwd_flops = {kind: forward_flops(_builder(kind)(nnx.Rngs(0)), MNIST_SHAPE) for kind in ("lenet", "mlp")}
+    if "torch" in sections:
+        for kind, fwd in fwd_flops.items():
+            _torch_pair(kind, fwd, batch, steps, eval_n, min_s, repeat, add, notes)
     lenet_fwd = fwd_flops["lenet"]
-    single = cases["lenet.train"]["images_per_s"]  # with this backend's default steps per call
-    for k in (4, 16):  # what scanning k steps per jitted call buys on this backend (vs lenet.train)
-        name = f"lenet.train.steps_per_call{k}"
-        add(name, equivar_train_ips("lenet", 1, "auto", batch, steps, min_s, k), 3 * lenet_fwd, None)
-        cases[name]["ratio_to_lenet_train"] = cases[name]["images_per_s"] / single
-    for n_seeds in seeds:
-        for packing in ("loop", "vmap"):
-            name = f"lenet.seeds{n_seeds}.{packing}"
-            add(name, equivar_train_ips("lenet", n_seeds, packing, batch, steps, min_s), 3 * lenet_fwd, None)
+    single = None
+    if {"steps", "seeds"} & set(sections):  # both compare with the single-seed default
+        single = cases["lenet.train"]["images_per_s"] if "lenet.train" in cases else \
+            add("lenet.train", equivar_train_ips("lenet", 1, "auto", batch, steps, min_s), 3 * lenet_fwd,
+                None)["images_per_s"]
+    if "steps" in sections:
+        for k in (4, 16):  # what scanning k steps per jitted call buys on this backend (vs lenet.train)
+            name = f"lenet.train.steps_per_call{k}"
+            add(name, equivar_train_ips("lenet", 1, "auto", batch, steps, min_s, k), 3 * lenet_fwd, None)
             cases[name]["ratio_to_lenet_train"] = cases[name]["images_per_s"] / single
-    add("lenet.shift_grid_eval", equivar_eval_ips("lenet", 1024 if quick else 2048, min_s, max_shift=4),
-        lenet_fwd, None)
-    return {"backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
-            "machine": platform.machine(), "processor": platform.processor(), "jax": jax.__version__,
-            "batch_size": batch, "matmul_peak_gflops": peak, "plan": plan.describe(), "repeat": repeat,
-            "cases": cases, "notes": sorted(set(notes)),
-            "date": time.strftime("%Y-%m-%d")}
+    if "seeds" in sections:
+        for n_seeds in seeds:
+            for packing in ("loop", "vmap"):
+                name = f"lenet.seeds{n_seeds}.{packing}"
+                add(name, equivar_train_ips("lenet", n_seeds, packing, batch, steps, min_s), 3 * lenet_fwd, None)
+                cases[name]["ratio_to_lenet_train"] = cases[name]["images_per_s"] / single
+        add("lenet.shift_grid_eval", equivar_eval_ips("lenet", 1024 if quick else 2048, min_s, max_shift=4),
+            lenet_fwd, None)
+    if "zoo" in sections:  # every default model through the same paths, so their costs compare
+        for name in ZOO_ROWS:
+            kind = f"zoo.{name}"
+            fwd = forward_flops(_builder(kind)(nnx.Rngs(0)), MNIST_SHAPE)
+            add(f"{kind}.train", equivar_train_ips(kind, 1, "auto", batch, steps, min_s), 3 * fwd, None)
+            add(f"{kind}.eval", equivar_eval_ips(kind, eval_n, min_s), fwd, None)
+            print(f"{kind}: {cases[kind + '.train']['images_per_s']:,.0f} train, "
+                  f"{cases[kind + '.eval']['images_per_s']:,.0f} eval images/s", flush=True)
+    result = {"backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
+              "machine": platform.machine(), "processor": platform.processor(), "jax": jax.__version__,
+              "xla_flags": os.environ.get("XLA_FLAGS", ""), "batch_size": batch, "matmul_peak_gflops": peak,
+              "plan": plan.describe(), "repeat": repeat, "cases": cases, "date": time.strftime("%Y-%m-%d")}
+    if "study" in sections:
+        print(f"study: python -m equivar.run {' '.join(STUDY_COMMAND)} (several minutes)", flush=True)
+        record = study()
+        if "error" in record:
+            notes.append(f"study skipped: python -m equivar.run {' '.join(STUDY_COMMAND)} failed: {record['error']}")
+        else:
+            result["study"] = {"mnist_shift_test": record}
+    result["notes"] = sorted(set(notes))
+    return result
+
+
+def _torch_pair(kind: str, fwd: int, batch: int, steps: int, eval_n: int, min_s: float, repeat: int,
+                add: Callable[..., dict[str, Any]], notes: list[str]) -> None:
+    """``kind``'s training and evaluation against PyTorch eager, ``repeat`` times interleaved, and the same
+    step without its divergence guard."""
+    samples: dict[str, list[float]] = {"train": [], "eval": [], "torch.train": [], "torch.eval": [],
+                                       "unguarded": []}
+    ref = None
+    for _ in range(repeat):
+        ref = torch_reference(kind, batch, steps, eval_n, min_s)
+        samples["train"].append(equivar_train_ips(kind, 1, "auto", batch, steps, min_s))
+        # the same step without its divergence guard: what the guard costs, measured interleaved
+        samples["unguarded"].append(equivar_train_ips(kind, 1, "auto", batch, steps, min_s, guard=False))
+        samples["eval"].append(equivar_eval_ips(kind, eval_n, min_s))
+        if ref is not None:
+            samples["torch.train"].append(ref["train"])
+            samples["torch.eval"].append(ref["eval"])
+    if ref is None:
+        notes.append("torch not installed: no PyTorch reference (pip install torch)")
+    for what, flops in (("train", 3 * fwd), ("eval", fwd)):
+        ours = float(np.median(samples[what]))
+        theirs = float(np.median(samples[f"torch.{what}"])) if ref else None
+        case = add(f"{kind}.{what}", ours, flops, theirs)
+        if ref and repeat > 1:
+            ratios = np.array(samples[what]) / np.array(samples[f"torch.{what}"])
+            case["ratio_to_torch_range"] = [float(ratios.min()), float(ratios.max())]
+        if what == "train":
+            unguarded = add(f"{kind}.train.no_guard", float(np.median(samples["unguarded"])), flops, theirs)
+            unguarded["ratio_to_lenet_train"] = None
+            unguarded["guarded_over_unguarded"] = float(np.median(
+                np.array(samples["train"]) / np.array(samples["unguarded"])))
+        if ref:
+            torch_case = add(f"{kind}.{what}.torch", theirs, flops, theirs)
+            torch_case["torch"] = f"{ref['version']} eager on {ref['device']}, Adam(fused=True), " \
+                                  f"{ref['threads']} threads"
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -240,8 +331,21 @@ def format_table(result: dict[str, Any]) -> str:
             seq = f"guarded = {c['guarded_over_unguarded']:.2f}× this"
         lines.append(f"| {name} | {c['images_per_s']:,.0f} | {c['gflops']:.1f} | {c['pct_of_peak']:.0f} % | "
                      f"{ratio} | {seq} |")
+    for name, record in result.get("study", {}).items():
+        lines += ["", f"study.{name}: `{record['command']}` ({record['n_seeds']} seeds per model), end to end in "
+                  f"a fresh process with a cold compilation cache: {record['seconds']:.0f} s", "",
+                  "| row | train s | eval s | clean acc | grid-mean acc | consistency |", "|---|---:|---:|---:|---:|---:|"]
+        for model, m in record["models"].items():
+            cells = [_num(m["train_seconds"], "{:.0f}"), _num(m["eval_seconds"], "{:.0f}"),
+                     _num(m["clean_accuracy"], "{:.4f}"), _num(m["grid_mean_accuracy"], "{:.4f}"),
+                     _num(m["consistency"], "{:.4f}")]
+            lines.append(f"| study.{name}.{model} | " + " | ".join(cells) + " |")
     lines += [f"note: {n}" for n in result["notes"]]
     return "\n".join(lines)
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return "" if value is None else fmt.format(value)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -251,9 +355,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--repeat", type=int, default=3,
                         help="interleaved equivar/torch repeats; the table shows medians and the ratio range")
+    parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS),
+                        help="sections to run (default: all): " + ", ".join(SECTIONS))
     parser.add_argument("--out", default="bench.json")
     args = parser.parse_args(argv)
-    result = run(quick=args.quick, seeds=tuple(args.seeds), repeat=args.repeat)
+    result = run(quick=args.quick, seeds=tuple(args.seeds), repeat=args.repeat, sections=tuple(args.only))
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
     print(format_table(result))

@@ -72,7 +72,7 @@ class RunOptions:
     overwrite: bool = option(False, "true: allow a run into a folder that already holds one (never the default)")
     seed: int = option(0, "base seed: seed i of a run uses seed + i", minimum=0)
     n_seeds: int = option(3, "independently initialised and shuffled models per configuration", minimum=1)
-    models: list[str] = option(["mlp", "lenet", "local", "cnn_gap"], "which zoo entries to train; zoo.NAME.* "
+    models: list[str] = option(["mlp", "lenet", "local", "cnn_aps"], "which zoo entries to train; zoo.NAME.* "
                                "changes one")
     load_from: str | None = option(None, "an earlier run folder: measure its saved models (checkpoints/) "
                                    "instead of training")

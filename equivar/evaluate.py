@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from equivar.strategy import ExecutionPlan
+from equivar.strategy import ExecutionPlan, eval_images_per_call
 from equivar.train import Variables, make_predict, take_seed
 from equivar.transforms import shift_many
 
@@ -20,6 +20,8 @@ class ShiftEvaluator:
     def __init__(self, graphdef: nnx.GraphDef, mode: str, plan: ExecutionPlan):
         predict = make_predict(graphdef)
         self.plan = plan
+        self._predict = predict
+        self._budget: dict[tuple, int] = {}  # images per call, per input shape
 
         def predict_shifted(variables: Variables, x: jax.Array, offsets: jax.Array) -> jax.Array:
             shifted = shift_many(x, offsets, mode)  # (S, N, ...)
@@ -35,25 +37,70 @@ class ShiftEvaluator:
         """Class predictions ``(n_seeds, n_shifts, n_examples)`` for seed-stacked ``(params, model_state)``
         (inference mode)."""
         n, n_shifts = len(x), len(offsets)
-        budget = self.plan.eval_images_per_call
-        x_chunk = min(n, max(1, budget))
+        budget = self._images_per_call(params, x)
+        x_chunk = math.ceil(n / math.ceil(n / budget))  # equal chunks: little padding
         shift_chunk = max(1, min(n_shifts, budget // x_chunk))
         # Pad both chunk axes to fixed sizes so the call compiles once.
-        x_dev = jnp.asarray(_pad_to(x, math.ceil(n / x_chunk) * x_chunk))
-        off_dev = jnp.asarray(_pad_to(offsets, math.ceil(n_shifts / shift_chunk) * shift_chunk))
+        x_pad = _pad_to(x, math.ceil(n / x_chunk) * x_chunk)
+        off_pad = _pad_to(offsets, math.ceil(n_shifts / shift_chunk) * shift_chunk)
         n_seeds = jax.tree.leaves(params)[0].shape[0]
-        seeds = [params] if self.plan.seed_packing == "vmap" else [take_seed(params, s) for s in
-                                                                    range(n_seeds)]
-        per_seed_blocks = []
-        for p in seeds:
-            rows = []
-            for s0 in range(0, off_dev.shape[0], shift_chunk):
-                cols = [self._call(p, x_dev[i0:i0 + x_chunk], off_dev[s0:s0 + shift_chunk])
-                        for i0 in range(0, x_dev.shape[0], x_chunk)]
-                rows.append(jnp.concatenate(cols, axis=-1))
-            per_seed_blocks.append(jnp.concatenate(rows, axis=-2))
-        out = per_seed_blocks[0] if self.plan.seed_packing == "vmap" else jnp.stack(per_seed_blocks)
-        return np.asarray(out)[:, :n_shifts, :n]
+        if self.plan.seed_packing == "vmap":
+            jobs = [(params, None)]
+        else:  # seed i on device i % n_devices; the calls interleave so the devices work side by side
+            devices = self.plan.seed_devices(n_seeds)
+            jobs = [(jax.device_put(take_seed(params, s), devices[s % len(devices)]), devices[s % len(devices)])
+                    for s in range(n_seeds)]
+        inputs = {device: (jax.device_put(x_pad, device), jax.device_put(off_pad, device)) if device else
+                  (jnp.asarray(x_pad), jnp.asarray(off_pad)) for _, device in jobs}
+        blocks: list[list[list[jax.Array]]] = [[] for _ in jobs]  # per job: rows of shift chunks
+        for s0 in range(0, len(off_pad), shift_chunk):
+            for block in blocks:
+                block.append([])
+            for i0 in range(0, len(x_pad), x_chunk):
+                for j, (p, device) in enumerate(jobs):
+                    x_dev, off_dev = inputs[device]
+                    blocks[j][-1].append(self._call(p, x_dev[i0:i0 + x_chunk], off_dev[s0:s0 + shift_chunk]))
+        per_job = [np.concatenate([np.concatenate([np.asarray(c) for c in row], axis=-1) for row in block], axis=-2)
+                   for block in blocks]
+        out = per_job[0] if self.plan.seed_packing == "vmap" else np.stack(per_job)
+        return out[:, :n_shifts, :n]
+
+    def _images_per_call(self, params: Variables, x: np.ndarray) -> int:
+        key = tuple(x.shape[1:])
+        if key not in self._budget:
+            one = jax.tree.map(lambda a: a[0], params)  # one seed (the same for every packing)
+            example = jax.ShapeDtypeStruct((1, *x.shape[1:]), jnp.float32)
+            self._budget[key] = eval_images_per_call(self.plan, largest_activation_bytes(self._predict, one,
+                                                                                         example))
+        return self._budget[key]
+
+
+def largest_activation_bytes(fn, *args) -> int:
+    """Bytes of the largest intermediate array ``fn(*args)`` computes (traced abstractly, nothing runs)."""
+    jaxpr = jax.make_jaxpr(fn)(*args)
+    largest = 0
+
+    def visit(jx) -> None:
+        nonlocal largest
+        for eqn in jx.eqns:
+            for var in eqn.outvars:
+                aval = getattr(var, "aval", None)
+                if hasattr(aval, "shape") and hasattr(aval, "dtype"):
+                    largest = max(largest, math.prod(aval.shape) * np.dtype(aval.dtype).itemsize)
+            for sub in _subjaxprs(eqn):
+                visit(sub)
+
+    visit(jaxpr.jaxpr)
+    return largest
+
+
+def _subjaxprs(eqn):
+    """The jaxprs nested in one equation's parameters (jit, custom_vjp, scan, cond, ...)."""
+    for value in eqn.params.values():
+        for item in value if isinstance(value, (list, tuple)) else (value,):
+            inner = getattr(item, "jaxpr", item)
+            if hasattr(inner, "eqns"):
+                yield inner
 
 
 def _pad_to(a: np.ndarray, length: int) -> np.ndarray:

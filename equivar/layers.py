@@ -171,12 +171,16 @@ class LocallyConnected(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         g = self.geometry
-        rank = len(g.kernel)
         if g.padding != "VALID":
             x = _pad_for_window(x, g, 0.0)  # zeros (SAME) or wrap-around (CIRCULAR), split as nnx.Conv does
-        patches = _patches(x, g)
-        letters = "abc"[:rank]
-        out = jnp.einsum(f"n{letters}f,{letters}fo->n{letters}o", patches, self.kernel[...])
+        # Positions-major: one (batch x patch) @ (patch x out) product per output position. On the CPU this
+        # trains about 1.3x faster than contracting channels-last patches with an einsum.
+        patches = _patches(jnp.moveaxis(x, 0, -2), g)  # (*out, N, C * taps)
+        out_spatial, (n, fan_in) = patches.shape[:-2], patches.shape[-2:]
+        kernel = self.kernel[...]
+        positions = math.prod(out_spatial)
+        out = jnp.matmul(patches.reshape(positions, n, fan_in), kernel.reshape(positions, fan_in, -1))
+        out = jnp.moveaxis(out.reshape(*out_spatial, n, -1), -2, 0)
         return out if self.bias is None else out + self.bias[...]
 
 
@@ -242,23 +246,24 @@ class PolyphaseDownsample(nnx.Module):
         x = jnp.transpose(x, (0, *phase_axes, *coarse_axes, x.ndim - 1))
         x = x.reshape(n, math.prod(self.stride), *(k // s for k, s in zip(kept, self.stride)), c)
         norms = jnp.sum(jnp.square(x), axis=tuple(range(2, x.ndim)))
-        best = jnp.argmax(norms, axis=1)
-        return jnp.take_along_axis(x, best.reshape((n, 1) + (1,) * (x.ndim - 2)), axis=1)[:, 0]
+        # Select by a one-hot contraction rather than take_along_axis: the same values exactly (one 1, zeros
+        # elsewhere), and its gradient is a product instead of a scatter (1.25x faster cnn_aps training on CPU).
+        pick = jax.lax.stop_gradient(jax.nn.one_hot(jnp.argmax(norms, axis=1), x.shape[1], dtype=x.dtype))
+        return jnp.einsum("np...,np->n...", x, pick)
 
 
 def _patches(x: jax.Array, g: Geometry) -> jax.Array:
-    """Every window of an already padded ``x`` as ``(N, *out, C * prod(kernel))``, channel-major like
-    ``lax.conv_general_dilated_patches``, built from strided slices (one per kernel tap): on CPU this
-    differentiates far faster than the patches convolution."""
-    spatial = x.shape[1:-1]
+    """Every window of an already padded, positions-major ``x`` ``(*spatial, N, C)`` as ``(*out, N,
+    C * prod(kernel))``, channel-major like ``lax.conv_general_dilated_patches``, built from strided slices
+    (one per kernel tap): on CPU this differentiates far faster than the patches convolution."""
+    rank = len(g.kernel)
+    spatial = x.shape[:rank]
     out = [(n - d * (k - 1) - 1) // s + 1 for n, k, s, d in zip(spatial, g.kernel, g.stride, g.dilation)]
     taps = []
     for tap in itertools.product(*(range(k) for k in g.kernel)):
-        index = [slice(None)]
-        for t, o, s, d in zip(tap, out, g.stride, g.dilation):
-            index.append(slice(t * d, t * d + (o - 1) * s + 1, s))
-        taps.append(x[tuple(index) + (slice(None),)])
-    stacked = jnp.stack(taps, axis=-1)  # (N, *out, C, taps)
+        index = tuple(slice(t * d, t * d + (o - 1) * s + 1, s) for t, o, s, d in zip(tap, out, g.stride, g.dilation))
+        taps.append(x[index])
+    stacked = jnp.stack(taps, axis=-1)  # (*out, N, C, taps)
     return stacked.reshape(*stacked.shape[:-2], -1)
 
 

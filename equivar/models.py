@@ -265,25 +265,35 @@ class LocalNet(LeNet):
 
 
 class CNNGap(LayerStack):
-    """Fully convolutional, stride 1 everywhere, circular padding, global pooling, linear classifier.
+    """Fully convolutional, circular padding, global pooling, linear classifier.
 
     Every layer commutes with circular shifts and global pooling forgets position, so the logits are exactly
-    invariant to every circular shift of the input. Dilations grow the receptive field to cover the object
-    without any subsampling (which would break exact invariance). Global max pooling is the default: global
-    mean pooling underfits at affordable widths (conf/model/cnn_gap.yaml has the measurements).
+    invariant to every circular shift of the input. By default every layer has stride 1 and dilations grow the
+    receptive field to cover the object without any subsampling (a fixed stride would break exact invariance).
+    ``downsample`` subsamples after a layer's activation by adaptive polyphase sampling (Chaman & Dokmanic
+    2021) instead: the kept phase follows the content, so invariance stays exact while the later layers run
+    at a fraction of the resolution (``cnn_aps`` in the zoo). Global max pooling is the default: global mean
+    pooling underfits at affordable widths (conf/model/cnn_gap.yaml has the measurements).
     """
 
     def __init__(self, input_shape: Sequence[int], n_classes: int, *,
                  channels: Sequence[int] = (8, 16, 32), kernel: int | Sequence[int] = 3,
                  dilations: Sequence[int] = (1, 3, 9), padding: str = "CIRCULAR",
-                 global_pool: str = "max", activation: str = "relu", rngs: nnx.Rngs):
+                 global_pool: str = "max", activation: str = "relu", downsample: Sequence[int] | None = None,
+                 rngs: nnx.Rngs):
         if len(channels) != len(dilations):
             raise ValueError(f"cnn_gap: channels {list(channels)} and dilations {list(dilations)} "
                              "must have the same length (one per conv layer)")
+        downsample = [1] * len(channels) if downsample is None else list(downsample)
+        if len(downsample) != len(channels):
+            raise ValueError(f"cnn_gap: downsample {downsample} must have one stride per conv layer "
+                             f"({len(channels)}; 1 keeps the resolution)")
         b = _Builder(self, input_shape, rngs)
-        for i, (width, dilation) in enumerate(zip(channels, dilations), start=1):
+        for i, (width, dilation, stride) in enumerate(zip(channels, dilations, downsample), start=1):
             b.conv(f"conv{i}", int(width), kernel, dilation=int(dilation), padding=padding)
             b.activation(f"act{i}", activation)
+            if stride != 1:
+                b.polyphase(f"aps{i}", stride)
         b.global_pool("global_pool", global_pool)
         b.dense("logits", n_classes)
         b.finish()

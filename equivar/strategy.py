@@ -5,10 +5,15 @@ Measured (see docs/performance.md and ``python -m equivar.bench``):
 * CPU (2 cores): ``vmap`` over 8 LeNet seeds runs at 0.4x the speed of a Python loop over them, because
   XLA:CPU lowers a batched-weights convolution poorly; a loop over seeds wins. ``lax.scan`` over an epoch of
   conv steps is 17x slower than a Python loop, so epochs are Python loops over a jitted step.
-* CPU: XLA:CPU's YNNPACK fusions for dots, elementwise ops and reductions
-  (``--xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce``) speed a LeNet step up about 1.3x and change
-  losses by about 1e-7 relative; :func:`configure_xla_flags` turns them on when ``equivar`` is imported
-  (``EQUIVAR_XLA_CPU_FLAGS=off`` disables it). The flag only affects the CPU backend.
+* CPU: XLA:CPU's YNNPACK library fusions are turned off (``--xla_cpu_experimental_ynn_fusion_type=`` with
+  an empty list). jaxlib 0.10's default fusions make a ``cnn_aps`` step 1.6x slower and a LeNet step 1.3x
+  slower than none; the dot/eltwise/reduce fusions an earlier equivar chose make the locally connected
+  ``local`` step 1.4x slower than none, and every other zoo model's within 7 % of none.
+  :func:`configure_xla_flags` sets it when ``equivar`` is imported (``EQUIVAR_XLA_CPU_FLAGS=off`` leaves
+  XLA's defaults; a value already in ``XLA_FLAGS`` wins). It only affects the CPU backend.
+* CPU: evaluation runs fastest when a call's largest activation stays near the caches: at 128 images per call
+  a 28x28 ``cnn_gap`` predicts 4x faster than at 4096 and ``local`` 3.4x faster, while the MLP prefers big
+  calls. :func:`eval_images_per_call` sizes calls by the model's largest activation per image.
 * GPU (H100): small models leave the device idle; ``vmap`` over seeds fills it (3.6-21x the loop at 4-16
   seeds), so seeds are packed with ``vmap``.
 """
@@ -26,13 +31,28 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 # Verified (speed and numerics) on these jaxlib versions; an unknown flag is fatal to XLA, so other versions
 # are left alone.
-XLA_CPU_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce",)
+XLA_CPU_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=",)  # an empty list: no YNNPACK fusions
 XLA_CPU_FLAGS_VERIFIED = ("0.10.", "0.11.")
 
 
+def cpu_device_count() -> int:
+    """How many XLA devices equivar splits the host CPU into: ``$EQUIVAR_CPU_DEVICES``, else one per core up
+    to 2. Each device runs its own queue, so seeds placed on different devices train concurrently: on a
+    2-core CPU, two seeds side by side train 1.1-1.2x faster than one after the other (local, lenet, cnn_aps;
+    a single XLA computation keeps both cores only partly busy)."""
+    value = os.environ.get("EQUIVAR_CPU_DEVICES")
+    if value is not None:
+        try:
+            return max(1, int(value))
+        except ValueError:
+            raise ValueError(f"EQUIVAR_CPU_DEVICES must be a whole number, got {value!r}") from None
+    return max(1, min(os.cpu_count() or 1, 2))
+
+
 def configure_xla_flags() -> list[str]:
-    """Adds the measured-safe XLA:CPU flags to ``XLA_FLAGS``; must run before JAX initialises a backend
-    (importing jax is fine: XLA reads the flags when the first backend starts).
+    """Adds the measured-safe XLA:CPU flags to ``XLA_FLAGS``, and splits the host CPU into
+    :func:`cpu_device_count` devices; must run before JAX initialises a backend (importing jax is fine: XLA
+    reads the flags when the first backend starts). A flag already in ``XLA_FLAGS`` is left as it is.
 
     Returns the flags added (none when disabled, already present, or the jaxlib version is unverified).
     """
@@ -45,11 +65,11 @@ def configure_xla_flags() -> list[str]:
     if not version.startswith(XLA_CPU_FLAGS_VERIFIED):
         return []
     current = os.environ.get("XLA_FLAGS", "")
-    added = [f for f in XLA_CPU_FLAGS if f.split("=")[0] not in current]
+    wanted = [*XLA_CPU_FLAGS, f"--xla_force_host_platform_device_count={cpu_device_count()}"]
+    added = [f for f in wanted if f.split("=")[0] not in current]
     if added:
         os.environ["XLA_FLAGS"] = " ".join([current, *added]).strip()
     return added
-
 
 
 SEED_PACKINGS = ("auto", "loop", "vmap")
@@ -63,12 +83,18 @@ class ExecutionPlan:
 
     backend: str
     seed_packing: str  # "loop": one seed after another; "vmap": all seeds in one vectorised step
-    eval_images_per_call: int  # images (shifts x examples) per jitted evaluation call
+    eval_images_per_call: int  # most images (shifts x examples) per jitted evaluation call
+    eval_bytes_per_call: int | None = None  # CPU: also keep a call's largest activation under this many bytes
     n_devices: int = 1  # local devices; with vmap packing the seed axis is sharded over them
     steps_per_call: int = 1  # training steps per jitted call (>1: a lax.scan over steps inside the call)
 
     def describe(self) -> dict[str, object]:
         return dataclasses.asdict(self)
+
+    def seed_devices(self, n_seeds: int) -> list[jax.Device]:
+        """Loop packing: seed ``i`` runs on device ``i % len(result)``, the seeds' steps interleaved so that
+        the devices work side by side (one device: one seed after the other)."""
+        return jax.local_devices()[:max(1, min(n_seeds, self.n_devices))]
 
     def seed_mesh(self, n_seeds: int) -> Mesh | None:
         """A 1D mesh over as many local devices as evenly divide ``n_seeds`` (None: no sharding)."""
@@ -117,8 +143,9 @@ def plan_execution(seed_packing: str = "auto", backend: str | None = None,
     backend = backend or jax.default_backend()
     n_devices = len(jax.local_devices())
     if seed_packing == "auto":
-        # Several devices: vmap so the seed axis can be sharded, one slice of seeds per device.
-        seed_packing = "vmap" if n_devices > 1 or backend != "cpu" else "loop"
+        # CPU: a loop (its devices, if several, each take seeds side by side). Accelerators: vmap, the seed
+        # axis sharded over the devices when there are several.
+        seed_packing = "loop" if backend == "cpu" else "vmap"
     if steps_per_call is None:
         # CPU: a scan over conv steps is 17x slower than a Python loop. Accelerators: a small model's step
         # is shorter than its dispatch (H100: ~1.6 ms per vmapped step), so scanning several steps per call
@@ -127,5 +154,21 @@ def plan_execution(seed_packing: str = "auto", backend: str | None = None,
     if steps_per_call < 1:
         raise ValueError(f"steps_per_call must be >= 1, got {steps_per_call}")
     eval_images = 4096 if backend == "cpu" else 32768
+    eval_bytes = EVAL_CPU_ACTIVATION_BYTES if backend == "cpu" else None
     return ExecutionPlan(backend=backend, seed_packing=seed_packing, eval_images_per_call=eval_images,
-                         n_devices=n_devices, steps_per_call=steps_per_call)
+                         eval_bytes_per_call=eval_bytes, n_devices=n_devices, steps_per_call=steps_per_call)
+
+
+# CPU evaluation: a call's largest activation is kept under this many bytes (measured on 28x28 inputs, 2-core
+# CPU: cnn_gap, local and lenet are fastest at 100-500 images per call, about 12-18 MB of their largest
+# activation; the MLP, whose activations are tiny, at the 4096 cap).
+EVAL_CPU_ACTIVATION_BYTES = 16 * 2**20
+EVAL_MIN_IMAGES_PER_CALL = 32
+
+
+def eval_images_per_call(plan: ExecutionPlan, activation_bytes_per_image: int) -> int:
+    """Images per evaluation call for a model whose largest activation takes ``activation_bytes_per_image``."""
+    if plan.eval_bytes_per_call is None or activation_bytes_per_image <= 0:
+        return plan.eval_images_per_call
+    fit = plan.eval_bytes_per_call // activation_bytes_per_image
+    return int(min(plan.eval_images_per_call, max(EVAL_MIN_IMAGES_PER_CALL, fit)))

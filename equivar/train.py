@@ -233,11 +233,18 @@ class SeedTrainer:
             mesh = self.plan.seed_mesh(n_seeds)
             states, keys = shard_seeds((states, keys), mesh)
             x, y = replicate((x, y), mesh)
-            states, loss, acc = self._fit_packed(states, x, y, keys, spec, label)
-        else:
-            results = [self._fit_packed(take_seed(states, s), x, y, keys[s], spec, f"{label} seed {s}")
-                       for s in range(n_seeds)]
-            states = stack_seeds([r[0] for r in results])
+            (states, loss, acc), = self._fit_groups([(states, x, y, keys)], spec, label)
+        else:  # one group per seed, each on its device; their steps interleave so the devices work side by side
+            devices = self.plan.seed_devices(n_seeds)
+            data = {d: jax.device_put((x, y), d) for d in devices}
+            groups = []
+            for s in range(n_seeds):
+                device = devices[s % len(devices)]
+                groups.append((jax.device_put(take_seed(states, s), device), *data[device],
+                               jax.device_put(keys[s], device)))
+            results = self._fit_groups(groups, spec, label if n_seeds == 1 else f"{label} {n_seeds} seeds")
+            home = devices[0]
+            states = stack_seeds([jax.device_put(r[0], home) for r in results])
             loss = np.stack([r[1] for r in results])
             acc = np.stack([r[2] for r in results])
         jax.block_until_ready(states)
@@ -253,40 +260,57 @@ class SeedTrainer:
                  np.round(history.accuracy[:, -1], 4))
         return states, history
 
-    def _fit_packed(self, state: TrainState, x: jax.Array, y: jax.Array, key: jax.Array,
-                    spec: TrainSpec, label: str) -> tuple[TrainState, np.ndarray, np.ndarray]:
-        """One seed (loop packing) or all seeds at once (vmap packing, leading seed axis everywhere)."""
-        n = int(y.shape[0])
-        losses, accs = [], []
+    def _fit_groups(self, groups: list[tuple[TrainState, jax.Array, jax.Array, jax.Array]], spec: TrainSpec,
+                    label: str) -> list[tuple[TrainState, np.ndarray, np.ndarray]]:
+        """Trains groups of seeds step by step, each group's step dispatched in turn: one group per seed (loop
+        packing, each on its device) or a single group holding every seed (vmap packing, a leading seed axis
+        everywhere). A group whose seeds have all diverged stops at the end of that epoch."""
+        n = int(groups[0][2].shape[0])
         epochs = spec.epochs_for(n)
+        states = [g[0] for g in groups]
+        losses: list[list[np.ndarray]] = [[] for _ in groups]
+        accs: list[list[np.ndarray]] = [[] for _ in groups]
+        active = list(range(len(groups)))
+        chunk = self.plan.steps_per_call
         for epoch in range(epochs):
-            epoch_keys = jax.vmap(_order_key, in_axes=(0, None))(key, epoch) if key.ndim else \
-                _order_key(key, epoch)
-            order = self.order(epoch_keys, n, spec.batch_size)
-            steps = order.shape[-2]
-            step_metrics = []
+            orders = {}
+            for i in active:
+                key = groups[i][3]
+                epoch_keys = jax.vmap(_order_key, in_axes=(0, None))(key, epoch) if key.ndim else \
+                    _order_key(key, epoch)
+                orders[i] = self.order(epoch_keys, n, spec.batch_size)
+            steps = orders[active[0]].shape[-2]
+            step_metrics: dict[int, list] = {i: [] for i in active}
             bar = tqdm(range(steps), desc=f"{label} epoch {epoch + 1}/{epochs}", leave=False,
                        disable=None, unit="step")
-            chunk = self.plan.steps_per_call
             for t in bar:
-                if chunk == 1:
-                    state, metrics = self.step(state, x, y, order[..., t, :])
-                    step_metrics.append(jax.tree.map(lambda m: m[..., None], metrics))
-                elif t % chunk == 0:
-                    # Remainder steps at the end of an epoch run as one shorter scan (one more compile).
-                    state, metrics = self.multi_step(state, x, y, order[..., t:t + chunk, :])
-                    step_metrics.append(metrics)
-            stacked = jax.tree.map(lambda *m: jnp.concatenate(m, axis=-1).mean(-1), *step_metrics)
-            losses.append(np.asarray(stacked["loss"]))
-            accs.append(np.asarray(stacked["accuracy"]))
-            bar.set_postfix(loss=float(np.mean(losses[-1])), acc=float(np.mean(accs[-1])))
+                if chunk > 1 and t % chunk:
+                    continue
+                for i in active:
+                    _, x, y, _ = groups[i]
+                    if chunk == 1:
+                        states[i], metrics = self.step(states[i], x, y, orders[i][..., t, :])
+                        step_metrics[i].append(jax.tree.map(lambda m: m[..., None], metrics))
+                    else:
+                        # Remainder steps at the end of an epoch run as one shorter scan (one more compile).
+                        states[i], metrics = self.multi_step(states[i], x, y, orders[i][..., t:t + chunk, :])
+                        step_metrics[i].append(metrics)
+            for i in active:
+                stacked = jax.tree.map(lambda *m: jnp.concatenate(m, axis=-1).mean(-1), *step_metrics[i])
+                losses[i].append(np.asarray(stacked["loss"]))
+                accs[i].append(np.asarray(stacked["accuracy"]))
+            bar.set_postfix(loss=float(np.mean([losses[i][-1] for i in active])),
+                            acc=float(np.mean([accs[i][-1] for i in active])))
             bar.close()
-            if bool(np.all(np.asarray(state.diverged_at) >= 0)):  # every seed here is frozen: stop early
-                pad = epochs - epoch - 1
-                losses += [np.full_like(losses[-1], np.nan)] * pad
-                accs += [np.full_like(accs[-1], np.nan)] * pad
+            for i in list(active):
+                if bool(np.all(np.asarray(states[i].diverged_at) >= 0)):  # every seed here is frozen: stop early
+                    pad = epochs - epoch - 1
+                    losses[i] += [np.full_like(losses[i][-1], np.nan)] * pad
+                    accs[i] += [np.full_like(accs[i][-1], np.nan)] * pad
+                    active.remove(i)
+            if not active:
                 break
-        return state, np.stack(losses, axis=-1), np.stack(accs, axis=-1)
+        return [(states[i], np.stack(losses[i], axis=-1), np.stack(accs[i], axis=-1)) for i in range(len(groups))]
 
 
 Variables = tuple[nnx.State, nnx.State]  # (params, model_state) of one seed, or seed-stacked

@@ -45,6 +45,13 @@ def target(name: str) -> str:
     return str(OmegaConf.load(CONF / "model" / f"{name}.yaml")["_target_"])
 
 
+def zoo_options(name: str, **changes) -> dict:
+    """The options conf/model/NAME.yaml gives the zoo model ``name`` (without ``_target_``), with ``changes``."""
+    entry = OmegaConf.to_container(OmegaConf.load(CONF / "model" / f"{name}.yaml"))
+    entry.pop("_target_")
+    return entry | changes
+
+
 def pytest_addoption(parser):
     parser.addoption("--slow", action="store_true", default=False,
                      help="also run the tests marked slow (CI runs them; the default run stays under 3 minutes)")

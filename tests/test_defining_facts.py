@@ -9,7 +9,7 @@ from equivar.anatomy import anatomy
 from equivar.models import build_model
 from equivar.run import run_experiment
 
-from conftest import compose_raw, target
+from conftest import compose_raw, target, zoo_options
 from test_experiments import tiny
 
 
@@ -60,7 +60,7 @@ def test_antialiased_shift_test_compares_lenets_that_differ_only_in_pooling(tmp_
 
 
 def _rows(kind, shape):
-    result = anatomy(build_model(target(kind), shape, 10, {}, nnx.Rngs(0)), shape)
+    result = anatomy(build_model(target(kind), shape, 10, zoo_options(kind), nnx.Rngs(0)), shape)
     return result, {r["layer"]: r for r in result["layers"]}
 
 
@@ -86,6 +86,9 @@ def test_zoo_parameter_totals(shape):
     lenet = (k5 * 1 * 16 + 16) + (k5 * 16 * 32 + 32) + (flat * 512 + 512) + (512 * 10 + 10)
     positions1, positions2 = (36, 14) if rank == 1 else (24 ** 2, 8 ** 2)
     local = positions1 * (k5 * 16 + 16) + positions2 * (k5 * 16 * 32 + 32) + (flat * 512 + 512) + (512 * 10 + 10)
-    for kind, expected in (("cnn_gap", cnn_gap), ("mlp", mlp), ("lenet", lenet), ("local", local)):
+    # cnn_aps: 3-wide circular convs 16, 32, 64, 64; the polyphase downsamplers have no parameters
+    cnn_aps = (k3 * 1 * 16 + 16) + (k3 * 16 * 32 + 32) + (k3 * 32 * 64 + 64) + (k3 * 64 * 64 + 64) + (64 * 10 + 10)
+    for kind, expected in (("cnn_gap", cnn_gap), ("cnn_aps", cnn_aps), ("mlp", mlp), ("lenet", lenet),
+                           ("local", local)):
         result, _ = _rows(kind, shape)
         assert result["total_params"] == result["model_param_total"] == expected, kind

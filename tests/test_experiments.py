@@ -18,7 +18,7 @@ from conftest import ROOT, compose_raw, mnist_dir, requires_mnist
 TINY = ["n_seeds=2", "train.epochs=2", "train.batch_size=32", "zoo.mlp.hidden=[32]",
         "zoo.lenet.channels=[4,8]", "zoo.lenet.kernel=3", "zoo.lenet.hidden=[16]",
         "zoo.local.channels=[4,8]", "zoo.local.kernel=3", "zoo.local.hidden=[16]",
-        "zoo.cnn_gap.channels=[4,8]", "zoo.cnn_gap.dilations=[1,2]",
+        "zoo.cnn_gap.channels=[4,8]", "zoo.cnn_gap.dilations=[1,2]", "zoo.cnn_aps.channels=[4,4,8,8]",
         "zoo.group_pool.channels=[4,4]", "zoo.group_pool.dilations=[1,2]",
         "train.min_steps=0", "++zoo.lenet_blur.channels=[4,8]", "++zoo.lenet_blur.hidden=[16]",
         "++zoo.lenet_aps.channels=[4,8]", "++zoo.lenet_aps.hidden=[16]", "++zoo.lenet_blur.kernel=3",
@@ -44,15 +44,16 @@ EXPERIMENT_NAMES = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*
 
 def _check_shift_test(metrics, out_dir, rank):
     on_disk = json.loads((out_dir / "metrics.json").read_text())
-    assert on_disk["models"].keys() == metrics["models"].keys() == {"mlp", "lenet", "local", "cnn_gap"}
+    assert on_disk["models"].keys() == metrics["models"].keys() == {"mlp", "lenet", "local", "cnn_aps"}
     assert on_disk["dataset"]["rank"] == rank
     n_shifts = len(on_disk["shifts"])
     for m in on_disk["models"].values():
         assert len(m["shift_accuracy"]["mean"]) == len(m["shift_accuracy"]["std"]) == n_shifts
         assert 0.0 <= m["clean_accuracy"]["mean"] <= 1.0 and m["n_params"] > 0
-    # circular padding + global pooling under roll: every prediction identical under every shift
-    assert on_disk["models"]["cnn_gap"]["consistency"]["mean"] == 1.0
-    cnn = np.asarray(on_disk["models"]["cnn_gap"]["shift_accuracy"]["mean"])
+    # circular padding, adaptive polyphase downsampling and global pooling under roll: every prediction
+    # identical under every shift
+    assert on_disk["models"]["cnn_aps"]["consistency"]["mean"] == 1.0
+    cnn = np.asarray(on_disk["models"]["cnn_aps"]["shift_accuracy"]["mean"])
     assert np.ptp(cnn) == 0.0
     expected = {"accuracy_vs_shift.png", "consistency.png"} | ({"accuracy_heatmap.png"} if rank == 2 else set())
     assert expected <= {p.name for p in out_dir.glob("*.png")}
@@ -163,7 +164,7 @@ def test_plot_cli_redraws(tmp_path):
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (["models=[resnet]"], "unknown model 'resnet' in models (did you mean 'lenet'?); valid choices: cnn_gap, "
+    (["models=[resnet]"], "unknown model 'resnet' in models (did you mean 'lenet'?); valid choices: cnn_aps, cnn_gap, "
                           "group_pool, lenet, local, mlp"),
     (["dataset.loader=imagenet"], "dataset.loader='imagenet' is not one of mnist1d, tfds, synthetic"),
     (["zoo.lenet.padding=REFLECT", "models=[lenet]"], "unknown padding 'REFLECT'"),
@@ -189,7 +190,7 @@ def _cli(args, tmp_path, env_extra=None):
 def test_cli_unknown_model_is_one_clear_line(tmp_path):
     proc = _cli(["experiment=shift_test", "dataset=synthetic", "models=[resnet]"], tmp_path)
     assert proc.returncode == 2
-    assert "equivar: error: unknown model 'resnet' in models (did you mean 'lenet'?); valid choices: cnn_gap, group_pool, lenet, local, mlp" in proc.stderr
+    assert "equivar: error: unknown model 'resnet' in models (did you mean 'lenet'?); valid choices: cnn_aps, cnn_gap, group_pool, lenet, local, mlp" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
@@ -215,7 +216,7 @@ def test_cli_runs_tiny(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "run" / "metrics.json").is_file()
     assert (tmp_path / "run" / ".hydra" / "config.yaml").is_file()
-    assert "| cnn_gap |" in proc.stdout
+    assert "| cnn_aps |" in proc.stdout
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ from equivar.layers import Pool
 from equivar.introspect import layer_outputs
 from equivar.models import build_model
 from equivar.transforms import shift, shift_grid
-from conftest import ZOO_PARAMS, target
+from conftest import ZOO_PARAMS, target, zoo_options
 
 SHAPES = {"1d": (40, 1), "2d": (28, 28, 1)}
 
@@ -53,6 +53,40 @@ def test_cnn_gap_invariant_to_every_circular_shift(shape):
         shifted = jax.vmap(lambda o: m(shift(x, o)))(grid)
         err = jnp.abs(shifted - ref).max() / jnp.abs(ref).max()
         assert float(err) <= 1e-5
+
+
+@pytest.mark.parametrize("shape", [(24, 2), (16, 12, 1)], ids=["1d", "2d"])
+def test_cnn_aps_predicts_the_same_under_every_circular_shift(shape):
+    """cnn_aps subsamples twice by 2 (adaptive polyphase) yet its logits are unchanged, to float32 rounding
+    (1e-5 relative), by every roll of an input whose sides are multiples of 4."""
+    model = build_model(target("cnn_aps"), shape, 7, zoo_options("cnn_aps", channels=[4, 4, 8, 8]), nnx.Rngs(1))
+    x = jax.random.normal(jax.random.key(3), (4,) + shape)
+    grid = jnp.asarray(shift_grid(max(shape[:-1]), len(shape) - 1))
+    ref = model(x)
+    shifted = jax.vmap(lambda o: model(shift(x, o)))(grid)
+    assert float(jnp.abs(shifted - ref).max() / jnp.abs(ref).max()) <= 1e-5
+
+
+def test_cnn_aps_with_a_fixed_phase_is_not_invariant():
+    """The same net keeping a fixed polyphase component (plain stride-2 subsampling) changes its logits under
+    a one-position roll: the adaptive choice is what keeps the invariance."""
+    from equivar.layers import PolyphaseDownsample
+
+    shape = (24, 2)
+    model = build_model(target("cnn_aps"), shape, 7, zoo_options("cnn_aps", channels=[4, 4, 8, 8]), nnx.Rngs(1))
+    x = jax.random.normal(jax.random.key(3), (4,) + shape)
+    one = jnp.array([1])
+    adaptive = float(jnp.abs(model(shift(x, one)) - model(x)).max())
+    # the same layers and weights with phase 0 always kept: every other position
+    fixed_change = float(jnp.abs(_fixed_phase_forward(model, shift(x, one), PolyphaseDownsample)
+                                 - _fixed_phase_forward(model, x, PolyphaseDownsample)).max())
+    assert adaptive <= 1e-5 * float(jnp.abs(model(x)).max()) and fixed_change > 1e-3
+
+
+def _fixed_phase_forward(model, x, downsample_type):
+    for _, layer in model.layers():
+        x = x[:, ::2] if isinstance(layer, downsample_type) else layer(x)
+    return x
 
 
 def test_lenet_is_not_shift_invariant():

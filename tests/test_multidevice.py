@@ -1,4 +1,5 @@
-"""Seeds sharded over several devices give the same models as one device (CPU devices forced by XLA_FLAGS)."""
+"""Seeds spread over several devices, side by side (loop) or sharded (vmap), give the same models as one device
+(CPU devices forced by XLA_FLAGS)."""
 
 import pytest
 import os
@@ -21,7 +22,7 @@ tx = make_optimizer(spec)
 keys = seed_keys(0, 4)
 build = lambda r: build_model("equivar.models.LeNet", data.input_shape, 3, {"channels": [4, 8], "kernel": 3, "hidden": [16]}, r)
 graphdef, states = init_states(build, tx, keys)
-plan = plan_execution("auto")
+plan = plan_execution(sys.argv[2])
 states, history = SeedTrainer(graphdef, tx, plan).fit(states, jnp.asarray(data.x_train),
                                                       jnp.asarray(data.y_train), keys, spec)
 leaves = jax.tree.leaves(states.params)
@@ -31,25 +32,30 @@ np.savez(sys.argv[1], *[np.asarray(a) for a in leaves], loss=history.loss,
 """
 
 
-def _run(tmp_path, name, n_devices):
+def _run(tmp_path, name, n_devices, packing="auto"):
     env = dict(os.environ)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={n_devices}" if n_devices > 1 else ""
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={n_devices}"
     out = tmp_path / f"{name}.npz"
-    proc = subprocess.run([sys.executable, "-c", WORKER, str(out)], env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run([sys.executable, "-c", WORKER, str(out), packing], env=env, capture_output=True,
+                          text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return np.load(out)
 
 
 @pytest.mark.slow
-def test_seeds_sharded_over_four_devices_match_one_device(tmp_path):
+def test_seeds_on_four_devices_match_one_device(tmp_path):
     one = _run(tmp_path, "one", 1)
-    four = _run(tmp_path, "four", 4)
+    side_by_side = _run(tmp_path, "loop", 4)  # the CPU default: a loop, seed i on device i, steps interleaved
+    sharded = _run(tmp_path, "vmap", 4, "vmap")
     assert int(one["n_devices"]) == 1 and str(one["packing"]) == "loop"
-    assert int(four["n_devices"]) == 4 and str(four["packing"]) == "vmap"
-    assert int(four["used"]) == 4  # the trained parameters live on all four devices
+    assert int(side_by_side["n_devices"]) == 4 and str(side_by_side["packing"]) == "loop"
+    assert int(side_by_side["used"]) == 1  # the seeds come back stacked on the first device
+    assert int(sharded["n_devices"]) == 4 and str(sharded["packing"]) == "vmap"
+    assert int(sharded["used"]) == 4  # the trained parameters live on all four devices
     keys = [k for k in one.files if k.startswith("arr_")]
     assert keys
     for k in keys:
-        np.testing.assert_allclose(four[k], one[k], rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(four["loss"], one["loss"], rtol=1e-4)
+        np.testing.assert_array_equal(side_by_side[k], one[k])  # the same program on each device
+        np.testing.assert_allclose(sharded[k], one[k], rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(side_by_side["loss"], one["loss"])
+    np.testing.assert_allclose(sharded["loss"], one["loss"], rtol=1e-4)

@@ -1,0 +1,55 @@
+"""Evaluation chunking: calls sized by the model's largest activation, the same predictions whatever the size."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from equivar.evaluate import ShiftEvaluator, largest_activation_bytes
+from equivar.models import build_model
+from equivar.strategy import EVAL_MIN_IMAGES_PER_CALL, eval_images_per_call, plan_execution
+from equivar.train import make_predict
+from equivar.transforms import shift_grid
+
+from conftest import target
+
+
+def _lenet(shape, **options):
+    model = build_model(target("lenet"), shape, 10, options, nnx.Rngs(0))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    return graphdef, (params, rest)
+
+
+def test_largest_activation_is_lenets_first_conv_output():
+    """LeNet on 28x28: conv1's 24x24x16 float32 output (36,864 bytes) is its largest array per image."""
+    graphdef, variables = _lenet((28, 28, 1))
+    example = jax.ShapeDtypeStruct((1, 28, 28, 1), jnp.float32)
+    assert largest_activation_bytes(make_predict(graphdef), variables, example) == 24 * 24 * 16 * 4
+    graphdef, variables = _lenet((28, 28, 1), channels=[8, 32])  # now conv2's 8x8x32 is not larger: 24x24x8
+    assert largest_activation_bytes(make_predict(graphdef), variables, example) == 24 * 24 * 8 * 4
+
+
+def test_images_per_call_follow_the_activation_size_within_bounds():
+    plan = plan_execution(backend="cpu")
+    assert eval_images_per_call(plan, plan.eval_bytes_per_call // 100) == 100
+    assert eval_images_per_call(plan, 1) == plan.eval_images_per_call  # tiny activations: the cap
+    assert eval_images_per_call(plan, plan.eval_bytes_per_call * 10) == EVAL_MIN_IMAGES_PER_CALL
+    unbounded = dataclasses.replace(plan, eval_bytes_per_call=None)  # accelerators: a fixed number of images
+    assert eval_images_per_call(unbounded, 10**6) == plan.eval_images_per_call
+
+
+def test_predictions_do_not_depend_on_the_call_size():
+    """The grid cut into 32-image calls (with padding) gives exactly the predictions of larger calls."""
+    graphdef, (params, rest) = _lenet((12, 12, 1), channels=[4, 8], kernel=3, hidden=[16])
+    stacked = jax.tree.map(lambda a: jnp.stack([a, a * 0.5]), (params, rest))  # two seeds
+    x = np.asarray(jax.random.normal(jax.random.key(0), (70, 12, 12, 1)))
+    offsets = shift_grid(2, 2)
+    plan = plan_execution("loop", backend="cpu")
+    small = dataclasses.replace(plan, eval_bytes_per_call=1)  # every call at the 32-image minimum
+    big = dataclasses.replace(plan, eval_bytes_per_call=None)
+    preds = [ShiftEvaluator(graphdef, "roll", p).predict(stacked, x, offsets) for p in (small, big)]
+    assert preds[0].shape == (2, len(offsets), 70)
+    np.testing.assert_array_equal(preds[0], preds[1])
+    assert ShiftEvaluator(graphdef, "roll", small)._images_per_call(stacked, x) == EVAL_MIN_IMAGES_PER_CALL
