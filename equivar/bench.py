@@ -203,11 +203,11 @@ def study(command: tuple[str, ...] = STUDY_COMMAND) -> dict[str, Any] | None:
         metrics = json.loads((out / "metrics.json").read_text())
     models = {}
     for name, record in metrics["models"].items():
-        models[name] = {"train_seconds": record.get("train", {}).get("seconds"),
-                        "eval_seconds": record.get("eval_seconds"),
-                        "clean_accuracy": record.get("clean_accuracy", {}).get("mean"),
-                        "grid_mean_accuracy": record.get("grid_mean_accuracy", {}).get("mean"),
-                        "consistency": record.get("consistency", {}).get("mean")}
+        models[name] = {"n_params": record.get("n_params"), "train_seconds": record.get("train", {}).get("seconds"),
+                        "eval_seconds": record.get("eval_seconds")}
+        for what in ("clean_accuracy", "grid_mean_accuracy", "worst_shift_accuracy", "consistency"):  # mean and std over seeds
+            models[name][what] = record.get(what, {}).get("mean")
+            models[name][what + "_std"] = record.get(what, {}).get("std")
     return {"command": "python -m equivar.run " + " ".join(command), "seconds": seconds,
             "n_seeds": metrics.get("n_seeds"), "models": models}
 
@@ -334,11 +334,13 @@ def format_table(result: dict[str, Any]) -> str:
     for name, record in result.get("study", {}).items():
         lines += ["", f"study.{name}: `{record['command']}` ({record['n_seeds']} seeds per model), end to end in "
                   f"a fresh process with a cold compilation cache: {record['seconds']:.0f} s", "",
-                  "| row | train s | eval s | clean acc | grid-mean acc | consistency |", "|---|---:|---:|---:|---:|---:|"]
+                  "| row | params | train s | eval s | clean acc | grid-mean acc | worst-shift acc | consistency |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for model, m in record["models"].items():
-            cells = [_num(m["train_seconds"], "{:.0f}"), _num(m["eval_seconds"], "{:.0f}"),
-                     _num(m["clean_accuracy"], "{:.4f}"), _num(m["grid_mean_accuracy"], "{:.4f}"),
-                     _num(m["consistency"], "{:.4f}")]
+            cells = [_num(m["n_params"], "{:,}"), _num(m["train_seconds"], "{:.0f}"),
+                     _num(m["eval_seconds"], "{:.0f}")] + [
+                _num(m[what], "{:.4f}") + (f" ± {m[what + '_std']:.4f}" if m.get(what + "_std") is not None else "")
+                for what in ("clean_accuracy", "grid_mean_accuracy", "worst_shift_accuracy", "consistency")]
             lines.append(f"| study.{name}.{model} | " + " | ".join(cells) + " |")
     lines += [f"note: {n}" for n in result["notes"]]
     return "\n".join(lines)
