@@ -94,6 +94,7 @@ def user_module(tmp_path, monkeypatch):
     return mynets
 
 
+@pytest.mark.slow
 def test_user_model_with_batchnorm_trains_checkpoints_and_reloads_identically(user_module, tmp_path):
     run_dir = tmp_path / "run"
     metrics = equivar.measure("shift_test", SMALL, out_dir=run_dir, models={"mine": (user_module.BNNet, {"width": 6})})

@@ -41,6 +41,7 @@ def test_bad_input_fails_early_with_one_clear_line(overrides, error, words, tmp_
     assert time.perf_counter() - start < 30  # fails before any training
 
 
+@pytest.mark.slow
 def test_a_folder_that_holds_a_run_is_never_overwritten(tmp_path):
     raw = compose_raw(["experiment=conv_compare"])
     run_experiment(raw, tmp_path)

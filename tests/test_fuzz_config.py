@@ -123,6 +123,7 @@ def _finite(obj) -> bool:
     return True
 
 
+@pytest.mark.slow  # about 15 s: CI runs it (profile ci)
 @given(override_sets())
 def test_random_configs_run_or_fail_with_one_line_naming_a_key(case):
     experiment, drawn = case

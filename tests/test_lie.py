@@ -85,7 +85,8 @@ def test_a_circular_linear_net_with_global_pooling_has_zero_lee(shape):
 
 
 @pytest.mark.parametrize("kind,shape,options", [
-    ("equivar.models.LeNet", (28, 1), {"channels": [4, 6], "kernel": 3, "hidden": [16]}),
+    pytest.param("equivar.models.LeNet", (28, 1), {"channels": [4, 6], "kernel": 3, "hidden": [16]},
+                 marks=pytest.mark.slow),
     pytest.param("equivar.models.LeNet", (12, 12, 1), {"channels": [3, 4], "kernel": 3, "hidden": [8],
                                                        "pool": "blurmax"}, marks=pytest.mark.slow),
     pytest.param("equivar.models.CNNGap", (20, 2), {"channels": [4, 4], "dilations": [1, 2]},

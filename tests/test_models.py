@@ -55,7 +55,7 @@ def test_cnn_gap_invariant_to_every_circular_shift(shape):
         assert float(err) <= 1e-5
 
 
-@pytest.mark.parametrize("shape", [(24, 2), (16, 12, 1)], ids=["1d", "2d"])
+@pytest.mark.parametrize("shape", [(24, 2), pytest.param((16, 12, 1), marks=pytest.mark.slow)], ids=["1d", "2d"])
 def test_cnn_aps_predicts_the_same_under_every_circular_shift(shape):
     """cnn_aps subsamples twice by 2 (adaptive polyphase) yet its logits are unchanged, to float32 rounding
     (1e-5 relative), by every roll of an input whose sides are multiples of 4."""

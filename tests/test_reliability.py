@@ -17,6 +17,7 @@ from conftest import compose_raw, target
 from test_experiments import TINY, _cli
 
 
+@pytest.mark.slow
 def test_a_non_finite_loss_freezes_that_seed_and_records_the_step():
     data = load_synthetic(rank=1, size=16, n_classes=3, n_train=64, n_test=16, seed=0)
     spec = TrainSpec(epochs=3, batch_size=16, learning_rate=1e-3)
@@ -34,6 +35,7 @@ def test_a_non_finite_loss_freezes_that_seed_and_records_the_step():
             assert np.isfinite(np.asarray(leaf)).all()  # frozen at the last finite parameters
 
 
+@pytest.mark.slow
 def test_forced_divergence_is_reported_and_exits_non_zero(tmp_path):
     proc = _cli(["experiment=shift_test", "dataset=synthetic", "models=[mlp]", "train.learning_rate=1e12",
                  "train.optimizer=sgd", "n_seeds=2", "train.epochs=2"], tmp_path)
