@@ -47,7 +47,8 @@ class ShiftEvaluator:
         if self.plan.seed_packing == "vmap":
             jobs = [(params, None)]
         else:  # seed i on device i % n_devices; the calls interleave so the devices work side by side
-            devices = self.plan.seed_devices(n_seeds)
+            calls = (len(off_pad) // shift_chunk) * (len(x_pad) // x_chunk)
+            devices = self.plan.seed_devices(n_seeds, calls)
             jobs = [(jax.device_put(take_seed(params, s), devices[s % len(devices)]), devices[s % len(devices)])
                     for s in range(n_seeds)]
         inputs = {device: (jax.device_put(x_pad, device), jax.device_put(off_pad, device)) if device else

@@ -77,6 +77,12 @@ SEED_PACKINGS = ("auto", "loop", "vmap")
 DEFAULT_STEPS_PER_CALL: dict[str, int] = {"cpu": 1}
 
 
+# Loop packing spreads seeds over the CPU's devices only for jobs of at least this many calls per seed: a
+# second device compiles its own copy of each call (about a second for a conv step), which tiny runs would pay
+# for nothing.
+SIDE_BY_SIDE_MIN_CALLS = 200
+
+
 @dataclasses.dataclass(frozen=True)
 class ExecutionPlan:
     """How to run seeds and evaluation on this backend."""
@@ -87,13 +93,18 @@ class ExecutionPlan:
     eval_bytes_per_call: int | None = None  # CPU: also keep a call's largest activation under this many bytes
     n_devices: int = 1  # local devices; with vmap packing the seed axis is sharded over them
     steps_per_call: int = 1  # training steps per jitted call (>1: a lax.scan over steps inside the call)
+    side_by_side_min_calls: int = SIDE_BY_SIDE_MIN_CALLS  # loop packing: spread seeds only for jobs this long
 
     def describe(self) -> dict[str, object]:
         return dataclasses.asdict(self)
 
-    def seed_devices(self, n_seeds: int) -> list[jax.Device]:
-        """Loop packing: seed ``i`` runs on device ``i % len(result)``, the seeds' steps interleaved so that
-        the devices work side by side (one device: one seed after the other)."""
+    def seed_devices(self, n_seeds: int, calls_per_seed: int) -> list[jax.Device]:
+        """Loop packing: seed ``i`` runs on device ``i % len(result)``, the seeds' calls interleaved so that
+        the devices work side by side (one device: one seed after the other). Each device compiles its own
+        copy of a call, so short jobs (fewer than ``side_by_side_min_calls`` calls per seed) stay on one
+        device; the results are the same bit for bit either way."""
+        if calls_per_seed < self.side_by_side_min_calls:
+            return jax.local_devices()[:1]
         return jax.local_devices()[:max(1, min(n_seeds, self.n_devices))]
 
     def seed_mesh(self, n_seeds: int) -> Mesh | None:

@@ -235,7 +235,9 @@ class SeedTrainer:
             x, y = replicate((x, y), mesh)
             (states, loss, acc), = self._fit_groups([(states, x, y, keys)], spec, label)
         else:  # one group per seed, each on its device; their steps interleave so the devices work side by side
-            devices = self.plan.seed_devices(n_seeds)
+            n = int(y.shape[0])
+            calls = spec.epochs_for(n) * -(-(n // spec.batch_size) // self.plan.steps_per_call)
+            devices = self.plan.seed_devices(n_seeds, calls)
             data = {d: jax.device_put((x, y), d) for d in devices}
             groups = []
             for s in range(n_seeds):

@@ -22,13 +22,14 @@ tx = make_optimizer(spec)
 keys = seed_keys(0, 4)
 build = lambda r: build_model("equivar.models.LeNet", data.input_shape, 3, {"channels": [4, 8], "kernel": 3, "hidden": [16]}, r)
 graphdef, states = init_states(build, tx, keys)
-plan = plan_execution(sys.argv[2])
-states, history = SeedTrainer(graphdef, tx, plan).fit(states, jnp.asarray(data.x_train),
-                                                      jnp.asarray(data.y_train), keys, spec)
+import dataclasses
+plan = dataclasses.replace(plan_execution(sys.argv[2]), side_by_side_min_calls=1)  # short, but spread too
+trainer = SeedTrainer(graphdef, tx, plan)
+states, history = trainer.fit(states, jnp.asarray(data.x_train), jnp.asarray(data.y_train), keys, spec)
 leaves = jax.tree.leaves(states.params)
 np.savez(sys.argv[1], *[np.asarray(a) for a in leaves], loss=history.loss,
          n_devices=plan.n_devices, packing=plan.seed_packing,
-         used=len(leaves[0].sharding.device_set))
+         used=len(leaves[0].sharding.device_set), compiled=trainer.step._cache_size())
 """
 
 
@@ -50,6 +51,7 @@ def test_seeds_on_four_devices_match_one_device(tmp_path):
     assert int(one["n_devices"]) == 1 and str(one["packing"]) == "loop"
     assert int(side_by_side["n_devices"]) == 4 and str(side_by_side["packing"]) == "loop"
     assert int(side_by_side["used"]) == 1  # the seeds come back stacked on the first device
+    assert int(side_by_side["compiled"]) == 4  # after training one seed on each of the four devices
     assert int(sharded["n_devices"]) == 4 and str(sharded["packing"]) == "vmap"
     assert int(sharded["used"]) == 4  # the trained parameters live on all four devices
     keys = [k for k in one.files if k.startswith("arr_")]

@@ -1,3 +1,5 @@
+import dataclasses
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -18,15 +20,18 @@ def data():
     return load_synthetic(rank=1, size=16, n_classes=3, n_train=64, n_test=32, seed=1)
 
 
-def _train(data, kind, packing, n_seeds=2, base_seed=0, spec=SPEC, max_traces=None, steps_per_call=1):
+def _train(data, kind, packing, n_seeds=2, base_seed=0, spec=SPEC, max_traces=None, steps_per_call=1,
+           side_by_side_min_calls=None):
     build = lambda rngs: build_model(target(kind), data.input_shape, data.n_classes, {"channels": [4, 8],
                                                                               "hidden": [16]}
                                      if kind == "lenet" else {"hidden": [32]}, rngs)
     tx = make_optimizer(spec)
     keys = seed_keys(base_seed, n_seeds)
     graphdef, states = init_states(build, tx, keys)
-    trainer = SeedTrainer(graphdef, tx, plan_execution(packing, steps_per_call=steps_per_call), max_traces=max_traces,
-                          augment_shift=spec.augment_shift)
+    plan = plan_execution(packing, steps_per_call=steps_per_call)
+    if side_by_side_min_calls is not None:
+        plan = dataclasses.replace(plan, side_by_side_min_calls=side_by_side_min_calls)
+    trainer = SeedTrainer(graphdef, tx, plan, max_traces=max_traces, augment_shift=spec.augment_shift)
     states, history = trainer.fit(states, jnp.asarray(data.x_train), jnp.asarray(data.y_train), keys, spec)
     return states, history, trainer
 
@@ -69,7 +74,7 @@ def test_step_compiles_once(data, packing):
     the seeds run on (loop packing spreads them over the CPU's devices; vmap runs them as one)."""
     chex.clear_trace_counter()  # the counter is global per function; other tests traced it already
     _, _, trainer = _train(data, "lenet", packing, n_seeds=2, max_traces=1)
-    devices = len(trainer.plan.seed_devices(2)) if packing == "loop" else 1
+    devices = 1  # a short run: one device (long ones spread the seeds, compiling once per device)
     assert trainer.step._cache_size() == devices
 
 
@@ -101,3 +106,21 @@ def test_shift_augmentation_draws_per_seed_and_step_and_min_steps_adds_epochs(da
     assert longer.epochs_for(64) == 5 and longer.epochs_for(1000) == 2
     _, history, _ = _train(data, "mlp", "loop", spec=longer)
     assert history.loss.shape == (2, 5)
+
+
+def test_long_jobs_spread_seeds_over_the_cpu_devices_short_ones_stay_on_one():
+    plan = plan_execution("loop")
+    assert len(plan.seed_devices(3, calls_per_seed=10)) == 1
+    assert len(plan.seed_devices(3, calls_per_seed=10**4)) == min(3, plan.n_devices, len(jax.local_devices()))
+    assert len(plan.seed_devices(1, calls_per_seed=10**4)) == 1
+
+
+@pytest.mark.skipif(len(jax.local_devices()) < 2, reason="needs two devices (EQUIVAR_CPU_DEVICES=2, the default)")
+def test_seeds_side_by_side_on_two_devices_equal_seeds_on_one(data):
+    """Seed i on device i, steps interleaved: bit for bit the models and losses of one device."""
+    one, h_one, _ = _train(data, "lenet", "loop")
+    two, h_two, trainer = _train(data, "lenet", "loop", side_by_side_min_calls=1)  # this short run spreads too
+    assert trainer.step._cache_size() == 2  # the step compiled on each device: the seeds did spread
+    for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(two.params)):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(h_one.loss, h_two.loss)
