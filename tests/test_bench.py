@@ -1,0 +1,36 @@
+"""The benchmark's own bookkeeping (not its timings): FLOP counts, the study rows and their table."""
+
+import pytest
+from flax import nnx
+
+from equivar.bench import _builder, forward_flops, format_table, study
+
+from test_experiments import TINY
+
+
+def test_locally_connected_flops_count_one_multiply_add_per_weight():
+    """local on 28x28: conv1 24*24 positions x 25 taps x 16, conv2 8*8 x 400 x 32, then the dense layers."""
+    model = _builder("zoo.local")(nnx.Rngs(0))
+    expected = 2 * (24 * 24 * 25 * 16 + 8 * 8 * 400 * 32 + 512 * 512 + 512 * 10)
+    assert forward_flops(model, (28, 28, 1)) == expected
+
+
+@pytest.mark.slow
+def test_study_rows_split_the_run_per_model_and_print_as_a_table():
+    command = ("experiment=shift_test", "dataset=synthetic", "shift.max=1", *TINY)
+    record = study(command)
+    assert "error" not in record, record
+    assert record["command"] == "python -m equivar.run " + " ".join(command)
+    assert set(record["models"]) == {"mlp", "lenet", "local", "cnn_aps"}
+    assert record["seconds"] > sum(m["train_seconds"] + m["eval_seconds"] for m in record["models"].values()) > 0
+    assert record["models"]["cnn_aps"]["consistency"] == 1.0
+    table = format_table({"backend": "cpu", "devices": ["cpu:0"], "jax": "x", "matmul_peak_gflops": 1.0,
+                          "batch_size": 128, "repeat": 1, "cases": {}, "notes": [],
+                          "study": {"mnist_shift_test": record}})
+    assert "| study.mnist_shift_test.cnn_aps | " in table and "1.0000 ± 0.0000" in table
+
+
+@pytest.mark.slow
+def test_a_study_that_cannot_run_is_a_note_not_a_crash():
+    record = study(("experiment=shift_test", "dataset=tfds", "dataset.tfds_name=no_such_dataset"))
+    assert "no_such_dataset" in record["error"]
