@@ -358,12 +358,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m equivar.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="shorter timings (noisier)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 4, 8],
+                        help="seed counts of the seeds section's N-seed rows (default: 1 4 8)")
     parser.add_argument("--repeat", type=int, default=3,
                         help="interleaved equivar/torch repeats; the table shows medians and the ratio range")
-    parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS),
-                        help="sections to run (default: all): " + ", ".join(SECTIONS))
-    parser.add_argument("--out", default="bench.json")
+    parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS), metavar="SECTION",
+                        help="sections to run (default: all): torch (lenet and mlp against PyTorch), steps "
+                             "(scanned steps), seeds (N-seed packings), zoo (every default model), study (the "
+                             "real-MNIST shift test end to end, several minutes)")
+    parser.add_argument("--out", default="bench.json", help="where to write the results (JSON)")
     args = parser.parse_args(argv)
     result = run(quick=args.quick, seeds=tuple(args.seeds), repeat=args.repeat, sections=tuple(args.only))
     with open(args.out, "w") as f:

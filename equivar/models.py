@@ -282,12 +282,12 @@ class CNNGap(LayerStack):
                  global_pool: str = "max", activation: str = "relu", downsample: Sequence[int] | None = None,
                  rngs: nnx.Rngs):
         if len(channels) != len(dilations):
-            raise ValueError(f"cnn_gap: channels {list(channels)} and dilations {list(dilations)} "
+            raise ValueError(f"channels {list(channels)} and dilations {list(dilations)} "
                              "must have the same length (one per conv layer)")
         downsample = [1] * len(channels) if downsample is None else list(downsample)
         if len(downsample) != len(channels):
-            raise ValueError(f"cnn_gap: downsample {downsample} must have one stride per conv layer "
-                             f"({len(channels)}; 1 keeps the resolution)")
+            raise ValueError(f"downsample {downsample} must give one stride per conv layer, {len(channels)} here "
+                             "(as many as channels; a stride of 1 keeps the resolution)")
         b = _Builder(self, input_shape, rngs)
         for i, (width, dilation, stride) in enumerate(zip(channels, dilations, downsample), start=1):
             b.conv(f"conv{i}", int(width), kernel, dilation=int(dilation), padding=padding)

@@ -41,8 +41,21 @@ def option(default: Any, help: str, *, minimum: float | None = None, choices: tu
 def nearest(word: str, choices: Any) -> list[str]:
     """The closest valid name, if any is close (case is ignored: ``circular`` suggests ``CIRCULAR``)."""
     by_lower = {str(c).lower(): str(c) for c in choices}
-    match = difflib.get_close_matches(str(word).lower(), list(by_lower), n=1)
-    return [by_lower[m] for m in match]
+    word = str(word).lower()
+    close = difflib.get_close_matches(word, list(by_lower), n=5)
+    # difflib's ratio ties often (cnn_apz is as close to cnn_gap as to cnn_aps): fewer edits wins, then ratio.
+    close.sort(key=lambda c: (_edits(word, c), -difflib.SequenceMatcher(None, word, c).ratio()))
+    return [by_lower[m] for m in close[:1]]
+
+
+def _edits(a: str, b: str) -> int:
+    """Levenshtein distance: insertions, deletions and substitutions turning ``a`` into ``b``."""
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, start=1):
+        previous, row[0] = row[0], i
+        for j, cb in enumerate(b, start=1):
+            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (ca != cb))
+    return row[-1]
 
 
 def unknown(what: str, value: Any, choices: Any) -> str:

@@ -165,7 +165,8 @@ def plot_shift_test(metrics: dict[str, Any], out_dir: Path) -> list[Path]:
                      f"{over_seeds(n_seeds, 'mean')}")
         written.append(_save(fig, out_dir / "accuracy_heatmap.png"))
 
-    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(models), 4))
+    # At least 4.5 inches: the title's two lines must fit above a single bar too.
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.6 + 1.4 * len(models)), 4))
     names = list(models)
     means = [models[n]["consistency"]["mean"] for n in names]
     # No error bar where a model has one seed left: a std of 0 would claim a precision it does not have.

@@ -46,3 +46,12 @@ def test_composed_defaults_are_the_dataclass_defaults(name):
     assert composed == {o["name"]: o["default"] for o in describe(MODULES[name].Options)}
     for f in dataclasses.fields(MODULES[name].Options):
         assert f.metadata.get("help"), f"{name}.{f.name} has no help text"
+
+
+def test_the_suggestion_is_the_name_fewest_edits_away():
+    """difflib ranks cnn_gap and cnn_aps equally close to cnn_apz; one edit beats two."""
+    from equivar.options import nearest
+
+    zoo = ["cnn_aps", "cnn_gap", "group_pool", "lenet", "local", "mlp"]
+    assert nearest("cnn_apz", zoo) == ["cnn_aps"] and nearest("cnn_gao", zoo) == ["cnn_gap"]
+    assert nearest("circular", ["VALID", "SAME", "CIRCULAR"]) == ["CIRCULAR"] and nearest("resnet", ["mlp"]) == []
