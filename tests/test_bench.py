@@ -8,6 +8,7 @@ from equivar.bench import _builder, forward_flops, format_table, study
 from test_experiments import TINY
 
 
+@pytest.mark.slow
 def test_locally_connected_flops_count_one_multiply_add_per_weight():
     """local on 28x28: conv1 24*24 positions x 25 taps x 16, conv2 8*8 x 400 x 32, then the dense layers."""
     model = _builder("zoo.local")(nnx.Rngs(0))

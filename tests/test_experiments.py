@@ -195,6 +195,7 @@ def test_cli_unknown_model_is_one_clear_line(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_cli_missing_data_fails_before_training(tmp_path):
     empty = tmp_path / "no_data"
     empty.mkdir()

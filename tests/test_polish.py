@@ -121,6 +121,7 @@ def _texts(fig) -> list[str]:
 
 # 1. one colour per model
 
+@pytest.mark.slow
 def test_model_color_is_fixed_for_the_zoo_and_stable_for_other_names():
     zoo = [model_color(name) for name in ZOO]
     assert len(set(zoo)) == len(ZOO)

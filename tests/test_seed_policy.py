@@ -182,8 +182,8 @@ TRAINING = {
 ALL_DIVERGED = {"shift_test", "padding_leak", "feature_pooling", "pooling_invariance"}
 
 
-@pytest.mark.parametrize("name", [n if n == "shift_test" else pytest.param(n, marks=pytest.mark.slow)
-                                  for n in TRAINING])
+@pytest.mark.slow
+@pytest.mark.parametrize("name", TRAINING)
 def test_one_seed_policy_for_every_experiment_that_trains(name, tmp_path, monkeypatch):
     overrides = [f"experiment={name}", "dataset=synthetic", "n_seeds=3"] + tiny(name) + TRAINING[name]
     overrides = [o for o in overrides if not o.startswith("n_seeds=2")]

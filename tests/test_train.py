@@ -43,7 +43,8 @@ def test_training_reduces_the_loss():
     assert np.all(history.loss[:, -1] < 0.5 * history.loss[:, 0])
 
 
-@pytest.mark.parametrize("kind", ["mlp", pytest.param("lenet", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["mlp", "lenet"])
 def test_vmapped_seeds_equal_seeds_trained_alone(data, kind):
     """The same seeds, packed with vmap or trained one by one, give the same parameters (float tolerance)."""
     packed, h_packed, _ = _train(data, kind, "vmap", n_seeds=2)
@@ -115,6 +116,7 @@ def test_long_jobs_spread_seeds_over_the_cpu_devices_short_ones_stay_on_one():
     assert len(plan.seed_devices(1, calls_per_seed=10**4)) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(len(jax.local_devices()) < 2, reason="needs two devices (EQUIVAR_CPU_DEVICES=2, the default)")
 def test_seeds_side_by_side_on_two_devices_equal_seeds_on_one(data):
     """Seed i on device i, steps interleaved: bit for bit the models and losses of one device."""
