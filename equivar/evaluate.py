@@ -69,7 +69,7 @@ class ShiftEvaluator:
     def _images_per_call(self, params: Variables, x: np.ndarray) -> int:
         key = tuple(x.shape[1:])
         if key not in self._budget:
-            one = jax.tree.map(lambda a: a[0], params)  # one seed (the same for every packing)
+            one = take_seed(params, 0)  # one seed (the same for every packing)
             example = jax.ShapeDtypeStruct((1, *x.shape[1:]), jnp.float32)
             self._budget[key] = eval_images_per_call(self.plan, largest_activation_bytes(self._predict, one,
                                                                                          example))
