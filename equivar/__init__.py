@@ -11,12 +11,12 @@ from equivar.strategy import configure_xla_flags as _configure_xla_flags
 _configure_xla_flags()
 
 
-_API = ("measure", "load_models", "compose")
+_API = ("measure", "load_models", "compose", "read_result")
 
 
 def __getattr__(name: str):
-    """The Python API (``equivar.measure``, ``equivar.load_models``, ``equivar.compose``), imported on first
-    use so that ``import equivar`` stays light."""
+    """The Python API (``equivar.measure``, ``equivar.load_models``, ``equivar.compose``,
+    ``equivar.read_result``), imported on first use so that ``import equivar`` stays light."""
     if name in _API:
         from equivar import api
 

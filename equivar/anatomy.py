@@ -357,39 +357,11 @@ def _normalised(m: np.ndarray) -> list:
     return np.round(m / peak if peak > 0 else m, 5).tolist()
 
 
-def format_table(name: str, result: dict[str, Any]) -> str:
-    """A markdown table of one model's anatomy."""
-    def axes(v):
-        return "—" if v is None else "×".join(str(x) for x in v)
-
-    lines = [f"### {name} on input {axes(result['input_shape'])}", "",
-             "| layer | type | output | params (w + b) | RF fwd | RF bwd | start | jump | exact support | "
-             "gradient support |",
-             "|---|---|---|---:|---|---|---|---|---|---|"]
-    for r in result["layers"]:
-        params = f"{r['params']:,} ({r['weights']:,} + {r['biases']:,})" if r["params"] else "0"
-        grad = axes(r.get("empirical_support_size"))
-        if "empirical_equals_analytic" in r:
-            grad += " ✓" if r["empirical_equals_analytic"] else " ✗"
-        lines.append(f"| {r['layer']} | {r['type']} | {axes(r['output_shape'])} | {params} | "
-                     f"{axes(r.get('rf_forward'))} | {axes(r.get('rf_backward'))} | {axes(r.get('start_forward'))} | "
-                     f"{axes(r.get('jump'))} | {axes(r.get('support_size'))} | {grad} |")
-    if "analytic_unavailable" in result:
-        verdict = f"analytic fields: none ({result['analytic_unavailable']})"
-    else:
-        verdict = f"forward = backward: {result['forward_equals_backward']}"
-    lines.append(f"\ntotal parameters {result['total_params']:,} (the model's own count: "
-                 f"{result['model_param_total']:,}); {verdict}"
-                 + (f"; gradient support = analytic support: {result['empirical_equals_analytic']}"
-                    if "empirical_equals_analytic" in result else ""))
-    return "\n".join(lines)
-
-
 def receptive_field_of(model: nnx.Module, input_shape: Sequence[int]) -> dict[str, list[int]]:
     """Forward-analysis field size per layer name (a convenience for experiments)."""
     steps = layer_steps(model, input_shape)
     return {s.name: list(f.size) for s, f in zip(steps, forward_analysis(steps, len(input_shape) - 1))}
 
 
-__all__ = ["anatomy", "format_table", "layer_steps", "forward_analysis", "backward_analysis", "exact_support",
+__all__ = ["anatomy", "layer_steps", "forward_analysis", "backward_analysis", "exact_support",
            "gradient_maps", "support_mask", "parameter_counts", "receptive_field_of"]

@@ -1,12 +1,15 @@
 """The Python API, for notebooks and scripts: the same runs as the command line, the same results.
 
     import equivar
-    metrics = equivar.measure("shift_test", ["dataset=synthetic", "n_seeds=2"], out_dir="outputs/nb")
+    result = equivar.measure("shift_test", ["dataset=synthetic", "n_seeds=2"], out_dir="outputs/nb")
+    result.models["lenet"].consistency.mean
     again = equivar.measure("shift_test", ["dataset=synthetic", "shift.mode=zero"], load_from="outputs/nb")
     models = equivar.load_models("outputs/nb")        # name -> TrainedModel (every seed, inference mode)
+    same = equivar.read_result("outputs/nb")           # the typed result metrics.json holds
 
 Your own model class goes in ``models``: ``equivar.measure("shift_test", models={"mine": MyNet})`` or, with
-options, ``models={"mine": (MyNet, {"width": 64})}``. The result is the dict written to ``metrics.json``.
+options, ``models={"mine": (MyNet, {"width": 64})}``. The result is the experiment's typed ``Result``, what
+``metrics.json`` holds (``result.model_dump()`` gives it as a dict).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from equivar.errors import ConfigError
+from equivar.results import ExperimentResult
 
 
 def compose(experiment: str, overrides: Sequence[str] = ()) -> dict[str, Any]:
@@ -57,8 +61,8 @@ def _hydra_value(value: Any) -> str:
 
 
 def measure(experiment: str, overrides: Sequence[str] = (), *, out_dir: str | Path | None = None,
-        models: Mapping[str, Any] | None = None, load_from: str | Path | None = None) -> dict[str, Any]:
-    """Runs an experiment as the command line does and returns its ``metrics.json`` dict.
+            models: Mapping[str, Any] | None = None, load_from: str | Path | None = None) -> ExperimentResult:
+    """Runs an experiment as the command line does and returns its typed result (what ``metrics.json`` holds).
 
     Args:
         experiment: an experiment name (``shift_test``, ``equivariance``, ...).
@@ -79,6 +83,13 @@ def measure(experiment: str, overrides: Sequence[str] = (), *, out_dir: str | Pa
         stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
         out_dir = Path("outputs") / str(raw.get("experiment_name")) / stamp
     return run_experiment(raw, Path(out_dir))
+
+
+def read_result(run_dir: str | Path) -> ExperimentResult:
+    """The typed result a run folder's ``metrics.json`` holds, read by the experiment that wrote it."""
+    from equivar.experiment import read_result as read
+
+    return read(Path(run_dir))
 
 
 def load_models(run_dir: str | Path, names: Sequence[str] | None = None) -> dict[str, Any]:

@@ -8,15 +8,16 @@ config allows a download; missing data raises :class:`DataUnavailableError` with
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
+from pydantic import Field
 
 from equivar.errors import ConfigError, DataUnavailableError
-from equivar.options import MISSING, check, nearest, option, schema_of
+from equivar.schema import Float, NonNegativeInt, Options, PositiveInt, check
+from equivar.targets import locate_class
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,28 +54,22 @@ def _subset(x: np.ndarray, y: np.ndarray, n: int | None, seed: int) -> tuple[np.
     return x[idx], y[idx]
 
 
-def load_mnist1d(*, num_samples: int = 5000, train_split: float = 0.8, template_len: int = 12,
-                 padding: tuple[int, int] = (36, 60), scale_coeff: float = 0.4, max_translation: int = 48,
-                 corr_noise_scale: float = 0.25, iid_noise_scale: float = 2e-2, shear_scale: float = 0.75,
-                 shuffle_seq: bool = False, final_seq_length: int = 40, seed: int = 42,
-                 n_train: int | None = None) -> Dataset:
+def _generate_mnist1d(o: MNIST1D) -> Dataset:
     """MNIST-1D (Greydanus 2020), generated offline with ``mnist1d.data.make_dataset``.
 
     The package standardizes the signals (mean 0, std 1 over the whole set); we keep that scale, so a
     zero-filled shift fills with the data mean. ``max_translation`` must be >= 1; 1 gives untranslated,
     left-aligned digits.
     """
+    max_translation, n_train, seed = o.max_translation, o.n_train, o.seed
     if int(max_translation) < 1:
         raise ValueError(f"mnist1d: max_translation must be >= 1 (1 = no translation), got {max_translation}")
     from mnist1d.data import get_dataset_args, make_dataset
 
     args = get_dataset_args()
-    for key, value in dict(num_samples=num_samples, train_split=train_split, template_len=template_len,
-                           padding=list(padding), scale_coeff=scale_coeff, max_translation=max_translation,
-                           corr_noise_scale=corr_noise_scale, iid_noise_scale=iid_noise_scale,
-                           shear_scale=shear_scale, shuffle_seq=shuffle_seq,
-                           final_seq_length=final_seq_length, seed=seed).items():
-        setattr(args, key, value)
+    for key, value in o.own_options().items():
+        if key != "n_train":
+            setattr(args, key, list(value) if isinstance(value, (list, tuple)) else value)
     # make_dataset reseeds numpy's and random's global generators; keep the caller's state intact.
     import random
     np_state, py_state = np.random.get_state(), random.getstate()
@@ -89,14 +84,13 @@ def load_mnist1d(*, num_samples: int = 5000, train_split: float = 0.8, template_
     return Dataset("mnist1d", x_train, y_train, x_test, raw["y_test"].astype(np.int32), n_classes=10)
 
 
-def load_tfds(*, tfds_name: str, data_dir: str | None = None, train_split: str = "train",
-              test_split: str = "test", download: bool = False, manual_dir: str | None = None,
-              n_train: int | None = None, n_test: int | None = None, subset_seed: int = 0) -> Dataset:
+def _read_tfds(o: TFDS) -> Dataset:
     """Any TFDS image-classification dataset by name, read with ``tfds.data_source`` (no TensorFlow needed
     once prepared). Images are scaled to [0, 1] float32, labels taken from the builder's supervised keys."""
     import tensorflow_datasets as tfds
 
-    data_dir = data_dir or os.environ.get("TFDS_DATA_DIR")
+    tfds_name, subset_seed = o.tfds_name, o.subset_seed
+    data_dir = o.data_dir or os.environ.get("TFDS_DATA_DIR")
     try:
         builder = tfds.builder(tfds_name, data_dir=data_dir)
     except Exception as err:  # tfds raises several types for unknown names
@@ -105,7 +99,7 @@ def load_tfds(*, tfds_name: str, data_dir: str | None = None, train_split: str =
             "'tfds.list_builders()'."
         ) from None
     if not builder.is_prepared():
-        _prepare(builder, tfds_name, data_dir, download, manual_dir)
+        _prepare(builder, tfds_name, data_dir, o.download, o.manual_dir)
 
     image_key, label_key = _supervised_keys(builder, tfds_name)
     image_feature = builder.info.features[image_key]
@@ -138,8 +132,8 @@ def load_tfds(*, tfds_name: str, data_dir: str | None = None, train_split: str =
                 f" ({type(err).__name__}: {reason}). The file is truncated or corrupted: delete "
                 f"{builder.data_dir} and prepare the dataset again.") from None
 
-    x_train, y_train = read_checked(train_split, n_train)
-    x_test, y_test = read_checked(test_split, n_test)
+    x_train, y_train = read_checked(o.train_split, o.n_train)
+    x_test, y_test = read_checked(o.test_split, o.n_test)
     if x_train.ndim == 3:  # (N, H, W) without a channel axis
         x_train, x_test = x_train[..., None], x_test[..., None]
     return Dataset(tfds_name, x_train, y_train, x_test, y_test, n_classes=n_classes)
@@ -237,17 +231,17 @@ def _make_templates(rank: int, n_classes: int, size: int, rng: np.random.Generat
                      "template_size")
 
 
-def load_synthetic(*, rank: int = 1, size: int = 24, n_classes: int = 4, n_train: int = 256,
-                   n_test: int = 128, template_size: int = 5, max_offset: int | None = None,
-                   noise: float = 0.05, seed: int = 0) -> Dataset:
+def _draw_synthetic(o: Synthetic) -> Dataset:
     """Random binary templates, one per class, pasted at random positions on a noisy background.
 
     Tiny and fast: for tests and smoke runs. ``max_offset`` limits where templates land (0 = always at the
     origin, the analogue of untranslated digits).
     """
+    rank, size, n_classes, template_size, max_offset, noise = (o.rank, o.size, o.n_classes, o.template_size,
+                                                               o.max_offset, o.noise)
     if template_size > size:
         raise ValueError(f"synthetic: template_size {template_size} exceeds size {size}")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(o.seed)
     templates = _make_templates(rank, n_classes, template_size, rng)
     limit = size - template_size if max_offset is None else min(int(max_offset), size - template_size)
 
@@ -260,16 +254,106 @@ def load_synthetic(*, rank: int = 1, size: int = 24, n_classes: int = 4, n_train
             x[(i, *where)] += templates[y[i]]
         return x[..., None], y
 
-    x_train, y_train = draw(n_train)
-    x_test, y_test = draw(n_test)
+    x_train, y_train = draw(o.n_train)
+    x_test, y_test = draw(o.n_test)
     return Dataset(f"synthetic{rank}d", x_train, y_train, x_test, y_test, n_classes=n_classes)
 
 
-DATASETS: dict[str, Callable[..., Dataset]] = {
-    "mnist1d": load_mnist1d,
-    "tfds": load_tfds,
-    "synthetic": load_synthetic,
-}
+class DatasetOptions(Options):
+    """``dataset.*``: which data, and the recipe ``train.*``, ``shift.max`` and ``eval.shift_subset`` follow unless
+    overridden. A dataset is a subclass: its own fields are its options, :meth:`load` reads the data and
+    :meth:`shape` tells the input shape and classes without reading them (when it can). Configs name it by
+    Hydra's ``_target_`` (conf/dataset/*.yaml), as models are named."""
+
+    target: str = Field("", alias="_target_", description="the dataset class, e.g. equivar.data.MNIST1D")
+    epochs: PositiveInt = Field(10, description="training epochs (train.epochs follows it)")
+    batch_size: PositiveInt = Field(128, description="training batch (train.batch_size follows it)")
+    learning_rate: Float = Field(1e-3, gt=0, description="optimizer step size (train.learning_rate follows it)")
+    shift_max: Float = Field(4, ge=0, description="evaluate shifts -max..max per axis (shift.max follows it)")
+    shift_subset: PositiveInt | None = Field(None, description="test examples in the shift grid (null: all; "
+                                                               "eval.shift_subset follows it)")
+
+    def load(self) -> Dataset:
+        raise NotImplementedError(f"{type(self).__name__} does not say how to load its data (define load())")
+
+    def shape(self) -> tuple[tuple[int, ...], int] | None:
+        """``(input_shape, n_classes)`` from the options alone, without reading data; None: unknown."""
+        return None
+
+    def own_options(self) -> dict[str, Any]:
+        """This dataset's own options (the recipe left out)."""
+        recipe = set(DatasetOptions.model_fields)
+        return {k: v for k, v in self.model_dump().items() if k not in recipe}
+
+
+class MNIST1D(DatasetOptions):
+    """MNIST-1D (Greydanus 2020), generated offline with ``mnist1d.data.make_dataset``; every generator
+    argument is an option."""
+
+    num_samples: PositiveInt = Field(5000, ge=10, description="examples generated (train and test)")
+    train_split: Float = Field(0.8, gt=0, lt=1, description="share of the examples used for training")
+    template_len: PositiveInt = Field(12, description="length of the ten digit templates")
+    padding: list[NonNegativeInt] = Field([36, 60], min_length=2, max_length=2,
+                                          description="[low, high): random padding added around the template")
+    scale_coeff: Float = Field(0.4, ge=0, description="random scaling of the signal")
+    max_translation: PositiveInt = Field(48, description="random circular translation; 1 = untranslated, "
+                                                         "left-aligned")
+    corr_noise_scale: Float = Field(0.25, ge=0, description="correlated (smooth) noise")
+    iid_noise_scale: Float = Field(2e-2, ge=0, description="independent noise per position")
+    shear_scale: Float = Field(0.75, ge=0, description="random shear")
+    shuffle_seq: bool = Field(False, description="shuffle the positions (destroys locality)")
+    final_seq_length: PositiveInt = Field(40, description="length of each sequence")
+    seed: NonNegativeInt = Field(42, description="the generator's seed")
+    n_train: PositiveInt | None = Field(None, description="a fixed random subset of the training set (null: all)")
+
+    def load(self) -> Dataset:
+        return _generate_mnist1d(self)
+
+    def shape(self) -> tuple[tuple[int, ...], int]:
+        return (self.final_seq_length, 1), 10
+
+
+class TFDS(DatasetOptions):
+    """Any TFDS image-classification dataset by name, read with ``tfds.data_source`` (no TensorFlow)."""
+
+    tfds_name: str = Field(description="any TFDS image-classification dataset, e.g. mnist, fashion_mnist")
+    data_dir: str | None = Field(None, description="TFDS data folder; null: $TFDS_DATA_DIR, else TFDS's default")
+    train_split: str = Field("train", description="TFDS split to train on")
+    test_split: str = Field("test", description="TFDS split to test on")
+    download: bool = Field(False, description="try TFDS's download_and_prepare when the data are not prepared")
+    manual_dir: str | None = Field(None, description="folder with the original files, to prepare offline "
+                                                     "(needs tensorflow-cpu)")
+    n_train: PositiveInt | None = Field(None, description="a fixed random subset of the training split "
+                                                          "(null: all)")
+    n_test: PositiveInt | None = Field(None, description="a fixed random subset of the test split (null: all)")
+    subset_seed: NonNegativeInt = Field(0, description="seed of those subsets")
+
+    def load(self) -> Dataset:
+        return _read_tfds(self)
+
+    def shape(self) -> tuple[tuple[int, ...], int]:
+        return _tfds_shape(tfds_name=self.tfds_name, data_dir=self.data_dir)
+
+
+class Synthetic(DatasetOptions):
+    """Random binary templates at random positions: tiny, for tests and smoke runs."""
+
+    rank: PositiveInt = Field(1, lt=3, description="1: sequences, 2: images")
+    size: PositiveInt = Field(24, description="length (or side) of each input")
+    n_classes: PositiveInt = Field(4, ge=2, description="classes, one random template each")
+    n_train: PositiveInt = Field(256, description="training examples")
+    n_test: PositiveInt = Field(128, description="test examples")
+    template_size: PositiveInt = Field(5, description="length (or side) of the templates")
+    max_offset: NonNegativeInt | None = Field(None, description="how far templates land from the origin; null: "
+                                                                "anywhere")
+    noise: Float = Field(0.05, ge=0, description="background noise scale")
+    seed: NonNegativeInt = Field(0, description="data seed")
+
+    def load(self) -> Dataset:
+        return _draw_synthetic(self)
+
+    def shape(self) -> tuple[tuple[int, ...], int]:
+        return (self.size,) * self.rank + (1,), self.n_classes
 
 
 def _tfds_shape(*, tfds_name: str, data_dir: str | None = None) -> tuple[tuple[int, ...], int]:
@@ -289,98 +373,23 @@ def _tfds_shape(*, tfds_name: str, data_dir: str | None = None) -> tuple[tuple[i
     return shape, int(builder.info.features[label_key].num_classes)
 
 
-@dataclasses.dataclass
-class Recipe:
-    """The ``dataset.*`` keys beside the loader's own options: which loader, and the training and measuring
-    recipe that ``train.*``, ``shift.max`` and ``eval.shift_subset`` follow unless overridden."""
 
-    loader: str = option(MISSING, "the loader that reads the data", choices=("mnist1d", "synthetic", "tfds"))
-    epochs: int = option(10, "training epochs (train.epochs follows it)", minimum=1)
-    batch_size: int = option(128, "training batch (train.batch_size follows it)", minimum=1)
-    learning_rate: float = option(1e-3, "optimizer step size (train.learning_rate follows it)", above=0)
-    shift_max: float = option(4, "evaluate shifts -max..max per axis (shift.max follows it)", minimum=0)
-    shift_subset: int | None = option(None, "test examples in the shift grid (null: all)", minimum=1)
-
-
-# Each loader's options are its keyword parameters (types and defaults from its signature), with these rules.
-LOADER_RULES: dict[str, dict[str, dict[str, Any]]] = {
-    "mnist1d": {  # the generator's arguments (Greydanus 2020)
-        "num_samples": {"minimum": 10, "help": "examples generated (train and test)"},
-        "train_split": {"above": 0, "below": 1, "help": "share of the examples used for training"},
-        "template_len": {"minimum": 1, "help": "length of the ten digit templates"},
-        "padding": {"minimum": 0, "help": "[low, high): random padding added around the template"},
-        "scale_coeff": {"minimum": 0, "help": "random scaling of the signal"},
-        "max_translation": {"minimum": 1, "help": "random circular translation; 1 = untranslated, left-aligned"},
-        "corr_noise_scale": {"minimum": 0, "help": "correlated (smooth) noise"},
-        "iid_noise_scale": {"minimum": 0, "help": "independent noise per position"},
-        "shear_scale": {"minimum": 0, "help": "random shear"},
-        "shuffle_seq": {"help": "shuffle the positions (destroys locality)"},
-        "final_seq_length": {"minimum": 1, "help": "length of each sequence"},
-        "seed": {"minimum": 0, "help": "the generator's seed"},
-        "n_train": {"minimum": 1, "help": "a fixed random subset of the training set (null: all)"},
-    },
-    "synthetic": {
-        "rank": {"minimum": 1, "below": 3, "help": "1: sequences, 2: images"},
-        "size": {"minimum": 1, "help": "length (or side) of each input"},
-        "n_classes": {"minimum": 2, "help": "classes, one random template each"},
-        "n_train": {"minimum": 1, "help": "training examples"}, "n_test": {"minimum": 1, "help": "test examples"},
-        "template_size": {"minimum": 1, "help": "length (or side) of the templates"},
-        "max_offset": {"minimum": 0, "help": "how far templates land from the origin; null: anywhere"},
-        "noise": {"minimum": 0, "help": "background noise scale"}, "seed": {"minimum": 0, "help": "data seed"},
-    },
-    "tfds": {
-        "tfds_name": {"help": "any TFDS image-classification dataset, e.g. mnist, fashion_mnist"},
-        "data_dir": {"help": "TFDS data folder; null: $TFDS_DATA_DIR, else TFDS's default"},
-        "train_split": {"help": "TFDS split to train on"}, "test_split": {"help": "TFDS split to test on"},
-        "download": {"help": "try TFDS's download_and_prepare when the data are not prepared"},
-        "manual_dir": {"help": "folder with the original files, to prepare offline (needs tensorflow-cpu)"},
-        "n_train": {"minimum": 1, "help": "a fixed random subset of the training split (null: all)"},
-        "n_test": {"minimum": 1, "help": "a fixed random subset of the test split (null: all)"},
-        "subset_seed": {"minimum": 0, "help": "seed of those subsets"},
-    },
-}
-
-DATASET_SCHEMAS: dict[str, type] = {
-    name: schema_of(fn, f"{name.capitalize()}Dataset", LOADER_RULES.get(name), bases=(Recipe,))
-    for name, fn in DATASETS.items()
-}
+def dataset_options(node: dict[str, Any]) -> DatasetOptions:
+    """The ``dataset.*`` node checked against the class its ``_target_`` names (a subclass of
+    :class:`DatasetOptions`): a bad key or value is a one-line ConfigError naming ``dataset.<key>``."""
+    target = node.get("_target_")
+    if not target:
+        raise ConfigError("dataset._target_ is not set: choose a dataset with dataset=mnist1d|mnist|tfds|synthetic, "
+                          "or name your own class with dataset._target_=package.module.Class")
+    cls = locate_class(target, "dataset._target_", DatasetOptions, "a dataset class (a subclass of "
+                       "equivar.data.DatasetOptions)")
+    return check(cls, node, "dataset")
 
 
-def dataset_options(values: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """The ``dataset.*`` node checked against its loader's schema: ``(loader, the loader's own options)``.
-    A bad key or value is a one-line ConfigError naming ``dataset.<key>``."""
-    loader = values.get("loader")
-    if loader not in DATASETS:
-        near = nearest(str(loader), DATASETS)
-        raise ConfigError(f"dataset.loader={loader!r} is not one of {', '.join(DATASETS)}"
-                          + (f" (did you mean {near[0]!r}?)" if near else ""))
-    checked = check(DATASET_SCHEMAS[loader], values, "dataset")
-    own = inspect.signature(DATASETS[loader]).parameters
-    return loader, {k: getattr(checked, k) for k in own if k in values}
-
-
-# How each loader's input shape and class count follow from its options alone (no data read), so configs
-# can be checked against the models before anything is loaded or compiled.
-DATASET_SHAPES: dict[str, Callable[..., tuple[tuple[int, ...], int]]] = {
-    "mnist1d": lambda o: ((o["final_seq_length"], 1), 10),
-    "synthetic": lambda o: ((o["size"],) * o["rank"] + (1,), o["n_classes"]),
-    "tfds": lambda o: _tfds_shape(tfds_name=o["tfds_name"], data_dir=o["data_dir"]),
-}
-
-
-def dataset_shape(loader: str, options: dict[str, Any]) -> tuple[tuple[int, ...], int] | None:
-    """``(input_shape, n_classes)`` of a configured dataset without loading it (None: a loader whose shape
-    needs its data)."""
-    if loader not in DATASET_SHAPES:
-        return None
-    checked = check(DATASET_SCHEMAS[loader], {**options, "loader": loader}, "dataset")
-    return DATASET_SHAPES[loader](dataclasses.asdict(checked))
-
-
-def load_dataset(loader: str, options: dict[str, Any]) -> Dataset:
-    """Loads a dataset by registry name with its options (checked first: one line naming ``dataset.<key>``)."""
-    loader, options = dataset_options({**options, "loader": loader})
+def load_dataset(options: DatasetOptions) -> Dataset:
+    """Loads the configured dataset; values the rules cannot see (sizes that do not fit together) become one
+    line naming the dataset."""
     try:
-        return DATASETS[loader](**options)
-    except (ValueError, TypeError) as err:  # values the rules cannot see (e.g. sizes that do not fit together)
-        raise ConfigError(f"dataset.loader={loader}: {err}") from None
+        return options.load()
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"dataset._target_={options.target}: {err}") from None

@@ -26,7 +26,7 @@ from flax import nnx
 from equivar.anatomy import FLATTEN, GLOBAL, Field, NoFixedField, forward_analysis, layer_steps
 from equivar.introspect import layer_outputs, trace_layers
 from equivar.layers import LocallyConnected, layer_geometry
-from equivar.models import LayerStack
+from equivar.layers import LayerStack
 from equivar.transforms import SUBPIXEL_MODES
 from equivar.transforms import shift as shift_array
 

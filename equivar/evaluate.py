@@ -8,10 +8,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from pydantic import Field
+
+from equivar.schema import Options, PositiveInt
 
 from equivar.strategy import ExecutionPlan, eval_images_per_call
 from equivar.train import Variables, make_predict, take_seed
 from equivar.transforms import shift_many
+
+
+class EvalOptions(Options):
+    """``eval.*``: which test examples the shift measurements use (in a run: the dataset's recipe)."""
+
+    shift_subset: PositiveInt | None = Field(None, description="test examples in the shift grid: the first N "
+                                                               "(null: all)")
+
+    def subset(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The first ``shift_subset`` test examples (all when None): a fixed subset shared by every model."""
+        if self.shift_subset is None or self.shift_subset >= len(y):
+            return x, y
+        return x[:self.shift_subset], y[:self.shift_subset]
 
 
 class ShiftEvaluator:

@@ -2,8 +2,9 @@
 
 Layer-wise experiments (anatomy, equivariance) read a model's intermediate outputs. A model's *layers* are its
 outermost submodules (attributes that are ``nnx.Module`` objects, in lists too), in the order its forward pass
-calls them. They are captured during one call by wrapping those submodules' ``__call__`` for its duration,
-so a model needs no special base class and no ``sow`` calls. ``equivar.models.LayerStack`` models name their
+calls them. They are captured during one call: their classes' ``__call__`` is wrapped once per process to
+record into the calling thread's capture in progress (and to do nothing else otherwise), so a model needs no
+special base class and no ``sow`` calls, and two threads can read two models at once. ``equivar.models.LayerStack`` models name their
 layers in order already and are read directly.
 
 Functional operations between layers (``nnx.relu(x)``, ``x.mean(axis=1)``) are not layers: they happen
@@ -15,6 +16,8 @@ analysis is only valid then.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import threading
 from typing import Any, Sequence
 
 import jax
@@ -22,6 +25,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from equivar.errors import ConfigError
+from equivar.layers import LayerStack
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,64 +66,79 @@ def outer_layers(model: nnx.Module) -> dict[int, str]:
     return out
 
 
-def _is_layer_stack(model: nnx.Module) -> bool:
-    from equivar.models import LayerStack
+class _Recording:
+    """One capture in progress: the outermost layers' names by ``id``, and what their calls returned."""
 
-    return isinstance(model, LayerStack)
+    def __init__(self, names: dict[int, str]):
+        self.names = names
+        self.calls: list[LayerCall] = []
+        self.inputs: list[Any] = []
+        self.depth = 0
+        self.counts: dict[str, int] = {}
+
+
+_ACTIVE = threading.local()  # .recording: this thread's capture in progress, if any
+_PATCH_LOCK = threading.Lock()
+_RECORDED_CLASSES: set[type] = set()
+
+
+def _record_calls_of(cls: type) -> None:
+    """Wraps ``cls.__call__`` once per process so that a call records itself into the calling thread's capture
+    in progress (and does nothing else otherwise): captures in other threads, and calls outside any capture,
+    are untouched, so two models can be read at once from two threads."""
+    with _PATCH_LOCK:
+        if cls in _RECORDED_CLASSES:
+            return
+        inherited = cls.__call__
+
+        @functools.wraps(inherited)
+        def recording_call(self, *args, **kwargs):
+            recording: _Recording | None = getattr(_ACTIVE, "recording", None)
+            if recording is None:
+                return inherited(self, *args, **kwargs)
+            name = recording.names.get(id(self)) if recording.depth == 0 else None
+            recording.depth += 1
+            try:
+                out = inherited(self, *args, **kwargs)
+            finally:
+                recording.depth -= 1
+            if name is not None:
+                recording.counts[name] = recording.counts.get(name, 0) + 1
+                count = recording.counts[name]
+                label = name if count == 1 else f"{name}:{count}"
+                recording.calls.append(LayerCall(label, self, out, args[0] if args else None))
+                recording.inputs.append(args[0] if args else None)
+            return out
+
+        cls.__call__ = recording_call
+        _RECORDED_CLASSES.add(cls)
 
 
 def capture(model: nnx.Module, x: jax.Array) -> tuple[Any, list[LayerCall], bool]:
-    """Calls ``model(x)`` recording every outermost layer's output in call order.
+    """Calls ``model(x)`` recording every outermost layer's output in call order (thread-safe).
 
     Returns:
         The model's output, the layer calls (a layer called twice appears as ``name``, ``name:2``), and whether
         the calls form an exact chain from ``x`` to the output.
     """
-    if _is_layer_stack(model):
+    if isinstance(model, LayerStack):
         calls, h = [], x
         for name, layer in model.layers():
             calls.append(LayerCall(name, layer, layer(h), h))
             h = calls[-1].output
         return h, calls, True
     names = outer_layers(model)
-    calls: list[LayerCall] = []
-    inputs: list[Any] = []
-    depth = [0]
-    counts: dict[str, int] = {}
-    patched: dict[type, Any] = {}
-
-    def wrap(cls: type):
-        original = cls.__dict__.get("__call__")
-        inherited = cls.__call__
-
-        def recording_call(self, *args, **kwargs):
-            name = names.get(id(self)) if depth[0] == 0 else None
-            depth[0] += 1
-            try:
-                out = inherited(self, *args, **kwargs)
-            finally:
-                depth[0] -= 1
-            if name is not None:
-                counts[name] = counts.get(name, 0) + 1
-                label = name if counts[name] == 1 else f"{name}:{counts[name]}"
-                calls.append(LayerCall(label, self, out, args[0] if args else None))
-                inputs.append(args[0] if args else None)
-            return out
-
-        patched[cls] = original
-        cls.__call__ = recording_call
-
     for _, m in nnx.iter_modules(model):
-        if id(m) in names and type(m) not in patched:
-            wrap(type(m))
+        if id(m) in names:
+            _record_calls_of(type(m))
+    recording = _Recording(names)
+    outer = getattr(_ACTIVE, "recording", None)
+    _ACTIVE.recording = recording
     try:
         out = model(x)
     finally:
-        for cls, original in patched.items():
-            if original is None:
-                del cls.__call__
-            else:
-                cls.__call__ = original
+        _ACTIVE.recording = outer
+    calls, inputs = recording.calls, recording.inputs
     chained = bool(calls) and inputs[0] is x and calls[-1].output is out and all(
         inputs[i] is calls[i - 1].output for i in range(1, len(calls)))
     return out, calls, chained

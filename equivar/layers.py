@@ -11,15 +11,31 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from typing import Callable, Sequence
+from typing import Callable, Literal, Sequence, get_args
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from equivar.options import unknown
+from equivar.schema import unknown
 
-PADDINGS = ("VALID", "SAME", "CIRCULAR")
+Padding = Literal["VALID", "SAME", "CIRCULAR"]
+PADDINGS: tuple[str, ...] = get_args(Padding)
+
+
+class LayerStack(nnx.Module):
+    """Runs named layers in order; ``layers()`` lists them (``equivar.introspect.layer_outputs`` reads every
+    layer's output, of this and of any other module)."""
+
+    layer_names: tuple[str, ...]
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for name in self.layer_names:
+            x = getattr(self, name)(x)
+        return x
+
+    def layers(self) -> list[tuple[str, nnx.Module]]:
+        return [(name, getattr(self, name)) for name in self.layer_names]
 POOL_KINDS = ("max", "mean")
 
 

@@ -7,44 +7,32 @@ can be read by name (``equivar.introspect.layer_outputs``) and its geometry insp
 
 from __future__ import annotations
 
-import importlib
 import inspect
+import json
 from typing import Any, Callable, Sequence
 
 import jax
 from flax import nnx
 
 from equivar.errors import ConfigError
-from equivar.options import check_keywords, nearest, unknown
+from equivar.introspect import to_inference
 from equivar.layers import (
     PADDINGS,
     Activation,
+    Blur,
     Flatten,
     Geometry,
-    Blur,
     GlobalPool,
     GroupConv,
+    LayerStack,
     LocallyConnected,
     PolyphaseDownsample,
     Pool,
     as_tuple,
     conv_geometry,
 )
-
-
-class LayerStack(nnx.Module):
-    """Runs named layers in order; ``layers()`` lists them (``equivar.introspect.layer_outputs`` reads every
-    layer's output, of this and of any other module)."""
-
-    layer_names: tuple[str, ...]
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        for name in self.layer_names:
-            x = getattr(self, name)(x)
-        return x
-
-    def layers(self) -> list[tuple[str, nnx.Module]]:
-        return [(name, getattr(self, name)) for name in self.layer_names]
+from equivar.schema import check_keywords, nearest, unknown
+from equivar.targets import locate_class
 
 
 class _Builder:
@@ -363,44 +351,7 @@ CONTRACT_ARGS = ("input_shape", "n_classes", "rngs")
 def resolve_target(target: str | type, where: str = "model") -> type:
     """The class a ``_target_`` names (``package.module.Class``), imported as Hydra does; a one-line
     ConfigError when it cannot be imported or is not a class."""
-    if isinstance(target, type):
-        return target
-    if not isinstance(target, str) or "." not in target:
-        raise ConfigError(f"{where}._target_={target!r} must be a dotted path to a model class, e.g. "
-                          "equivar.models.LeNet or mylab.nets.MyNet")
-    obj = _locate(target, where)
-    if not isinstance(obj, type):
-        raise ConfigError(f"{where}._target_={target!r} is a {type(obj).__name__}, not a model class")
-    return obj
-
-
-def _locate(target: str, where: str) -> Any:
-    """Imports ``package.module.Attr`` (the longest importable module prefix, then attributes), with a
-    one-line ConfigError that says which part is missing or what failed inside the user's module."""
-    parts = target.split(".")
-    hint = "; the module must be installed or importable from the working directory"
-    for i in range(len(parts) - 1, 0, -1):
-        module_name = ".".join(parts[:i])
-        try:
-            obj = importlib.import_module(module_name)
-        except ModuleNotFoundError as err:
-            if err.name and (module_name == err.name or module_name.startswith(err.name + ".")):
-                if i == 1:
-                    raise ConfigError(f"{where}._target_={target!r} cannot be imported: no module named "
-                                      f"{err.name!r}{hint}") from None
-                continue  # a shorter prefix may be the module and the rest attributes
-            raise ConfigError(f"{where}._target_={target!r}: importing {module_name} fails: {err}") from err
-        except Exception as err:  # the user's module itself raises on import
-            raise ConfigError(f"{where}._target_={target!r}: importing {module_name} fails: "
-                              f"{type(err).__name__}: {err}") from err
-        for attr in parts[i:]:
-            if not hasattr(obj, attr):
-                near = nearest(attr, [a for a in dir(obj) if not a.startswith("_")])
-                raise ConfigError(f"{where}._target_={target!r} cannot be imported: {getattr(obj, '__name__', obj)} "
-                                  f"has no attribute {attr!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
-            obj = getattr(obj, attr)
-        return obj
-    raise ConfigError(f"{where}._target_={target!r} cannot be imported{hint}")
+    return locate_class(target, f"{where}._target_", what="a model class")
 
 
 def model_options(cls: type) -> tuple[list[str], bool]:
@@ -440,14 +391,17 @@ def build_model(target: str | type, input_shape: Sequence[int], n_classes: int, 
 def check_model(target: str | type, input_shape: Sequence[int], n_classes: int, options: dict[str, Any],
                 where: str = "model") -> None:
     """Builds the model abstractly (no arrays allocated) and checks it maps ``(2, *input_shape)`` to logits
-    ``(2, n_classes)``: every option and shape problem surfaces before any data is read or trained on."""
-    import jax.numpy as jnp
-
-    from equivar.introspect import to_inference
+    ``(2, n_classes)``: every option and shape problem surfaces before any data is read or trained on. Each
+    distinct check runs once per process (a sweep or a run that builds a model again reuses the answer)."""
+    name = target if isinstance(target, str) else f"{target.__module__}.{target.__qualname__}"
+    signature = json.dumps([name, [int(n) for n in input_shape], int(n_classes), options, where], sort_keys=True,
+                           default=repr)
+    if signature in _CHECKED:
+        return
 
     def shapes():
         model = build_model(target, input_shape, n_classes, options, nnx.Rngs(0), where)
-        return to_inference(model)(jnp.zeros((2, *input_shape), jnp.float32))
+        return to_inference(model)(jax.numpy.zeros((2, *input_shape), jax.numpy.float32))
 
     try:
         out = nnx.eval_shape(shapes)
@@ -459,6 +413,10 @@ def check_model(target: str | type, input_shape: Sequence[int], n_classes: int, 
     if getattr(out, "shape", None) != (2, n_classes):
         raise ConfigError(f"{where} maps a batch of shape {(2, *input_shape)} to {getattr(out, 'shape', out)}; "
                           f"a classifier must return logits of shape (batch, {n_classes})")
+    _CHECKED.add(signature)
+
+
+_CHECKED: set[str] = set()  # the checks passed in this process (json of target, shape, classes, options, where)
 
 
 

@@ -1,13 +1,16 @@
 """Turn a sweep folder into one table and one figure: ``python -m equivar.report SWEEP_DIR [--out DIR]``.
 
-Reads every run's ``.hydra/config.yaml``, ``status.json`` and ``metrics.json`` under a multirun folder, finds
-the config keys whose values differ between runs, and writes ``report.csv`` and ``report.md`` (one row per run
-and model: the varying keys as columns, then every per-model metric stored as mean and std over seeds) and
-``report.png`` (each headline metric against the first numeric varying key, one line per model and value of
-the other varying keys, with ± std bands; when no varying key is numeric, e.g. ``zoo.lenet.pool=max,mean``,
-grouped bars: one group per value, one bar per model, ± std error bars). Accuracy panels carry a dashed
-chance line (1 / n_classes). Models keep their colour from :func:`equivar.plot.model_color`. Failed or
-unfinished runs are listed, never silently dropped.
+Reads every run's ``.hydra/config.yaml``, ``status.json`` and ``metrics.json`` under a multirun folder (of any
+experiment: each run's result is read by the experiment that wrote it), finds the config keys whose values
+differ between runs, and writes ``report.csv`` and ``report.md`` (one row per run and model: the varying keys
+as columns, then the model's headline numbers, as each experiment's records declare them, mean and std over
+seeds) and ``report.png`` (each headline number against the first numeric varying key, one line per model and
+value of the other varying keys, with ± std bands; when no varying key is numeric, e.g.
+``zoo.lenet.pool=max,mean``, grouped bars: one group per value, one bar per model, ± std error bars). Shares
+(accuracies, consistency) are drawn from 0 to 1 and accuracy panels carry a dashed chance line
+(1 / n_classes); positive quantities such as a Lie derivative on a log axis. Models keep their colour from
+:func:`equivar.plot.model_color`. Models whose every seed diverged are rows without numbers; failed or
+unfinished runs are listed; nothing is silently dropped.
 A sweep launched with ``hydra.callbacks.report`` (as ``experiment=sample_efficiency`` does) writes its report
 into ``SWEEP_DIR/report/`` when the last job ends.
 """
@@ -29,7 +32,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from equivar.plot import draw_chance, model_color, n_summarised, over_seeds  # noqa: E402
+from equivar.errors import UserError  # noqa: E402
+from equivar.experiment import read_result  # noqa: E402
+from equivar.plot import draw_chance, model_color, over_seeds  # noqa: E402
+from equivar.results import EVERY_SEED_DIVERGED, ExperimentResult, Headline  # noqa: E402
 from equivar.text import mean_std_text, seeds_phrase  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -72,9 +78,9 @@ def collect(sweep_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
         entry["config"] = flatten(_load_config(config_path))
         if entry["status"] in ("complete", "diverged") and metrics_path.is_file():
             try:
-                entry["metrics"] = json.loads(metrics_path.read_text())
-            except json.JSONDecodeError as err:
-                entry.update(status="unreadable metrics.json", error=str(err))
+                entry["result"] = read_result(run_dir)
+            except (UserError, ValueError) as err:  # damaged JSON, or a file no experiment's schema reads
+                entry.update(status="unreadable metrics.json", error=str(err).splitlines()[0])
                 problems.append(entry)
                 continue
             runs.append(entry)
@@ -93,45 +99,39 @@ def varying_keys(configs: list[dict[str, Any]]) -> list[str]:
     return [k for k in keys if k not in IGNORED_KEYS and len({json.dumps(c.get(k)) for c in configs}) > 1]
 
 
-def table(runs: list[dict[str, Any]], keys: list[str]) -> tuple[list[str], list[dict[str, Any]]]:
-    """Columns and tidy rows: one per run and model, varying keys first, then ``<metric>_mean/_std``.
+def table(runs: list[dict[str, Any]], keys: list[str]) -> tuple[list[str], list[dict[str, Any]], list[Headline]]:
+    """Columns, tidy rows (one per run and model: varying keys first, then ``<headline>_mean/_std``) and the
+    headline numbers' descriptions (how to draw each).
 
     Rows also hold ``_n_seeds`` (seeds behind the model's statistics) and ``_n_classes`` (the dataset's), for
     the markdown and the plots; they are not columns, so report.csv leaves them out.
     """
-    rows, metric_names = [], []
+    rows, headlines = [], {}
     for run in runs:
-        models = run["metrics"].get("models") or {"(run)": run["metrics"]}
-        dataset = run["metrics"].get("dataset")
-        n_classes = dataset.get("n_classes") if isinstance(dataset, dict) else None
-        for model, values in models.items():
+        result: ExperimentResult = run["result"]
+        n_classes = result.dataset.n_classes if result.dataset else None
+        records = [(name, record, True) for name, record in result.models.items()]
+        records += [(name, record, False) for name, record in result.unmeasured.items()]
+        for model, record, measured in records:
             row: dict[str, Any] = {"run": run["run"], **{k: run["config"].get(k) for k in keys}, "model": model,
-                                   "status": _model_status(values, run["status"]),
-                                   "_n_seeds": _n_seeds(values, run), "_n_classes": n_classes}
+                                   "status": _model_status(record, measured), "_n_classes": n_classes}
+            values = record.headline_values() if measured else {}
+            for h in type(record).headline if measured else ():
+                headlines.setdefault(h.name, h)
             for name, value in values.items():
-                if isinstance(value, dict) and isinstance(value.get("mean"), (int, float)):
-                    row[f"{name}_mean"], row[f"{name}_std"] = value["mean"], value.get("std")
-                    if name not in metric_names:
-                        metric_names.append(name)
+                row[f"{name}_mean"], row[f"{name}_std"] = value.mean, value.std
+                row["_n_seeds"] = value.n
             rows.append(row)
-    columns = ["run", *keys, "model", "status"] + [f"{m}_{s}" for m in metric_names for s in ("mean", "std")]
-    return columns, rows
+    columns = ["run", *keys, "model", "status"] + [f"{m}_{s}" for m in headlines for s in ("mean", "std")]
+    return columns, rows, list(headlines.values())
 
 
-def _model_status(values: dict[str, Any], run_status: str) -> str:
-    per_seed = values.get("status") if isinstance(values, dict) else None
-    if isinstance(per_seed, list):
-        diverged = sum(s != "ok" for s in per_seed)
-        return f"{diverged}/{seeds_phrase(len(per_seed))} diverged" if diverged else "ok"
-    return run_status
-
-
-def _n_seeds(values: dict[str, Any], run: dict[str, Any]) -> int | None:
-    """Seeds behind a model's means and stds (every metric of a model is over the same seeds); None: unknown."""
-    n = run["metrics"].get("n_seeds", run["config"].get("n_seeds"))
-    default = n if isinstance(n, int) and not isinstance(n, bool) else None
-    first = next((v for v in values.values() if isinstance(v, dict) and "mean" in v), None)
-    return n_summarised(first, values, default)
+def _model_status(record: Any, measured: bool) -> str:
+    if not measured:
+        return EVERY_SEED_DIVERGED
+    if record.n_diverged:
+        return f"{record.n_diverged}/{seeds_phrase(len(record.seeds))} diverged"
+    return "ok"
 
 
 def write_report(sweep_dir: Path, out_dir: Path | None = None) -> dict[str, Any]:
@@ -141,15 +141,15 @@ def write_report(sweep_dir: Path, out_dir: Path | None = None) -> dict[str, Any]
     if not runs and not problems:
         raise FileNotFoundError(f"no runs (folders with .hydra/config.yaml) under {sweep_dir}")
     keys = varying_keys([r["config"] for r in runs + problems])
-    columns, rows = table(runs, keys)
+    columns, rows, headlines = table(runs, keys)
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / "report.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    markdown = _markdown(sweep_dir, columns, rows, problems, keys)
+    markdown = _markdown(sweep_dir, columns, rows, problems, keys, headlines)
     (out_dir / "report.md").write_text(markdown)
-    plots = _plots(rows, keys, columns, out_dir)
+    plots = _plots(rows, keys, headlines, out_dir)
     summary = {"sweep_dir": str(sweep_dir), "varying_keys": keys, "n_runs": len(runs) + len(problems),
                "finished": len(runs), "problems": [{"run": p["run"], "status": p["status"], "error": p.get("error")}
                                                    for p in problems],
@@ -165,8 +165,9 @@ def _fmt(value: Any) -> str:
 
 
 def _markdown(sweep_dir: Path, columns: list[str], rows: list[dict[str, Any]], problems: list[dict[str, Any]],
-              keys: list[str]) -> str:
+              keys: list[str], headlines: list[Headline]) -> str:
     metrics = [c[:-5] for c in columns if c.endswith("_mean")]
+    logs = {h.name for h in headlines if h.log}
     head = ["run", *keys, "model", "status", *metrics]
     lines = [f"# Report of {sweep_dir}", "", f"Varying keys: {', '.join(keys) or '(none)'}", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -174,37 +175,40 @@ def _markdown(sweep_dir: Path, columns: list[str], rows: list[dict[str, Any]], p
         cells = [_fmt(row.get(c)) for c in ["run", *keys, "model", "status"]]
         for m in metrics:
             mean, std, n = row.get(f"{m}_mean"), row.get(f"{m}_std"), row.get("_n_seeds")
-            # one seed: the mean alone ("± 0.0000" would read as a measured spread)
-            cells.append("" if mean is None else mean_std_text({"mean": mean, "std": std or 0.0, "n": n or 2}))
+            if mean is None:
+                cells.append("")
+            elif m in logs:  # spans orders of magnitude: significant digits
+                cells.append(f"{mean:.3g}" + (f" ± {std or 0.0:.2g}" if (n or 2) > 1 else ""))
+            else:  # one seed: the mean alone ("± 0.0000" would read as a measured spread)
+                cells.append(mean_std_text({"mean": mean, "std": std or 0.0, "n": n or 2}))
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"## Failed or unfinished runs: {len(problems)}", ""]
     lines += [f"- `{p['run']}`: {p['status']} ({p.get('error')})" for p in problems] or ["(none)"]
     return "\n".join(lines) + "\n"
 
 
-HEADLINE_METRICS = ("clean_accuracy", "grid_mean_accuracy", "worst_shift_accuracy", "consistency")
-
-
-def _plots(rows: list[dict[str, Any]], keys: list[str], columns: list[str], out_dir: Path) -> list[Path]:
-    """``report.png``: headline metrics against the first numeric varying key (lines), or, when no varying key
-    is numeric, per value of the varying keys (grouped bars)."""
-    if not rows:
+def _plots(rows: list[dict[str, Any]], keys: list[str], headlines: list[Headline], out_dir: Path) -> list[Path]:
+    """``report.png``: the headline numbers against the first numeric varying key (lines), or, when no varying
+    key is numeric, per value of the varying keys (grouped bars)."""
+    rows = [r for r in rows if any(f"{h.name}_mean" in r for h in headlines)]
+    if not rows or not headlines:
         return []
     numeric = [k for k in keys if all(isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool)
                                       for r in rows)]
-    metrics = [m for m in HEADLINE_METRICS if f"{m}_mean" in columns] or \
-        [c[:-5] for c in columns if c.endswith("_mean")][:4]
-    if not metrics:
-        return []
+    metrics = [h.name for h in headlines]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 3.8), squeeze=False)
     if numeric:
         against = _line_panels(axes[0], rows, keys, numeric[0], metrics)
     else:
         against = _bar_panels(axes[0], rows, keys, metrics)
-    for ax, metric in zip(axes[0], metrics):
-        if "accuracy" in metric:
-            _chance(ax, [r for r in rows if r.get(f"{metric}_mean") is not None])
-        ax.set_title(metric.replace("_", " "), fontsize=10)
+    for ax, h in zip(axes[0], headlines):
+        if h.share:
+            ax.set_ylim(0, 1.05)
+        if h.log:
+            ax.set_yscale("log")
+        if "accuracy" in h.name:
+            _chance(ax, [r for r in rows if r.get(f"{h.name}_mean") is not None])
+        ax.set_title(h.title, fontsize=10)
     # One legend for the figure: every model, plus "chance" even when the last panel is not an accuracy.
     entries: dict[str, Any] = {}
     for ax in axes[0]:

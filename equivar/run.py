@@ -18,10 +18,12 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from equivar.config import RunConfig, parse_config
+from equivar.config import RunConfig, parse_config, register_defaults
 from equivar.errors import ConfigError, UserError
-from equivar.options import nearest
+from equivar.experiment import execute, read_result
 from equivar.io import read_json, write_json
+from equivar.results import ExperimentResult, RunStatus
+from equivar.schema import nearest
 from equivar.strategy import enable_compilation_cache
 
 log = logging.getLogger("equivar")
@@ -37,18 +39,10 @@ def config_dir() -> str:
 CONFIG_DIR = config_dir()
 
 
-def _register_schemas() -> None:
-    from equivar.config import register_schemas
-    from equivar.experiments import register_options
-
-    register_schemas()
-    register_options()
+register_defaults()  # before Hydra composes: the configs' defaults lists name these nodes
 
 
-_register_schemas()  # before Hydra composes: the configs' defaults lists name these nodes
-
-
-def run_experiment(raw: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+def run_experiment(raw: dict[str, Any], out_dir: Path) -> ExperimentResult:
     """Runs the experiment a resolved config dict names, writing its files into ``out_dir``.
 
     ``out_dir/status.json`` says where the run stands: ``running``, then ``complete`` (or ``diverged``), or
@@ -56,25 +50,19 @@ def run_experiment(raw: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     is skipped (so a re-launched sweep resumes); one that holds another config's results is refused unless the
     config says ``overwrite: true``: results are never overwritten by accident.
     """
-    from equivar.experiments import EXPERIMENTS, OPTION_SCHEMAS
-
-    config = parse_config(raw, OPTION_SCHEMAS)
-    if config.experiment not in EXPERIMENTS:
-        raise ConfigError(f"unknown experiment {config.experiment!r}; valid choices: "
-                          f"{', '.join(sorted(EXPERIMENTS))}")
+    config = parse_config(raw)
     out_dir = Path(out_dir)
     status_path = out_dir / "status.json"
     previous = _previous_run(out_dir, raw)
     if previous is not None:
         return previous
     out_dir.mkdir(parents=True, exist_ok=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
     record = {"experiment": config.experiment, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
               "config": _comparable(raw)}
     write_json(status_path, {**record, "status": "running"})
     try:
-        metrics = EXPERIMENTS[config.experiment](config, out_dir)
+        result = execute(config, out_dir)
     except KeyboardInterrupt:
         write_json(status_path, {**record, "status": "interrupted", "seconds": time.time() - started,
                                  "note": "stopped by the user (Ctrl-C) before metrics.json was written"})
@@ -83,16 +71,16 @@ def run_experiment(raw: dict[str, Any], out_dir: Path) -> dict[str, Any]:
         write_json(status_path, {**record, "status": "failed", "seconds": time.time() - started,
                                  "error": f"{type(err).__name__}: {err}"})
         raise
-    final = "diverged" if metrics.get("status") == "diverged" else "complete"
+    final = "diverged" if result.status is RunStatus.DIVERGED else "complete"
     write_json(status_path, {**record, "status": final, "seconds": time.time() - started})
-    return metrics
+    return result
 
 
 def _comparable(raw: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in raw.items() if k != "overwrite"}
 
 
-def _previous_run(out_dir: Path, raw: dict[str, Any]) -> dict[str, Any] | None:
+def _previous_run(out_dir: Path, raw: dict[str, Any]) -> ExperimentResult | None:
     """What to do with a folder that already holds a run: the stored metrics when it is complete with this
     very config (a resumed sweep skips it), nothing when the earlier attempt never finished (run again), and
     a ConfigError when it holds other results (unless ``overwrite: true``)."""
@@ -103,7 +91,7 @@ def _previous_run(out_dir: Path, raw: dict[str, Any]) -> dict[str, Any] | None:
     finished = status.get("status") in ("complete", "diverged") and metrics_path.exists()
     if finished and status.get("config") == json.loads(json.dumps(_comparable(raw))):
         log.info("%s already holds this run, complete: skipped (overwrite=true runs it again)", out_dir)
-        return read_json(metrics_path)
+        return read_result(out_dir)
     if finished or not status:
         raise ConfigError(f"{out_dir} already holds a run (status.json or metrics.json) of another config; "
                           "equivar does not overwrite results: choose another hydra.run.dir, or pass "
@@ -224,28 +212,17 @@ def hydra_message(err: BaseException) -> str:
     return text or type(err).__name__
 
 
-_CHECKED_MODELS: set[str] = set()  # models that built and passed their shape check in this process
-
-
 def validate(overrides: list[str], multirun: bool = False) -> list[RunConfig]:
     """The CLI's validation path: every job the command line starts, composed as Hydra will and checked
     against every schema, before any job runs (a sweep with one bad configuration starts none)."""
-    from equivar.data import dataset_shape
-    from equivar.experiments import EXPERIMENTS, OPTION_SCHEMAS
     from equivar.models import check_model
 
     configs = []
     for job in job_overrides(overrides, multirun):
-        config = parse_config(compose_config(job), OPTION_SCHEMAS)
-        if config.experiment not in EXPERIMENTS:
-            raise ConfigError(f"unknown experiment {config.experiment!r}; valid choices: "
-                              f"{', '.join(sorted(EXPERIMENTS))}")
-        known = None if config.load_from else dataset_shape(config.dataset.loader, config.dataset.options)
+        config = parse_config(compose_config(job))
+        known = None if config.load_from else config.dataset.shape()
         for spec in config.models if known is not None else ():
-            signature = json.dumps([spec.target, spec.options, known, spec.where], sort_keys=True, default=str)
-            if signature not in _CHECKED_MODELS:  # sweeps repeat models: build each one once
-                check_model(spec.target, known[0], known[1], spec.options, spec.where)
-                _CHECKED_MODELS.add(signature)
+            check_model(spec.target, known[0], known[1], spec.options, spec.where)  # once per process
         configs.append(config)
     return configs
 
@@ -282,7 +259,7 @@ def _hydra_main(cfg: DictConfig) -> None:
     enable_compilation_cache()
     try:
         raw = OmegaConf.to_container(cfg, resolve=True)
-        metrics = run_experiment(raw, out_dir)
+        result = run_experiment(raw, out_dir)
     except UserError as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
@@ -293,9 +270,9 @@ def _hydra_main(cfg: DictConfig) -> None:
               file=sys.stderr)
         sys.exit(130)
     log.info("results in %s", out_dir)
-    if metrics.get("status") == "diverged":
+    if result.status is RunStatus.DIVERGED:
         print(f"equivar: error: every seed diverged (non-finite loss or gradients); the steps are recorded in "
-              f"{out_dir / 'metrics.json'} under models.*.status; try a smaller train.learning_rate",
+              f"{out_dir / 'metrics.json'} under unmeasured.*.seeds; try a smaller train.learning_rate",
               file=sys.stderr)
         sys.exit(3)
 

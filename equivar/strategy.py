@@ -24,10 +24,14 @@ import dataclasses
 import math
 import os
 from importlib import metadata
+from typing import Literal, get_args
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from pydantic import Field
+
+from equivar.schema import Options, PositiveInt
 
 # Verified (speed and numerics) on these jaxlib versions; an unknown flag is fatal to XLA, so other versions
 # are left alone.
@@ -72,7 +76,8 @@ def configure_xla_flags() -> list[str]:
     return added
 
 
-SEED_PACKINGS = ("auto", "loop", "vmap")
+SeedPacking = Literal["auto", "loop", "vmap"]
+SEED_PACKINGS: tuple[str, ...] = get_args(SeedPacking)
 # Measured defaults only; `python -m equivar.bench` reports `lenet.train.steps_per_call*` cases to decide.
 DEFAULT_STEPS_PER_CALL: dict[str, int] = {"cpu": 1}
 
@@ -115,6 +120,19 @@ class ExecutionPlan:
         if used < 2:
             return None
         return Mesh(np.array(jax.local_devices()[:used]), ("seeds",))
+
+
+class ExecutionOptions(Options):
+    """``execution.*``: how seeds and steps are packed on the device (the defaults: measured per backend)."""
+
+    seed_packing: SeedPacking = Field("auto", description="auto (per backend) | loop | vmap")
+    steps_per_call: PositiveInt | Literal["auto"] = Field(
+        "auto", description="auto (the backend's default) | N training steps per jitted call")
+
+    def plan(self) -> ExecutionPlan:
+        """The plan for this backend with these choices."""
+        return plan_execution(self.seed_packing,
+                              steps_per_call=None if self.steps_per_call == "auto" else self.steps_per_call)
 
 
 def enable_compilation_cache(path: str | None = None) -> str | None:

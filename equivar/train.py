@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Literal, NamedTuple
 
 import chex
 import jax
@@ -19,11 +19,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from pydantic import Field
 from tqdm.auto import tqdm
 
+from equivar.errors import ConfigError
 from equivar.introspect import to_inference
+from equivar.schema import Float, NonNegativeInt, Options, PositiveInt, check_keywords
 from equivar.strategy import ExecutionPlan, replicate, shard_seeds
-from equivar.transforms import INTEGER_MODES, shift_each
+from equivar.transforms import INTEGER_MODES, ShiftMode, shift_each
 
 log = logging.getLogger(__name__)
 
@@ -34,27 +37,65 @@ OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
     "rmsprop": optax.rmsprop,
     "lion": optax.lion,
 }
+OptimizerName = Literal["adam", "adamw", "sgd", "rmsprop", "lion"]
 
 
-@dataclasses.dataclass(frozen=True)
-class TrainSpec:
-    epochs: int = 10
-    batch_size: int = 128
-    optimizer: str = "adam"
-    learning_rate: float = 1e-3
-    optimizer_options: dict[str, Any] = dataclasses.field(default_factory=dict)
-    augment_shift: int = 0  # > 0: every training example is shifted by a random offset in [-a, a] per axis
-    augment_mode: str = "roll"  # how augmentation shifts: roll | zero
-    min_steps: int = 0  # train at least this many steps (more epochs when the training set is small)
+class TrainOptions(Options):
+    """``train.*``: how every seed is trained. In a run, ``epochs``, ``batch_size`` and ``learning_rate`` follow
+    the dataset's recipe (``dataset.*``, conf/config.yaml) unless overridden."""
+
+    epochs: PositiveInt = Field(10, description="passes over the training set")
+    batch_size: PositiveInt = Field(128, description="examples per step")
+    optimizer: OptimizerName = Field("adam", description="an optax optimizer")
+    learning_rate: Float = Field(1e-3, gt=0, description="the optimizer's step size")
+    optimizer_options: dict[str, Any] = Field({}, description="further keyword arguments of the optax optimizer "
+                                                              "(checked against its signature)")
+    augment_shift: NonNegativeInt = Field(0, description="> 0: shift every training example by a random offset "
+                                                         "in [-a, a] per axis")
+    augment_mode: ShiftMode = Field("roll", description="how augmentation shifts")
+    min_steps: NonNegativeInt = Field(0, description="train at least this many steps (more epochs for small "
+                                                     "training sets)")
 
     def epochs_for(self, n_examples: int) -> int:
         steps_per_epoch = max(1, n_examples // self.batch_size)
         return max(self.epochs, -(-self.min_steps // steps_per_epoch))
 
+    def check_optimizer(self) -> None:
+        """``optimizer_options`` against the optax optimizer's signature (nearest name suggested), then one
+        update on a tiny parameter, so bad values fail here and not in the middle of a compiled step."""
+        fn = OPTIMIZERS[self.optimizer]
+        check_keywords(fn, self.optimizer_options, f"train.optimizer_options (optax.{fn.__name__})",
+                       skip=("learning_rate",))
 
-def make_optimizer(spec: TrainSpec) -> optax.GradientTransformation:
-    if spec.optimizer not in OPTIMIZERS:
-        raise KeyError(f"unknown optimizer {spec.optimizer!r}; choose one of {sorted(OPTIMIZERS)}")
+        def first_update(opts: dict[str, Any]) -> bool:
+            tx = fn(learning_rate=self.learning_rate, **opts)
+            params = {"w": jnp.ones(2)}
+            updates, _ = tx.update(params, tx.init(params), params)
+            return all(bool(jnp.isfinite(u).all()) for u in updates.values())
+
+        for key, value in [(None, None), *self.optimizer_options.items()]:  # each option alone: it is named
+            try:
+                finite = first_update(self.optimizer_options if key is None else {key: value})
+            except Exception as err:  # optax's own complaint about a value, as one line naming the key
+                if key is None:
+                    continue
+                raise ConfigError(f"train.optimizer_options.{key}={value!r} is refused by optax.{fn.__name__}: "
+                                  f"{_first_line(err)}") from None
+            if not finite:
+                where = "train.optimizer_options" + ("" if key is None else f".{key}={value!r}")
+                raise ConfigError(f"{where} makes optax.{fn.__name__}'s first update non-finite")
+        try:
+            first_update(self.optimizer_options)
+        except Exception as err:
+            raise ConfigError(f"train.optimizer_options={self.optimizer_options} together are refused by "
+                              f"optax.{fn.__name__}: {_first_line(err)}") from None
+
+
+def _first_line(err: BaseException) -> str:
+    return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+
+
+def make_optimizer(spec: TrainOptions) -> optax.GradientTransformation:
     return OPTIMIZERS[spec.optimizer](learning_rate=spec.learning_rate, **spec.optimizer_options)
 
 
@@ -224,7 +265,7 @@ class SeedTrainer:
             self.multi_step = jax.jit(scan_steps)
             self.order = jax.jit(epoch_order, static_argnums=(1, 2))
 
-    def fit(self, states: TrainState, x: jax.Array, y: jax.Array, keys: jax.Array, spec: TrainSpec,
+    def fit(self, states: TrainState, x: jax.Array, y: jax.Array, keys: jax.Array, spec: TrainOptions,
             label: str = "model") -> tuple[TrainState, History]:
         """Trains every seed for ``spec.epochs_for(n)`` epochs; returns the stacked states and per-epoch history."""
         start = time.perf_counter()
@@ -262,7 +303,7 @@ class SeedTrainer:
                  np.round(history.accuracy[:, -1], 4))
         return states, history
 
-    def _fit_groups(self, groups: list[tuple[TrainState, jax.Array, jax.Array, jax.Array]], spec: TrainSpec,
+    def _fit_groups(self, groups: list[tuple[TrainState, jax.Array, jax.Array, jax.Array]], spec: TrainOptions,
                     label: str) -> list[tuple[TrainState, np.ndarray, np.ndarray]]:
         """Trains groups of seeds step by step, each group's step dispatched in turn: one group per seed (loop
         packing, each on its device) or a single group holding every seed (vmap packing, a leading seed axis

@@ -22,6 +22,7 @@ from flax import nnx
 
 from equivar.errors import ConfigError
 from equivar.io import read_json, write_json
+from equivar.models import build_model, check_model
 from equivar.train import Variables, inference_model
 
 log = logging.getLogger(__name__)
@@ -167,8 +168,6 @@ def load(run_dir: Path, name: str, target: str | None, options: dict[str, Any] |
         where: how errors name the model (default ``zoo.<name>``).
     """
     import orbax.checkpoint as ocp
-
-    from equivar.models import build_model, check_model
 
     _quiet_orbax()
     run_dir = Path(run_dir).expanduser().resolve()

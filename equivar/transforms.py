@@ -19,14 +19,85 @@ All functions are pure and jittable; offsets may be traced values.
 from __future__ import annotations
 
 import itertools
+from typing import Literal, get_args
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from pydantic import Field, model_validator
 
-INTEGER_MODES = ("roll", "zero")
-SUBPIXEL_MODES = ("fourier", "bilinear-zero", "bilinear-reflect", "bilinear-circular")
-SHIFT_MODES = INTEGER_MODES + SUBPIXEL_MODES
+from equivar.errors import ConfigError
+from equivar.schema import Float, Options
+
+ShiftMode = Literal["roll", "zero", "fourier", "bilinear-zero", "bilinear-reflect", "bilinear-circular"]
+SHIFT_MODES: tuple[str, ...] = get_args(ShiftMode)
+INTEGER_MODES = SHIFT_MODES[:2]
+SUBPIXEL_MODES = SHIFT_MODES[2:]
+MAX_SHIFTS_PER_AXIS = 1001  # a finer grid is a typo (shift.step=0.0001), not a measurement
+
+
+class ShiftGrid(Options):
+    """``shift.*``: the translations every experiment that shifts inputs measures under: ``-max..max`` (or
+    ``0..max`` where an experiment measures one direction) by ``step`` along every spatial axis, applied by
+    ``mode``. The one bounds rule: ``max`` is smaller than the input's shortest side."""
+
+    max: Float = Field(4, ge=0, description="shifts up to max positions along every spatial axis; smaller than "
+                                            "the input's side")
+    step: Float = Field(1, gt=0, description="grid spacing; e.g. 0.25 with a sub-pixel mode")
+    mode: ShiftMode | list[ShiftMode] = Field(
+        "roll", description="roll (circular), zero (content leaving the frame is lost), or sub-pixel: fourier, "
+                            "bilinear-zero|reflect|circular; experiments that compare modes take a list")
+
+    @model_validator(mode="after")
+    def _grid_is_whole(self) -> ShiftGrid:
+        if isinstance(self.mode, list) and not self.mode:
+            raise ValueError("shift.mode must not be an empty list")
+        integer = [m for m in self.modes if m in INTEGER_MODES]
+        if integer and not (float(self.step).is_integer() and float(self.max).is_integer()):
+            raise ValueError(f"shift.mode={integer[0]} shifts by whole positions, but shift.step={self.step:g} and "
+                             f"shift.max={self.max:g}; use shift.mode=fourier or bilinear-zero|reflect|circular for "
+                             "sub-pixel grids")
+        n = round(self.max / self.step)
+        if abs(n * self.step - self.max) > 1e-9 * max(1.0, self.max):
+            raise ValueError(f"shift.max={self.max:g} is not a whole number of shift.step={self.step:g}")
+        if 2 * n + 1 > MAX_SHIFTS_PER_AXIS:
+            raise ValueError(f"shift.max={self.max:g} with shift.step={self.step:g} gives {2 * n + 1} shifts per "
+                             f"axis; at most {MAX_SHIFTS_PER_AXIS}: use a larger shift.step")
+        return self
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        """Every mode asked for (one, or several for experiments that compare them)."""
+        return tuple(self.mode) if isinstance(self.mode, list) else (self.mode,)
+
+    @property
+    def integer(self) -> bool:
+        """Whether every shift of the grid is a whole number of positions."""
+        return float(self.step).is_integer() and float(self.max).is_integer()
+
+    def one_mode(self, experiment: str, allowed: tuple[str, ...] = SHIFT_MODES) -> str:
+        """The single mode an experiment that measures one mode at a time uses (a ConfigError otherwise)."""
+        if len(self.modes) != 1:
+            raise ConfigError(f"shift.mode={list(self.modes)}: {experiment} measures one mode at a time; give one "
+                              f"(sweep several with -m shift.mode={','.join(self.modes)})")
+        if self.modes[0] not in allowed:
+            raise ConfigError(f"shift.mode={self.modes[0]}: {experiment} takes {' or '.join(allowed)}")
+        return self.modes[0]
+
+    def check_fits(self, spatial: tuple[int, ...]) -> None:
+        """The bounds rule, once the input's spatial size is known: ``max`` below its shortest side."""
+        if self.max >= min(spatial):
+            raise ConfigError(f"shift.max={self.max:g} must be smaller than the input's spatial size "
+                              f"{tuple(spatial)}; use shift.max <= {min(spatial) - 1}")
+
+    def values(self) -> list[float]:
+        """The one-sided values ``0, step, ..., max`` (ints for an integer grid)."""
+        n = round(self.max / self.step)
+        return [int(i * self.step) if self.integer else i * self.step for i in range(n + 1)]
+
+    def offsets(self, rank: int) -> np.ndarray:
+        """Every offset of the symmetric grid ``-max..max`` on every axis: ``(n_shifts, rank)``."""
+        return shift_grid(self.max, rank, self.step)
 
 
 def shift(x: jax.Array, offset: jax.Array, mode: str = "roll") -> jax.Array:

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import warnings
 from pathlib import Path
@@ -21,11 +20,12 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import matplotlib.pyplot as plt
 import numpy as np
 import scipy.ndimage as ndimage
 from flax import nnx
+from pydantic import Field
 
-from equivar.options import check, option
 from equivar.config import RunConfig
 from equivar.convolution import (
     BORDER_MODES,
@@ -37,8 +37,11 @@ from equivar.convolution import (
     valid_correlate,
 )
 from equivar.errors import ConfigError
-from equivar.io import environment, write_json
-from equivar.plot import plot_conv_compare
+from equivar.plot import save
+from equivar.results import ExperimentResult, Headline, MeanStd, ModelRecord, Number, Record
+from equivar.schema import Float as FloatOption
+from equivar.schema import Options as OptionsBase
+from equivar.schema import PositiveInt
 
 log = logging.getLogger(__name__)
 
@@ -186,62 +189,147 @@ def toeplitz_proof(seed: int) -> dict[str, Any]:
     return out
 
 
-@dataclasses.dataclass
-class Options:
+class Options(OptionsBase):
     """``conv_compare.*``."""
 
-    x: list[float] = option([2, 2, 2, 6, 6, 6, 6], "the input signal (the lecture's example)")
-    w: list[float] = option([-1, 1], "the kernel (at most as long as x)")
-    random_trials: int = option(5, "random inputs each implementation's reading is checked on", minimum=1)
+    x: list[FloatOption] = Field([2, 2, 2, 6, 6, 6, 6], min_length=1,
+                                 description="the input signal (the lecture's example)")
+    w: list[FloatOption] = Field([-1, 1], min_length=1, description="the kernel (at most as long as x)")
+    random_trials: PositiveInt = Field(5, description="random inputs each implementation's reading is checked on")
 
 
-def run(config: RunConfig, out_dir: Path) -> dict[str, Any]:
-    opts = check(Options, config.raw.get("conv_compare"), "conv_compare")
+class Implementation(ModelRecord):
+    """One implementation: its output on the lecture's example, what it computes (read from its outputs on
+    random inputs), and the largest error of that reading on more random inputs."""
+
+    headline = (Headline("random_max_abs_error_summary", "max error of the reading", share=False, log=True),)
+
+    call: str
+    lecture_output: list[float]
+    lecture_output_length: int
+    operation: str  # convolution, cross-correlation or other
+    border: str | None
+    valid_offset: int | None
+    random_output_length: int
+    random_input_length: int
+    random_kernel_length: int
+    random_max_abs_error: Number
+
+    @property
+    def random_max_abs_error_summary(self) -> MeanStd:
+        return MeanStd(mean=self.random_max_abs_error, std=0.0, n=1)
+
+
+class Multichannel(Record):
+    input: list[int]
+    kernel: list[int]
+    output: list[int]
+    lax_max_abs_error: float
+    toeplitz_max_abs_error: float
+    torch_max_abs_error: float | None = None
+
+
+class Toeplitz(Record):
+    matrix_shape: list[int]
+    max_abs_error: float
+    weights_zeroed_fraction: float
+    fully_connected_params: int
+    conv_params: int
+    matrix: list[list[float]] | None = None  # 1D only (drawn)
+
+
+class LectureExample(Record):
+    x: list[float]
+    w: list[float]
+
+
+class Result(ExperimentResult[Implementation]):
+    lecture_example: LectureExample
+    multichannel: dict[str, Multichannel]
+    toeplitz: dict[str, Toeplitz]  # "1d.VALID", "2d.CIRCULAR", ...
+    notes: list[str]
+
+
+def run(config: RunConfig, out_dir: Path) -> Result:
+    opts: Options = config.options
     x, w = np.asarray(opts.x, dtype=np.float64), np.asarray(opts.w, dtype=np.float64)
     if len(w) > len(x):
         raise ConfigError(f"conv_compare.w has {len(w)} taps, more than the {len(x)} values of conv_compare.x")
-    trials = opts.random_trials
     impls, notes = implementations()
-    rows = compare_1d(impls, x, w, trials, config.seed)
-    metrics = {
-        "experiment": "conv_compare",
-        "lecture_example": {"x": x.tolist(), "w": w.tolist()},
-        "implementations": rows,
-        "multichannel": compare_multichannel(config.seed),
-        "toeplitz": toeplitz_proof(config.seed),
-        "notes": notes,
-        "environment": environment(),
-    }
-    write_json(out_dir / "metrics.json", metrics)
-    table = format_table(metrics)
-    (out_dir / "conv_compare.md").write_text(table + "\n")
-    plot_conv_compare(metrics, out_dir)
-    print(table)
-    return metrics
+    rows = compare_1d(impls, x, w, opts.random_trials, config.seed)
+    return Result(experiment=config.experiment, module=config.module, seeds=[config.seed],
+                  lecture_example=LectureExample(x=x.tolist(), w=w.tolist()),
+                  models={r.pop("name"): Implementation.model_validate({**r, "source": "library"}) for r in rows},
+                  multichannel={k: Multichannel.model_validate(v) for k, v in compare_multichannel(config.seed).items()},
+                  toeplitz={k: Toeplitz.model_validate(v) for k, v in toeplitz_proof(config.seed).items()},
+                  notes=notes)
 
 
-def format_table(metrics: dict[str, Any]) -> str:
-    ex = metrics["lecture_example"]
-    lines = [f"x = {ex['x']}, w = {ex['w']}; reading from random inputs (length "
-             f"{metrics['implementations'][0]['random_input_length']}, kernel "
-             f"{metrics['implementations'][0]['random_kernel_length']})", "",
+def summary(result: Result) -> str:
+    ex = result.lecture_example
+    first = next(iter(result.models.values()))
+    lines = [f"x = {ex.x}, w = {ex.w}; reading from random inputs (length {first.random_input_length}, kernel "
+             f"{first.random_kernel_length})", "",
              "| implementation | output on the lecture's example | length | computes | border | "
              "max error on random inputs |", "|---|---|---:|---|---|---:|"]
-    for r in metrics["implementations"]:
-        out = "[" + ", ".join(f"{v:g}" for v in r["lecture_output"]) + "]"
-        lines.append(f"| `{r['call']}` | {out} | {r['lecture_output_length']} | {r['operation']} | "
-                     f"{r['border']} | {r['random_max_abs_error']:.1e} |")
+    for r in result.models.values():
+        out = "[" + ", ".join(f"{v:g}" for v in r.lecture_output) + "]"
+        lines.append(f"| `{r.call}` | {out} | {r.lecture_output_length} | {r.operation} | {r.border} | "
+                     f"{r.random_max_abs_error:.1e} |")
     lines += ["", "| multi-channel with bias | input | kernel | output | lax error | toeplitz error | torch error |",
               "|---|---|---|---|---:|---:|---:|"]
-    for label, r in metrics["multichannel"].items():
-        torch_err = f"{r['torch_max_abs_error']:.1e}" if "torch_max_abs_error" in r else "skipped"
-        lines.append(f"| {label} | {r['input']} | {r['kernel']} | {r['output']} | {r['lax_max_abs_error']:.1e} | "
-                     f"{r['toeplitz_max_abs_error']:.1e} | {torch_err} |")
+    for label, m in result.multichannel.items():
+        torch_err = f"{m.torch_max_abs_error:.1e}" if m.torch_max_abs_error is not None else "skipped"
+        lines.append(f"| {label} | {m.input} | {m.kernel} | {m.output} | {m.lax_max_abs_error:.1e} | "
+                     f"{m.toeplitz_max_abs_error:.1e} | {torch_err} |")
     lines += ["", "| conv as a fully connected layer | matrix | max error vs nnx.Conv | weights zeroed | "
               "FC params / conv params |", "|---|---|---:|---:|---|"]
-    for label, r in metrics["toeplitz"].items():
-        lines.append(f"| {label} | {r['matrix_shape'][0]}×{r['matrix_shape'][1]} | {r['max_abs_error']:.1e} | "
-                     f"{100 * r['weights_zeroed_fraction']:.1f} % | {r['fully_connected_params']} / "
-                     f"{r['conv_params']} |")
-    lines += [f"note: {n}" for n in metrics["notes"]]
+    for label, t in result.toeplitz.items():
+        lines.append(f"| {label} | {t.matrix_shape[0]}×{t.matrix_shape[1]} | {t.max_abs_error:.1e} | "
+                     f"{100 * t.weights_zeroed_fraction:.1f} % | {t.fully_connected_params} / {t.conv_params} |")
+    lines += [f"note: {n}" for n in result.notes]
     return "\n".join(lines)
+
+
+def plot(result: Result, out_dir: Path) -> list[Path]:
+    """Left: every implementation's output on the lecture's example, coloured by what it computes.
+    Right: the 1D layer matrices (Toeplitz for VALID and SAME, circulant for CIRCULAR)."""
+    rows = list(result.models.items())
+    colours = {"convolution": "tab:blue", "cross-correlation": "tab:red", "other": "tab:gray"}
+    fig = plt.figure(figsize=(14, 0.42 * len(rows) + 2.2))
+    grid = fig.add_gridspec(3, 2, width_ratios=[1.5, 1])
+    ax = fig.add_subplot(grid[:, 0])
+    longest = max(r.lecture_output_length for _, r in rows)
+    for i, (name, r) in enumerate(rows):
+        y = len(rows) - 1 - i
+        ax.text(-0.6, y, name, ha="right", va="center", fontsize=8)
+        for j, v in enumerate(r.lecture_output):
+            ax.text(j, y, f"{v:g}", ha="center", va="center", fontsize=8, color=colours[r.operation],
+                    fontweight="bold" if v != 0 else "normal")
+    ex = result.lecture_example
+    ax.set_xlim(-0.6, longest - 0.4)
+    ax.set_ylim(-0.8, len(rows) - 0.2)
+    ax.set_xticks(range(longest))
+    ax.set_yticks([])
+    ax.set_xlabel("output position")
+    for spine in ("left", "right", "top"):
+        ax.spines[spine].set_visible(False)
+    ax.set_title(f"x = {ex.x}, w = {ex.w}: blue = convolution, red = cross-correlation", fontsize=10,
+                 loc="left")
+    for k, padding in enumerate(("VALID", "SAME", "CIRCULAR")):
+        entry = result.toeplitz.get(f"1d.{padding}")
+        if entry is None or entry.matrix is None:
+            continue
+        mat = np.asarray(entry.matrix)
+        axm = fig.add_subplot(grid[k, 1])
+        lim = np.abs(mat).max() or 1.0
+        axm.imshow(mat, cmap="coolwarm", vmin=-lim, vmax=lim)
+        axm.set_title(f"{padding}: {mat.shape[0]}×{mat.shape[1]} matrix, "
+                      f"{100 * entry.weights_zeroed_fraction:.0f}% zero, error {entry.max_abs_error:.0e}",
+                      fontsize=9)
+        axm.set_xticks([])
+        axm.set_yticks([])
+    fig.tight_layout()
+    return [save(fig, Path(out_dir) / "conv_compare.png")]
+
+

@@ -10,50 +10,116 @@ of rotation, per unit of log-scale.
 
 Layer by layer (translations, for models whose layers form an exact chain): each layer's own Lie derivative,
 pushed through the rest of the network, is its contribution to the output's derivative; the contributions sum
-to it exactly. Beside them: clean accuracy and the integer-shift consistency over the ``shift.max`` roll grid
-(for the scatter of LEE against consistency), and the predicted class's probability of a few inputs as they
-slide by sub-pixel Fourier shifts (the saw-tooth of aliasing).
+to it exactly. Beside them: clean accuracy and the shift consistency over the ``shift.*`` grid (by default
+every integer roll up to ``shift.max``; for the scatter of LEE against consistency), and the predicted class's
+probability of a few inputs as they slide by sub-pixel Fourier shifts (the saw-tooth of aliasing).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import matplotlib.pyplot as plt
 import numpy as np
+from pydantic import Field
 
 from equivar.anatomy import NoFixedField
 from equivar.config import RunConfig
 from equivar.data import load_dataset
 from equivar.equivariance import layer_geometry_of
 from equivar.evaluate import ShiftEvaluator
-from equivar.experiments.common import check_before_data, execution_plan, obtain, publish, run_record, spec_variants
+from equivar.experiment import base_fields, check_before_data, obtain, record_fields, spec_variants, unmeasured
 from equivar.introspect import trace_layers
 from equivar.lie import generators, layer_contributions, lie_derivative
-from equivar.metrics import accuracy, consistency, mean_std
-from equivar.options import check, option
-from equivar.plot import plot_lie_derivative
-from equivar.text import mean_std_text, seeds_phrase
-from equivar.transforms import fourier_shift, shift_grid
+from equivar.metrics import accuracy, consistency
+from equivar.plot import error_bars, model_color, over_seeds, save
+from equivar.results import ExperimentResult, Headline, MeanStd, ModelRecord, Record
+from equivar.schema import Float, NonNegativeInt, PositiveInt
+from equivar.schema import Options as OptionsBase
+from equivar.text import seeds_phrase
+from equivar.transforms import fourier_shift
 
 log = logging.getLogger(__name__)
 
 
-@dataclasses.dataclass
-class Options:
-    """``lie_derivative.*``."""
+class Options(OptionsBase):
+    """``lie_derivative.*`` (the integer-shift consistency beside it uses the ``shift.*`` grid)."""
 
-    n_examples: int = option(256, "test inputs the derivatives are averaged over", minimum=1)
-    batch: int = option(64, "inputs per jitted call (memory)", minimum=1)
-    per_layer: bool = option(True, "also split the translation derivative into per-layer contributions")
-    sawtooth_inputs: int = option(4, "test inputs whose predicted probability is traced over sub-pixel shifts",
-                                  minimum=0)
-    sawtooth_max: float = option(2.0, "Fourier shifts 0..sawtooth_max pixels for that trace", minimum=0.0)
-    sawtooth_step: float = option(0.05, "step of that trace (pixels)", minimum=1e-3)
+    n_examples: PositiveInt = Field(256, description="test inputs the derivatives are averaged over")
+    batch: PositiveInt = Field(64, description="inputs per jitted call (memory)")
+    per_layer: bool = Field(True, description="also split the translation derivative into per-layer contributions")
+    sawtooth_inputs: NonNegativeInt = Field(4, description="test inputs whose predicted probability is traced over "
+                                                           "sub-pixel shifts")
+    sawtooth_max: Float = Field(2.0, ge=0, description="Fourier shifts 0..sawtooth_max pixels for that trace")
+    sawtooth_step: Float = Field(0.05, ge=1e-3, description="step of that trace (pixels)")
+
+
+class LEE(Record):
+    """The local equivariance error of one output: ``mse``, the mean over inputs of the squared norm of the
+    derivative (Gruver et al. 2023, their equation), and ``mean_abs``, its mean absolute entry."""
+
+    mse: MeanStd
+    mean_abs: MeanStd
+
+
+class OutputLEE(Record):
+    logits: LEE
+    probs: LEE  # of the softmax probabilities
+
+
+class LayerShares(Record):
+    """Per layer, in call order: the mse of its contribution to the output's translation derivative."""
+
+    logits: dict[str, MeanStd]
+    probs: dict[str, MeanStd]
+
+
+class Sawtooth(Record):
+    """The clean predicted class's probability of a few inputs (first seed) under Fourier shifts."""
+
+    shifts: list[float]
+    predicted_class: list[int]
+    probability: list[list[float]]  # per input, per shift
+
+
+class PerSeed(Record):
+    seeds: list[int]
+    lee: list[dict[str, dict[str, dict[str, float]]]]  # per seed: generator -> output -> mse | mean_abs
+    consistency: list[float]
+    clean_accuracy: list[float]
+
+
+class ModelResult(ModelRecord):
+    headline = (Headline("clean_accuracy"), Headline("consistency"),
+                Headline("lee.translate_x.probs.mse", "LEE translate_x (softmax)", share=False, log=True))
+
+    clean_accuracy: MeanStd
+    consistency: MeanStd  # under the shift.* grid
+    grid_mean_accuracy: MeanStd
+    lee: dict[str, OutputLEE]  # per generator
+    per_seed: PerSeed
+    layers: dict[str, LayerShares] | None = None  # per translation generator, where the layers form a chain
+    layer_sum_residual: float | None = None  # how far the contributions' sum is from the derivative (relative)
+    per_layer_unavailable: str | None = None  # why there is no per-layer split
+    sawtooth: Sawtooth | None = None
+
+
+class ConsistencyGrid(Record):
+    mode: str
+    max: float
+    step: float
+    n_examples: int
+
+
+class Result(ExperimentResult[ModelResult]):
+    generators: list[str]
+    n_examples: int
+    units: dict[str, str]
+    consistency_grid: ConsistencyGrid
 
 
 def _batched(fn, x: jax.Array, size: int) -> Any:
@@ -113,7 +179,7 @@ def measure_seed(module, x: jax.Array, gens: tuple[str, ...], per_layer: bool, b
     return out
 
 
-def sawtooth(module, x: jax.Array, shifts: np.ndarray, axis: int) -> dict[str, Any]:
+def sawtooth(module, x: jax.Array, shifts: np.ndarray, axis: int) -> Sawtooth:
     """The probability of each input's clean predicted class under Fourier shifts along ``axis``."""
     rank = x.ndim - 2
     clean = jnp.argmax(module(x), -1)
@@ -124,88 +190,162 @@ def sawtooth(module, x: jax.Array, shifts: np.ndarray, axis: int) -> dict[str, A
         return jnp.take_along_axis(p, clean[:, None], axis=1)[:, 0]
 
     values = jax.jit(jax.vmap(probs_at))(jnp.asarray(shifts, jnp.float32))  # (shifts, inputs)
-    return {"shifts": [float(s) for s in shifts], "class": clean.tolist(), "probability": np.asarray(values).T.tolist()}
+    return Sawtooth(shifts=[float(s) for s in shifts], predicted_class=clean.tolist(),
+                    probability=np.asarray(values).T.tolist())
 
 
-def run(config: RunConfig, out_dir: Path) -> dict[str, Any]:
-    opts = check(Options, config.raw.get("lie_derivative"), "lie_derivative")
+def run(config: RunConfig, out_dir: Path) -> Result:
+    opts: Options = config.options
+    mode = config.shift.one_mode("lie_derivative")
     check_before_data(config, spec_variants(config.models))
-    data = load_dataset(config.dataset.loader, config.dataset.options)
+    data = load_dataset(config.dataset)
+    config.shift.check_fits(data.input_shape[:-1])
     gens = generators(data.rank)
-    plan = execution_plan(config)
+    plan = config.plan()
     x = jnp.asarray(data.x_test[:opts.n_examples])
-    grid = shift_grid(int(min(config.shift.max, min(data.input_shape[:-1]))), data.rank)
-    x_grid, y_grid = data.x_test[:config.shift_subset or len(data.y_test)], \
-        data.y_test[:config.shift_subset or len(data.y_test)]
+    grid = config.shift.offsets(data.rank)
+    x_grid, y_grid = config.eval.subset(data.x_test, data.y_test)
     saw_shifts = np.arange(0, opts.sawtooth_max + 1e-9, opts.sawtooth_step)
-    results, measured = {}, []
+    records, lost, measured = {}, {}, []
     for spec in config.models:
         model = obtain(config, data, out_dir, spec.name, spec.target, spec.options, plan)
         measured.append(model)
-        record: dict[str, Any] = {"target": model.target, "source": model.source, "status": model.status,
-                                  "n_params": model.n_params}
-        if not model.ok.any():
-            results[spec.name] = record
+        if (diverged := unmeasured(model)) is not None:
+            lost[spec.name] = diverged
             continue
-        evaluator = ShiftEvaluator(model.graphdef, "roll", plan)
+        evaluator = ShiftEvaluator(model.graphdef, mode, plan)
         variables = model.variables()
         clean = accuracy(evaluator.predict(variables, data.x_test, np.zeros((1, data.rank), np.int32))[:, 0],
                          data.y_test)
         grid_preds = evaluator.predict(variables, x_grid, grid)
         cons = np.array([consistency(p, data.n_classes) for p in grid_preds])
         per_seed = [measure_seed(m, x, gens, opts.per_layer, opts.batch, data.input_shape) for m in model.modules()]
-        record |= {
-            "clean_accuracy": mean_std(clean),
-            "consistency": mean_std(cons),
-            "grid_mean_accuracy": mean_std(accuracy(grid_preds, y_grid).mean(axis=1)),
-            "lee": {g: {out: {k: mean_std([s["lee"][g][out][k] for s in per_seed]) for k in ("mse", "mean_abs")}
-                        for out in ("logits", "probs")} for g in gens},
-            "per_seed": {"seeds": model.healthy_seeds(), "lee": [s["lee"] for s in per_seed],
-                         "consistency": cons.tolist(), "clean_accuracy": clean.tolist()},
-        }
+        record = ModelResult(
+            **record_fields(model),
+            clean_accuracy=MeanStd.of(clean),
+            consistency=MeanStd.of(cons),
+            grid_mean_accuracy=MeanStd.of(accuracy(grid_preds, y_grid).mean(axis=1)),
+            lee={g: OutputLEE(**{out: LEE(**{k: MeanStd.of([s["lee"][g][out][k] for s in per_seed])
+                                             for k in ("mse", "mean_abs")}) for out in ("logits", "probs")})
+                 for g in gens},
+            per_seed=PerSeed(seeds=model.healthy_seeds(), lee=[s["lee"] for s in per_seed],
+                             consistency=cons.tolist(), clean_accuracy=clean.tolist()))
         if "layers" in per_seed[0]:
-            record["layers"] = {g: {out: {layer: mean_std([s["layers"][g][out][layer] for s in per_seed])
-                                          for layer in per_seed[0]["layers"][g][out]} for out in ("logits", "probs")}
-                                for g in per_seed[0]["layers"]}
-            record["layer_sum_residual"] = max(s["layers"][g]["sum_residual"] for s in per_seed for g in s["layers"])
+            record.layers = {g: LayerShares(**{out: {layer: MeanStd.of([s["layers"][g][out][layer] for s in per_seed])
+                                                     for layer in per_seed[0]["layers"][g][out]}
+                                               for out in ("logits", "probs")})
+                             for g in per_seed[0]["layers"]}
+            record.layer_sum_residual = max(s["layers"][g]["sum_residual"] for s in per_seed for g in s["layers"])
         elif "per_layer_unavailable" in per_seed[0]:
-            record["per_layer_unavailable"] = per_seed[0]["per_layer_unavailable"]
+            record.per_layer_unavailable = per_seed[0]["per_layer_unavailable"]
         if opts.sawtooth_inputs:
-            record["sawtooth"] = sawtooth(model.modules()[0], x[:opts.sawtooth_inputs], saw_shifts, data.rank - 1)
-        results[spec.name] = record
-        log.info("%s: LEE (probs, %s) %s", spec.name, gens[-1 if data.rank == 1 else 1],
-                 record["lee"][gens[-1 if data.rank == 1 else 1]]["probs"]["mse"])
-    metrics = run_record("lie_derivative", config, data.summary(), measured) | {
-        "generators": list(gens),
-        "n_examples": int(x.shape[0]),
-        "units": {"translate_x": "per pixel", "translate_y": "per pixel", "rotate": "per radian",
-                  "scale": "per unit log-scale"},
-        "consistency_grid": {"mode": "roll", "max": int(np.max(np.abs(grid))) if grid.size else 0,
-                             "n_examples": int(len(y_grid))},
-        "models": results,
-    }
-    return publish(metrics, out_dir, plot_lie_derivative, summary(metrics), measured)
+            record.sawtooth = sawtooth(model.modules()[0], x[:opts.sawtooth_inputs], saw_shifts, data.rank - 1)
+        records[spec.name] = record
+        shown = gens[-1 if data.rank == 1 else 1]
+        log.info("%s: LEE (probs, %s) %s", spec.name, shown, record.lee[shown].probs.mse.mean)
+    return Result(**base_fields(config, data, measured), generators=list(gens), n_examples=int(x.shape[0]),
+                  units={"translate_x": "per pixel", "translate_y": "per pixel", "rotate": "per radian",
+                         "scale": "per unit log-scale"},
+                  consistency_grid=ConsistencyGrid(mode=mode, max=config.shift.max, step=config.shift.step,
+                                                   n_examples=int(len(y_grid))),
+                  models=records, unmeasured=lost)
 
 
-def summary(metrics: dict[str, Any]) -> str:
-    gens = metrics["generators"]
-    lines = [f"lie_derivative on {metrics['dataset']['name']} ({seeds_phrase(metrics['n_seeds'])}, "
-             f"{metrics['n_examples']} test inputs): local equivariance error of the softmax output, mean squared "
-             "norm of the Lie derivative (translation per pixel; rotation per radian; scale per log-unit)", "",
-             "| model | clean acc | consistency (integer rolls) | " + " | ".join(f"LEE {g}" for g in gens) +
-             " | largest layer contribution (translate) |",
+def summary(result: Result) -> str:
+    gens = result.generators
+    dataset = result.dataset.name if result.dataset else "?"
+    lines = [f"lie_derivative on {dataset} ({seeds_phrase(result.n_seeds)}, {result.n_examples} test inputs): local "
+             "equivariance error of the softmax output, mean squared norm of the Lie derivative (translation per "
+             "pixel; rotation per radian; scale per log-unit)", "",
+             f"| model | clean acc | consistency ({result.consistency_grid.mode} shifts) | "
+             + " | ".join(f"LEE {g}" for g in gens) + " | largest layer contribution (translate) |",
              "|---|---:|---:|" + "---:|" * len(gens) + "---|"]
-    for name, m in metrics["models"].items():
-        if "lee" not in m:
-            lines.append(f"| {name} | every seed diverged |" + " |" * (len(gens) + 2))
-            continue
-        lee = " | ".join(mean_std_text(m["lee"][g]["probs"]["mse"], 3) for g in gens)
+    for name, m in result.models.items():
+        lee = " | ".join(m.lee[g].probs.mse.text(3) for g in gens)
         top = "—"
-        if "layers" in m:
-            g = next(iter(m["layers"]))
-            parts = m["layers"][g]["probs"]
-            layer = max(parts, key=lambda k: parts[k]["mean"])
-            top = f"{layer} ({parts[layer]['mean']:.3g})"
-        lines.append(f"| {name} | {mean_std_text(m['clean_accuracy'])} | {mean_std_text(m['consistency'])} | "
-                     f"{lee} | {top} |")
+        if m.layers:
+            g = next(iter(m.layers))
+            parts = m.layers[g].probs
+            layer = max(parts, key=lambda k: parts[k].mean)
+            top = f"{layer} ({parts[layer].mean:.3g}, {g})"
+        lines.append(f"| {name}{m.seeds_note()} | {m.clean_accuracy.text()} | {m.consistency.text()} | {lee} | {top} |")
+    lines += result.unmeasured_rows(len(gens) + 3)
     return "\n".join(lines)
+
+
+def plot(result: Result, out_dir: Path) -> list[Path]:
+    """Per-layer contributions to the translation Lie derivative (one panel per model), the saw-tooth of the
+    predicted probability under sub-pixel shifts, and LEE against integer-shift consistency and accuracy."""
+    out_dir = Path(out_dir)
+    models = result.models
+    if not models:
+        return []
+    gens = result.generators
+    translate = [g for g in gens if g.startswith("translate_")]
+    dataset = result.dataset.name if result.dataset else "?"
+    n_seeds = result.n_seeds
+    written = []
+
+    layered = {n: m.layers for n, m in models.items() if m.layers}
+    if layered:
+        fig, axes = plt.subplots(len(layered), 1, figsize=(9, 2.6 * len(layered)), squeeze=False)
+        for ax, (name, shares) in zip(axes[:, 0], layered.items()):
+            width = 0.8 / len(shares)
+            for i, g in enumerate(shares):
+                parts = shares[g].probs
+                layers = list(parts)
+                x = np.arange(len(layers)) + (i - (len(shares) - 1) / 2) * width
+                ax.bar(x, [parts[k].mean for k in layers], width, label=g, color=model_color(name),
+                       alpha=1.0 - 0.4 * i, yerr=error_bars([parts[k].std for k in layers], parts[layers[0]].n),
+                       capsize=2)
+                ax.set_xticks(np.arange(len(layers)), layers, rotation=30, fontsize=8)
+            total = models[name].lee[translate[-1]].probs.mse.mean
+            ax.set_title(f"{name}: end-to-end LEE {total:.3g} ({translate[-1]})", fontsize=9)
+            ax.set_ylabel("contribution\n(mean ||·||², softmax)", fontsize=8)
+            ax.set_yscale("symlog", linthresh=1e-6)
+            if len(shares) > 1:
+                ax.legend(fontsize=7)
+            ax.grid(axis="y", alpha=0.3)
+        fig.suptitle(f"Which layers break translation equivariance, {dataset} ({over_seeds(n_seeds)}; per pixel)",
+                     fontsize=10)
+        fig.tight_layout()
+        written.append(save(fig, out_dir / "lie_layers.png"))
+
+    saw = {n: m.sawtooth for n, m in models.items() if m.sawtooth is not None}
+    if saw:
+        fig, axes = plt.subplots(1, len(saw), figsize=(3.6 * len(saw), 3.2), squeeze=False, sharey=True)
+        for ax, (name, s) in zip(axes[0], saw.items()):
+            for curve in s.probability:
+                ax.plot(s.shifts, curve, color=model_color(name), alpha=0.8, lw=1)
+            ax.set_title(name, fontsize=9)
+            ax.set_xlabel("Fourier shift (pixels)")
+            ax.set_ylim(0, 1.02)
+            ax.grid(alpha=0.3)
+        axes[0, 0].set_ylabel("p(clean predicted class)")
+        fig.suptitle("Predicted-class probability of a few test inputs under sub-pixel shifts (first seed)",
+                     fontsize=10)
+        fig.tight_layout()
+        written.append(save(fig, out_dir / "lie_sawtooth.png"))
+
+    gen = translate[-1]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for name, m in models.items():
+        lee = m.lee[gen].probs.mse
+        for ax, value in zip(axes, (m.consistency, m.clean_accuracy)):
+            ax.errorbar(value.mean, lee.mean, xerr=value.std if value.n > 1 else None,
+                        yerr=lee.std if lee.n > 1 else None, fmt="o", ms=7, color=model_color(name),
+                        label=name, capsize=3)
+    axes[0].set_xlabel(f"consistency under {result.consistency_grid.mode} shifts")
+    axes[1].set_xlabel("clean test accuracy")
+    for ax in axes:
+        ax.set_ylabel(f"LEE ({gen}, softmax, per pixel)")
+        ax.set_yscale("symlog", linthresh=1e-6)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"Local equivariance error against shift consistency and accuracy, {dataset} "
+                 f"({over_seeds(n_seeds)})", fontsize=10)
+    fig.tight_layout()
+    written.append(save(fig, out_dir / "lie_vs_consistency.png"))
+    return written
+
+

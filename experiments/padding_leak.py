@@ -12,24 +12,26 @@ exactly chance. That is checked on the data itself (``pairs_identical``, ``max_p
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
-from typing import Any
 
 import jax
 import jax.numpy as jnp
+import matplotlib.pyplot as plt
 import numpy as np
+from pydantic import Field
 
 from equivar.config import RunConfig
-from equivar.options import check, option
 from equivar.data import Dataset, load_dataset
-from equivar.layers import PADDINGS
-from equivar.metrics import accuracy, mean_std
-from equivar.plot import plot_padding_leak
-from equivar.text import mean_std_text, seeds_phrase
+from equivar.experiment import base_fields, obtain, record_fields, unmeasured
+from equivar.layers import Padding
+from equivar.metrics import accuracy
+from equivar.plot import draw_chance, error_bars, save
+from equivar.results import ExperimentResult, Headline, MeanStd, ModelRecord, Record
+from equivar.schema import Float, PositiveInt
+from equivar.schema import Options as OptionsBase
+from equivar.text import seeds_phrase
 from equivar.train import make_logits
-from equivar.experiments.common import execution_plan, measurable, obtain, publish, run_record
 
 log = logging.getLogger(__name__)
 
@@ -48,40 +50,63 @@ def corner_dataset(x: np.ndarray, margin: int, background: float) -> tuple[np.nd
     return inputs, labels
 
 
-@dataclasses.dataclass
-class Options:
+class Options(OptionsBase):
     """``padding_leak.*``."""
 
-    paddings: list[str] = option(["SAME", "CIRCULAR"], "paddings of the one convolution", choices=PADDINGS)
-    margin: int = option(8, "the canvas is this much larger than the patch along every axis", minimum=1)
+    paddings: list[Padding] = Field(["SAME", "CIRCULAR"], min_length=1, description="paddings of the one convolution")
+    margin: PositiveInt = Field(8, description="the canvas is this much larger than the patch along every axis")
     # Outside most data values (MNIST-1D is standardised, MNIST is in [0, 1]); 0 would make zero padding look
     # like canvas: nothing to leak. Measured on MNIST-1D: background 1.0 gives SAME 0.68, 3.0 gives 0.998.
-    background: float = option(3.0, "canvas value around the patch")
-    channels: int = option(16, "feature maps of the convolution", minimum=1)
-    kernel: int = option(5, "kernel size along every axis", minimum=1)
-    n_train: int = option(2000, "patches to train on (each in both corners)", minimum=1)
-    n_test: int = option(1000, "patches to test on (each in both corners)", minimum=1)
+    background: Float = Field(3.0, description="canvas value around the patch")
+    channels: PositiveInt = Field(16, description="feature maps of the convolution")
+    kernel: PositiveInt = Field(5, description="kernel size along every axis")
+    n_train: PositiveInt = Field(2000, description="patches to train on (each in both corners)")
+    n_test: PositiveInt = Field(1000, description="patches to test on (each in both corners)")
 
 
-def run(config: RunConfig, out_dir: Path) -> dict[str, Any]:
-    opts = check(Options, config.raw.get("padding_leak"), "padding_leak")
-    paddings, margin, background = opts.paddings, opts.margin, opts.background
-    channels, kernel, n_train, n_test = opts.channels, opts.kernel, opts.n_train, opts.n_test
-    data = load_dataset(config.dataset.loader, config.dataset.options)
-    x_train, y_train = corner_dataset(data.x_train[:n_train], margin, background)
-    x_test, y_test = corner_dataset(data.x_test[:n_test], margin, background)
+class PaddingResult(ModelRecord):
+    """The corner classifier with one padding, over its healthy seeds."""
+
+    headline = (Headline("test_accuracy", "which-corner accuracy"),)
+
+    test_accuracy: MeanStd
+    train_accuracy_last_epoch: MeanStd | None  # None for a model loaded from an earlier run
+    max_pair_logit_difference: list[float]  # per seed: the largest logit difference within a pair of placements
+    pairs_identical: bool  # every pair got identical logits (circular padding: exactly)
+    pairs_same_prediction: list[float]  # per seed: share of pairs predicted alike
+    per_seed_accuracy: list[float]
+
+
+class Net(Record):
+    conv_channels: int
+    kernel: int
+    then: str
+
+
+class Result(ExperimentResult[PaddingResult]):
+    source: str  # the dataset the patches come from
+    margin: int
+    background: float
+    net: Net
+
+
+def run(config: RunConfig, out_dir: Path) -> Result:
+    opts: Options = config.options
+    data = load_dataset(config.dataset)
+    x_train, y_train = corner_dataset(data.x_train[:opts.n_train], opts.margin, opts.background)
+    x_test, y_test = corner_dataset(data.x_test[:opts.n_test], opts.margin, opts.background)
     corners = Dataset(name=f"{data.name} corners", x_train=x_train, y_train=y_train, x_test=x_test,
                       y_test=y_test, n_classes=2)
-    plan = execution_plan(config)
-    results, measured = {}, []
-    for padding in paddings:
-        layers = [{"type": "conv", "features": channels, "kernel": kernel, "padding": padding},
+    plan = config.plan()
+    records, lost, measured = {}, {}, []
+    for padding in opts.paddings:
+        layers = [{"type": "conv", "features": opts.channels, "kernel": opts.kernel, "padding": padding},
                   {"type": "activation", "fn": "relu"}, {"type": "global_pool", "kind": "max"}]
         model = obtain(config, corners, out_dir, f"padding_{padding}", "equivar.models.Stack",
                        {"layers": layers}, plan, where=f"padding_leak.paddings[{padding}]")
         measured.append(model)
-        if not measurable(model):
-            results[padding] = {"train_status": model.status, "source": model.source}
+        if (diverged := unmeasured(model)) is not None:
+            lost[padding] = diverged
             continue
         logits_fn = jax.jit(jax.vmap(make_logits(model.graphdef), in_axes=(0, None)))
         logits = np.asarray(logits_fn(model.variables(), jnp.asarray(x_test)))
@@ -89,40 +114,57 @@ def run(config: RunConfig, out_dir: Path) -> dict[str, Any]:
         pair_diff = np.abs(logits[:, 0::2] - logits[:, 1::2]).max(axis=(1, 2))
         same_prediction = (preds[:, 0::2] == preds[:, 1::2]).mean(axis=1)
         acc = accuracy(preds, y_test)
-        results[padding] = {
-            "test_accuracy": mean_std(acc),
-            "train_accuracy_last_epoch": mean_std(np.asarray(model.train_record["accuracy"])[model.ok, -1])
+        records[padding] = PaddingResult(
+            **record_fields(model),
+            test_accuracy=MeanStd.of(acc),
+            train_accuracy_last_epoch=MeanStd.of(np.asarray(model.train_record["accuracy"])[model.ok, -1])
             if model.train_record else None,
-            "max_pair_logit_difference": pair_diff.tolist(),
-            "pairs_identical": bool((pair_diff == 0).all()),
-            "pairs_same_prediction": same_prediction.tolist(),
-            "per_seed": {"test_accuracy": acc.tolist()},
-            "train_status": model.status,
-            "source": model.source,
-        }
+            max_pair_logit_difference=pair_diff.tolist(),
+            pairs_identical=bool((pair_diff == 0).all()),
+            pairs_same_prediction=same_prediction.tolist(),
+            per_seed_accuracy=acc.tolist())
         log.info("padding %s: test accuracy %s, max pair logit difference %s", padding, np.round(acc, 4),
                  pair_diff)
-    metrics = run_record("padding_leak", config, corners.summary()) | {
-        "source": data.name,
-        "margin": margin,
-        "background": background,
-        "net": {"conv_channels": channels, "kernel": kernel, "then": "relu, global max pool, linear"},
-        "chance": 0.5,
-        "paddings": results,
-    }
-    return publish(metrics, out_dir, plot_padding_leak, summary(metrics), measured)
+    return Result(**base_fields(config, corners, measured),
+                  source=data.name, margin=opts.margin, background=opts.background,
+                  net=Net(conv_channels=opts.channels, kernel=opts.kernel, then="relu, global max pool, linear"),
+                  models=records, unmeasured=lost)
 
 
-def summary(metrics: dict[str, Any]) -> str:
-    lines = [f"padding_leak on {metrics['source']} patches in two corners of a canvas {metrics['margin']} larger "
-             f"({seeds_phrase(metrics['n_seeds'])}; chance 0.5)", "",
+def summary(result: Result) -> str:
+    lines = [f"padding_leak on {result.source} patches in two corners of a canvas {result.margin} larger "
+             f"({seeds_phrase(result.n_seeds)}; chance 0.5)", "",
              "| padding | test accuracy | pairs with identical logits | max pair logit difference |",
              "|---|---:|---|---:|"]
-    for padding, r in metrics["paddings"].items():
-        if "test_accuracy" not in r:
-            lines.append(f"| {padding} | every seed diverged | | |")
-            continue
-        lines.append(f"| {padding} | {mean_std_text(r['test_accuracy'])} | "
-                     f"{'all' if r['pairs_identical'] else 'no'} | {max(r['max_pair_logit_difference']):.2e} |")
+    for padding, r in result.models.items():
+        lines.append(f"| {padding}{r.seeds_note()} | {r.test_accuracy.text()} | "
+                     f"{'all' if r.pairs_identical else 'no'} | {max(r.max_pair_logit_difference):.2e} |")
+    lines += result.unmeasured_rows(3)
     return "\n".join(lines)
+
+
+def plot(result: Result, out_dir: Path) -> list[Path]:
+    """Test accuracy per padding (mean ± std over seeds, seeds as dots) against chance."""
+    paddings: dict[str, PaddingResult | None] = {**result.models, **{p: None for p in result.unmeasured}}
+    fig, ax = plt.subplots(figsize=(1.8 + 1.4 * len(paddings), 3.6))
+    for i, (padding, r) in enumerate(paddings.items()):
+        if r is None:  # every seed diverged
+            ax.text(i, 0.05, "every seed\ndiverged", ha="center", fontsize=8)
+            continue
+        acc = r.test_accuracy
+        ax.bar(i, acc.mean, 0.6, capsize=4, yerr=error_bars([acc.std], acc.n),
+               color="tab:red" if r.pairs_identical else "tab:blue")
+        seeds = r.per_seed_accuracy
+        ax.plot(np.full(len(seeds), i) + np.linspace(-0.12, 0.12, len(seeds)), seeds, "k.", ms=5)
+        ax.text(i, acc.mean + 0.03, f"{acc.mean:.3f}", ha="center", fontsize=9)
+    draw_chance(ax, result.chance)
+    ax.set_xticks(range(len(paddings)), [p + (r.seeds_note() if r else "") for p, r in paddings.items()])
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel("test accuracy: which corner?")
+    ax.set_title(f"padding leak on {result.source} patches\n(red: the two corners get identical logits)",
+                 fontsize=9)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return [save(fig, Path(out_dir) / "padding_leak.png")]
+
 

@@ -1,8 +1,9 @@
 """shift_test: how much accuracy each model loses when test inputs are translated.
 
 Trains every model in ``config.models`` on unshifted training data (``n_seeds`` seeds each), then predicts the
-test set under every shift of a grid (1D: -S..S; 2D: the full (dy, dx) grid), and reports per model the clean
-accuracy, the accuracy per shift and the label-free shift consistency, each as mean and std over seeds.
+test set under every shift of the ``shift.*`` grid (1D: -max..max; 2D: the full (dy, dx) grid), and reports per
+model the clean accuracy, the accuracy per shift and the label-free shift consistency, each as mean and std
+over seeds.
 """
 
 from __future__ import annotations
@@ -10,116 +11,196 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
 
+import matplotlib.pyplot as plt
 import numpy as np
 
 from equivar.config import RunConfig
-from equivar.data import Dataset, dataset_shape, load_dataset
-from equivar.errors import ConfigError
+from equivar.data import load_dataset
 from equivar.evaluate import ShiftEvaluator
-from equivar.experiments.common import (check_batch, check_before_data, execution_plan, measurable, obtain, publish,
-                                       run_record, spec_variants)
-from equivar.metrics import accuracy, consistency, mean_std
-from equivar.plot import plot_shift_test
-from equivar.text import mean_std_text, seeds_phrase
-from equivar.transforms import shift_grid
+from equivar.experiment import (base_fields, check_batch, check_before_data, obtain, record_fields, spec_variants,
+                                unmeasured)
+from equivar.metrics import accuracy, consistency
+from equivar.plot import AXIS_NAMES, band, draw_chance, model_color, over_seeds, save, share_axis
+from equivar.results import ExperimentResult, Headline, MeanStd, MeanStdSeries, ModelRecord, Record
+from equivar.text import seeds_phrase
 
 log = logging.getLogger(__name__)
 
 
-def check_shift_range(max_shift: int, spatial: tuple[int, ...]) -> None:
-    if max_shift > min(spatial):
-        raise ConfigError(f"shift.max={max_shift} is larger than the input's spatial size {spatial}; "
-                          f"use shift.max <= {min(spatial)}")
+class PerSeed(Record):
+    """The headline numbers of each healthy seed, in ``seeds`` order."""
+
+    seeds: list[int]
+    clean_accuracy: list[float]
+    grid_mean_accuracy: list[float]
+    consistency: list[float]
 
 
-def eval_subset(data: Dataset, n: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """The first ``n`` test examples (all when ``n`` is None): a fixed subset shared by every model."""
-    if n is None or n >= len(data.y_test):
-        return data.x_test, data.y_test
-    return data.x_test[:n], data.y_test[:n]
+class ModelResult(ModelRecord):
+    """One model under the shift grid, over its healthy seeds."""
+
+    headline = (Headline("clean_accuracy"), Headline("grid_mean_accuracy"), Headline("worst_shift_accuracy"),
+                Headline("consistency"))
+
+    clean_accuracy: MeanStd  # on the whole test set, unshifted
+    shift_accuracy: MeanStdSeries  # per shift of the grid, in ``shifts`` order
+    grid_mean_accuracy: MeanStd  # each seed's accuracy averaged over the grid
+    worst_shift_accuracy: MeanStd  # each seed's accuracy at its worst shift
+    consistency: MeanStd  # share of inputs predicted alike under two random shifts of the grid
+    per_seed: PerSeed
+    eval_seconds: float
 
 
-def run(config: RunConfig, out_dir: Path) -> dict[str, Any]:
+class Result(ExperimentResult[ModelResult]):
+    shift_mode: str
+    shifts: list[list[float]]  # the grid: (n_shifts, rank) offsets
+    n_eval_shift: int  # test examples under the grid
+    execution: dict[str, object]  # how the work was laid out (equivar.strategy.ExecutionPlan)
+
+
+def run(config: RunConfig, out_dir: Path) -> Result:
     # Everything that can be checked from the config alone is checked before any data is read.
-    known = dataset_shape(config.dataset.loader, config.dataset.options)
+    mode = config.shift.one_mode("shift_test")
+    known = config.dataset.shape()
     if known is not None:
-        check_shift_range(config.shift.max, known[0][:-1])
+        config.shift.check_fits(known[0][:-1])
     check_before_data(config, spec_variants(config.models))
-    data = load_dataset(config.dataset.loader, config.dataset.options)
-    spatial = data.input_shape[:-1]
-    check_shift_range(config.shift.max, spatial)
+    data = load_dataset(config.dataset)
+    config.shift.check_fits(data.input_shape[:-1])
     if not config.load_from:
         check_batch(config.train.batch_size, len(data.y_train))  # before evaluating anything
-    offsets = shift_grid(config.shift.max, data.rank, config.shift.step)
+    offsets = config.shift.offsets(data.rank)
     zero = np.zeros((1, data.rank), dtype=np.int32)
-    plan = execution_plan(config)
-    x_grid, y_grid = eval_subset(data, config.shift_subset)
+    plan = config.plan()
+    x_grid, y_grid = config.eval.subset(data.x_test, data.y_test)
     log.info("data %s: train %s, test %s; %d shifts (%s), grid on %d test examples; plan %s",
-             data.name, data.x_train.shape, data.x_test.shape, len(offsets), config.shift.mode,
-             len(y_grid), plan.describe())
+             data.name, data.x_train.shape, data.x_test.shape, len(offsets), mode, len(y_grid), plan.describe())
 
-    results, measured = {}, []
+    records, lost, measured = {}, {}, []
     for spec in config.models:
         model = obtain(config, data, out_dir, spec.name, spec.target, spec.options, plan)
         measured.append(model)
-        record = {"target": model.target, "n_params": model.n_params, "status": model.status,
-                  "source": model.source}
-        if model.train_record is not None:
-            record["train"] = model.train_record
-        if not measurable(model):
-            results[spec.name] = record
+        if (diverged := unmeasured(model)) is not None:
+            lost[spec.name] = diverged
             continue
         kept = model.variables()  # diverged seeds are left out
         start = time.perf_counter()
-        evaluator = ShiftEvaluator(model.graphdef, config.shift.mode, plan)
+        evaluator = ShiftEvaluator(model.graphdef, mode, plan)
         clean_preds = evaluator.predict(kept, data.x_test, zero)[:, 0]
         grid_preds = evaluator.predict(kept, x_grid, offsets)  # (seeds, shifts, examples)
         eval_seconds = time.perf_counter() - start
         clean = accuracy(clean_preds, data.y_test)
         per_shift = accuracy(grid_preds, y_grid)
         cons = np.array([consistency(p, data.n_classes) for p in grid_preds])
-        results[spec.name] = record | {
-            "clean_accuracy": mean_std(clean),
-            "shift_accuracy": mean_std(per_shift),
-            "consistency": mean_std(cons),
-            "grid_mean_accuracy": mean_std(per_shift.mean(axis=1)),
-            "worst_shift_accuracy": mean_std(per_shift.min(axis=1)),
-            "per_seed": {"seeds": model.healthy_seeds(),
-                         "clean_accuracy": clean.tolist(), "grid_mean_accuracy": per_shift.mean(1).tolist(),
-                         "consistency": cons.tolist()},
-            "eval_seconds": eval_seconds,
-        }
+        records[spec.name] = ModelResult(
+            **record_fields(model),
+            clean_accuracy=MeanStd.of(clean),
+            shift_accuracy=MeanStdSeries.of(per_shift),
+            grid_mean_accuracy=MeanStd.of(per_shift.mean(axis=1)),
+            worst_shift_accuracy=MeanStd.of(per_shift.min(axis=1)),
+            consistency=MeanStd.of(cons),
+            per_seed=PerSeed(seeds=model.healthy_seeds(), clean_accuracy=clean.tolist(),
+                             grid_mean_accuracy=per_shift.mean(1).tolist(), consistency=cons.tolist()),
+            eval_seconds=eval_seconds)
         log.info("%s: clean %.4f, grid mean %.4f, consistency %.4f (eval %.1fs)", spec.name,
                  clean.mean(), per_shift.mean(), cons.mean(), eval_seconds)
 
-    metrics = run_record("shift_test", config, data.summary(), measured) | {
-        "shift_mode": config.shift.mode,
-        "shifts": offsets.tolist(),
-        "n_eval_shift": int(len(y_grid)),
-        "models": results,
-        "execution": plan.describe(),
-    }
-    return publish(metrics, out_dir, plot_shift_test, summary_table(metrics), measured)
+    return Result(**base_fields(config, data, measured), shift_mode=mode, shifts=offsets.tolist(),
+                  n_eval_shift=int(len(y_grid)), models=records, unmeasured=lost, execution=plan.describe())
 
 
-def summary_table(metrics: dict[str, Any]) -> str:
+def summary(result: Result) -> str:
     """A markdown table of the headline numbers, mean ± std over seeds."""
-    fmt = mean_std_text
-
-    lines = [f"shift_test on {metrics['dataset']['name']} ({seeds_phrase(metrics['n_seeds'])}, "
-             f"{len(metrics['shifts'])} shifts, mode {metrics['shift_mode']})", "",
+    dataset = result.dataset.name if result.dataset else "?"
+    lines = [f"shift_test on {dataset} ({seeds_phrase(result.n_seeds)}, {len(result.shifts)} shifts, mode "
+             f"{result.shift_mode})", "",
              "| model | params | clean acc | grid-mean acc | worst-shift acc | consistency |",
              "|---|---:|---:|---:|---:|---:|"]
-    for name, m in metrics["models"].items():
-        if "clean_accuracy" not in m:
-            lines.append(f"| {name} | {m['n_params']} | every seed diverged | | | |")
-            continue
-        diverged = sum(st != "ok" for st in m["status"])
-        if diverged:
-            name = f"{name} ({diverged}/{len(m['status'])} diverged)"
-        lines.append(f"| {name} | {m['n_params']} | {fmt(m['clean_accuracy'])} | "
-                     f"{fmt(m['grid_mean_accuracy'])} | {fmt(m['worst_shift_accuracy'])} | "
-                     f"{fmt(m['consistency'])} |")
+    for name, m in result.models.items():
+        lines.append(f"| {name}{m.seeds_note()} | {m.n_params} | {m.clean_accuracy.text()} | "
+                     f"{m.grid_mean_accuracy.text()} | {m.worst_shift_accuracy.text()} | {m.consistency.text()} |")
+    lines += result.unmeasured_rows(5, lambda r: [str(r.n_params)])
     return "\n".join(lines)
+
+
+def _axis_slice(shifts: np.ndarray, axis: int) -> np.ndarray:
+    """Indices of the grid points where every other axis is unshifted, sorted along ``axis``."""
+    others = [a for a in range(shifts.shape[1]) if a != axis]
+    rows = np.where((shifts[:, others] == 0).all(axis=1))[0] if others else np.arange(len(shifts))
+    return rows[np.argsort(shifts[rows, axis])]
+
+
+def plot(result: Result, out_dir: Path) -> list[Path]:
+    """Accuracy vs shift per axis (with chance), the (dy, dx) heatmap for 2D data, and consistency bars."""
+    out_dir = Path(out_dir)
+    shifts = np.asarray(result.shifts)
+    rank = shifts.shape[1]
+    # Models whose every seed diverged have nothing to draw; the others say how many seeds they lost.
+    models = {name + m.seeds_note(): (name, m) for name, m in result.models.items()}
+    if not models:
+        return []
+    mode = result.shift_mode
+    dataset = result.dataset.name if result.dataset else "?"
+    written = []
+
+    fig, axes = plt.subplots(1, rank, figsize=(6 * rank, 4.2), squeeze=False)
+    for axis in range(rank):
+        ax = axes[0, axis]
+        rows = _axis_slice(shifts, axis)
+        for label, (name, m) in models.items():
+            acc = m.shift_accuracy
+            band(ax, shifts[rows, axis], np.asarray(acc.mean)[rows], np.asarray(acc.std)[rows], acc.n,
+                 model_color(name), label, marker="o", ms=3)
+        draw_chance(ax, result.chance)
+        ax.set_xlabel(f"{AXIS_NAMES[rank][axis]} shift (pixels, mode={mode})" if rank > 1 else
+                      f"shift (positions, mode={mode})")
+        share_axis(ax, "test accuracy")
+        ax.grid(alpha=0.3)
+        if rank > 1:
+            ax.set_title(f"shift along {AXIS_NAMES[rank][axis]}, other axis 0")
+    axes[0, 0].legend(loc="lower center")
+    fig.suptitle(f"Accuracy vs shift on {dataset} ({over_seeds(result.n_seeds)})")
+    fig.tight_layout()
+    written.append(save(fig, out_dir / "accuracy_vs_shift.png"))
+
+    if rank == 2:
+        side = int(round(np.sqrt(len(shifts))))
+        lo = min(float(np.min(m.shift_accuracy.mean)) for _, m in models.values())
+        fig, axes = plt.subplots(1, len(models), figsize=(4.6 * len(models) + 1.0, 4.4), squeeze=False,
+                                 layout="constrained")
+        image = None
+        for i, (ax, (label, (_, m))) in enumerate(zip(axes[0], models.items())):
+            grid = np.asarray(m.shift_accuracy.mean).reshape(side, side)
+            values = np.unique(shifts[:, 1])
+            half = (values[1] - values[0]) / 2 if len(values) > 1 else 0.5  # half a grid step (sub-pixel too)
+            extent = (shifts[:, 1].min() - half, shifts[:, 1].max() + half,
+                      shifts[:, 0].max() + half, shifts[:, 0].min() - half)
+            image = ax.imshow(grid, vmin=lo, vmax=1.0, cmap="viridis", extent=extent)
+            ax.set_title(f"{label}: mean {grid.mean():.3f}, min {grid.min():.3f}")
+            ax.set_xlabel("dx (columns)")
+            if i == 0:
+                ax.set_ylabel("dy (rows)")
+        fig.colorbar(image, ax=axes[0].tolist(), label="test accuracy", shrink=0.85)
+        fig.suptitle(f"Accuracy over (dy, dx) shifts on {dataset}, mode={mode}, "
+                     f"{over_seeds(result.n_seeds, 'mean')}")
+        written.append(save(fig, out_dir / "accuracy_heatmap.png"))
+
+    # At least 4.5 inches: the title's two lines must fit above a single bar too.
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.6 + 1.4 * len(models)), 4))
+    labels = list(models)
+    cons = [models[k][1].consistency for k in labels]
+    means = [c.mean for c in cons]
+    # No error bar where a model has one seed left: a std of 0 would claim a precision it does not have.
+    stds = [np.nan if c.n == 1 else c.std for c in cons]
+    bars = ax.bar(labels, means, yerr=stds, capsize=5, color=[model_color(models[k][0]) for k in labels])
+    for bar, mean in zip(bars, means):
+        ax.text(bar.get_x() + bar.get_width() / 2, min(mean, 1.0) + 0.02, f"{mean:.3f}", ha="center")
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel("consistency (same class under two random shifts)")
+    ax.set_title(f"Shift consistency, {dataset}, mode={mode}\n({over_seeds(result.n_seeds)})")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    written.append(save(fig, out_dir / "consistency.png"))
+    return written
+

@@ -1,0 +1,167 @@
+"""What every experiment shares: obtaining its trained models (trained and saved here, or loaded with
+``load_from``), its records' common fields, and publishing a result (metrics.json, plots, summary).
+
+An experiment is one module (``equivar.experiments.NAME``, or any module a config names with
+``experiment_module``) that defines:
+
+* ``Options``: its typed ``<name>.*`` options (optional);
+* ``Result``: its typed result, an :class:`equivar.results.ExperimentResult` whose ``models`` records are
+  :class:`equivar.results.ModelRecord` subclasses;
+* ``run(config, out_dir) -> Result``, ``plot(result, out_dir) -> list[Path]`` and ``summary(result) -> str``.
+
+:func:`execute` runs one and publishes its result; :func:`read_result` reads a run folder's result back.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable, Sequence
+
+import jax
+from flax import nnx
+
+from equivar import trained
+from equivar.config import ModelSpec, RunConfig, load_experiment
+from equivar.data import Dataset
+from equivar.errors import ConfigError
+from equivar.io import environment, read_json, write_json
+from equivar.models import build_model, check_model
+from equivar.results import DatasetSummary, Environment, ExperimentResult, ModelRecord, SeedRecord, Training
+from equivar.strategy import ExecutionPlan
+from equivar.train import History, SeedTrainer, TrainState, init_states, make_optimizer, seed_keys
+from equivar.trained import TrainedModel
+
+log = logging.getLogger(__name__)
+
+METRICS = "metrics.json"
+SUMMARY = "summary.md"
+
+
+def execute(config: RunConfig, out_dir: Path) -> ExperimentResult:
+    """Runs the configured experiment and publishes its result into ``out_dir``."""
+    module = load_experiment(config.module)
+    result = module.run(config, out_dir)
+    return publish(result, module, out_dir)
+
+
+def publish(result: ExperimentResult, module: ModuleType, out_dir: Path) -> ExperimentResult:
+    """Sets the run's status and environment, writes metrics.json (atomically) and summary.md, draws the plots
+    and prints the summary."""
+    result.finish(Environment.model_validate(environment()))
+    write_json(Path(out_dir) / METRICS, result.model_dump(mode="json"))
+    text = module.summary(result)
+    (Path(out_dir) / SUMMARY).write_text(text + "\n")
+    module.plot(result, Path(out_dir))
+    print(text)
+    return result
+
+
+def read_result(run_dir: Path) -> ExperimentResult:
+    """The typed result stored in ``run_dir/metrics.json``, read by the module that wrote it."""
+    path = Path(run_dir) / METRICS
+    if not path.is_file():
+        raise ConfigError(f"{path} does not exist: give a run folder that holds metrics.json")
+    data = read_json(path)
+    module_name = data.get("module") or f"equivar.experiments.{data.get('experiment')}"
+    module = load_experiment(module_name)
+    return module.Result.model_validate(data)
+
+
+def base_fields(config: RunConfig, data: Dataset | None, models: Sequence[TrainedModel] = ()) -> dict[str, Any]:
+    """The fields every result starts with. The seeds are those of the measured ``models`` when given (models
+    loaded from an earlier run keep that run's seeds), else the config's."""
+    seeds = sorted({s for m in models for s in m.seeds}) if models else config.seeds
+    return {"experiment": config.experiment, "module": config.module, "seeds": seeds, "load_from": config.load_from,
+            "dataset": None if data is None else DatasetSummary.model_validate(data.summary())}
+
+
+def record_fields(model: TrainedModel) -> dict[str, Any]:
+    """The fields every record of a trained (or loaded) model starts with: its class, where it came from, its
+    size, its seeds' status and, when trained here, its training curves."""
+    training = None if model.train_record is None else Training.model_validate(model.train_record)
+    return {"target": model.target, "source": model.source, "n_params": model.n_params,
+            "seeds": [SeedRecord.from_text(s, t) for s, t in zip(model.seeds, model.status)],
+            "training": training}
+
+
+def unmeasured(model: TrainedModel) -> ModelRecord | None:
+    """The record of a model whose every seed diverged (its seeds and provenance, no measurements), or None
+    when some seed is healthy and the model is measured."""
+    if model.ok.any():
+        return None
+    log.error("%s: every seed diverged (%s); not measured", model.name, "; ".join(model.status))
+    return ModelRecord(**record_fields(model))
+
+
+def check_batch(batch_size: int, n_train: int) -> None:
+    """A training set smaller than one batch would give epochs of no steps: an error before training."""
+    if batch_size > n_train:
+        raise ConfigError(f"train.batch_size={batch_size} exceeds the {n_train} training examples; use "
+                          f"train.batch_size <= {n_train}")
+
+
+def builder(target: str, options: dict[str, Any], data: Dataset, where: str = "model"
+            ) -> Callable[[nnx.Rngs], nnx.Module]:
+    """A constructor for one model on ``data``, checked once abstractly so bad options fail before training."""
+    check_model(target, data.input_shape, data.n_classes, options, where)
+    return functools.partial(build_model, target, data.input_shape, data.n_classes, options, where=where)
+
+
+def check_before_data(config: RunConfig, variants: list[tuple[str, dict[str, Any], str]]) -> None:
+    """Builds every (target, options, where) abstractly on the dataset's shape, known from its options alone,
+    so bad model options fail before any data is read (datasets whose shape needs the data are checked later)."""
+    known = config.dataset.shape()
+    if known is None:
+        return
+    for target, options, where in variants:
+        check_model(target, known[0], known[1], options, where)
+
+
+def spec_variants(specs: Sequence[ModelSpec]) -> list[tuple[str, dict[str, Any], str]]:
+    return [(s.target, s.options, s.where) for s in specs]
+
+
+def init_seeds(build: Callable[[nnx.Rngs], nnx.Module], config: RunConfig) -> tuple[nnx.GraphDef, TrainState]:
+    return init_states(build, make_optimizer(config.train), seed_keys(config.seed, config.n_seeds))
+
+
+def train_seeds(graphdef: nnx.GraphDef, states: TrainState, data: Dataset, config: RunConfig,
+                plan: ExecutionPlan, label: str) -> tuple[TrainState, History]:
+    """Trains every seed of one model on the training set with the run's train settings."""
+    tx = make_optimizer(config.train)
+    trainer = SeedTrainer(graphdef, tx, plan, augment_shift=config.train.augment_shift,
+                          augment_mode=config.train.augment_mode)
+    return trainer.fit(states, jax.device_put(data.x_train), jax.device_put(data.y_train),
+                       seed_keys(config.seed, config.n_seeds), config.train, label=label)
+
+
+def as_trained(name: str, target: str, options: dict[str, Any], data: Dataset, graphdef: nnx.GraphDef,
+               states: TrainState, config: RunConfig, history: History | None) -> TrainedModel:
+    """Wraps seed-stacked training states (trained or just initialised) as a :class:`TrainedModel`."""
+    return TrainedModel(
+        name=name, target=target, options=dict(options), input_shape=tuple(data.input_shape),
+        n_classes=data.n_classes, graphdef=graphdef, params=states.params, model_state=states.model_state,
+        seeds=config.seeds, status=history.status() if history is not None else ["ok"] * config.n_seeds,
+        source="trained" if history is not None else "initialised",
+        train_record=None if history is None else {"loss": history.loss.tolist(),
+                                                   "accuracy": history.accuracy.tolist(),
+                                                   "seconds": history.seconds})
+
+
+def obtain(config: RunConfig, data: Dataset, out_dir: Path, name: str, target: str, options: dict[str, Any],
+           plan: ExecutionPlan, where: str | None = None) -> TrainedModel:
+    """The trained seeds of one model: loaded from ``config.load_from`` when set (checked against this
+    config), else initialised, trained on ``data`` and saved as a checkpoint in ``out_dir``."""
+    where = where or f"zoo.{name}"
+    if config.load_from:
+        return trained.load(Path(config.load_from), name, target, options, tuple(data.input_shape),
+                            data.n_classes, where)
+    check_batch(config.train.batch_size, len(data.y_train))
+    graphdef, states = init_seeds(builder(target, options, data, where), config)
+    states, history = train_seeds(graphdef, states, data, config, plan, name)
+    model = as_trained(name, target, options, data, graphdef, states, config, history)
+    trained.save(model, out_dir, data.summary())
+    return model
