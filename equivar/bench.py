@@ -49,7 +49,7 @@ ZOO_ROWS = ("mlp", "lenet", "local", "cnn_aps", "cnn_gap")  # the zoo section: t
 SECTIONS = ("torch", "steps", "seeds", "zoo", "study")
 STUDY_COMMAND = ("experiment=shift_test", "dataset=mnist")  # python -m equivar.run ... (the real-MNIST study)
 from equivar.strategy import plan_execution
-from equivar.train import SeedTrainer, TrainSpec, init_states, make_optimizer, seed_keys
+from equivar.train import SeedTrainer, TrainOptions, init_states, make_optimizer, seed_keys
 from equivar.transforms import shift_grid
 
 MNIST_SHAPE = (28, 28, 1)
@@ -119,7 +119,7 @@ def equivar_train_ips(kind: str, n_seeds: int, packing: str, batch_size: int, st
                       min_seconds: float, steps_per_call: int | None = None, guard: bool = True) -> float:
     """Training images per second summed over seeds, through equivar's real SeedTrainer.fit path."""
     x, y = _random_data(steps * batch_size, MNIST_SHAPE)
-    spec = TrainSpec(epochs=1, batch_size=batch_size)
+    spec = TrainOptions(epochs=1, batch_size=batch_size)
     tx = make_optimizer(spec)
     keys = seed_keys(0, n_seeds)
     graphdef, states = init_states(_builder(kind), tx, keys)
@@ -135,7 +135,7 @@ def equivar_eval_ips(kind: str, n_examples: int, min_seconds: float, max_shift: 
     """Evaluation images per second (examples x shifts) through ShiftEvaluator, one seed."""
     x, _ = _random_data(n_examples, MNIST_SHAPE)
     x = np.asarray(x)
-    tx = make_optimizer(TrainSpec())
+    tx = make_optimizer(TrainOptions())
     graphdef, states = init_states(_builder(kind), tx, seed_keys(0, 1))
     evaluator = ShiftEvaluator(graphdef, "roll", plan_execution("auto"))
     offsets = shift_grid(max_shift, 2)
@@ -207,13 +207,14 @@ def study(command: tuple[str, ...] = STUDY_COMMAND) -> dict[str, Any] | None:
         metrics = json.loads((out / "metrics.json").read_text())
     models = {}
     for name, record in metrics["models"].items():
-        models[name] = {"n_params": record.get("n_params"), "train_seconds": record.get("train", {}).get("seconds"),
+        models[name] = {"n_params": record.get("n_params"),
+                        "train_seconds": (record.get("training") or {}).get("seconds"),
                         "eval_seconds": record.get("eval_seconds")}
         for what in ("clean_accuracy", "grid_mean_accuracy", "worst_shift_accuracy", "consistency"):  # mean and std over seeds
             models[name][what] = record.get(what, {}).get("mean")
             models[name][what + "_std"] = record.get(what, {}).get("std")
     return {"command": "python -m equivar.run " + " ".join(command), "seconds": seconds,
-            "n_seeds": metrics.get("n_seeds"), "models": models}
+            "n_seeds": len(metrics.get("seeds", [])), "models": models}
 
 
 def run(quick: bool = False, seeds: tuple[int, ...] = (1, 4, 8), repeat: int = 1,

@@ -10,6 +10,9 @@ Models are checked by their constructors. Nothing here reads Hydra itself.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import importlib
+import pkgutil
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Mapping
@@ -106,7 +109,7 @@ def experiment_module(top: RunOptions) -> str:
 
 def load_experiment(name: str) -> ModuleType:
     """The experiment module ``name``: it has ``run``, ``plot``, ``summary`` and a ``Result`` type (and, if it has
-    options, an ``Options`` model)."""
+    options, an ``Options`` model; if it asks more of a config than the options' rules, a ``check(config)``)."""
     module = locate_module(name, "experiment_module")
     missing = [attr for attr in ("run", "plot", "summary", "Result") if not hasattr(module, attr)]
     if missing:
@@ -124,9 +127,8 @@ def _check_root(raw: Mapping[str, Any], experiment: str) -> None:
         hint = ""
         if key == "model":
             hint = "; choose models with models=[lenet,...], or add a zoo entry with +model@zoo.NAME=lenet"
-        if isinstance(raw.get(key), Mapping) and key not in known:
-            hint += (f"; {key}.* may be the options of experiment={key}, but this run is "
-                     f"experiment={experiment}")
+        elif key in builtin_experiments():
+            hint = f"; {key}.* are the options of experiment={key}, but this run is experiment={experiment}"
         near = nearest(key, [*known, experiment])
         raise ConfigError(f"{key} is not an option" + (f" (did you mean {near[0]}?)" if near else "")
                           + hint + f"; top-level options: {', '.join(known)}")
@@ -197,20 +199,20 @@ def parse_config(raw: Mapping[str, Any]) -> RunConfig:
     dataset = dataset_options(_node(raw, "dataset"))
     train = check(TrainOptions, _node(raw, "train"), "train")
     train.check_optimizer()
-    return RunConfig(experiment=experiment, module=module_name, seed=top.seed, n_seeds=top.n_seeds, models=models,
-                     zoo=zoo, dataset=dataset, train=train, shift=check(ShiftGrid, _node(raw, "shift"), "shift"),
-                     eval=check(EvalOptions, _node(raw, "eval"), "eval"),
-                     execution=check(ExecutionOptions, _node(raw, "execution"), "execution"),
-                     options=options, load_from=top.load_from)
+    config = RunConfig(experiment=experiment, module=module_name, seed=top.seed, n_seeds=top.n_seeds, models=models,
+                       zoo=zoo, dataset=dataset, train=train, shift=check(ShiftGrid, _node(raw, "shift"), "shift"),
+                       eval=check(EvalOptions, _node(raw, "eval"), "eval"),
+                       execution=check(ExecutionOptions, _node(raw, "execution"), "execution"),
+                       options=options, load_from=top.load_from)
+    if hasattr(module, "check"):  # what the experiment itself asks of the config (before any data is read)
+        module.check(config)
+    return config
 
 
 def register_defaults() -> None:
     """Registers the option models' defaults with Hydra as plain nodes (``schema/<node>``, ``schema/run`` for
     the top level; ``dataset_schema/<Class>`` for equivar's datasets; ``options/<experiment>`` for its
     experiments): Hydra composes them and :func:`parse_config` checks every value, one line naming the key."""
-    import importlib
-    import pkgutil
-
     from hydra.core.config_store import ConfigStore
 
     from equivar.schema import defaults
@@ -221,11 +223,17 @@ def register_defaults() -> None:
         store.store(group="schema", name=name, node=defaults(cls))
     for cls in _subclasses(DatasetOptions):
         store.store(group="dataset_schema", name=cls.__name__, node=defaults(cls))
-    package = importlib.import_module(BUILTIN_EXPERIMENTS)  # equivar's own experiments, by their modules' names
-    for info in pkgutil.iter_modules(package.__path__):
-        module = importlib.import_module(f"{BUILTIN_EXPERIMENTS}.{info.name}")
+    for name, module in builtin_experiments().items():
         if hasattr(module, "Options"):
-            store.store(group="options", name=info.name, node=defaults(module.Options))
+            store.store(group="options", name=name, node=defaults(module.Options))
+
+
+@functools.cache
+def builtin_experiments() -> dict[str, ModuleType]:
+    """equivar's own experiments by name: the modules of the ``equivar.experiments`` package."""
+    package = importlib.import_module(BUILTIN_EXPERIMENTS)
+    return {info.name: load_experiment(f"{BUILTIN_EXPERIMENTS}.{info.name}")
+            for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name)}
 
 
 def _subclasses(cls: type) -> list[type]:

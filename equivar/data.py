@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import Field
 
 from equivar.errors import ConfigError, DataUnavailableError
-from equivar.schema import Float, NonNegativeInt, Options, PositiveInt, check
+from equivar.schema import Float, Int, NonNegativeInt, Options, PositiveInt, check
 from equivar.targets import locate_class
 
 
@@ -290,7 +290,7 @@ class MNIST1D(DatasetOptions):
     """MNIST-1D (Greydanus 2020), generated offline with ``mnist1d.data.make_dataset``; every generator
     argument is an option."""
 
-    num_samples: PositiveInt = Field(5000, ge=10, description="examples generated (train and test)")
+    num_samples: Int = Field(5000, ge=10, description="examples generated (train and test)")
     train_split: Float = Field(0.8, gt=0, lt=1, description="share of the examples used for training")
     template_len: PositiveInt = Field(12, description="length of the ten digit templates")
     padding: list[NonNegativeInt] = Field([36, 60], min_length=2, max_length=2,
@@ -340,7 +340,7 @@ class Synthetic(DatasetOptions):
 
     rank: PositiveInt = Field(1, lt=3, description="1: sequences, 2: images")
     size: PositiveInt = Field(24, description="length (or side) of each input")
-    n_classes: PositiveInt = Field(4, ge=2, description="classes, one random template each")
+    n_classes: Int = Field(4, ge=2, description="classes, one random template each")
     n_train: PositiveInt = Field(256, description="training examples")
     n_test: PositiveInt = Field(128, description="test examples")
     template_size: PositiveInt = Field(5, description="length (or side) of the templates")

@@ -8,61 +8,123 @@ docs/reliability.md; a test fails when the committed docs differ from what the s
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import sys
-import types
-import typing
 from pathlib import Path
 from typing import Any, Iterator
 
-from equivar.options import MISSING, describe
+from pydantic import BaseModel
 
 
 @dataclasses.dataclass(frozen=True)
 class OptionSite:
-    """One option: its schema, field and the command-line prefix that selects the schema."""
+    """One option: the command-line key, the overrides that make it meaningful, and its JSON Schema."""
 
     key: str  # as written on the command line, e.g. train.learning_rate
     context: tuple[str, ...]  # overrides that make the key meaningful, e.g. ("experiment=equivariance",)
-    annotation: Any
-    rule: dict[str, Any]
+    schema: dict[str, Any]  # the option's JSON Schema (pydantic's), references resolved
     default: Any
     help: str
 
 
-def option_sites() -> list[OptionSite]:
-    """Every option of every schema: the top level, train/shift/eval/execution, each dataset loader's and each
-    experiment's."""
-    from equivar.config import CORE_SCHEMAS, RunOptions
-    from equivar.data import DATASET_SCHEMAS, Recipe
-    from equivar.experiments import OPTION_SCHEMAS
+def _resolve(node: Any, defs: dict[str, Any]) -> Any:
+    """A JSON Schema with its ``$ref``s to ``$defs`` replaced by what they name."""
+    if isinstance(node, dict):
+        if "$ref" in node:
+            return _resolve(defs[node["$ref"].rsplit("/", 1)[-1]], defs)
+        return {k: _resolve(v, defs) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_resolve(v, defs) for v in node]
+    return node
 
-    groups: list[tuple[str, type, tuple[str, ...], set[str]]] = [("", RunOptions, ("experiment=shift_test",), set())]
-    groups += [(node, schema, ("experiment=shift_test",), set()) for node, schema in CORE_SCHEMAS.items()]
-    recipe = {f.name for f in dataclasses.fields(Recipe)}
-    for i, (loader, schema) in enumerate(DATASET_SCHEMAS.items()):
-        context = ("experiment=shift_test", f"dataset={loader}") + (("dataset.tfds_name=mnist",)
-                                                                    if loader == "tfds" else ())
-        groups.append(("dataset", schema, context, set() if i == 0 else recipe))  # the recipe keys once
-    groups += [(name, schema, (f"experiment={name}",), set()) for name, schema in OPTION_SCHEMAS.items()]
+
+def properties(cls: type[BaseModel]) -> dict[str, dict[str, Any]]:
+    """Each option of an options model by its key (aliases as written, ``_target_``), as JSON Schema."""
+    schema = cls.model_json_schema()
+    return {k: _resolve(v, schema.get("$defs", {})) for k, v in schema["properties"].items()}
+
+
+def dataset_choices() -> dict[str, type[BaseModel]]:
+    """``dataset=NAME`` choices whose YAML names a dataset class itself, by name."""
+    from omegaconf import OmegaConf
+
+    from equivar.run import config_dir
+    from equivar.targets import locate_class
+
+    out = {}
+    for path in sorted((Path(config_dir()) / "dataset").glob("*.yaml"), key=lambda p: (p.stem != "mnist1d", p.stem)):
+        target = OmegaConf.load(path).get("_target_")
+        if target:
+            out[path.stem] = locate_class(target, "dataset._target_")
+    return out
+
+
+def option_sites() -> list[OptionSite]:
+    """Every option of every options model: the top level, train/shift/eval/execution, each dataset's and each
+    of equivar's experiments'."""
+    from equivar.config import NODES, RunOptions, builtin_experiments
+    from equivar.data import DatasetOptions
+
+    groups: list[tuple[str, type[BaseModel], tuple[str, ...], set[str]]] = [
+        ("", RunOptions, ("experiment=shift_test",), set())]
+    groups += [(node, schema, ("experiment=shift_test",), set()) for node, schema in NODES.items()]
+    recipe = {f.alias or n for n, f in DatasetOptions.model_fields.items()}
+    for i, (name, cls) in enumerate(dataset_choices().items()):
+        context = ("experiment=shift_test", f"dataset={name}") + (("dataset.tfds_name=mnist",)
+                                                                  if "tfds_name" in cls.model_fields else ())
+        groups.append(("dataset", cls, context, {"_target_"} | (set() if i == 0 else recipe)))  # recipe once
+    groups += [(name, module.Options, (f"experiment={name}",), set())
+               for name, module in builtin_experiments().items() if hasattr(module, "Options")]
     sites = []
-    for prefix, schema, context, skip in groups:
-        hints = typing.get_type_hints(schema)
-        for item in describe(schema):
-            if item["name"] in skip:
+    for prefix, cls, context, skip in groups:
+        for name, prop in properties(cls).items():
+            if name in skip:
                 continue
-            key = f"{prefix}.{item['name']}" if prefix else item["name"]
-            sites.append(OptionSite(key, context, hints[item["name"]], item["rule"], item["default"],
-                                    item["help"]))
+            key = f"{prefix}.{name}" if prefix else name
+            sites.append(OptionSite(key, context, prop, prop.get("default", MISSING), prop.get("description", "")))
     return sites
 
 
-def _members(annotation: Any) -> tuple[list[Any], bool]:
-    """The non-null types an annotation allows, and whether it allows null."""
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin in (typing.Union, types.UnionType):
-        return [a for a in args if a is not type(None)], type(None) in args
-    return [annotation], False
+MISSING = "(required)"
+
+
+def _alternatives(schema: dict[str, Any]) -> list[dict[str, Any]]:
+    return schema["anyOf"] if "anyOf" in schema else [schema]
+
+
+def type_text(schema: dict[str, Any]) -> str:
+    """``int``, ``float | null``, ``list[str]``, ``int | 'auto'``: a JSON Schema as a short type."""
+    parts = []
+    for alt in _alternatives(schema):
+        kind = alt.get("type")
+        if "const" in alt:
+            parts.append(repr(alt["const"]))
+        elif kind == "array":
+            parts.append(f"list[{type_text(alt.get('items', {}))}]")
+        else:
+            parts.append({"integer": "int", "number": "float", "string": "str", "boolean": "bool", "null": "null",
+                          "object": "dict"}.get(kind, "any"))
+    return " | ".join(dict.fromkeys(parts))
+
+
+def rule_text(schema: dict[str, Any]) -> str:
+    """The option's rule: choices and bounds (of its entries, for a list)."""
+    parts = []
+    for alt in _alternatives(schema):
+        target = alt.get("items", alt) if alt.get("type") == "array" else alt
+        if alt.get("minItems"):
+            parts.append("non-empty" if alt["minItems"] == 1 and "maxItems" not in alt else
+                         f"{alt['minItems']} entries" if alt.get("maxItems") == alt["minItems"] else
+                         f"≥ {alt['minItems']} entries")
+        for alt_target in _alternatives(target):
+            if "enum" in alt_target:
+                parts.append("one of " + ", ".join(f"`{c}`" for c in alt_target["enum"]))
+            for key, symbol in (("minimum", "≥"), ("exclusiveMinimum", ">"), ("exclusiveMaximum", "<"),
+                                ("maximum", "≤")):
+                if key in alt_target:
+                    parts.append(f"{symbol} {alt_target[key]:g}")
+    return ", ".join(dict.fromkeys(parts))  # and, for every number, finite and within 32 bits (stated once)
 
 
 def _misspelt(word: str) -> str:
@@ -74,50 +136,53 @@ def bad_values(site: OptionSite) -> Iterator[tuple[str, str]]:
     """Values that break the option's rule, as Hydra override text, each with why: the neighbours of the
     valid range (the bound itself or one past it), a misspelt choice, a wrong type, an empty list, a number
     too large for JAX's 32 bits, NaN and infinity."""
-    members, _ = _members(site.annotation)
-    kind = members[0]
-    origin = typing.get_origin(kind)
-    rule = site.rule
-    if origin is list or kind is list:
-        entry = typing.get_args(kind)[0] if typing.get_args(kind) else Any
-        yield "[]", "an empty list"
-        if entry in (int, float):
-            if rule.get("minimum") is not None:
-                yield f"[{_number_text(rule['minimum'] - 1, entry)}]", "an entry below the minimum"
+    alternatives = [a for a in _alternatives(site.schema) if a.get("type") != "null"]
+    kinds = {a.get("type") for a in alternatives}
+    if "array" in kinds:
+        array = next(a for a in alternatives if a.get("type") == "array")
+        items = array.get("items", {})
+        if array.get("minItems"):
+            yield "[]", "an empty list"
+        if items.get("type") in ("integer", "number"):
+            if "minimum" in items:
+                yield f"[{_number_text(items['minimum'] - 1, items['type'])}]", "an entry below the minimum"
             yield "[abc]", "an entry of the wrong type"
-        elif rule.get("choices"):
-            yield f"[{_misspelt(str(rule['choices'][-1]))}]", "a misspelt entry"
-        return
-    if kind is dict:
+        elif "enum" in items:
+            yield f"[{_misspelt(str(items['enum'][-1]))}]", "a misspelt entry"
+        if "string" not in kinds:
+            return
+    if kinds == {"object"}:
         yield "abc", "not a mapping"
         return
-    if kind is bool:
+    if kinds == {"boolean"}:
         yield "maybe", "not true or false"
         return
-    numeric = next((m for m in members if m in (int, float)), None)
-    if numeric is not None:
-        if rule.get("minimum") is not None:
-            low = rule["minimum"] - 1 if numeric is int or rule["minimum"] <= 0 else 0
-            yield _number_text(low, numeric), "below the minimum"
-        if rule.get("above") is not None:
-            yield _number_text(rule["above"], numeric), "at the exclusive lower bound"
-        if rule.get("below") is not None:
-            yield _number_text(rule["below"], numeric), "at the exclusive upper bound"
-        if numeric is int:
+    number = next((a for a in alternatives if a.get("type") in ("integer", "number")), None)
+    if number is not None:
+        kind = number["type"]
+        if "minimum" in number:
+            low = number["minimum"] - 1 if kind == "integer" or number["minimum"] <= 0 else 0
+            yield _number_text(low, kind), "below the minimum"
+        if "exclusiveMinimum" in number:
+            yield _number_text(number["exclusiveMinimum"], kind), "at the exclusive lower bound"
+        if "exclusiveMaximum" in number:
+            yield _number_text(number["exclusiveMaximum"], kind), "at the exclusive upper bound"
+        if kind == "integer":
             yield "2147483648", "too large for int32"
             yield "1.5", "not an integer"
         else:
             yield "nan", "not a number"
             yield "inf", "infinite"
             yield "1e39", "too large for float32"
-        if str not in members:
+        if not any(a.get("type") == "string" for a in alternatives):
             yield "abc", "not a number"
-    if str in members and rule.get("choices"):
-        yield _misspelt(str(rule["choices"][0])), "a misspelt choice"
+    choices = [c for a in alternatives for c in (a.get("enum") or ([a["const"]] if "const" in a else []))]
+    if choices:
+        yield _misspelt(str(choices[0])), "a misspelt choice"
 
 
-def _number_text(value: float, kind: type) -> str:
-    if kind is int:
+def _number_text(value: float, kind: str) -> str:
+    if kind == "integer":
         return str(int(value))
     return repr(float(value)) if math.isfinite(value) else str(value)
 
@@ -143,29 +208,9 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def _rule_text(site: OptionSite) -> str:
-    rule = site.rule
-    parts = []
-    if rule.get("choices"):
-        parts.append("one of " + ", ".join(f"`{c}`" for c in rule["choices"]))
-    if rule.get("minimum") is not None:
-        parts.append(f"≥ {rule['minimum']:g}")
-    if rule.get("above") is not None:
-        parts.append(f"> {rule['above']:g}")
-    if rule.get("below") is not None:
-        parts.append(f"< {rule['below']:g}")
-    return ", ".join(parts)  # and, for every number, finite and within 32 bits (stated once, above the table)
-
-
-def _type_text(annotation: Any) -> str:
-    from equivar.options import _type_text as text
-
-    return text(annotation)
-
-
 def _default_text(value: Any) -> str:
     if isinstance(value, str) and value == MISSING:
-        return "(required)"
+        return MISSING
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -174,15 +219,17 @@ def _default_text(value: Any) -> str:
 
 
 def _composed_default(site: OptionSite) -> Any:
-    """A ``dataset.*`` option's value as its dataset's config sets it (the recipe of ``dataset=NAME``), else
-    the schema's default."""
+    """The option's value as the composed config sets it before any override (a dataset's recipe, an
+    experiment's delta, ``${dataset.x}`` where a value follows the dataset), else the schema's default."""
     from equivar.run import compose_config
 
-    if not site.key.startswith("dataset.") or site.key == "dataset.tfds_name":
+    if site.key == "dataset.tfds_name":
         return site.default
-    node: Any = compose_config([c for c in site.context if not c.startswith("dataset.")])
+    node: Any = compose_config([c for c in site.context if not c.startswith("dataset.")], resolve=False)
     for part in site.key.split("."):
-        node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or part not in node:
+            return site.default
+        node = node[part]
     return node
 
 
@@ -190,14 +237,14 @@ def options_table() -> str:
     """Markdown: every option, its type, default, rule and help."""
     lines = ["| key | type | default | rule | meaning |", "|---|---|---|---|---|"]
     for site in option_sites():
-        if site.key == "experiment_name":
-            lines.append("| `experiment_name` | str \\| null | `null` |  | set by `experiment=NAME` |")
+        if site.key in ("experiment_name", "experiment_module"):
+            lines.append(f"| `{site.key}` | {_cell(type_text(site.schema))} | `null` |  | {_cell(site.help)} |")
             continue
         site = dataclasses.replace(site, default=_composed_default(site))
         where = next((c for c in site.context if c.startswith("dataset=")), "")
         key = f"`{site.key}`" + (f" ({where})" if where and site.key.startswith("dataset.") else "")
-        lines.append(f"| {key} | {_cell(_type_text(site.annotation))} | {_code(_default_text(site.default))} | "
-                     f"{_rule_text(site)} | {_cell(site.help)} |")
+        lines.append(f"| {key} | {_cell(type_text(site.schema))} | {_code(_default_text(site.default))} | "
+                     f"{rule_text(site.schema)} | {_cell(site.help)} |")
     return "\n".join(lines)
 
 
@@ -248,9 +295,12 @@ MISTAKES: list[list[str]] = [
     ["experiment=shift_test", "shift.step=0.5"],
     ["experiment=shift_test", "+dataset.colour=red"],
     ["experiment=shift_test", "dataset=tfds"],
-    ["experiment=shift_test", "+equivariance.max_shift=3"],
-    ["experiment=equivariance", "+equivariance.max_shit=3"],
-    ["experiment=equivariance", "equivariance.max_shift=abc"],
+    ["experiment=shift_test", "+equivariance.n_examples=3"],
+    ["experiment=equivariance", "+equivariance.n_example=3"],
+    ["experiment=equivariance", "equivariance.n_examples=abc"],
+    ["experiment=equivariance", "shift.mode=[roll,circular]"],
+    ["experiment=shift_test", "shift.mode=[roll,zero]"],
+    ["experiment=shift_test", "shift.max=40"],
     ["experiment=padding_leak", "padding_leak.paddings=[SAME,circular]"],
 ]
 

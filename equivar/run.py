@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -116,7 +115,7 @@ def job_overrides(overrides: list[str], multirun: bool) -> list[list[str]]:
     return [job for batch in batches for job in batch]
 
 
-def compose_config(overrides: list[str], with_hydra: bool = False) -> dict[str, Any]:
+def compose_config(overrides: list[str], with_hydra: bool = False, resolve: bool = True) -> dict[str, Any]:
     """The resolved config dict ``python -m equivar.run OVERRIDES`` runs (Hydra's compose API, equivar's
     configs), or a one-line ConfigError for whatever Hydra refuses."""
     from hydra import compose, initialize_config_dir
@@ -129,87 +128,73 @@ def compose_config(overrides: list[str], with_hydra: bool = False) -> dict[str, 
             cfg = compose(config_name="config", overrides=list(overrides), return_hydra_config=with_hydra)
             if with_hydra:  # only Hydra's own node (the sweeper's params); unresolved: ${now:} needs a run
                 return {"hydra": OmegaConf.to_container(cfg.hydra, resolve=False)}
-            return OmegaConf.to_container(cfg, resolve=True)
+            return OmegaConf.to_container(cfg, resolve=resolve)
     except UserError:
         raise
     except Exception as err:  # Hydra's and OmegaConf's composition errors: one line, naming the key
         message = hydra_message(err)
+        key = _unknown_key(err)
     finally:
         GlobalHydra.instance().clear()
-    missing = re.match(r"(\S+) is not in the config", message)
-    if missing:  # a misspelt key: the nearest key beside it in the config composed without it
-        key = missing.group(1)
+    if key:  # a misspelt key: the nearest key beside it in the config composed without it
         parent, _, name = key.rpartition(".")
-        rest = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != key]
+        rest = [o for o in overrides if not o.split("=", 1)[0].lstrip("+~").startswith(key)]
         try:
-            node = compose_config(rest)
+            node: Any = compose_config(rest)
             for part in parent.split(".") if parent else []:
                 node = node[part]
             near = nearest(name, node) if isinstance(node, dict) else []
         except (ConfigError, KeyError, TypeError):
             near = []
-        if near:
-            message = (f"{key} is not an option (did you mean {parent + '.' if parent else ''}{near[0]}?); to "
-                       f"add a new key, write +{key}=VALUE")
+        message = (f"{key} is not an option" + (f" (did you mean {parent + '.' if parent else ''}{near[0]}?)"
+                                                if near else "") + f"; to add a new key, write +{key}=VALUE")
     raise ConfigError(message)
 
 
+def _unknown_key(err: BaseException) -> str | None:
+    """The key of an override that names no key of the config (``n_seed=2`` without ``+``), if that is the
+    error."""
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    cause = err.__cause__
+    if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and getattr(cause, "full_key", None):
+        return str(cause.full_key)
+    return None
+
+
 def _check_grammar(overrides: list[str]) -> None:
-    """Each override parsed alone, so a syntax error names the override it is in."""
+    """Each override parsed alone, so a syntax error names the override it is in; a sweep (``a=1,2``) in a
+    single run is refused with how to write it."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parser = OverridesParser.create()
     for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
         try:
-            parser.parse_override(override)
+            parsed = parser.parse_override(override)
         except Exception as err:
-            key = override.split("=", 1)[0].lstrip("+~")
             detail = str(err).splitlines()[0].split("; See https", 1)[0].rstrip(".")
             raise ConfigError(f"{key}: cannot parse the override {override!r} ({detail}); lists are [a,b], "
                               "strings with special characters are quoted: key='a,b'") from None
-
-
-_CONVERSIONS = {"Integer": "an integer", "Float": "a number", "Boolean": "true or false", "String": "a string"}
+        if parsed.is_sweep_override():
+            value = override.split("=", 1)[1]
+            raise ConfigError(f"{key}={value}: a comma makes a sweep; add -m (--multirun) for one run per value, "
+                              f"or write a list as {key}=[{value}]")
 
 
 def hydra_message(err: BaseException) -> str:
-    """One line from a Hydra or OmegaConf error and its cause: the key, then what is wrong with it."""
-    lines = [line.strip() for e in (err, err.__cause__) if e is not None for line in str(e).splitlines()]
-    key = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("full_key:")), None)
-    if "Config search path:" in lines:  # where Hydra looked: not the user's business
-        lines = lines[:lines.index("Config search path:")]
-    lines = [re.sub(r"^In '[^']*': ", "", line) for line in lines
-             if line and not line.startswith(("full_key:", "object_type=", "reference_type="))]
-    parts: list[str] = []
-    for line in dict.fromkeys(lines):  # in order, without repeats; a list under a heading on one line
-        if parts and parts[-1].endswith(":"):
-            parts[-1] += " " + line
-        elif parts and ":" in parts[-1] and parts[-1].startswith("Available options"):
-            parts[-1] += ", " + line
-        else:
-            parts.append(line)
-    text = "; ".join(p.rstrip(".") for p in parts)
-    missing = re.match(r"Could not override '([^']+)'", text)
-    if missing:
-        return (f"{missing.group(1)} is not in the config, so it cannot be overridden; to add a key, write "
-                f"+{missing.group(1)}=VALUE")
-    absent = re.match(r"Could not find '([\w/]+)/([^']+)'; Available options in '[^']+': (.*)", text)
-    if absent:  # an unknown choice of a config group: experiment=..., dataset=..., model@...
-        group, name, options = absent.group(1), absent.group(2), absent.group(3).split(", ")
-        near = nearest(name, options)
-        return (f"{group}={name} is not one of {', '.join(options)}"
+    """One line from a Hydra or OmegaConf error: a group choice that does not exist (with the nearest one), or
+    the error's first line."""
+    from hydra.errors import MissingConfigException
+
+    if isinstance(err, MissingConfigException) and err.missing_cfg_file and err.options is not None:
+        group, _, name = err.missing_cfg_file.rpartition("/")
+        near = nearest(name, err.options)
+        return (f"{group}={name} is not one of {', '.join(err.options)}"
                 + (f" (did you mean {group}={near[0]}?)" if near else ""))
-    ambiguous = re.match(r"Ambiguous value for argument '([^=']+)=([^']*)'", text)
-    if ambiguous:
-        key, value = ambiguous.groups()
-        return (f"{key}={value}: a comma makes a sweep; add -m (--multirun) for one run per value, or write a "
-                f"list as {key}=[{value}]")
-    converted = re.search(r"Value '(.*)' of type '\w+' could not be converted to (\w+)", text)
-    if key and converted:
-        return f"{key} must be {_CONVERSIONS.get(converted.group(2), converted.group(2))}, got {converted.group(1)!r}"
-    if key and key not in text:
-        text = f"{key}: {text}"
-    return text or type(err).__name__
+    lines = [line.strip() for e in (err, err.__cause__) if e is not None for line in str(e).splitlines()
+             if line.strip() and not line.strip().startswith(("full_key:", "object_type=", "reference_type="))]
+    return lines[0].rstrip(".") if lines else type(err).__name__
 
 
 def validate(overrides: list[str], multirun: bool = False) -> list[RunConfig]:

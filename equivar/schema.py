@@ -36,10 +36,11 @@ def _fits_float32(value: float) -> float:
     return value
 
 
+# Bounds sit before the 32-bit check, so that pydantic writes them into the JSON Schema (``minimum``).
 Int = Annotated[int, Strict(), AfterValidator(_fits_int32)]
+PositiveInt = Annotated[int, Strict(), Field(ge=1), AfterValidator(_fits_int32)]
+NonNegativeInt = Annotated[int, Strict(), Field(ge=0), AfterValidator(_fits_int32)]
 Float = Annotated[float, Field(allow_inf_nan=False), AfterValidator(_fits_float32)]
-PositiveInt = Annotated[Int, Field(ge=1)]
-NonNegativeInt = Annotated[Int, Field(ge=0)]
 
 
 class Options(BaseModel):
@@ -49,13 +50,15 @@ class Options(BaseModel):
 
 
 T = TypeVar("T", bound=BaseModel)
+MISSING = "???"  # Hydra's mark for a value the user must set
 
 
 def check(cls: type[T], values: Mapping[str, Any] | None, prefix: str = "") -> T:
     """``cls`` validated from ``values`` (missing keys keep their defaults), or a one-line ConfigError naming
     the first bad key as the user writes it (``prefix.key``, ``prefix.key[1]``)."""
+    values = {k: v for k, v in (values or {}).items() if not (isinstance(v, str) and v == MISSING)}
     try:
-        return cls.model_validate(dict(values or {}))
+        return cls.model_validate(values)
     except ValidationError as err:
         raise ConfigError(message(err, cls, prefix)) from None
 
@@ -85,7 +88,9 @@ def _choices(error: Mapping[str, Any]) -> list[str]:
 
 def message(err: ValidationError, cls: type[BaseModel], prefix: str = "") -> str:
     """The one line for pydantic's first error (the alternatives of a union are read together)."""
-    errors = err.errors()
+    # The most specific error first: a union reports every alternative, and the one that went deepest into the
+    # value (an entry of a list) is the one that matched its type.
+    errors = sorted(err.errors(), key=lambda e: -len([p for p in e["loc"] if isinstance(p, int) or not _is_tag(p)]))
     first = errors[0]
     # A union's alternatives each report under the field, their own tag appended: ('spc', "literal['auto']").
     field_loc = tuple(p for p in first["loc"] if isinstance(p, int) or not _is_tag(p))
@@ -108,6 +113,8 @@ def message(err: ValidationError, cls: type[BaseModel], prefix: str = "") -> str
         return f"{key} must be set: add {key}=VALUE"
     if value is None and kind != "missing":
         return f"{key} must be set, got null"
+    if len(group) > 1 and any(e["type"] == "literal_error" for e in group) and isinstance(value, str):
+        return _single(next(e for e in group if e["type"] == "literal_error"), key, value)  # a misspelt choice
     if len(group) > 1:  # a union: every alternative it allows
         allowed: list[str] = []
         for e in group:
@@ -173,10 +180,12 @@ def _fields_at(cls: type[BaseModel], loc: tuple[Any, ...]) -> dict[str, Any]:
 
 
 def defaults(cls: type[BaseModel]) -> dict[str, Any]:
-    """Every option's default as a plain dict (the node Hydra composes); required options are left out."""
-    out = {}
+    """Every option's default as a plain dict (the node Hydra composes); a required option is Hydra's ``???``,
+    so that it can be set without ``+`` and is reported as missing when it is not."""
+    out: dict[str, Any] = {}
     for name, field in cls.model_fields.items():
         if field.is_required():
+            out[field.alias or name] = MISSING
             continue
         value = field.get_default(call_default_factory=True)
         out[field.alias or name] = list(value) if isinstance(value, tuple) else value

@@ -120,14 +120,18 @@ def _variants(config: RunConfig, paddings: list[str]) -> list[tuple[ModelSpec, s
     return out
 
 
+def check(config: RunConfig) -> None:
+    """A shift grid that fits the input (when its shape is known without reading data)."""
+    known = config.dataset.shape()
+    if known is not None:
+        config.shift.check_fits(known[0][:-1])
+
+
 def run(config: RunConfig, out_dir: Path) -> Result:
     opts: Options = config.options
     grid = config.shift
     variants = _variants(config, opts.paddings)
     check_before_data(config, [(spec.target, options, spec.where) for spec, _, options in variants])
-    known = config.dataset.shape()
-    if known is not None:
-        grid.check_fits(known[0][:-1])
     data = load_dataset(config.dataset)
     spatial = data.input_shape[:-1]
     grid.check_fits(spatial)

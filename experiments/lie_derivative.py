@@ -194,6 +194,14 @@ def sawtooth(module, x: jax.Array, shifts: np.ndarray, axis: int) -> Sawtooth:
                     probability=np.asarray(values).T.tolist())
 
 
+def check(config: RunConfig) -> None:
+    """One shift mode, and a grid that fits the input (when its shape is known without reading data)."""
+    config.shift.one_mode("lie_derivative")
+    known = config.dataset.shape()
+    if known is not None:
+        config.shift.check_fits(known[0][:-1])
+
+
 def run(config: RunConfig, out_dir: Path) -> Result:
     opts: Options = config.options
     mode = config.shift.one_mode("lie_derivative")

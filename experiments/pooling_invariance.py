@@ -130,15 +130,25 @@ def feature_convs(config: RunConfig, data: Dataset, out_dir: Path, opts: Options
     return [m.conv1 for m in model.modules()], model
 
 
+def check(config: RunConfig, spatial: tuple[int, ...] | None = None) -> None:
+    """A circular shift mode, and shifts and pooling sizes that fit the input (when its shape is known)."""
+    config.shift.one_mode("pooling_invariance", ("roll", "fourier"))
+    known = config.dataset.shape()
+    spatial = spatial or (known[0][:-1] if known is not None else None)
+    if spatial is None:
+        return
+    too_big = [p for p in config.options.sizes if p > min(spatial)]
+    if too_big:
+        raise ConfigError(f"pooling_invariance.sizes {too_big} exceed the input size {spatial}")
+    config.shift.check_fits(spatial)
+
+
 def run(config: RunConfig, out_dir: Path) -> Result:
     opts: Options = config.options
     mode = config.shift.one_mode("pooling_invariance", ("roll", "fourier"))
     data = load_dataset(config.dataset)
     spatial = data.input_shape[:-1]
-    too_big = [p for p in opts.sizes if p > min(spatial)]
-    if too_big:
-        raise ConfigError(f"pooling_invariance.sizes {too_big} exceed the input size {spatial}")
-    config.shift.check_fits(spatial)
+    check(config, spatial)
     x = jnp.asarray(data.x_test[:opts.n_examples])
     values = config.shift.values()
     shifts = [(v,) * data.rank for v in values]

@@ -59,12 +59,16 @@ class Result(ExperimentResult[ModelResult]):
     execution: dict[str, object]  # how the work was laid out (equivar.strategy.ExecutionPlan)
 
 
-def run(config: RunConfig, out_dir: Path) -> Result:
-    # Everything that can be checked from the config alone is checked before any data is read.
-    mode = config.shift.one_mode("shift_test")
+def check(config: RunConfig) -> None:
+    """One shift mode, and a grid that fits the input (when its shape is known without reading data)."""
+    config.shift.one_mode("shift_test")
     known = config.dataset.shape()
     if known is not None:
         config.shift.check_fits(known[0][:-1])
+
+
+def run(config: RunConfig, out_dir: Path) -> Result:
+    mode = config.shift.one_mode("shift_test")
     check_before_data(config, spec_variants(config.models))
     data = load_dataset(config.dataset)
     config.shift.check_fits(data.input_shape[:-1])

@@ -52,6 +52,45 @@ def zoo_options(name: str, **changes) -> dict:
     return entry | changes
 
 
+def fake_stat(mean, std, n_seeds, length=None):
+    """A mean ± std over ``n_seeds`` as results hold it (a series of ``length`` when given)."""
+    std = std if n_seeds > 1 else 0.0
+    if length is None:
+        return {"mean": mean, "std": std, "n": n_seeds}
+    return {"mean": [mean] * length, "std": [std] * length, "n": n_seeds}
+
+
+def fake_seeds(status):
+    """Seed records from status texts (``ok``, ``diverged at step 3 (epoch 1)``)."""
+    from equivar.results import SeedRecord
+
+    return [SeedRecord.from_text(i, text).model_dump() for i, text in enumerate(status)]
+
+
+def fake_shift_record(name, acc, n_seeds=2, n_shifts=1, status=None, consistency=0.5):
+    """A shift_test model record with made-up numbers (for plot and report tests)."""
+    status = status or ["ok"] * n_seeds
+    healthy = sum(s == "ok" for s in status)
+    return {"target": f"zoo.{name}", "n_params": 100, "seeds": fake_seeds(status),
+            "clean_accuracy": fake_stat(acc, 0.01, healthy), "shift_accuracy": fake_stat(acc, 0.02, healthy, n_shifts),
+            "consistency": fake_stat(consistency, 0.0, healthy), "grid_mean_accuracy": fake_stat(acc, 0.02, healthy),
+            "worst_shift_accuracy": fake_stat(acc - 0.1, 0.02, healthy), "eval_seconds": 0.1,
+            "per_seed": {"seeds": list(range(healthy)), "clean_accuracy": [acc] * healthy,
+                         "grid_mean_accuracy": [acc] * healthy, "consistency": [consistency] * healthy}}
+
+
+def fake_shift_result(models, n_seeds=2, shifts=((0,),), dataset=None, unmeasured=None):
+    """A shift_test result holding ``models`` (records), as metrics.json would."""
+    from equivar.experiments import shift_test
+
+    dataset = dataset if dataset is not None else {"name": "synthetic1d", "rank": 1, "n_train": 64, "n_test": 32,
+                                                   "input_shape": [12, 1], "n_classes": 10}
+    return shift_test.Result.model_validate({
+        "experiment": "shift_test", "module": shift_test.__name__, "dataset": dataset or None,
+        "seeds": list(range(n_seeds)), "shift_mode": "roll", "shifts": [list(s) for s in shifts],
+        "n_eval_shift": 32, "execution": {}, "models": models, "unmeasured": unmeasured or {}})
+
+
 def pytest_addoption(parser):
     parser.addoption("--slow", action="store_true", default=False,
                      help="also run the tests marked slow (CI runs them; the default run stays under 3 minutes)")

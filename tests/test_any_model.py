@@ -97,10 +97,10 @@ def user_module(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_user_model_with_batchnorm_trains_checkpoints_and_reloads_identically(user_module, tmp_path):
     run_dir = tmp_path / "run"
-    metrics = equivar.measure("shift_test", SMALL, out_dir=run_dir, models={"mine": (user_module.BNNet, {"width": 6})})
-    mine = metrics["models"]["mine"]
-    assert mine["target"] == "mynets.BNNet" and mine["status"] == ["ok", "ok"]
-    assert 0.0 <= mine["clean_accuracy"]["mean"] <= 1.0 and np.isfinite(mine["consistency"]["mean"])
+    result = equivar.measure("shift_test", SMALL, out_dir=run_dir, models={"mine": (user_module.BNNet, {"width": 6})})
+    mine = result.models["mine"]
+    assert mine.target == "mynets.BNNet" and [s.status.value for s in mine.seeds] == ["ok", "ok"]
+    assert 0.0 <= mine.clean_accuracy.mean <= 1.0 and np.isfinite(mine.consistency.mean)
 
     loaded = equivar.load_models(run_dir)["mine"]
     assert loaded.options == {"width": 6} and loaded.seeds == [0, 1]
@@ -118,13 +118,13 @@ def test_user_model_with_batchnorm_trains_checkpoints_and_reloads_identically(us
 
     remeasured = equivar.measure("shift_test", SMALL + ["models=[mine]"], out_dir=tmp_path / "again",
                                  load_from=run_dir)
-    assert remeasured["models"]["mine"]["source"] == str(run_dir.resolve())
-    assert remeasured["models"]["mine"]["per_seed"] == mine["per_seed"]  # same predictions, same numbers
+    assert remeasured.models["mine"].source == str(run_dir.resolve())
+    assert remeasured.models["mine"].per_seed == mine.per_seed  # same predictions, same numbers
     assert not (tmp_path / "again" / "checkpoints").exists()  # nothing was trained
 
 
 def test_checkpoint_round_trip_is_exact_for_every_variable(user_module, tmp_path):
-    from equivar.experiments.common import as_trained
+    from equivar.experiment import as_trained
     from equivar.models import build_model
     from equivar.train import init_states, seed_keys
     import functools
@@ -135,12 +135,11 @@ def test_checkpoint_round_trip_is_exact_for_every_variable(user_module, tmp_path
     states = states._replace(params=jax.tree.map(lambda a: a + 0.5, states.params))
 
     class Cfg:
-        seed, n_seeds = 7, 3
+        seed, n_seeds, seeds = 7, 3, [7, 8, 9]
     data = type("D", (), {"input_shape": (12, 2), "n_classes": 3})()
     model = as_trained("net", "mynets.BNNet", {"width": 4}, data, graphdef, states, Cfg, None)
     trained.save(model, tmp_path, {"name": "test"})
-    back = trained.load(tmp_path, "net", "mynets.BNNet", {"width": 4}, (12, 2), 3,
-                        lambda t, o: functools.partial(build_model, t, (12, 2), 3, o))
+    back = trained.load(tmp_path, "net", "mynets.BNNet", {"width": 4}, (12, 2), 3)
     for a, b in zip(jax.tree.leaves((model.params, model.model_state)), jax.tree.leaves((back.params, back.model_state))):
         if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
             a, b = jax.random.key_data(a), jax.random.key_data(b)
@@ -167,21 +166,21 @@ def test_layer_wise_experiments_read_any_module(user_module, tmp_path):
     """equivariance and anatomy on a user's model: its layers are captured by name; a model computing between
     its layers gets gradient fields only (and says so), an exact chain gets the analytic fields too."""
     models = {"mine": user_module.BNNet, "chain": user_module.Chain}
-    eq = equivar.measure("equivariance", SMALL + ["++equivariance.n_examples=8", "++equivariance.max_shift=2"],
+    eq = equivar.measure("equivariance", SMALL + ["++equivariance.n_examples=8", "shift.max=2"],
                          out_dir=tmp_path / "eq", models=models)
-    layers = eq["variants"]["mine"]["stages"]["trained"]["shift"]["roll"]
+    layers = eq.models["mine"].stages["trained"].shift["roll"]
     assert list(layers) == ["conv1", "bn", "conv2", "drop", "head"]
     # conv1 (circular, stride 1) then BatchNorm in inference mode commute exactly with circular shifts.
-    assert max(layers["conv1"]["full"]["mean"]) < 1e-5 and max(layers["bn"]["full"]["mean"]) < 1e-5
-    assert layers["conv2"]["jump"] == [2] and layers["head"]["role"] == "invariance"
+    assert max(layers["conv1"].full.mean) < 1e-5 and max(layers["bn"].full.mean) < 1e-5
+    assert layers["conv2"].jump == [2] and layers["head"].role == "invariance"
 
     an = equivar.measure("anatomy", SMALL + ["++anatomy.n_inputs=4"], out_dir=tmp_path / "an", models=models)
-    mine, chain = an["models"]["mine"], an["models"]["chain"]
-    assert "functional" in mine["analytic_unavailable"] and "rf_forward" not in mine["layers"][0]
-    assert mine["layers"][0]["empirical_support_size"] == [3]  # a 3-tap circular conv sees 3 positions
-    assert chain["forward_equals_backward"] and chain["empirical_equals_analytic"]
-    assert [r["rf_forward"] for r in chain["layers"]] == [[3], [3], [26], [26]]  # padding counted
-    assert [r["support_size"] for r in chain["layers"]] == [[3], [3], [24], [24]]  # inside the input
+    mine, chain = an.models["mine"], an.models["chain"]
+    assert "functional" in mine.analytic_unavailable and mine.layers[0].rf_forward is None
+    assert mine.layers[0].empirical_support_size == [3]  # a 3-tap circular conv sees 3 positions
+    assert chain.forward_equals_backward and chain.empirical_equals_analytic
+    assert [r.rf_forward for r in chain.layers] == [[3], [3], [26], [26]]  # padding counted
+    assert [r.support_size for r in chain.layers] == [[3], [3], [24], [24]]  # inside the input
     assert (tmp_path / "an" / "erf_mine.png").is_file()
 
 

@@ -23,10 +23,10 @@ def test_the_api_doc_example_runs(tmp_path, monkeypatch):
     finally:
         for name in set(main) - before:
             del main[name]
-    assert set(first["models"]) == {"lenet", "mine"}
-    assert first["models"]["mine"]["target"] == "__main__.MyNet"
-    assert zero["shift_mode"] == "zero" and zero["load_from"].endswith("outputs/api_example/train")
-    assert zero["models"]["mine"]["source"].endswith("outputs/api_example/train")
-    assert list(layers["variants"]) == ["mine"] and "trained" in layers["variants"]["mine"]["stages"]
+    assert set(first.models) == {"lenet", "mine"}
+    assert first.models["mine"].target == "__main__.MyNet"
+    assert zero.shift_mode == "zero" and zero.load_from.endswith("outputs/api_example/train")
+    assert zero.models["mine"].source.endswith("outputs/api_example/train")
+    assert list(layers.models) == ["mine"] and "trained" in layers.models["mine"].stages
     assert (tmp_path / "outputs" / "api_example" / "train" / "checkpoints" / "mine").is_dir()
     assert not (tmp_path / "outputs" / "api_example" / "zero" / "checkpoints").exists()

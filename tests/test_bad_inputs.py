@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from equivar.data import load_dataset, verify_checksums
+from equivar.data import TFDS, verify_checksums
 from equivar.errors import ConfigError, DataUnavailableError, UserError
 from equivar.run import run_experiment
 
@@ -20,7 +20,8 @@ from test_experiments import _cli
 # Errors found after the config is valid: against the data's real size, or by the data loader. (Every option's
 # rule and the other config mistakes are generated into docs/reliability.md and tested in test_reference.py.)
 ROWS = [  # (overrides, error class, words the one-line message must contain)
-    (["shift.max=100"], ConfigError, "shift.max=100 is larger than the input's spatial size (40,)"),
+    (["dataset=mnist", "dataset.data_dir=/nonexistent", "shift.max=1"], DataUnavailableError,
+     "TFDS dataset 'mnist' is not prepared under /nonexistent"),
     (["train.batch_size=100000"], ConfigError, "train.batch_size=100000 exceeds the 4000 training examples"),
     (["dataset=tfds", "dataset.tfds_name=nosuchset"], DataUnavailableError, "TFDS has no dataset named 'nosuchset'"),
     (["dataset=mnist", "dataset.data_dir=/nonexistent"], DataUnavailableError,
@@ -46,7 +47,7 @@ def test_a_folder_that_holds_a_run_is_never_overwritten(tmp_path):
     raw = compose_raw(["experiment=conv_compare"])
     run_experiment(raw, tmp_path)
     before = (tmp_path / "metrics.json").read_bytes()
-    assert run_experiment(raw, tmp_path)["experiment"] == "conv_compare"  # the same config: skipped
+    assert run_experiment(raw, tmp_path).experiment == "conv_compare"  # the same config: skipped
     with pytest.raises(ConfigError, match="already holds a run .* another config.* pass overwrite=true"):
         run_experiment(compose_raw(["experiment=conv_compare", "conv_compare.random_trials=2"]), tmp_path)
     assert (tmp_path / "metrics.json").read_bytes() == before
@@ -54,12 +55,12 @@ def test_a_folder_that_holds_a_run_is_never_overwritten(tmp_path):
 
 
 def test_interrupted_run_leaves_a_clear_status(tmp_path, monkeypatch):
-    import equivar.experiments as experiments
+    from equivar.experiments import conv_compare
 
     def interrupted(config, out_dir):
         raise KeyboardInterrupt
 
-    monkeypatch.setitem(experiments.EXPERIMENTS, "conv_compare", interrupted)
+    monkeypatch.setattr(conv_compare, "run", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run_experiment(compose_raw(["experiment=conv_compare"]), tmp_path)
     status = __import__("json").loads((tmp_path / "status.json").read_text())
@@ -86,7 +87,7 @@ def test_truncated_array_record_file_names_the_file(tmp_path):
     shard = sorted((copy / "mnist" / "3.0.1").glob("mnist-test.array_record*"))[0]
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 3])
     with pytest.raises(DataUnavailableError, match="mnist-test.array_record.*truncated or corrupted"):
-        load_dataset("tfds", {"tfds_name": "mnist", "data_dir": str(copy), "n_train": 10})
+        TFDS(tfds_name="mnist", data_dir=str(copy), n_train=10).load()
 
 
 @pytest.mark.parametrize("args,words", [

@@ -1,14 +1,14 @@
 import numpy as np
 import pytest
 
-from equivar.data import load_dataset, load_mnist1d, load_synthetic, load_tfds
+from equivar.data import MNIST1D, TFDS, Synthetic, dataset_options, load_dataset
 from equivar.errors import ConfigError, DataUnavailableError
 
 from conftest import mnist_dir, requires_mnist
 
 
 def test_mnist1d_generated_offline():
-    ds = load_mnist1d(num_samples=200)
+    ds = MNIST1D(num_samples=200).load()
     assert ds.x_train.shape == (160, 40, 1) and ds.x_test.shape == (40, 40, 1)
     assert ds.x_train.dtype == np.float32 and ds.y_train.dtype == np.int32
     assert ds.rank == 1 and ds.n_classes == 10
@@ -19,45 +19,73 @@ def test_mnist1d_leaves_global_rng_alone():
     np.random.seed(123)
     expected = np.random.rand()
     np.random.seed(123)
-    load_mnist1d(num_samples=50)
+    MNIST1D(num_samples=50).load()
     assert np.random.rand() == expected
 
 
 def test_mnist1d_rejects_zero_translation():
     with pytest.raises(ValueError, match="max_translation"):
-        load_mnist1d(num_samples=50, max_translation=0)
+        MNIST1D(num_samples=50, max_translation=0).load()
 
 
 @pytest.mark.parametrize("rank", [1, 2])
 def test_synthetic(rank):
-    ds = load_synthetic(rank=rank, size=10, n_train=20, n_test=8)
+    ds = Synthetic(rank=rank, size=10, n_train=20, n_test=8).load()
     assert ds.x_train.shape == (20,) + (10,) * rank + (1,)
     assert ds.rank == rank
 
 
-def test_unknown_loader_and_option():
-    with pytest.raises(ConfigError, match="dataset.loader='imagenet22k' is not one of mnist1d, tfds, synthetic"):
-        load_dataset("imagenet22k", {})
-    with pytest.raises(ConfigError, match="dataset.colour is not an option of dataset"):
-        load_dataset("synthetic", {"colour": True})
+def test_unknown_dataset_class_and_option():
+    with pytest.raises(ConfigError, match="dataset._target_='equivar.data.ImageNet22k' cannot be imported: "
+                                          "equivar.data has no attribute 'ImageNet22k'"):
+        dataset_options({"_target_": "equivar.data.ImageNet22k"})
+    with pytest.raises(ConfigError, match="dataset._target_='equivar.data.Dataset' is the class Dataset, not a "
+                                          "dataset class"):
+        dataset_options({"_target_": "equivar.data.Dataset"})
+    with pytest.raises(ConfigError, match=r"dataset.colour is not an option of dataset \(did you mean "
+                                          r"dataset.noise\?\)|dataset.colour is not an option of dataset"):
+        dataset_options({"_target_": "equivar.data.Synthetic", "colour": True})
     with pytest.raises(ConfigError, match="dataset.n_train must be >= 1, got 0"):
-        load_dataset("synthetic", {"n_train": 0})
+        dataset_options({"_target_": "equivar.data.Synthetic", "n_train": 0})
+    with pytest.raises(ConfigError, match="dataset._target_ is not set"):
+        dataset_options({"epochs": 3})
+
+
+def test_a_dataset_of_your_own_is_one_class(tmp_path, monkeypatch):
+    """A new dataset is a DatasetOptions subclass with its options as fields and a load(); configs name it by
+    _target_, and its options are checked like equivar's own."""
+    (tmp_path / "mydata.py").write_text(
+        "import numpy as np\n"
+        "from pydantic import Field\n"
+        "from equivar.data import Dataset, DatasetOptions\n"
+        "from equivar.schema import PositiveInt\n\n"
+        "class Ramps(DatasetOptions):\n"
+        "    length: PositiveInt = Field(12, description='positions')\n\n"
+        "    def load(self):\n"
+        "        x = np.tile(np.linspace(0, 1, self.length, dtype=np.float32), (8, 1))[..., None]\n"
+        "        y = np.arange(8, dtype=np.int32) % 2\n"
+        "        return Dataset('ramps', x, y, x, y, n_classes=2)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    options = dataset_options({"_target_": "mydata.Ramps", "length": 6})
+    assert load_dataset(options).x_train.shape == (8, 6, 1) and options.shape() is None
+    with pytest.raises(ConfigError, match="dataset.length must be >= 1, got 0"):
+        dataset_options({"_target_": "mydata.Ramps", "length": 0})
 
 
 def test_missing_tfds_data_says_what_to_do(tmp_path):
     with pytest.raises(DataUnavailableError, match="TFDS_DATA_DIR") as err:
-        load_tfds(tfds_name="mnist", data_dir=str(tmp_path))
+        TFDS(tfds_name="mnist", data_dir=str(tmp_path)).load()
     assert "not prepared" in str(err.value)
 
 
 def test_unknown_tfds_name(tmp_path):
     with pytest.raises(DataUnavailableError, match="no dataset named"):
-        load_tfds(tfds_name="definitely_not_a_dataset", data_dir=str(tmp_path))
+        TFDS(tfds_name="definitely_not_a_dataset", data_dir=str(tmp_path)).load()
 
 
 @requires_mnist
 def test_real_mnist_subset():
-    ds = load_tfds(tfds_name="mnist", data_dir=str(mnist_dir()), n_train=300, n_test=100)
+    ds = TFDS(tfds_name="mnist", data_dir=str(mnist_dir()), n_train=300, n_test=100).load()
     assert ds.x_train.shape == (300, 28, 28, 1) and ds.x_test.shape == (100, 28, 28, 1)
     assert ds.x_train.dtype == np.float32 and 0.0 <= ds.x_train.min() and ds.x_train.max() <= 1.0
     assert ds.x_train.max() == 1.0 and ds.n_classes == 10 and ds.rank == 2

@@ -17,8 +17,8 @@ def test_pooling_invariance_global_pooling_and_aligned_aps_are_exact(tmp_path):
     """Global max pooling of circular feature maps is exactly invariant to every circular shift; global mean
     up to float32 summation order; APS is exactly the same after undoing the shift; strided max is not."""
     metrics = run_experiment(compose_raw(["experiment=pooling_invariance", "dataset=synthetic"]
-                                         + tiny("pooling_invariance")), tmp_path)
-    pools = metrics["poolings"]
+                                         + tiny("pooling_invariance")), tmp_path).model_dump(mode="json")
+    pools = metrics["models"]
     assert pools["global_max"]["error"]["mean"] == [0.0] * len(metrics["shifts"])
     assert max(pools["global_mean"]["error"]["mean"]) < 1e-6
     for name in ("aps2", "aps4"):
@@ -32,8 +32,8 @@ def test_feature_pooling_over_transformed_copies_is_exactly_invariant(rank, tmp_
     """Pooled over the group's copies: the same prediction under every transform (reversal in 1D, the four
     rotations in 2D) for every test input, logits unchanged up to rounding; without the pooling, not."""
     metrics = run_experiment(compose_raw(["experiment=feature_pooling", "dataset=synthetic", f"dataset.rank={rank}",
-                                          "dataset.size=12"] + tiny("feature_pooling")), tmp_path)
-    pooled, unpooled = metrics["variants"]["pooled"], metrics["variants"]["unpooled"]
+                                          "dataset.size=12"] + tiny("feature_pooling")), tmp_path).model_dump()
+    pooled, unpooled = metrics["models"]["pooled"], metrics["models"]["unpooled"]
     assert pooled["same_prediction_under_all"]["mean"] == 1.0
     assert max(v["mean"] for v in pooled["logit_change"].values()) < 1e-5
     accuracies = [v["mean"] for v in pooled["accuracy"].values()]
@@ -50,7 +50,7 @@ def test_antialiased_shift_test_compares_lenets_that_differ_only_in_pooling(tmp_
             {k: v for k, v in default["zoo"]["lenet"].items() if k != "pool"}
     raw = compose_raw(["experiment=antialiased_shift_test", "dataset=synthetic", "dataset.size=14"]
                       + tiny("antialiased_shift_test"))
-    metrics = run_experiment(raw, tmp_path)
+    metrics = run_experiment(raw, tmp_path).model_dump()
     params = {m: metrics["models"][m]["n_params"] for m in raw["models"]}
     # Blurring adds no parameters and keeps the sizes; APS's stride-1 max loses a position per pooling
     # (pool_padding=VALID), so its dense layer is smaller.

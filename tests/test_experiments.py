@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from equivar.errors import ConfigError
+from equivar.experiment import read_result
 from equivar.plot import main as plot_main
 from equivar.run import run_experiment
 
@@ -26,9 +27,8 @@ TINY = ["n_seeds=2", "train.epochs=2", "train.batch_size=32", "zoo.mlp.hidden=[3
 # Each experiment's own options, tiny (another experiment's options are refused, so they go per experiment).
 EXPERIMENT_TINY = {
     "anatomy": ["anatomy.n_inputs=8"],
-    "equivariance": ["equivariance.n_examples=16", "equivariance.max_shift=3", "equivariance.paddings=[CIRCULAR]"],
-    "pooling_invariance": ["pooling_invariance.n_examples=16", "pooling_invariance.sizes=[2,4]",
-                           "pooling_invariance.max_shift=3"],
+    "equivariance": ["equivariance.n_examples=16", "shift.max=3", "equivariance.paddings=[CIRCULAR]"],
+    "pooling_invariance": ["pooling_invariance.n_examples=16", "pooling_invariance.sizes=[2,4]", "shift.max=3"],
     "padding_leak": ["padding_leak.n_train=64", "padding_leak.n_test=32"],
     "lie_derivative": ["lie_derivative.n_examples=16", "lie_derivative.sawtooth_step=0.5"],
 }
@@ -42,18 +42,19 @@ def tiny(name: str) -> list[str]:
 EXPERIMENT_NAMES = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
 
 
-def _check_shift_test(metrics, out_dir, rank):
-    on_disk = json.loads((out_dir / "metrics.json").read_text())
-    assert on_disk["models"].keys() == metrics["models"].keys() == {"mlp", "lenet", "local", "cnn_aps"}
-    assert on_disk["dataset"]["rank"] == rank
-    n_shifts = len(on_disk["shifts"])
-    for m in on_disk["models"].values():
-        assert len(m["shift_accuracy"]["mean"]) == len(m["shift_accuracy"]["std"]) == n_shifts
-        assert 0.0 <= m["clean_accuracy"]["mean"] <= 1.0 and m["n_params"] > 0
+def _check_shift_test(result, out_dir, rank):
+    on_disk = read_result(out_dir)
+    assert on_disk.model_dump(mode="json") == result.model_dump(mode="json")
+    assert on_disk.models.keys() == {"mlp", "lenet", "local", "cnn_aps"}
+    assert on_disk.dataset.rank == rank
+    n_shifts = len(on_disk.shifts)
+    for m in on_disk.models.values():
+        assert len(m.shift_accuracy.mean) == len(m.shift_accuracy.std) == n_shifts
+        assert 0.0 <= m.clean_accuracy.mean <= 1.0 and m.n_params > 0
     # circular padding, adaptive polyphase downsampling and global pooling under roll: every prediction
     # identical under every shift
-    assert on_disk["models"]["cnn_aps"]["consistency"]["mean"] == 1.0
-    cnn = np.asarray(on_disk["models"]["cnn_aps"]["shift_accuracy"]["mean"])
+    assert on_disk.models["cnn_aps"].consistency.mean == 1.0
+    cnn = np.asarray(on_disk.models["cnn_aps"].shift_accuracy.mean)
     assert np.ptp(cnn) == 0.0
     expected = {"accuracy_vs_shift.png", "consistency.png"} | ({"accuracy_heatmap.png"} if rank == 2 else set())
     assert expected <= {p.name for p in out_dir.glob("*.png")}
@@ -73,9 +74,9 @@ RUN_ELSEWHERE = {"shift_test", "equivariance", "feature_pooling", "lie_derivativ
                                   for n in EXPERIMENT_NAMES if n not in RUN_ELSEWHERE])
 def test_every_experiment_composes_and_runs_tiny(name, tmp_path):
     raw = compose_raw([f"experiment={name}", "dataset=synthetic"] + tiny(name))
-    metrics = run_experiment(raw, tmp_path)
-    assert metrics["experiment"] == raw["experiment_name"]
-    assert (tmp_path / "metrics.json").is_file()
+    result = run_experiment(raw, tmp_path)
+    assert result.experiment == raw["experiment_name"]
+    assert read_result(tmp_path).model_dump(mode="json") == result.model_dump(mode="json")
     assert list(tmp_path.glob("*.png")), "every experiment draws its plots"
 
 
@@ -84,26 +85,26 @@ def test_anatomy_on_a_given_input_shape_answers_the_lecture(tmp_path):
     # lenet and local: the lecture's numbers (every zoo model's fields are checked in test_anatomy.py)
     raw = compose_raw(["experiment=anatomy", "anatomy.input_shape=[28,28,1]", "anatomy.n_classes=10",
                        "models=[lenet,local]"])
-    metrics = run_experiment(raw, tmp_path)
-    lenet = metrics["models"]["lenet"]
-    assert lenet["total_params"] == 281_034 and metrics["models"]["local"]["total_params"] == 1_328_650
-    for model in metrics["models"].values():  # every zoo model, every layer
-        assert model["empirical_equals_analytic"] and model["forward_equals_backward"]
-    assert [r["rf_forward"][0] for r in lenet["layers"] if r["type"] != "Activation"] == [5, 6, 14, 16, 16, 28, 28]
-    assert "| conv2 | Conv | 8×8×32 | 12,832 (12,800 + 32) |" in (tmp_path / "anatomy.md").read_text()
+    result = run_experiment(raw, tmp_path)
+    lenet = result.models["lenet"]
+    assert lenet.total_params == 281_034 and result.models["local"].total_params == 1_328_650
+    for model in result.models.values():  # every zoo model, every layer
+        assert model.empirical_equals_analytic and model.forward_equals_backward
+    assert [r.rf_forward[0] for r in lenet.layers if r.type != "Activation"] == [5, 6, 14, 16, 16, 28, 28]
+    assert "| conv2 | Conv | 8×8×32 | 12,832 (12,800 + 32) |" in (tmp_path / "summary.md").read_text()
     assert {f"erf_{m}.png" for m in ("lenet", "local")} == {p.name for p in tmp_path.glob("*.png")}
 
 
 def test_conv_compare_reads_every_implementation(tmp_path):
-    metrics = run_experiment(compose_raw(["experiment=conv_compare"]), tmp_path)
-    rows = {r["name"]: r for r in metrics["implementations"]}
-    assert rows["definition (loop)"]["lecture_output"] == [0, 0, -4, 0, 0, 0]
-    assert rows["scipy convolve1d nearest"]["lecture_output"] == [0, 0, -4, 0, 0, 0, 0]
-    assert rows["lax VALID"]["lecture_output"] == [0, 0, 4, 0, 0, 0]
+    result = run_experiment(compose_raw(["experiment=conv_compare"]), tmp_path)
+    rows = result.models
+    assert rows["definition (loop)"].lecture_output == [0, 0, -4, 0, 0, 0]
+    assert rows["scipy convolve1d nearest"].lecture_output == [0, 0, -4, 0, 0, 0, 0]
+    assert rows["lax VALID"].lecture_output == [0, 0, 4, 0, 0, 0]
     for row in rows.values():
-        assert row["random_max_abs_error"] < 1e-5, row
-    assert {r["operation"] for r in rows.values()} == {"convolution", "cross-correlation"}
-    assert all(r["max_abs_error"] < 1e-5 for r in metrics["toeplitz"].values())
+        assert row.random_max_abs_error < 1e-5, row
+    assert {r.operation for r in rows.values()} == {"convolution", "cross-correlation"}
+    assert all(t.max_abs_error < 1e-5 for t in result.toeplitz.values())
     assert (tmp_path / "conv_compare.png").is_file()
 
 
@@ -113,23 +114,23 @@ def test_padding_leak_circular_is_at_chance_on_the_data(tmp_path):
     zero padding learns the corner."""
     raw = compose_raw(["experiment=padding_leak", "dataset=synthetic", "dataset.n_train=256", "n_seeds=2",
                        "padding_leak.n_train=256", "padding_leak.n_test=128", "train.batch_size=64"])
-    metrics = run_experiment(raw, tmp_path)
-    circular, zero = metrics["paddings"]["CIRCULAR"], metrics["paddings"]["SAME"]
-    assert circular["pairs_identical"] and max(circular["max_pair_logit_difference"]) == 0.0
-    assert circular["per_seed"]["test_accuracy"] == [0.5, 0.5]
-    assert zero["test_accuracy"]["mean"] > 0.9 and not zero["pairs_identical"]
+    result = run_experiment(raw, tmp_path)
+    circular, zero = result.models["CIRCULAR"], result.models["SAME"]
+    assert circular.pairs_identical and max(circular.max_pair_logit_difference) == 0.0
+    assert circular.per_seed_accuracy == [0.5, 0.5]
+    assert zero.test_accuracy.mean > 0.9 and not zero.pairs_identical
 
 
 @pytest.mark.slow
 def test_equivariance_experiment_shows_the_theory(tmp_path):
     raw = compose_raw(["experiment=equivariance", "dataset=synthetic", "dataset.size=16", "n_seeds=1",
                        "models=[cnn_gap]", "zoo.cnn_gap.channels=[3,3]", "zoo.cnn_gap.dilations=[1,2]",
-                       "equivariance.trained=false", "equivariance.n_examples=8", "equivariance.max_shift=4"])
-    metrics = run_experiment(raw, tmp_path)
-    layers = metrics["variants"]["cnn_gap/CIRCULAR"]["stages"]["init"]["shift"]["roll"]
-    assert all(max(r["full"]["mean"]) <= 1e-5 for r in layers.values())
-    same = metrics["variants"]["cnn_gap/SAME"]["stages"]["init"]["shift"]["zero"]["conv2"]
-    assert max(same["interior"]["mean"]) <= 1e-5 < max(same["full"]["mean"])
+                       "equivariance.trained=false", "equivariance.n_examples=8", "shift.max=4"])
+    result = run_experiment(raw, tmp_path)
+    layers = result.models["cnn_gap/CIRCULAR"].stages["init"].shift["roll"]
+    assert all(max(r.full.mean) <= 1e-5 for r in layers.values())
+    same = result.models["cnn_gap/SAME"].stages["init"].shift["zero"]["conv2"]
+    assert max(same.interior.mean) <= 1e-5 < max(same.full.mean)
     assert {"equivariance_init.png", "transforms.png"} <= {p.name for p in tmp_path.glob("*.png")}
 
 
@@ -138,18 +139,18 @@ def test_equivariance_experiment_shows_the_theory(tmp_path):
 def test_shift_test_tiny(rank, tmp_path):
     raw = compose_raw(["experiment=shift_test", "dataset=synthetic", f"dataset.rank={rank}",
                        "dataset.size=12", "shift.max=3"] + TINY)
-    metrics = run_experiment(raw, tmp_path)
-    _check_shift_test(metrics, tmp_path, rank)
-    assert len(metrics["shifts"]) == 7 ** rank
+    result = run_experiment(raw, tmp_path)
+    _check_shift_test(result, tmp_path, rank)
+    assert len(result.shifts) == 7 ** rank
 
 
 @pytest.mark.slow
 def test_shift_test_on_default_mnist1d_composes(tmp_path):
     raw = compose_raw(["experiment=shift_test", "dataset.num_samples=300", "shift.max=5"] + TINY)
-    assert raw["dataset"]["loader"] == "mnist1d" and raw["train"]["epochs"] == 2
-    metrics = run_experiment(raw, tmp_path)
-    _check_shift_test(metrics, tmp_path, 1)
-    assert metrics["dataset"]["n_train"] == 240
+    assert raw["dataset"]["_target_"] == "equivar.data.MNIST1D" and raw["train"]["epochs"] == 2
+    result = run_experiment(raw, tmp_path)
+    _check_shift_test(result, tmp_path, 1)
+    assert result.dataset.n_train == 240
 
 
 @pytest.mark.slow
@@ -167,13 +168,15 @@ def test_plot_cli_redraws(tmp_path):
 @pytest.mark.parametrize("overrides,message", [
     (["models=[resnet]"], "unknown model 'resnet' in models (did you mean 'lenet'?); valid choices: cnn_aps, cnn_gap, "
                           "group_pool, lenet, local, mlp"),
-    (["dataset.loader=imagenet"], "dataset.loader='imagenet' is not one of mnist1d, tfds, synthetic"),
+    (["dataset._target_=equivar.data.ImageNet"], "dataset._target_='equivar.data.ImageNet' cannot be imported: "
+                                                 "equivar.data has no attribute 'ImageNet'"),
     (["zoo.lenet.padding=REFLECT", "models=[lenet]"], "unknown padding 'REFLECT'"),
-    (["shift.mode=reflect"], "shift.mode='reflect' is not one of roll, zero, fourier, bilinear-zero"),
+    (["shift.mode=reflect"], "shift.mode='reflect' is not one of roll, zero, fourier, bilinear-zero, bilinear-reflect, "
+                             "bilinear-circular (did you mean 'bilinear-reflect'?)"),
     (["train.optimizer=adamax"], "train.optimizer='adamax' is not one of adam, adamw, sgd, rmsprop, lion (did "
                                  "you mean 'adam'?)"),
     (["n_seeds=0"], "n_seeds must be >= 1"),
-    (["shift.max=99"], "larger than the input"),
+    (["shift.max=99"], "shift.max=99 must be smaller than the input's spatial size (24,)"),
 ])
 def test_config_errors(overrides, message, tmp_path):
     raw = compose_raw(["experiment=shift_test", "dataset=synthetic"] + overrides)
@@ -226,9 +229,9 @@ def test_cli_runs_tiny(tmp_path):
 def test_shift_test_on_real_mnist_subset(tmp_path):
     raw = compose_raw(["experiment=shift_test", "dataset=mnist", f"dataset.data_dir={mnist_dir()}",
                        "dataset.n_train=512", "dataset.n_test=200", "shift.max=2", "train.epochs=1"] + TINY)
-    metrics = run_experiment(raw, tmp_path)
-    _check_shift_test(metrics, tmp_path, 2)
-    assert metrics["dataset"]["name"] == "mnist" and metrics["dataset"]["n_train"] == 512
+    result = run_experiment(raw, tmp_path)
+    _check_shift_test(result, tmp_path, 2)
+    assert result.dataset.name == "mnist" and result.dataset.n_train == 512
 
 
 def test_every_experiment_is_run_tiny_somewhere():

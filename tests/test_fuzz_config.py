@@ -16,14 +16,14 @@ import math
 import os
 import re
 import tempfile
-import typing
 from pathlib import Path
 
 import pytest
 from hypothesis import given, strategies as st
 
+from equivar.config import builtin_experiments
 from equivar.errors import UserError
-from equivar.reference import _members, _misspelt, bad_values, option_sites
+from equivar.reference import _misspelt, bad_values, option_sites
 from equivar.run import compose_config, report_error, run_experiment, validate
 
 from test_experiments import tiny
@@ -42,38 +42,41 @@ COUNTS = {"tried": 0, "refused": 0, "ran": 0}
 
 def _applies(site, experiment: str) -> bool:
     head = site.key.split(".")[0]
-    return head not in {"anatomy", "conv_compare", "equivariance", "pooling_invariance", "padding_leak",
-                        "lie_derivative", "feature_pooling", "mnist1d_baselines"} or head == experiment
+    return head not in builtin_experiments() or head == experiment
 
 
 def _valid(site) -> st.SearchStrategy[str]:
-    """Small valid values (runs stay tiny)."""
-    members, nullable = _members(site.annotation)
-    kind, rule = members[0], site.rule
+    """Small valid values (runs stay tiny), drawn from the option's JSON Schema."""
     if site.key == "models":
         return st.lists(st.sampled_from(ZOO), min_size=1, max_size=2, unique=True).map(lambda v: f"[{','.join(v)}]")
-    origin = typing.get_origin(kind)
-    if origin is list:
-        entry = typing.get_args(kind)[0]
-        if rule.get("choices"):
-            inner = st.sampled_from([str(c) for c in rule["choices"]])
-        elif entry is int:
-            low = int(rule.get("minimum") or 1)
+    alternatives = site.schema["anyOf"] if "anyOf" in site.schema else [site.schema]
+    nullable = any(a.get("type") == "null" for a in alternatives)
+    first = next(a for a in alternatives if a.get("type") != "null")
+    kind = first.get("type")
+    if "const" in first:
+        values = st.just(str(first["const"]))
+    elif kind == "array":
+        items = first.get("items", {})
+        if "enum" in items:
+            inner = st.sampled_from([str(c) for c in items["enum"]])
+        elif items.get("type") == "integer":
+            low = int(items.get("minimum", 1))
             inner = st.integers(low, low + 3).map(str)
         else:
             inner = st.floats(0.5, 3).map(lambda v: f"{v:.2f}")
-        values = st.lists(inner, min_size=1, max_size=2).map(lambda v: f"[{','.join(v)}]")
-    elif kind is bool:
+        size = first.get("minItems", 1), max(first.get("minItems", 1), first.get("maxItems", 2))
+        values = st.lists(inner, min_size=size[0], max_size=size[1]).map(lambda v: f"[{','.join(v)}]")
+    elif kind == "boolean":
         values = st.sampled_from(["true", "false"])
-    elif kind is dict:
+    elif kind == "object":
         values = st.just("{}")
-    elif rule.get("choices") and (kind is str or str in members):
-        values = st.sampled_from([str(c) for c in rule["choices"]])
-    elif int in members:
-        low = int(rule.get("minimum") if rule.get("minimum") is not None else 0)
+    elif "enum" in first:
+        values = st.sampled_from([str(c) for c in first["enum"]])
+    elif kind == "integer":
+        low = int(first.get("minimum", 0))
         values = st.integers(low, low + 3).map(str)
-    elif float in members:
-        low = rule.get("minimum") if rule.get("minimum") is not None else rule.get("above", 0) or 0
+    elif kind == "number":
+        low = first.get("minimum", first.get("exclusiveMinimum", 0)) or 0
         values = st.floats(max(low, 0.05), max(low, 0.05) + 2).map(lambda v: f"{v:.3g}")
     else:
         values = st.just("x")
@@ -132,7 +135,7 @@ def test_random_configs_run_or_fail_with_one_line_naming_a_key(case):
     try:
         validate(overrides)
         with tempfile.TemporaryDirectory() as tmp:
-            metrics = run_experiment(compose_config(overrides), Path(tmp) / "run")
+            metrics = run_experiment(compose_config(overrides), Path(tmp) / "run").model_dump(mode="json")
             assert (Path(tmp) / "run" / "metrics.json").is_file()
     except UserError as err:
         COUNTS["refused"] += 1

@@ -116,7 +116,7 @@ def test_lie_derivative_experiment_tiny(tmp_path):
                        "zoo.lenet.hidden=[16]", "zoo.cnn_gap.channels=[4,8]", "zoo.cnn_gap.dilations=[1,2]",
                        "lie_derivative.n_examples=16", "lie_derivative.sawtooth_inputs=2",
                        "lie_derivative.sawtooth_step=0.25"])
-    metrics = run_experiment(raw, tmp_path)
+    metrics = run_experiment(raw, tmp_path).model_dump()
     gap = metrics["models"]["cnn_gap"]
     assert gap["consistency"]["mean"] == 1.0  # exactly invariant to integer rolls...
     assert gap["lee"]["translate_x"]["probs"]["mse"]["mean"] > 0  # ...but not to sub-pixel shifts

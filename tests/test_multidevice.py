@@ -11,13 +11,13 @@ import numpy as np
 WORKER = r"""
 import sys
 import jax, jax.numpy as jnp, numpy as np
-from equivar.data import load_synthetic
+from equivar.data import Synthetic
 from equivar.models import build_model
 from equivar.strategy import plan_execution
-from equivar.train import SeedTrainer, TrainSpec, init_states, make_optimizer, seed_keys
+from equivar.train import SeedTrainer, TrainOptions, init_states, make_optimizer, seed_keys
 
-data = load_synthetic(rank=2, size=10, n_classes=3, n_train=64, n_test=8, seed=2)
-spec = TrainSpec(epochs=2, batch_size=16, learning_rate=3e-3)
+data = Synthetic(rank=2, size=10, n_classes=3, n_train=64, n_test=8, seed=2).load()
+spec = TrainOptions(epochs=2, batch_size=16, learning_rate=3e-3)
 tx = make_optimizer(spec)
 keys = seed_keys(0, 4)
 build = lambda r: build_model("equivar.models.LeNet", data.input_shape, 3, {"channels": [4, 8], "kernel": 3, "hidden": [16]}, r)

@@ -16,13 +16,14 @@ import pytest
 from matplotlib.colors import to_hex
 from matplotlib.container import BarContainer
 
-from equivar import plot
+from equivar.experiments import feature_pooling, shift_test
 from equivar.io import write_json
-from equivar.plot import model_color, n_summarised, over_seeds
+from equivar.plot import model_color, over_seeds
+from equivar.results import SeedRecord
 from equivar.quiet import MissingTpuFilter
 from equivar.report import write_report
 
-from conftest import ROOT
+from conftest import ROOT, fake_seeds, fake_shift_record, fake_shift_result, fake_stat
 
 ZOO = ("mlp", "lenet", "local", "cnn_gap", "group_pool", "stack")
 
@@ -41,58 +42,50 @@ def figures(monkeypatch):
     return saved
 
 
-def _stat(mean, std, n_seeds, length=None):
-    std = std if n_seeds > 1 else 0.0
-    if length is None:
-        return {"mean": mean, "std": std}
-    return {"mean": [mean] * length, "std": [std] * length}
+_stat, _seeds, _shift_record = fake_stat, fake_seeds, fake_shift_record
 
 
 def shift_metrics(models=("mlp", "lenet", "my_net"), n_seeds=3, rank=1, n_classes=10):
-    """A metrics.json-shaped shift_test dict, as experiments/shift_test.py writes it."""
+    """A shift_test result, as experiments/shift_test.py builds it."""
     if rank == 1:
         shifts = [[s] for s in range(-2, 3)]
     else:
         shifts = [[dy, dx] for dy in range(-1, 2) for dx in range(-1, 2)]
     dataset = {"name": f"synthetic{rank}d", "rank": rank, "n_train": 64, "n_test": 32,
                "input_shape": [12] * rank + [1], "n_classes": n_classes}
-    if n_classes is None:
-        del dataset["n_classes"]
-    out = {}
-    for i, name in enumerate(models):
-        acc = 0.4 + 0.1 * i
-        out[name] = {"kind": name, "n_params": 100, "status": ["ok"] * n_seeds,
-                     "clean_accuracy": _stat(acc, 0.01, n_seeds),
-                     "shift_accuracy": _stat(acc, 0.02, n_seeds, len(shifts)),
-                     "consistency": _stat(0.5, 0.03, n_seeds), "grid_mean_accuracy": _stat(acc, 0.02, n_seeds),
-                     "worst_shift_accuracy": _stat(acc - 0.1, 0.02, n_seeds)}
-    return {"experiment": "shift_test", "status": "ok", "dataset": dataset, "n_seeds": n_seeds,
-            "seeds": list(range(n_seeds)), "shift_mode": "roll", "shifts": shifts, "models": out}
+    out = {name: _shift_record(name, 0.4 + 0.1 * i, n_seeds, len(shifts), consistency=0.5) for i, name in
+           enumerate(models)}
+    return fake_shift_result(out, n_seeds, shifts, dataset if n_classes else {})
 
 
 def feature_pooling_metrics(n_seeds=2, n_classes=10):
     names = ["identity", "reversed"]
-    variant = {"n_params": 50, "accuracy": {n: _stat(0.8, 0.01, n_seeds) for n in names},
-               "logit_change": {n: _stat(1e-3, 1e-4, n_seeds) for n in names}}
-    return {"experiment": "feature_pooling", "dataset": {"name": "synthetic1d", "n_classes": n_classes},
-            "n_seeds": n_seeds, "seeds": list(range(n_seeds)), "transforms": names,
-            "variants": {"pooled": variant, "unpooled": variant}}
+    variant = {"n_params": 50, "seeds": _seeds(["ok"] * n_seeds), "pool_copies": True,
+               "accuracy": {n: _stat(0.8, 0.01, n_seeds) for n in names},
+               "logit_change": {n: _stat(1e-3, 1e-4, n_seeds) for n in names},
+               "same_prediction_under_all": _stat(1.0, 0.0, n_seeds)}
+    dataset = {"name": "synthetic1d", "rank": 1, "n_train": 64, "n_test": 32, "input_shape": [12, 1],
+               "n_classes": n_classes}
+    return feature_pooling.Result.model_validate({
+        "experiment": "feature_pooling", "module": feature_pooling.__name__, "dataset": dataset,
+        "seeds": list(range(n_seeds)), "transforms": names,
+        "models": {"pooled": variant, "unpooled": {**variant, "pool_copies": False}}})
 
 
-def _sweep_run(folder: Path, config_yaml: str, models: dict, n_seeds: int = 2, n_classes: int = 10) -> None:
+def _sweep_run(folder: Path, config_yaml: str, models: dict, n_seeds: int = 2, n_classes: int = 10,
+               unmeasured: dict | None = None) -> None:
     """One finished run of a multirun folder, as Hydra and equivar.run leave it."""
     (folder / ".hydra").mkdir(parents=True)
     (folder / ".hydra" / "config.yaml").write_text(f"experiment_name: shift_test\nn_seeds: {n_seeds}\n" + config_yaml)
     (folder / "status.json").write_text(json.dumps({"status": "complete"}))
-    (folder / "metrics.json").write_text(json.dumps({
-        "experiment": "shift_test", "n_seeds": n_seeds,
-        "dataset": {"name": "synthetic1d", "rank": 1, "n_classes": n_classes}, "models": models}))
+    dataset = {"name": "synthetic1d", "rank": 1, "n_train": 64, "n_test": 32, "input_shape": [12, 1],
+               "n_classes": n_classes}
+    result = fake_shift_result(models, n_seeds, dataset=dataset, unmeasured=unmeasured)
+    (folder / "metrics.json").write_text(json.dumps(result.model_dump(mode="json")))
 
 
 def _models(accuracies: dict, n_seeds: int = 2, status=None) -> dict:
-    return {name: {"kind": name, "status": status or ["ok"] * n_seeds,
-                   "clean_accuracy": _stat(acc, 0.02, n_seeds), "consistency": _stat(0.5, 0.01, n_seeds)}
-            for name, acc in accuracies.items()}
+    return {name: _shift_record(name, acc, n_seeds, 1, status) for name, acc in accuracies.items()}
 
 
 def _line_colors(ax) -> dict:
@@ -136,11 +129,11 @@ def test_model_color_is_fixed_for_the_zoo_and_stable_for_other_names():
 
 
 def test_a_model_has_the_same_colour_in_every_plot(figures, tmp_path):
-    plot.plot_shift_test(shift_metrics(("mlp", "lenet", "my_net")), tmp_path / "a")
+    shift_test.plot(shift_metrics(("mlp", "lenet", "my_net")), tmp_path / "a")
     first = {"lines": _line_colors(figures["accuracy_vs_shift.png"].axes[0]),
              "bars": _tick_bar_colors(figures["consistency.png"].axes[0])}
     # another run listing the models in another order
-    plot.plot_shift_test(shift_metrics(("my_net", "lenet")), tmp_path / "b")
+    shift_test.plot(shift_metrics(("my_net", "lenet")), tmp_path / "b")
     second = {"lines": _line_colors(figures["accuracy_vs_shift.png"].axes[0]),
               "bars": _tick_bar_colors(figures["consistency.png"].axes[0])}
     for name in ("mlp", "lenet", "my_net"):
@@ -159,7 +152,7 @@ def test_a_model_has_the_same_colour_in_every_plot(figures, tmp_path):
 
 @pytest.mark.parametrize("rank", [1, 2])
 def test_accuracy_plots_draw_a_dashed_grey_chance_line(figures, tmp_path, rank):
-    plot.plot_shift_test(shift_metrics(rank=rank, n_classes=10), tmp_path)
+    shift_test.plot(shift_metrics(rank=rank, n_classes=10), tmp_path)
     for ax in figures["accuracy_vs_shift.png"].axes:
         (line,) = _chance_lines(ax)
         assert list(line.get_ydata()) == [0.1, 0.1] and line.get_linestyle() == "--"
@@ -169,13 +162,13 @@ def test_accuracy_plots_draw_a_dashed_grey_chance_line(figures, tmp_path, rank):
         assert not any(_chance_lines(ax) for ax in figures["accuracy_heatmap.png"].axes)
     assert not _chance_lines(figures["consistency.png"].axes[0])
 
-    plot.plot_feature_pooling(feature_pooling_metrics(n_classes=4), tmp_path)
+    feature_pooling.plot(feature_pooling_metrics(n_classes=4), tmp_path)
     accuracy_ax, logits_ax = figures["feature_pooling.png"].axes
     assert list(_chance_lines(accuracy_ax)[0].get_ydata()) == [0.25, 0.25] and not _chance_lines(logits_ax)
 
 
 def test_no_chance_line_when_the_number_of_classes_is_unknown(figures, tmp_path):
-    plot.plot_shift_test(shift_metrics(n_classes=None), tmp_path)
+    shift_test.plot(shift_metrics(n_classes=None), tmp_path)
     assert not any(_chance_lines(ax) for ax in figures["accuracy_vs_shift.png"].axes)
 
 
@@ -184,15 +177,12 @@ def test_no_chance_line_when_the_number_of_classes_is_unknown(figures, tmp_path)
 def test_seed_wording_helpers():
     assert over_seeds(1) == "1 seed" and over_seeds(3) == "mean ± std over 3 seeds"
     assert over_seeds(2, "mean") == "mean over 2 seeds"
-    model = {"status": ["ok", "diverged at step 3 (epoch 1)"]}
-    assert n_summarised({"mean": 0.5, "std": 0.0, "n": 1}) == 1  # what metrics.mean_std writes
-    assert n_summarised({"mean": 0.5, "std": 0.0}, model, default=2) == 1  # older files: the healthy seeds
-    assert n_summarised({"mean": 0.5, "std": 0.0}, None, default=2) == 2
+    assert over_seeds(None) == "mean ± std over seeds"
 
 
 def test_one_seed_plots_say_1_seed_and_show_no_spread(figures, tmp_path):
-    plot.plot_shift_test(shift_metrics(rank=2, n_seeds=1), tmp_path)
-    plot.plot_feature_pooling(feature_pooling_metrics(n_seeds=1), tmp_path)
+    shift_test.plot(shift_metrics(rank=2, n_seeds=1), tmp_path)
+    feature_pooling.plot(feature_pooling_metrics(n_seeds=1), tmp_path)
     for name in ("accuracy_vs_shift.png", "accuracy_heatmap.png", "consistency.png", "feature_pooling.png"):
         texts = " | ".join(_texts(figures[name]))
         assert "1 seed" in texts and "1 seeds" not in texts and "±" not in texts, (name, texts)
@@ -210,7 +200,7 @@ def test_one_seed_report_shows_means_without_plus_minus(tmp_path):
     write_report(tmp_path)
     md = (tmp_path / "report" / "report.md").read_text()
     rows = {line.split(" | ")[0].strip("| "): line for line in md.splitlines() if line.startswith("| ")}
-    assert "| 0.2500 | 0.5000 |" in rows["0"] and "±" not in rows["0"]
+    assert "| 0.2500 | 0.2500 | 0.1500 | 0.5000 |" in rows["0"] and "±" not in rows["0"]
     assert "1/2 seeds diverged" in rows["1"] and "±" not in rows["1"]  # its statistics are over one seed
     assert "0.7500 ± 0.0200" in rows["2"]
     assert "1 seeds" not in md
@@ -218,11 +208,13 @@ def test_one_seed_report_shows_means_without_plus_minus(tmp_path):
 
 def test_one_diverged_seed_of_one_says_seed_not_seeds(tmp_path):
     _sweep_run(tmp_path / "0", "dataset:\n  n_train: 100\n", _models({"mlp": 0.25}, n_seeds=1), n_seeds=1)
-    models = {"mlp": {"kind": "mlp", "status": ["diverged at step 1 (epoch 1)"]}, **_models({"lenet": 0.5}, 1)}
-    _sweep_run(tmp_path / "1", "dataset:\n  n_train: 200\n", models, n_seeds=1)
+    lost = {"mlp": {"target": "zoo.mlp", "seeds": _seeds(["diverged at step 1 (epoch 1)"])}}
+    _sweep_run(tmp_path / "1", "dataset:\n  n_train: 200\n", _models({"lenet": 0.5}, 1), n_seeds=1, unmeasured=lost)
     write_report(tmp_path)
     md = (tmp_path / "report" / "report.md").read_text()
-    assert "1/1 seed diverged" in md and "seeds diverged" not in md
+    rows = [line for line in md.splitlines() if line.startswith("| 1 |")]
+    assert any("| mlp | every seed diverged |" in r for r in rows) and any("| lenet | ok |" in r for r in rows)
+    assert "seeds diverged" not in md
 
 
 # 4. no TPU noise on machines without a TPU
@@ -305,8 +297,10 @@ def test_a_sweep_over_a_categorical_key_draws_grouped_bars(figures, tmp_path):
     report_png = tmp_path / "report" / "report.png"
     assert report_png.is_file() and str(report_png) in summary["files"]
     fig = figures["report.png"]
-    accuracy_ax, consistency_ax = fig.axes
-    assert accuracy_ax.get_title() == "clean accuracy" and consistency_ax.get_title() == "consistency"
+    accuracy_ax, consistency_ax = fig.axes[0], fig.axes[3]
+    assert [ax.get_title() for ax in fig.axes] == ["clean accuracy", "grid mean accuracy", "worst shift accuracy",
+                                                   "consistency"]
+    assert all(ax.get_ylim() == (0, 1.05) for ax in fig.axes)  # shares are drawn from 0 to 1
     for ax in (accuracy_ax, consistency_ax):
         bars = {c.get_label(): c for c in ax.containers if isinstance(c, BarContainer)}
         assert set(bars) == {"mlp", "lenet"}

@@ -92,10 +92,9 @@ def test_pooling_invariance_on_trained_features_keeps_its_defining_facts(tmp_pat
     from equivar.run import run_experiment
     raw = compose_raw(["experiment=pooling_invariance", "dataset=synthetic", "n_seeds=2", "train.epochs=1",
                        "pooling_invariance.features=trained", "pooling_invariance.n_examples=16",
-                       "pooling_invariance.sizes=[2,4]", "pooling_invariance.max_shift=4",
-                       "pooling_invariance.channels=4"])
-    metrics = run_experiment(raw, tmp_path)
-    pools = metrics["poolings"]
+                       "pooling_invariance.sizes=[2,4]", "shift.max=4", "pooling_invariance.channels=4"])
+    metrics = run_experiment(raw, tmp_path).model_dump()
+    pools = metrics["models"]
     assert max(pools["global_mean"]["error"]["mean"]) < 1e-6 and max(pools["global_max"]["error"]["mean"]) < 1e-6
     assert max(pools["aps4"]["shift_aligned_error"]["mean"]) < 1e-6 and max(pools["max4"]["error"]["mean"]) > 0.1
     assert metrics["features"]["weights"].startswith("trained")

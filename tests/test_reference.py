@@ -14,7 +14,7 @@ def test_every_schema_is_covered():
     keys = {s.key for s in SITES}
     for key in ("seed", "n_seeds", "train.learning_rate", "train.optimizer_options", "shift.step",
                 "execution.steps_per_call", "dataset.n_train", "dataset.max_translation", "dataset.tfds_name",
-                "equivariance.max_shift", "padding_leak.margin", "anatomy.input_shape"):
+                "equivariance.n_examples", "shift.mode", "padding_leak.margin", "anatomy.input_shape"):
         assert key in keys
 
 

@@ -7,10 +7,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from equivar.data import load_synthetic
+from equivar.data import Synthetic
 from equivar.models import build_model
 from equivar.strategy import plan_execution
-from equivar.train import SeedTrainer, TrainSpec, init_states, make_optimizer, seed_keys
+from equivar.train import SeedTrainer, TrainOptions, init_states, make_optimizer, seed_keys
 from equivar.run import run_experiment
 
 from conftest import compose_raw, target
@@ -19,8 +19,8 @@ from test_experiments import TINY, _cli
 
 @pytest.mark.slow
 def test_a_non_finite_loss_freezes_that_seed_and_records_the_step():
-    data = load_synthetic(rank=1, size=16, n_classes=3, n_train=64, n_test=16, seed=0)
-    spec = TrainSpec(epochs=3, batch_size=16, learning_rate=1e-3)
+    data = Synthetic(rank=1, size=16, n_classes=3, n_train=64, n_test=16, seed=0).load()
+    spec = TrainOptions(epochs=3, batch_size=16, learning_rate=1e-3)
     tx = make_optimizer(spec)
     keys = seed_keys(0, 2)
     graphdef, states = init_states(lambda r: build_model(target("mlp"), data.input_shape, 3, {"hidden": [8]}, r), tx, keys)
@@ -42,8 +42,9 @@ def test_forced_divergence_is_reported_and_exits_non_zero(tmp_path):
     assert proc.returncode == 3, proc.stderr
     assert "every seed diverged" in proc.stderr and "Traceback" not in proc.stderr
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert metrics["status"] == "diverged"
-    assert all(s.startswith("diverged at step") for s in metrics["models"]["mlp"]["status"])
+    assert metrics["status"] == "diverged" and not metrics["models"]
+    assert [s["status"] for s in metrics["unmeasured"]["mlp"]["seeds"]] == ["diverged", "diverged"]
+    assert all(s["diverged_at_step"] >= 0 for s in metrics["unmeasured"]["mlp"]["seeds"])
 
 
 def _numbers(metrics):
@@ -52,7 +53,7 @@ def _numbers(metrics):
     out.pop("environment")
     for model in out["models"].values():
         model.pop("eval_seconds", None)
-        model["train"].pop("seconds")
+        model["training"].pop("seconds")
     return out
 
 
@@ -71,5 +72,4 @@ def test_n_seeds_at_once_equals_single_seed_runs(tmp_path):
     both = run_experiment(compose_raw(base + ["n_seeds=2", "seed=3"]), tmp_path / "both")
     for i in range(2):
         one = run_experiment(compose_raw(base + ["n_seeds=1", f"seed={3 + i}"]), tmp_path / f"one{i}")
-        assert one["models"]["mlp"]["per_seed"]["clean_accuracy"][0] == \
-            both["models"]["mlp"]["per_seed"]["clean_accuracy"][i]
+        assert one.models["mlp"].per_seed.clean_accuracy[0] == both.models["mlp"].per_seed.clean_accuracy[i]

@@ -9,13 +9,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import equivar.experiments.common as common
-from equivar.data import load_synthetic
+import equivar.experiment as common
+from equivar.data import Synthetic
 from equivar.evaluate import ShiftEvaluator
 from equivar.models import build_model
+from equivar.config import load_experiment
+from equivar.experiment import read_result
+from equivar.results import RunStatus
 from equivar.run import run_experiment
 from equivar.strategy import plan_execution
-from equivar.train import SeedTrainer, TrainSpec, init_states, make_optimizer, make_train_step, seed_keys, take_seed
+from equivar.train import SeedTrainer, TrainOptions, init_states, make_optimizer, make_train_step, seed_keys, take_seed
 from equivar.transforms import shift_grid
 
 from conftest import compose_raw, target
@@ -24,10 +27,10 @@ from test_experiments import tiny
 
 @pytest.fixture(scope="module")
 def data():
-    return load_synthetic(rank=1, size=16, n_classes=3, n_train=64, n_test=32, seed=1)
+    return Synthetic(rank=1, size=16, n_classes=3, n_train=64, n_test=32, seed=1).load()
 
 
-def _mlp(data, n_seeds=2, spec=TrainSpec(epochs=2, batch_size=16, learning_rate=3e-3)):
+def _mlp(data, n_seeds=2, spec=TrainOptions(epochs=2, batch_size=16, learning_rate=3e-3)):
     tx = make_optimizer(spec)
     keys = seed_keys(0, n_seeds)
     graphdef, states = init_states(
@@ -57,7 +60,7 @@ def test_the_guard_records_the_first_non_finite_step_and_freezes_the_seed(data):
 def test_a_seed_that_diverges_at_step_0_stays_frozen(data):
     """With plain SGD (no optimizer state for the NaN to poison, as Adam's would), only the guard keeps the
     seed frozen after its first non-finite step."""
-    graphdef, states, tx, _, _ = _mlp(data, n_seeds=1, spec=TrainSpec(optimizer="sgd", learning_rate=0.1))
+    graphdef, states, tx, _, _ = _mlp(data, n_seeds=1, spec=TrainOptions(optimizer="sgd", learning_rate=0.1))
     state = take_seed(states, 0)
     step = jax.jit(make_train_step(graphdef, tx))
     x, y = jnp.asarray(data.x_train[:16]), jnp.asarray(data.y_train[:16])
@@ -82,7 +85,7 @@ def test_the_guard_freezes_batchnorm_statistics_too():
         def __call__(self, x):
             return self.norm(self.dense(x))
 
-    tx = make_optimizer(TrainSpec(learning_rate=1e-2))
+    tx = make_optimizer(TrainOptions(learning_rate=1e-2))
     graphdef, states = init_states(lambda rngs: Normed(rngs), tx, seed_keys(0, 1))
     state = take_seed(states, 0)
     step = jax.jit(make_train_step(graphdef, tx))
@@ -130,7 +133,7 @@ def test_the_guard_is_the_same_under_scanned_steps(data, steps_per_call):
 
 def test_vmap_and_loop_draw_the_same_augmentation_per_seed(data):
     """With shift augmentation on, each seed's random offsets follow its own key, whatever the packing."""
-    spec = TrainSpec(epochs=2, batch_size=16, learning_rate=3e-3, augment_shift=3)
+    spec = TrainOptions(epochs=2, batch_size=16, learning_rate=3e-3, augment_shift=3)
     graphdef, states, tx, keys, _ = _mlp(data, n_seeds=3, spec=spec)
     results = {}
     for packing in ("loop", "vmap"):
@@ -188,35 +191,32 @@ def test_one_seed_policy_for_every_experiment_that_trains(name, tmp_path, monkey
     overrides = [f"experiment={name}", "dataset=synthetic", "n_seeds=3"] + tiny(name) + TRAINING[name]
     overrides = [o for o in overrides if not o.startswith("n_seeds=2")]
     monkeypatch.setattr(common, "init_states", _poison([1]))
-    metrics = run_experiment(compose_raw(overrides), tmp_path / "partial")
-    assert metrics["status"] == "partial"
-    for statuses in metrics["seed_status"].values():
-        assert statuses[0] == statuses[2] == "ok" and statuses[1] == "diverged at step 0 (epoch 1)"
-    written = json.loads((tmp_path / "partial" / "metrics.json").read_text())
-    assert written["status"] == "partial" and written["seed_status"] == metrics["seed_status"]
-    assert written["experiment"] == compose_raw(overrides)["experiment_name"]
+    result = run_experiment(compose_raw(overrides), tmp_path / "partial")
+    assert result.status is RunStatus.PARTIAL and result.models and not result.unmeasured
+    for record in result.models.values():
+        assert [s.text() for s in record.seeds] == ["ok", "diverged at step 0 (epoch 1)", "ok"]
+        assert record.seeds_note() == " (1/3 seeds diverged)"
+    written = read_result(tmp_path / "partial")
+    assert written.status is RunStatus.PARTIAL and written.model_dump(mode="json") == result.model_dump(mode="json")
+    assert json.loads((tmp_path / "partial" / "metrics.json").read_text())["status"] == "partial"
+    assert written.experiment == compose_raw(overrides)["experiment_name"]
     assert list((tmp_path / "partial").glob("*.png")), "every experiment draws its plots"
-    if name == "shift_test":  # the means are over the healthy seeds, and the summary says which diverged
-        for model in metrics["models"].values():
-            assert model["per_seed"]["seeds"] == [0, 2]
-            assert model["clean_accuracy"]["n"] == 2
-            assert model["clean_accuracy"]["mean"] == pytest.approx(np.mean(model["per_seed"]["clean_accuracy"]))
-        assert "(1/3 diverged)" in common_summary(metrics)
+    assert "(1/3 seeds diverged)" in load_experiment(result.module).summary(result)
+    if name == "shift_test":  # the means are over the healthy seeds
+        for model in result.models.values():
+            assert model.per_seed.seeds == [0, 2]
+            assert model.clean_accuracy.n == 2
+            assert model.clean_accuracy.mean == pytest.approx(np.mean(model.per_seed.clean_accuracy))
 
     if name not in ALL_DIVERGED:
         return
     monkeypatch.setattr(common, "init_states", _poison([0, 1, 2]))
-    metrics = run_experiment(compose_raw(overrides), tmp_path / "all")
-    assert metrics["status"] == "diverged"
+    result = run_experiment(compose_raw(overrides), tmp_path / "all")
+    assert result.status is RunStatus.DIVERGED and not result.models and result.unmeasured
+    assert "every seed diverged" in load_experiment(result.module).summary(result)
     status = json.loads((tmp_path / "all" / "status.json").read_text())
     assert status["status"] == "diverged"  # and the CLI exits 3 (test_reliability)
     assert (tmp_path / "all" / "metrics.json").is_file()  # plots and summary cope with nothing measured
-
-
-def common_summary(metrics):
-    from equivar.experiments.shift_test import summary_table
-
-    return summary_table(metrics)
 
 
 @pytest.mark.parametrize("name", ["equivariance", "feature_pooling", "padding_leak"])
@@ -305,7 +305,7 @@ def test_the_guard_catches_non_finite_gradients_under_a_finite_loss():
         def __call__(self, x):
             return jnp.sqrt(jnp.abs(self.dense(x)))
 
-    tx = make_optimizer(TrainSpec(learning_rate=1e-2))
+    tx = make_optimizer(TrainOptions(learning_rate=1e-2))
     graphdef, states = init_states(lambda rngs: SqrtNet(rngs), tx, seed_keys(0, 1))
     state = take_seed(states, 0)
     new, metrics = jax.jit(make_train_step(graphdef, tx))(state, (jnp.zeros((8, 4)), jnp.zeros(8, jnp.int32)))

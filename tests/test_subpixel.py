@@ -69,9 +69,9 @@ def test_shift_test_on_a_subpixel_grid(tmp_path):
     raw = compose_raw(["experiment=shift_test", "dataset=synthetic", "shift.mode=fourier", "shift.step=0.5",
                        "shift.max=1", "models=[cnn_gap]", "n_seeds=1", "train.epochs=1",
                        "zoo.cnn_gap.channels=[4,8]", "zoo.cnn_gap.dilations=[1,2]"])
-    metrics = run_experiment(raw, tmp_path)
-    assert metrics["shifts"] == [[-1.0], [-0.5], [0.0], [0.5], [1.0]]
-    acc = metrics["models"]["cnn_gap"]["shift_accuracy"]["mean"]
+    result = run_experiment(raw, tmp_path)
+    assert result.shifts == [[-1.0], [-0.5], [0.0], [0.5], [1.0]]
+    acc = result.models["cnn_gap"].shift_accuracy.mean
     assert acc[0] == acc[2] == acc[4]  # integer shifts: exactly invariant (circular, stride 1, global pool)
 
 
@@ -106,8 +106,9 @@ def test_layer_errors_under_fractional_fourier_shifts():
 def test_fractional_steps_need_a_subpixel_mode(tmp_path):
     from conftest import compose_raw
     from equivar.run import run_experiment
-    for overrides, words in ((["experiment=equivariance", "equivariance.step=0.5", "models=[lenet]"], "equivariance.step=0.5 is fractional"),
-                             (["experiment=pooling_invariance", "pooling_invariance.step=0.25"],
-                              "use pooling_invariance.mode=fourier")):
+    for overrides, words in ((["experiment=equivariance", "shift.step=0.5", "models=[lenet]"],
+                              "shift.mode=roll shifts by whole positions, but shift.step=0.5"),
+                             (["experiment=pooling_invariance", "shift.step=0.25"],
+                              "shift.mode=roll shifts by whole positions, but shift.step=0.25")):
         with pytest.raises(ConfigError, match=words):
             run_experiment(compose_raw(overrides + ["dataset=synthetic"]), tmp_path / overrides[0])

@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_dir
 
 from equivar.report import write_report
 
-from conftest import CONF, ROOT
+from conftest import CONF, ROOT, fake_shift_record, fake_shift_result
 
 TINY_SWEEP = ["experiment=shift_test", "dataset=synthetic", "models=[mlp]", "n_seeds=1", "train.epochs=1",
               "train.batch_size=32", "zoo.mlp.hidden=[8]", "shift.max=2"]
@@ -19,14 +19,13 @@ TINY_SWEEP = ["experiment=shift_test", "dataset=synthetic", "models=[mlp]", "n_s
 def _fake_run(folder: Path, n_train: int, aug: int, status: str, accuracy: float | None = None) -> None:
     (folder / ".hydra").mkdir(parents=True)
     (folder / ".hydra" / "config.yaml").write_text(
-        f"experiment_name: shift_test\nseed: 0\ndataset:\n  n_train: {n_train}\n  loader: mnist1d\n"
+        f"experiment_name: shift_test\nseed: 0\ndataset:\n  n_train: {n_train}\n  _target_: equivar.data.MNIST1D\n"
         f"train:\n  augment_shift: {aug}\n  epochs: 30\n")
     (folder / "status.json").write_text(json.dumps({"status": status, "error": "RuntimeError: boom"
                                                     if status == "failed" else None}))
     if accuracy is not None:
-        models = {m: {"kind": m, "status": ["ok", "ok"], "clean_accuracy": {"mean": accuracy + i, "std": 0.01},
-                      "consistency": {"mean": 0.5, "std": 0.0}} for i, m in enumerate(["mlp", "lenet"])}
-        (folder / "metrics.json").write_text(json.dumps({"experiment": "shift_test", "models": models}))
+        models = {m: fake_shift_record(m, accuracy + i) for i, m in enumerate(["mlp", "lenet"])}
+        (folder / "metrics.json").write_text(json.dumps(fake_shift_result(models).model_dump(mode="json")))
 
 
 def test_report_of_a_multirun_folder_lists_every_run(tmp_path):
@@ -40,9 +39,11 @@ def test_report_of_a_multirun_folder_lists_every_run(tmp_path):
     assert [(p["run"], p["status"]) for p in summary["problems"]] == [("2", "failed"), ("10", "running")]
     rows = (tmp_path / "report" / "report.csv").read_text().splitlines()
     assert rows[0] == ("run,dataset.n_train,train.augment_shift,model,status,clean_accuracy_mean,"
-                       "clean_accuracy_std,consistency_mean,consistency_std")
-    assert rows[1:] == ["0,250,0,mlp,ok,0.1,0.01,0.5,0.0", "0,250,0,lenet,ok,1.1,0.01,0.5,0.0",
-                        "1,1000,0,mlp,ok,0.2,0.01,0.5,0.0", "1,1000,0,lenet,ok,1.2,0.01,0.5,0.0"]
+                       "clean_accuracy_std,grid_mean_accuracy_mean,grid_mean_accuracy_std,"
+                       "worst_shift_accuracy_mean,worst_shift_accuracy_std,consistency_mean,consistency_std")
+    assert [",".join(r.split(",")[:7]) + "," + ",".join(r.split(",")[-2:]) for r in rows[1:]] == [
+        "0,250,0,mlp,ok,0.1,0.01,0.5,0.0", "0,250,0,lenet,ok,1.1,0.01,0.5,0.0",
+        "1,1000,0,mlp,ok,0.2,0.01,0.5,0.0", "1,1000,0,lenet,ok,1.2,0.01,0.5,0.0"]
     markdown = (tmp_path / "report" / "report.md").read_text()
     assert "Failed or unfinished runs: 2" in markdown and "`2`: failed (RuntimeError: boom)" in markdown
     assert (tmp_path / "report" / "report.png").is_file()

@@ -6,18 +6,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from equivar.data import load_synthetic
+from equivar.data import Synthetic
 from equivar.models import build_model
 from equivar.strategy import plan_execution
-from equivar.train import SeedTrainer, TrainSpec, init_states, make_optimizer, seed_keys, take_seed
+from equivar.train import SeedTrainer, TrainOptions, init_states, make_optimizer, seed_keys, take_seed
 from conftest import target
 
-SPEC = TrainSpec(epochs=2, batch_size=16, learning_rate=3e-3)
+SPEC = TrainOptions(epochs=2, batch_size=16, learning_rate=3e-3)
 
 
 @pytest.fixture(scope="module")
 def data():
-    return load_synthetic(rank=1, size=16, n_classes=3, n_train=64, n_test=32, seed=1)
+    return Synthetic(rank=1, size=16, n_classes=3, n_train=64, n_test=32, seed=1).load()
 
 
 def _train(data, kind, packing, n_seeds=2, base_seed=0, spec=SPEC, max_traces=None, steps_per_call=1,
@@ -37,8 +37,8 @@ def _train(data, kind, packing, n_seeds=2, base_seed=0, spec=SPEC, max_traces=No
 
 
 def test_training_reduces_the_loss():
-    aligned = load_synthetic(rank=1, size=16, n_classes=3, n_train=64, n_test=32, max_offset=0, seed=1)
-    _, history, _ = _train(aligned, "mlp", "loop", spec=TrainSpec(epochs=15, batch_size=16, learning_rate=1e-2))
+    aligned = Synthetic(rank=1, size=16, n_classes=3, n_train=64, n_test=32, max_offset=0, seed=1).load()
+    _, history, _ = _train(aligned, "mlp", "loop", spec=TrainOptions(epochs=15, batch_size=16, learning_rate=1e-2))
     assert history.loss.shape == (2, 15)
     assert np.all(history.loss[:, -1] < 0.5 * history.loss[:, 0])
 
@@ -95,7 +95,7 @@ def test_steps_scanned_in_one_call_equal_steps_called_one_by_one(data, packing):
 @pytest.mark.slow
 def test_shift_augmentation_draws_per_seed_and_step_and_min_steps_adds_epochs(data):
     """Augmented training differs from plain training, is reproducible, and min_steps stretches epochs."""
-    aug = TrainSpec(epochs=2, batch_size=16, learning_rate=3e-3, augment_shift=3)
+    aug = TrainOptions(epochs=2, batch_size=16, learning_rate=3e-3, augment_shift=3)
     plain, _, _ = _train(data, "mlp", "loop")
     a, _, _ = _train(data, "mlp", "loop", spec=aug)
     b, _, _ = _train(data, "mlp", "loop", spec=aug)
@@ -103,7 +103,7 @@ def test_shift_augmentation_draws_per_seed_and_step_and_min_steps_adds_epochs(da
     assert not np.allclose(leaves(plain)[0], leaves(a)[0])
     for x, y in zip(leaves(a), leaves(b)):
         np.testing.assert_array_equal(x, y)
-    longer = TrainSpec(epochs=2, batch_size=16, min_steps=20)
+    longer = TrainOptions(epochs=2, batch_size=16, min_steps=20)
     assert longer.epochs_for(64) == 5 and longer.epochs_for(1000) == 2
     _, history, _ = _train(data, "mlp", "loop", spec=longer)
     assert history.loss.shape == (2, 5)
