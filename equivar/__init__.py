@@ -6,7 +6,7 @@ _quiet_missing_tpu()  # before JAX starts a backend: that is when it logs the fa
 
 __version__ = "0.1.0"
 
-from equivar.strategy import configure_xla_flags as _configure_xla_flags
+from equivar.strategy import configure_xla_flags as _configure_xla_flags  # noqa: E402  (after the quieting)
 
 _configure_xla_flags()
 

@@ -19,7 +19,8 @@ position it came from; a dense or globally pooled unit sees the union of all pos
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +28,7 @@ import numpy as np
 from flax import nnx
 
 from equivar.errors import ConfigError
-from equivar.introspect import layer_outputs, trace_layers
+from equivar.introspect import layer_outputs, split_variables, trace_layers
 from equivar.layers import (
     Activation,
     Flatten,
@@ -131,6 +132,7 @@ def forward_analysis(steps: Sequence[LayerStep], rank: int) -> list[Field]:
     for step in steps:
         if step.kind == WINDOWED:
             g = step.geometry
+            assert g is not None  # windowed layers have one
             for a, pad in enumerate(step.pads()):
                 r[a] += g.dilation[a] * (g.kernel[a] - 1) * j[a]
                 start[a] -= pad * j[a]
@@ -218,7 +220,7 @@ def probe_picks(steps: Sequence[LayerStep], input_shape: Sequence[int]) -> dict[
     """Per layer, which output units the gradient maps probe: the central position (all channels) of a
     spatial map, the units of every channel at that position for a flattened map, None (all units) for a
     global one."""
-    picks = {}
+    picks: dict[str, Any] = {}
     for i, step in enumerate(steps):
         position = probe_position(steps, i, "center")
         flatten = next((s for s in steps[:i + 1] if s.kind == FLATTEN), None)
@@ -249,7 +251,7 @@ def gradient_maps(model: nnx.Module, input_shape: Sequence[int], picks: dict[str
     of weights keeps dead cannot then hide part of the field, so the map's support is the structural
     receptive field.
     """
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    graphdef, params, rest = split_variables(model)
     key_x, key_p = jax.random.split(key)
     xs = jax.random.normal(key_x, (n_inputs, *input_shape), jnp.float32)
     if resample_params:
@@ -314,14 +316,14 @@ def anatomy(model: nnx.Module, input_shape: Sequence[int], key: jax.Array | None
             "biases": biases,
             "params": weights + biases,
         }
-        if steps:
+        if steps and forward and backward:
             support = exact_support(steps, i, spatial, "center")
             row |= {
                 "rf_forward": list(forward[i].size),
                 "rf_backward": list(backward[i].size),
                 "start_forward": list(forward[i].start),
                 "start_backward": list(backward[i].start),
-                "jump": None if forward[i].jump is None else list(forward[i].jump),
+                "jump": None if forward[i].jump is None else list(forward[i].jump or ()),
                 "support_size": [int(len(s)) for s in support],
                 "support_range": [[int(s.min()), int(s.max())] for s in support],
             }

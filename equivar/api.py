@@ -15,8 +15,9 @@ options, ``models={"mine": (MyNet, {"width": 64})}``. The result is the experime
 from __future__ import annotations
 
 import datetime
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from equivar.errors import ConfigError
 from equivar.results import ExperimentResult
@@ -26,13 +27,13 @@ def compose(experiment: str, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """The resolved config ``python -m equivar.run experiment=EXPERIMENT OVERRIDES`` would run, as a dict."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
-    from omegaconf import OmegaConf
 
+    from equivar.config import as_dict
     from equivar.run import config_dir
 
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = hydra_compose(config_name="config", overrides=[f"experiment={experiment}", *overrides])
-    return OmegaConf.to_container(cfg, resolve=True)
+    return as_dict(cfg)
 
 
 def _model_overrides(models: Mapping[str, Any]) -> list[str]:

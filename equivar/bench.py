@@ -31,8 +31,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -40,22 +41,23 @@ import numpy as np
 from flax import nnx
 
 from equivar.evaluate import ShiftEvaluator
-from equivar.layers import LocallyConnected, conv_geometry
 from equivar.introspect import layer_outputs
+from equivar.layers import LocallyConnected, conv_geometry
 from equivar.models import MLP, LayerStack, LeNet, build_model
+from equivar.strategy import plan_execution
+from equivar.train import SeedTrainer, TrainOptions, init_states, make_optimizer, seed_keys
+from equivar.transforms import shift_grid
 
 BENCH_MODELS = {"lenet": LeNet, "mlp": MLP}  # the bench's rows, by the zoo's names
 ZOO_ROWS = ("mlp", "lenet", "local", "cnn_aps", "cnn_gap")  # the zoo section: the default models and cnn_gap
 SECTIONS = ("torch", "steps", "seeds", "zoo", "study")
 STUDY_COMMAND = ("experiment=shift_test", "dataset=mnist")  # python -m equivar.run ... (the real-MNIST study)
-from equivar.strategy import plan_execution
-from equivar.train import SeedTrainer, TrainOptions, init_states, make_optimizer, seed_keys
-from equivar.transforms import shift_grid
 
 MNIST_SHAPE = (28, 28, 1)
 
 
-def forward_flops(model: LayerStack, input_shape: tuple[int, ...]) -> int:
+def forward_flops(model: nnx.Module, input_shape: tuple[int, ...]) -> int:
+    assert isinstance(model, LayerStack), "the bench's models are layer stacks"
     """Multiply-add FLOPs (x2) of one forward pass for one example, from convs and dense layers."""
     feats = jax.eval_shape(lambda x: layer_outputs(model, x), jax.ShapeDtypeStruct((1,) + input_shape, jnp.float32))
     flops = 0
@@ -101,10 +103,11 @@ def zoo_entry(name: str) -> tuple[str, dict[str, Any]]:
     """A zoo model's ``_target_`` and options, as ``conf/model/NAME.yaml`` gives them."""
     from omegaconf import OmegaConf
 
+    from equivar.config import as_dict
     from equivar.run import config_dir
 
-    entry = OmegaConf.to_container(OmegaConf.load(Path(config_dir()) / "model" / f"{name}.yaml"))
-    return entry.pop("_target_"), entry
+    entry = as_dict(OmegaConf.load(Path(config_dir()) / "model" / f"{name}.yaml"))
+    return str(entry.pop("_target_")), entry
 
 
 def _builder(kind: str) -> Callable[[nnx.Rngs], nnx.Module]:
@@ -133,8 +136,7 @@ def equivar_train_ips(kind: str, n_seeds: int, packing: str, batch_size: int, st
 
 def equivar_eval_ips(kind: str, n_examples: int, min_seconds: float, max_shift: int = 0) -> float:
     """Evaluation images per second (examples x shifts) through ShiftEvaluator, one seed."""
-    x, _ = _random_data(n_examples, MNIST_SHAPE)
-    x = np.asarray(x)
+    x = np.asarray(_random_data(n_examples, MNIST_SHAPE)[0])
     tx = make_optimizer(TrainOptions())
     graphdef, states = init_states(_builder(kind), tx, seed_keys(0, 1))
     evaluator = ShiftEvaluator(graphdef, "roll", plan_execution("auto"))
@@ -190,10 +192,10 @@ def torch_reference(kind: str, batch_size: int, steps: int, eval_examples: int,
             "version": torch.__version__, "threads": torch.get_num_threads(), "device": device}
 
 
-def study(command: tuple[str, ...] = STUDY_COMMAND) -> dict[str, Any] | None:
+def study(command: tuple[str, ...] = STUDY_COMMAND) -> dict[str, Any]:
     """Runs ``python -m equivar.run COMMAND`` in a fresh process with a cold compilation cache, as a user waits
     for it; returns its wall time and, per model, training and evaluation seconds and accuracies (None when
-    the run fails, e.g. no MNIST in ``$TFDS_DATA_DIR``: the reason is in the returned note)."""
+    the run fails, e.g. no MNIST in ``$TFDS_DATA_DIR``: ``{"error": reason}``)."""
     with tempfile.TemporaryDirectory(prefix="equivar-study-") as tmp:
         out = Path(tmp) / "run"
         env = {**os.environ, "EQUIVAR_JAX_CACHE": str(Path(tmp) / "jax-cache")}
@@ -210,7 +212,8 @@ def study(command: tuple[str, ...] = STUDY_COMMAND) -> dict[str, Any] | None:
         models[name] = {"n_params": record.get("n_params"),
                         "train_seconds": (record.get("training") or {}).get("seconds"),
                         "eval_seconds": record.get("eval_seconds")}
-        for what in ("clean_accuracy", "grid_mean_accuracy", "worst_shift_accuracy", "consistency"):  # mean and std over seeds
+        # mean and std over seeds
+        for what in ("clean_accuracy", "grid_mean_accuracy", "worst_shift_accuracy", "consistency"):
             models[name][what] = record.get(what, {}).get("mean")
             models[name][what + "_std"] = record.get(what, {}).get("std")
     return {"command": "python -m equivar.run " + " ".join(command), "seconds": seconds,

@@ -12,10 +12,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
+import json
 import pkgutil
+from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Mapping
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -177,8 +179,19 @@ def _node(raw: Mapping[str, Any], key: str) -> dict[str, Any]:
 
 
 def parse_config(raw: Mapping[str, Any]) -> RunConfig:
-    """Checks a resolved config dict once, node by node, into a :class:`RunConfig` (one-line ConfigErrors
-    naming the key)."""
+    """Checks a resolved config dict, node by node, into a :class:`RunConfig` (one-line ConfigErrors naming the
+    key). Each distinct config is checked once per process: the CLI checks every job of a command line before
+    Hydra starts any, and each job then runs the config already checked."""
+    key = json.dumps(raw, sort_keys=True, default=repr)
+    if key not in _PARSED:
+        _PARSED[key] = _parse(raw)
+    return _PARSED[key]
+
+
+_PARSED: dict[str, RunConfig] = {}
+
+
+def _parse(raw: Mapping[str, Any]) -> RunConfig:
     raw = dict(raw)
     if isinstance(raw.get("models"), str):  # models=lenet: one model
         raw["models"] = [raw["models"]]
@@ -236,5 +249,19 @@ def builtin_experiments() -> dict[str, ModuleType]:
             for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name)}
 
 
+def as_dict(cfg: Any, resolve: bool = True) -> dict[str, Any]:
+    """An OmegaConf config (or a loaded YAML) as the plain dict the rest of equivar reads."""
+    from omegaconf import OmegaConf
+
+    out = OmegaConf.to_container(cfg, resolve=resolve)
+    if not isinstance(out, dict):
+        raise ConfigError(f"a config must be a mapping of keys, got {type(out).__name__}")
+    return {str(k): v for k, v in out.items()}
+
+
 def _subclasses(cls: type) -> list[type]:
-    return [c for sub in cls.__subclasses__() for c in (sub, *_subclasses(sub))]
+    found: list[type] = []
+    subs: list[type] = type.__subclasses__(cls)
+    for sub in subs:
+        found += [sub, *_subclasses(sub)]
+    return found

@@ -251,7 +251,7 @@ def _draw_synthetic(o: Synthetic) -> Dataset:
         offsets = rng.integers(0, limit + 1, (n, rank))
         for i in range(n):
             where = tuple(slice(o, o + template_size) for o in offsets[i])
-            x[(i, *where)] += templates[y[i]]
+            x[(i, *where)] += templates[y[i]]  # type: ignore[arg-type]  # numpy's stubs: an int and slices index
         return x[..., None], y
 
     x_train, y_train = draw(o.n_train)

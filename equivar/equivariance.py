@@ -15,18 +15,17 @@ is the border's share.
 from __future__ import annotations
 
 import itertools
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 from flax import nnx
 
 from equivar.anatomy import FLATTEN, GLOBAL, Field, NoFixedField, forward_analysis, layer_steps
 from equivar.introspect import layer_outputs, trace_layers
-from equivar.layers import LocallyConnected, layer_geometry
-from equivar.layers import LayerStack
+from equivar.layers import LayerStack, LocallyConnected, layer_geometry
 from equivar.transforms import SUBPIXEL_MODES
 from equivar.transforms import shift as shift_array
 
@@ -45,7 +44,7 @@ def relative_error(value: jax.Array, target: jax.Array, reference: jax.Array,
 
 
 def interior_mask(field: Field, in_spatial: Sequence[int], out_spatial: Sequence[int],
-                  grid_shift: Sequence[int], jump: Sequence[int]) -> np.ndarray:
+                  grid_shift: Sequence[float], jump: Sequence[int]) -> np.ndarray:
     """Output positions ``u`` whose field, at ``u`` and at ``u - s/J``, lies inside the input (``s`` = grid
     shift x jump): the units no border can reach under this shift."""
     mask = np.ones((), dtype=bool)
@@ -60,7 +59,7 @@ def interior_mask(field: Field, in_spatial: Sequence[int], out_spatial: Sequence
     return mask
 
 
-def _shift_vectors(max_shift: int, rank: int, step: float = 1) -> list[tuple[float, ...]]:
+def _shift_vectors(max_shift: float, rank: int, step: float = 1) -> list[tuple[float, ...]]:
     """Shifts 0..max_shift by ``step`` along every axis at once (the diagonal in 2D)."""
     values = [i * step for i in range(int(round(max_shift / step)) + 1)]
     return [(int(v) if float(v).is_integer() and float(step).is_integer() else float(v),) * rank for v in values]
@@ -80,7 +79,8 @@ def layer_geometry_of(model: nnx.Module, input_shape: tuple[int, ...]
     except NoFixedField:
         trace = trace_layers(model, input_shape)
         names = [n for n, _ in trace.layers]
-        jumps, collapsed = {}, False
+        jumps: dict[str, tuple[int, ...] | None] = {}
+        collapsed = False
         jump, previous = [1] * rank, tuple(input_shape)
         for n, module in trace.layers:
             shape, seen = trace.out_shapes[n], trace.in_shapes[n]
@@ -104,7 +104,7 @@ def layer_geometry_of(model: nnx.Module, input_shape: tuple[int, ...]
     return [s.name for s in steps], jumps, {s.name: f for s, f in zip(steps, fields)}
 
 
-def layer_shift_errors(model: nnx.Module, x: jax.Array, max_shift: int, mode: str, grid: bool = False,
+def layer_shift_errors(model: nnx.Module, x: jax.Array, max_shift: float, mode: str, grid: bool = False,
                        step: float = 1) -> dict[str, dict[str, Any]]:
     """Per layer: error per shift along the diagonal ``(s, ..., s)`` (full, and interior where the receptive
     fields are known), whether the layer's jump divides the shift, and the layer's role (``equivariance`` for
@@ -117,9 +117,9 @@ def layer_shift_errors(model: nnx.Module, x: jax.Array, max_shift: int, mode: st
     names, jumps, fields = layer_geometry_of(model, input_shape)
     outputs = jax.jit(lambda v: layer_outputs(model, v))
     feats_x = outputs(x)
-    cache: dict[tuple[int, ...], dict[str, jax.Array]] = {}
+    cache: dict[tuple[float, ...], dict[str, jax.Array]] = {}
 
-    def error_at(name: str, s: tuple[int, ...]) -> tuple[float, float, bool]:
+    def error_at(name: str, s: tuple[float, ...]) -> tuple[float, float, bool]:
         """(full, interior, divisible) of layer ``name`` at input shift ``s``."""
         if s not in cache:
             cache[s] = outputs(shift_array(x, s, mode))
@@ -135,8 +135,9 @@ def layer_shift_errors(model: nnx.Module, x: jax.Array, max_shift: int, mode: st
             target = shift_array(fx, g, mode)
             full = float(relative_error(f_shifted, target, fx).mean())
             interior = float("nan")
-            if fields[name] is not None and mode not in SUBPIXEL_MODES:
-                mask = interior_mask(fields[name], input_shape[:-1], fx.shape[1:-1], g, jump)
+            field = fields[name]
+            if field is not None and mode not in SUBPIXEL_MODES:
+                mask = interior_mask(field, input_shape[:-1], fx.shape[1:-1], g, jump)
                 m = jnp.asarray(mask, fx.dtype)[None, ..., None]
                 interior = float(relative_error(f_shifted, target, fx, m).mean()) if mask.any() else interior
             if full < best_full:
@@ -157,10 +158,10 @@ def layer_shift_errors(model: nnx.Module, x: jax.Array, max_shift: int, mode: st
             rows["role"] = "invariance"
         else:
             rows["role"] = "equivariance"
-            rows["jump"] = list(jumps[name])
+            rows["jump"] = list(jumps[name] or ())
         if grid and rank == 2:
-            rows["grid"] = [[error_at(name, (dy, dx))[0] for dx in range(max_shift + 1)]
-                            for dy in range(max_shift + 1)]
+            side = int(max_shift) + 1
+            rows["grid"] = [[error_at(name, (dy, dx))[0] for dx in range(side)] for dy in range(side)]
         out[name] = rows
     return out
 

@@ -11,7 +11,6 @@ from flax import nnx
 from pydantic import Field
 
 from equivar.schema import Options, PositiveInt
-
 from equivar.strategy import ExecutionPlan, eval_images_per_call
 from equivar.train import Variables, make_predict, take_seed
 from equivar.transforms import shift_many
@@ -102,7 +101,7 @@ def largest_activation_bytes(fn, *args) -> int:
         for eqn in jx.eqns:
             for var in eqn.outvars:
                 aval = getattr(var, "aval", None)
-                if hasattr(aval, "shape") and hasattr(aval, "dtype"):
+                if aval is not None and hasattr(aval, "shape") and hasattr(aval, "dtype"):
                     largest = max(largest, math.prod(aval.shape) * np.dtype(aval.dtype).itemsize)
             for sub in _subjaxprs(eqn):
                 visit(sub)

@@ -4,8 +4,8 @@ Layer-wise experiments (anatomy, equivariance) read a model's intermediate outpu
 outermost submodules (attributes that are ``nnx.Module`` objects, in lists too), in the order its forward pass
 calls them. They are captured during one call: their classes' ``__call__`` is wrapped once per process to
 record into the calling thread's capture in progress (and to do nothing else otherwise), so a model needs no
-special base class and no ``sow`` calls, and two threads can read two models at once. ``equivar.models.LayerStack`` models name their
-layers in order already and are read directly.
+special base class and no ``sow`` calls, and two threads can read two models at once.
+``equivar.layers.LayerStack`` models name their layers in order already and are read directly.
 
 Functional operations between layers (``nnx.relu(x)``, ``x.mean(axis=1)``) are not layers: they happen
 between two captured outputs. Whether the layers form an exact chain (each layer's input is the previous
@@ -18,7 +18,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import threading
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -49,6 +50,13 @@ class LayerTrace:
     why_not_chained: str | None = None
 
 
+def split_variables(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
+    """``(graphdef, params, everything else)``: the model's structure, its parameters and its other variables
+    (BatchNorm statistics, RNG counters)."""
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)  # type: ignore[misc]  # flax's variadic stub
+    return graphdef, params, rest
+
+
 def to_inference(model: nnx.Module) -> nnx.Module:
     """A view of ``model`` with Dropout off and BatchNorm on its running statistics (the arrays are shared)."""
     return nnx.view(model, deterministic=True, use_running_average=True, raise_if_not_found=False)
@@ -58,7 +66,7 @@ def outer_layers(model: nnx.Module) -> dict[int, str]:
     """``id(module) -> name`` for the model's outermost submodules (paths joined with dots)."""
     modules = [(path, m) for path, m in nnx.iter_modules(model) if path]
     module_paths = {tuple(p) for p, _ in modules}
-    out = {}
+    out: dict[int, str] = {}
     for path, m in modules:
         if any(tuple(path[:k]) in module_paths for k in range(1, len(path))):
             continue  # inside another layer
@@ -110,7 +118,7 @@ def _record_calls_of(cls: type) -> None:
                 recording.inputs.append(args[0] if args else None)
             return out
 
-        cls.__call__ = recording_call
+        cls.__call__ = recording_call  # type: ignore[method-assign]  # the one wrap, checked by _RECORDED_CLASSES
         _RECORDED_CLASSES.add(cls)
 
 

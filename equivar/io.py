@@ -80,7 +80,7 @@ def environment() -> dict[str, Any]:
     """Package versions, Python, and JAX's backend and devices."""
     import jax
 
-    versions = {}
+    versions: dict[str, str | None] = {}
     for name in PACKAGES:
         try:
             versions[name] = metadata.version(name)

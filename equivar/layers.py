@@ -9,9 +9,12 @@ analysis reads.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
-from typing import Callable, Literal, Sequence, get_args
+import operator
+from collections.abc import Callable, Sequence
+from typing import Literal, get_args
 
 import jax
 import jax.numpy as jnp
@@ -76,8 +79,8 @@ def conv_geometry(conv: nnx.Conv) -> Geometry:
     rank = len(conv.kernel_size)
     return Geometry(
         kernel=tuple(conv.kernel_size),
-        stride=as_tuple(conv.strides, rank),
-        dilation=as_tuple(conv.kernel_dilation, rank),
+        stride=as_tuple(conv.strides or 1, rank),
+        dilation=as_tuple(conv.kernel_dilation or 1, rank),
         padding=str(conv.padding),
     )
 
@@ -230,7 +233,7 @@ class Blur(nnx.Module):
             n_out = (x.shape[axis] - self.size) // g.stride[axis - 1] + 1
             windows = [jax.lax.slice_in_dim(x, t, t + (n_out - 1) * g.stride[axis - 1] + 1,
                                             stride=g.stride[axis - 1], axis=axis) for t in range(self.size)]
-            x = sum(w * taps[t] for t, w in enumerate(windows))
+            x = functools.reduce(operator.add, (w * taps[t] for t, w in enumerate(windows)))
         return x
 
 
@@ -318,7 +321,7 @@ class GroupConv(nnx.Module):
         spatial = "HW"[-rank:] if rank == 2 else "W"
         y = jax.lax.conv_general_dilated(x, weights, (1,) * rank, "SAME", rhs_dilation=self.geometry.dilation,
                                          dimension_numbers=(f"N{spatial}C", f"{spatial}IO", f"N{spatial}C"))
-        y = y + jnp.tile(self.conv.bias[...], self.n_copies)
+        y = y + jnp.tile(self.conv.bias[...], self.n_copies)  # type: ignore[index]  # built with a bias
         if not self.pool_copies:
             return y
         return y.reshape(*y.shape[:-1], self.n_copies, -1).max(axis=-2)

@@ -20,7 +20,7 @@ Units: translation, per pixel (position); rotation, per radian; scaling, per uni
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import inspect
 import json
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 from flax import nnx
@@ -289,16 +290,17 @@ class CNNGap(LayerStack):
 
 class Stack(LayerStack):
     """Any stack of layers written in config, for anatomy and ablations: a list of layer dicts, each with a
-    ``type`` (conv, local, pool, blur, polyphase, activation, flatten, global_pool, dense), an optional ``name`` and the layer's
-    arguments, e.g. ``{type: conv, features: 8, kernel: 3, stride: 2, dilation: 1, padding: SAME}``,
-    ``{type: pool, kind: max, window: 2}``, ``{type: activation, fn: relu}`` (none: a linear classifier). A flatten is added before the
-    classifier when the stack has none.
+    ``type`` (conv, local, pool, blur, polyphase, activation, flatten, global_pool, dense), an optional
+    ``name`` and the layer's arguments, e.g. ``{type: conv, features: 8, kernel: 3, stride: 2, dilation: 1,
+    padding: SAME}``, ``{type: pool, kind: max, window: 2}``, ``{type: activation, fn: relu}`` (none: a linear
+    classifier). A flatten is added before the classifier when the stack has none.
     """
 
     def __init__(self, input_shape: Sequence[int], n_classes: int, *, layers: Sequence[dict[str, Any]] = (),
                  rngs: nnx.Rngs):
         b = _Builder(self, input_shape, rngs)
-        methods = {"conv": b.conv, "local": b.local, "pool": b.pool, "blur": b.blur, "polyphase": b.polyphase,
+        methods: dict[str, Callable[..., None]] = {
+                   "conv": b.conv, "local": b.local, "pool": b.pool, "blur": b.blur, "polyphase": b.polyphase,
                    "activation": b.activation, "flatten": b.flatten, "global_pool": b.global_pool,
                    "dense": b.dense}
         for i, spec in enumerate(layers, start=1):
@@ -356,7 +358,7 @@ def resolve_target(target: str | type, where: str = "model") -> type:
 
 def model_options(cls: type) -> tuple[list[str], bool]:
     """The keyword options a model class accepts beyond the contract, and whether it takes ``**kwargs``."""
-    params = inspect.signature(cls.__init__).parameters
+    params = inspect.signature(cls.__init__).parameters  # type: ignore[misc]  # the class's own constructor
     names = [p for p in params if p != "self" and p not in CONTRACT_ARGS
              and params[p].kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)]
     open_ended = any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values())

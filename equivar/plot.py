@@ -12,14 +12,16 @@ import argparse
 import colorsys
 import hashlib
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from numpy.typing import ArrayLike  # noqa: E402
 
 from equivar.text import seeds_phrase  # noqa: E402
 
@@ -32,7 +34,7 @@ LOG_FLOOR = 1e-9  # exact zeros are drawn here on log axes
 MODEL_COLORS = {"mlp": "#1f77b4", "lenet": "#ff7f0e", "local": "#2ca02c", "cnn_gap": "#d62728",
                 "group_pool": "#9467bd", "stack": "#8c564b", "cnn_aps": "#17becf", "lenet_blur": "#bcbd22",
                 "lenet_aps": "#e377c2", "paper_linear": "#7f7f7f", "paper_mlp": "#393b79", "paper_cnn": "#637939"}
-CHANCE_STYLE = {"color": "gray", "ls": "--", "lw": 1}
+CHANCE_STYLE: dict[str, Any] = {"color": "gray", "ls": "--", "lw": 1}
 
 
 def model_color(name: str) -> str:
@@ -74,8 +76,8 @@ def draw_chance(ax: plt.Axes, chance: float | None) -> None:
         ax.axhline(chance, label="chance", zorder=1.5, **CHANCE_STYLE)
 
 
-def band(ax: plt.Axes, x: Sequence[float], mean: Sequence[float], std: Sequence[float], n: int, color: str,
-         label: str | None = None, **line: Any) -> None:
+def band(ax: plt.Axes, x: ArrayLike, mean: ArrayLike, std: ArrayLike, n: int, color: Any, label: str | None = None,
+         **line: Any) -> None:
     """A mean line with its ± std band over seeds (no band for one seed: a spread of one value is none)."""
     mean_a, std_a = np.asarray(mean, dtype=float), np.asarray(std, dtype=float)
     ax.plot(x, mean_a, color=color, label=label, **line)

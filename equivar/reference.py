@@ -11,8 +11,9 @@ import dataclasses
 import json
 import math
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -49,12 +50,13 @@ def dataset_choices() -> dict[str, type[BaseModel]]:
     """``dataset=NAME`` choices whose YAML names a dataset class itself, by name."""
     from omegaconf import OmegaConf
 
+    from equivar.config import as_dict
     from equivar.run import config_dir
     from equivar.targets import locate_class
 
     out = {}
     for path in sorted((Path(config_dir()) / "dataset").glob("*.yaml"), key=lambda p: (p.stem != "mnist1d", p.stem)):
-        target = OmegaConf.load(path).get("_target_")
+        target = as_dict(OmegaConf.load(path), resolve=False).get("_target_")
         if target:
             out[path.stem] = locate_class(target, "dataset._target_")
     return out
@@ -104,7 +106,7 @@ def type_text(schema: dict[str, Any]) -> str:
             parts.append(f"list[{type_text(alt.get('items', {}))}]")
         else:
             parts.append({"integer": "int", "number": "float", "string": "str", "boolean": "bool", "null": "null",
-                          "object": "dict"}.get(kind, "any"))
+                          "object": "dict"}.get(str(kind), "any"))
     return " | ".join(dict.fromkeys(parts))
 
 
@@ -329,17 +331,47 @@ def replace_section(text: str, name: str, body: str) -> str:
     return f"{head}{start}\n{body}\n{end}{tail}"
 
 
+def result_schemas() -> dict[str, str]:
+    """Each of equivar's experiments' ``metrics.json`` JSON Schema (from its ``Result``), as file text."""
+    from equivar.config import builtin_experiments
+
+    out = {}
+    for name, module in builtin_experiments().items():
+        schema = module.Result.model_json_schema(mode="serialization")
+        schema["$id"] = f"https://equivar/docs/schemas/{name}.json"
+        schema["title"] = f"equivar {name} metrics.json"
+        schema["description"] = (module.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+        out[name] = json.dumps(schema, indent=1) + "\n"
+    return out
+
+
+def schemas_table() -> str:
+    """Markdown: one row per experiment with its schema file and its headline numbers."""
+    from equivar.config import builtin_experiments
+
+    lines = ["| experiment | schema | headline numbers per model (`python -m equivar.report`) |", "|---|---|---|"]
+    for name, module in builtin_experiments().items():
+        record = module.Result.model_fields["models"].annotation.__args__[1]
+        headline = ", ".join(f"`{h.path}`" for h in record.headline) or "—"
+        lines.append(f"| `{name}` | [schemas/{name}.json](schemas/{name}.json) | {headline} |")
+    return "\n".join(lines)
+
+
 def generated_docs(docs: Path) -> dict[Path, str]:
     """The docs files as the schemas generate them."""
     configuration, reliability = docs / "configuration.md", docs / "reliability.md"
-    return {configuration: replace_section(configuration.read_text(), "options", options_table()),
-            reliability: replace_section(replace_section(reliability.read_text(), "bad inputs", bad_input_table()),
-                                         "mistakes", mistakes_table())}
+    configuration_text = replace_section(configuration.read_text(), "options", options_table())
+    files = {configuration: replace_section(configuration_text, "metrics schemas", schemas_table()),
+             reliability: replace_section(replace_section(reliability.read_text(), "bad inputs", bad_input_table()),
+                                          "mistakes", mistakes_table())}
+    files |= {docs / "schemas" / f"{name}.json": text for name, text in result_schemas().items()}
+    return files
 
 
 def main() -> None:
     docs = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("docs")
     for path, text in generated_docs(docs).items():
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         print(f"wrote {path}")
 

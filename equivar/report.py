@@ -11,8 +11,8 @@ value of the other varying keys, with ± std bands; when no varying key is numer
 (1 / n_classes); positive quantities such as a Lie derivative on a log axis. Models keep their colour from
 :func:`equivar.plot.model_color`. Models whose every seed diverged are rows without numbers; failed or
 unfinished runs are listed; nothing is silently dropped.
-A sweep launched with ``hydra.callbacks.report`` (as ``experiment=sample_efficiency`` does) writes its report
-into ``SWEEP_DIR/report/`` when the last job ends.
+A sweep launched with ``hydra.callbacks.report`` (as conf/experiment/ configs can ask) writes its report into
+``SWEEP_DIR/report/`` when the last job ends.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from equivar.config import as_dict  # noqa: E402
 from equivar.errors import UserError  # noqa: E402
 from equivar.experiment import read_result  # noqa: E402
 from equivar.plot import draw_chance, model_color, over_seeds  # noqa: E402
@@ -60,9 +61,9 @@ def _load_config(path: Path) -> dict[str, Any]:
 
     cfg = OmegaConf.load(path)
     try:
-        return OmegaConf.to_container(cfg, resolve=True)
+        return as_dict(cfg)
     except Exception:  # an interpolation that only resolves inside Hydra: keep it as written
-        return OmegaConf.to_container(cfg, resolve=False)
+        return as_dict(cfg, resolve=False)
 
 
 def collect(sweep_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -106,7 +107,8 @@ def table(runs: list[dict[str, Any]], keys: list[str]) -> tuple[list[str], list[
     Rows also hold ``_n_seeds`` (seeds behind the model's statistics) and ``_n_classes`` (the dataset's), for
     the markdown and the plots; they are not columns, so report.csv leaves them out.
     """
-    rows, headlines = [], {}
+    rows: list[dict[str, Any]] = []
+    headlines: dict[str, Headline] = {}
     for run in runs:
         result: ExperimentResult = run["result"]
         n_classes = result.dataset.n_classes if result.dataset else None

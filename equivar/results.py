@@ -5,8 +5,9 @@ a padding, a pooling, an implementation) to a record, a subclass of :class:`Mode
 experiment's measurements; a model whose every seed diverged has no measurements and is recorded under
 ``unmeasured`` instead. Every record carries the same seed bookkeeping (:class:`SeedRecord`, one
 :class:`SeedStatus` per seed; diverged seeds are left out of every number) and the run carries one
-:class:`RunStatus`, decided in one place (:meth:`ExperimentResult.finish`). A record declares its headline numbers (:class:`Headline`), which
-``python -m equivar.report`` tabulates and plots for a sweep of any experiment.
+:class:`RunStatus`, decided in one place (:meth:`ExperimentResult.finish`). A record declares its headline
+numbers (:class:`Headline`), which ``python -m equivar.report`` tabulates and plots for a sweep of any
+experiment.
 
 ``metrics.json`` is ``result.model_dump(mode="json")`` and reads back with ``Result.model_validate``; the JSON
 Schema of each experiment's file is ``Result.model_json_schema()`` (published in docs/schemas/).
@@ -18,7 +19,8 @@ import dataclasses
 import enum
 import math
 import re
-from typing import Annotated, Any, Callable, ClassVar, Generic, Sequence, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Annotated, Any, ClassVar, Generic, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, BeforeValidator, ConfigDict, WithJsonSchema
@@ -89,7 +91,7 @@ class MeanStdGrid(Record):
         return cls.model_validate(mean_std(np.asarray(values, dtype=np.float64)))
 
 
-class SeedStatus(str, enum.Enum):
+class SeedStatus(enum.StrEnum):
     """How one seed's training ended."""
 
     OK = "ok"
@@ -198,7 +200,7 @@ def _at(obj: Any, path: str) -> Any:
     return obj
 
 
-class RunStatus(str, enum.Enum):
+class RunStatus(enum.StrEnum):
     """A run's outcome: ``partial`` when some seeds diverged, ``diverged`` when every seed of every model did
     (the CLI then exits with code 3)."""
 
@@ -245,7 +247,7 @@ class ExperimentResult(Record, Generic[R]):
     def finish(self, environment: Environment | None = None) -> None:
         """Sets the run's status from every record's seeds (records without seeds do not count) and the
         environment."""
-        records = [*self.models.values(), *self.unmeasured.values()]
+        records: list[ModelRecord] = [*self.models.values(), *self.unmeasured.values()]
         seeds = [s for record in records for s in record.seeds]
         healthy = sum(s.ok for s in seeds)
         if healthy == len(seeds):

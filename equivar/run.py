@@ -15,13 +15,13 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from equivar.config import RunConfig, parse_config, register_defaults
+from equivar.config import RunConfig, as_dict, parse_config, register_defaults
 from equivar.errors import ConfigError, UserError
 from equivar.experiment import execute, read_result
 from equivar.io import read_json, write_json
-from equivar.results import ExperimentResult, RunStatus
+from equivar.results import EVERY_SEED_DIVERGED, ExperimentResult, RunStatus
 from equivar.schema import nearest
 from equivar.strategy import enable_compilation_cache
 
@@ -102,13 +102,13 @@ def _previous_run(out_dir: Path, raw: dict[str, Any]) -> ExperimentResult | None
 def job_overrides(overrides: list[str], multirun: bool) -> list[list[str]]:
     """The override list of every job a command line starts: one job, or for ``-m`` the product of the
     sweeps on the command line and in the config's ``hydra.sweeper.params`` (as Hydra's basic sweeper does)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
 
     if not multirun:
         return [list(overrides)]
     plain = [o for o in OverridesParser.create().parse_overrides(overrides) if not o.is_sweep_override()]
-    base = compose_config([o.input_line for o in plain], with_hydra=True)
+    base = compose_config([str(o.input_line) for o in plain], with_hydra=True)
     params = (base.get("hydra", {}).get("sweeper", {}) or {}).get("params") or {}
     arguments = [f"{k}={v}" for k, v in params.items()] + list(overrides)
     batches = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(arguments), None)
@@ -127,8 +127,8 @@ def compose_config(overrides: list[str], with_hydra: bool = False, resolve: bool
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
             cfg = compose(config_name="config", overrides=list(overrides), return_hydra_config=with_hydra)
             if with_hydra:  # only Hydra's own node (the sweeper's params); unresolved: ${now:} needs a run
-                return {"hydra": OmegaConf.to_container(cfg.hydra, resolve=False)}
-            return OmegaConf.to_container(cfg, resolve=resolve)
+                return {"hydra": as_dict(cfg.hydra, resolve=False)}
+            return as_dict(cfg, resolve)
     except UserError:
         raise
     except Exception as err:  # Hydra's and OmegaConf's composition errors: one line, naming the key
@@ -206,8 +206,9 @@ def validate(overrides: list[str], multirun: bool = False) -> list[RunConfig]:
     for job in job_overrides(overrides, multirun):
         config = parse_config(compose_config(job))
         known = None if config.load_from else config.dataset.shape()
-        for spec in config.models if known is not None else ():
-            check_model(spec.target, known[0], known[1], spec.options, spec.where)  # once per process
+        if known is not None:
+            for spec in config.models:
+                check_model(spec.target, known[0], known[1], spec.options, spec.where)  # once per process
         configs.append(config)
     return configs
 
@@ -243,8 +244,7 @@ def _hydra_main(cfg: DictConfig) -> None:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     enable_compilation_cache()
     try:
-        raw = OmegaConf.to_container(cfg, resolve=True)
-        result = run_experiment(raw, out_dir)
+        result = run_experiment(as_dict(cfg), out_dir)
     except UserError as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
@@ -256,7 +256,7 @@ def _hydra_main(cfg: DictConfig) -> None:
         sys.exit(130)
     log.info("results in %s", out_dir)
     if result.status is RunStatus.DIVERGED:
-        print(f"equivar: error: every seed diverged (non-finite loss or gradients); the steps are recorded in "
+        print(f"equivar: error: {EVERY_SEED_DIVERGED} (non-finite loss or gradients); the steps are recorded in "
               f"{out_dir / 'metrics.json'} under unmeasured.*.seeds; try a smaller train.learning_rate",
               file=sys.stderr)
         sys.exit(3)

@@ -13,7 +13,8 @@ from __future__ import annotations
 import difflib
 import inspect
 import re
-from typing import Annotated, Any, Callable, Mapping, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, ValidationError
 

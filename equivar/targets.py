@@ -27,27 +27,28 @@ def importable_working_directory() -> None:
 
 
 def locate(target: str, key: str) -> Any:
-    """Imports ``package.module.Attr`` (the longest importable module prefix, then attributes), with a
-    one-line ConfigError that says which part is missing or what failed inside the user's module."""
+    """Imports ``package.module.Attr`` (the longest importable module prefix, then attributes, importing
+    submodules of packages on the way), with a one-line ConfigError that says which part is missing or what
+    failed inside the user's module. ``key``: how the user writes the setting (``zoo.mine._target_``)."""
     if not isinstance(target, str) or not target:
         raise ConfigError(f"{key}={target!r} must be a dotted path, e.g. mylab.nets.MyNet")
     importable_working_directory()
     parts = target.split(".")
-    for i in range(len(parts), 0, -1):
+    for i in range(max(1, len(parts) - 1), 0, -1):
         module_name = ".".join(parts[:i])
         try:
-            obj: Any = importlib.import_module(module_name)
+            obj: Any = _import(module_name, target, key)
         except ModuleNotFoundError as err:
-            if err.name and (module_name == err.name or module_name.startswith(err.name + ".")):
-                if i == 1:
-                    raise ConfigError(f"{key}={target!r} cannot be imported: no module named "
-                                      f"{err.name!r}{_HINT}") from None
-                continue  # a shorter prefix may be the module and the rest attributes
-            raise ConfigError(f"{key}={target!r}: importing {module_name} fails: {err}") from err
-        except Exception as err:  # the user's module itself raises on import
-            raise ConfigError(f"{key}={target!r}: importing {module_name} fails: "
-                              f"{type(err).__name__}: {err}") from err
+            if i == 1:
+                raise ConfigError(f"{key}={target!r} cannot be imported: no module named {err.name!r}{_HINT}") from None
+            continue  # a shorter prefix may be the module and the rest attributes
         for attr in parts[i:]:
+            if not hasattr(obj, attr) and hasattr(obj, "__path__"):  # a package: its submodule, if it has one
+                try:
+                    obj = _import(f"{obj.__name__}.{attr}", target, key)
+                    continue
+                except ModuleNotFoundError:
+                    pass
             if not hasattr(obj, attr):
                 near = nearest(attr, [a for a in dir(obj) if not a.startswith("_")])
                 raise ConfigError(f"{key}={target!r} cannot be imported: {getattr(obj, '__name__', obj)} "
@@ -55,6 +56,19 @@ def locate(target: str, key: str) -> Any:
             obj = getattr(obj, attr)
         return obj
     raise ConfigError(f"{key}={target!r} cannot be imported{_HINT}")
+
+
+def _import(module_name: str, target: str, key: str) -> ModuleType:
+    """``module_name`` imported; ModuleNotFoundError only when that module itself (or a parent) is missing,
+    a one-line ConfigError when importing it fails inside."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name and (module_name == err.name or module_name.startswith(err.name + ".")):
+            raise
+        raise ConfigError(f"{key}={target!r}: importing {module_name} fails: {err}") from err
+    except Exception as err:  # the user's module itself raises on import
+        raise ConfigError(f"{key}={target!r}: importing {module_name} fails: {type(err).__name__}: {err}") from err
 
 
 def locate_class(target: str | type, key: str, base: type | None = None, what: str = "a class") -> type:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from typing import Any, Callable, Literal, NamedTuple
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple
 
 import chex
 import jax
@@ -23,7 +24,7 @@ from pydantic import Field
 from tqdm.auto import tqdm
 
 from equivar.errors import ConfigError
-from equivar.introspect import to_inference
+from equivar.introspect import split_variables, to_inference
 from equivar.schema import Float, NonNegativeInt, Options, PositiveInt, check_keywords
 from equivar.strategy import ExecutionPlan, replicate, shard_seeds
 from equivar.transforms import INTEGER_MODES, ShiftMode, shift_each
@@ -133,7 +134,7 @@ def init_states(build: Callable[[nnx.Rngs], nnx.Module], tx: optax.GradientTrans
     graphdef = nnx.graphdef(nnx.eval_shape(lambda: build(nnx.Rngs(0))))
 
     def init_one(key: jax.Array) -> TrainState:
-        _, params, model_state = nnx.split(build(nnx.Rngs(_init_key(key))), nnx.Param, ...)
+        _, params, model_state = split_variables(build(nnx.Rngs(_init_key(key))))
         return TrainState(params, model_state, tx.init(params), jnp.zeros((), jnp.int32),
                           jax.random.key_data(jax.random.fold_in(key, 2)), jnp.full((), -1, jnp.int32))
 
@@ -169,7 +170,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, au
         model = nnx.merge(graphdef, params, model_state, copy=True)
         logits = model(x)
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-        return loss, (logits, nnx.split(model, nnx.Param, ...)[2])
+        return loss, (logits, split_variables(model)[2])
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         x, y = batch

@@ -21,9 +21,10 @@ import numpy as np
 from flax import nnx
 
 from equivar.errors import ConfigError
+from equivar.introspect import split_variables
 from equivar.io import read_json, write_json
 from equivar.models import build_model, check_model
-from equivar.train import Variables, inference_model
+from equivar.train import Variables, inference_model, take_seed
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +93,7 @@ class TrainedModel:
         """One model object per seed, in inference mode, for analyses that look inside the model."""
         params, model_state = self.variables(healthy_only)
         n = len(self.healthy_seeds()) if healthy_only else len(self.seeds)
-        return [inference_model(self.graphdef, *jax.tree.map(lambda a: a[i], (params, model_state)))
-                for i in range(n)]
+        return [inference_model(self.graphdef, *take_seed((params, model_state), i)) for i in range(n)]
 
     def provenance(self) -> dict[str, Any]:
         """What metrics.json records of where the model came from."""
@@ -198,7 +198,7 @@ def load(run_dir: Path, name: str, target: str | None, options: dict[str, Any] |
                           f"{tuple(input_shape)} and {n_classes}")
     check_model(target, input_shape, n_classes, options, where)
     abstract = nnx.eval_shape(lambda: build_model(target, input_shape, n_classes, options, nnx.Rngs(0), where))
-    graphdef, params, model_state = nnx.split(abstract, nnx.Param, ...)
+    graphdef, params, model_state = split_variables(abstract)
     seeds = list(manifest["seeds"])
     stacked = jax.tree.map(lambda a: jax.ShapeDtypeStruct((len(seeds), *a.shape), a.dtype), (params, model_state))
     try:

@@ -19,11 +19,13 @@ All functions are pure and jittable; offsets may be traced values.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from typing import Literal, get_args
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 from pydantic import Field, model_validator
 
 from equivar.errors import ConfigError
@@ -33,6 +35,7 @@ ShiftMode = Literal["roll", "zero", "fourier", "bilinear-zero", "bilinear-reflec
 SHIFT_MODES: tuple[str, ...] = get_args(ShiftMode)
 INTEGER_MODES = SHIFT_MODES[:2]
 SUBPIXEL_MODES = SHIFT_MODES[2:]
+Offset = ArrayLike | Sequence[float]  # one translation per spatial axis
 MAX_SHIFTS_PER_AXIS = 1001  # a finer grid is a typo (shift.step=0.0001), not a measurement
 
 
@@ -100,7 +103,7 @@ class ShiftGrid(Options):
         return shift_grid(self.max, rank, self.step)
 
 
-def shift(x: jax.Array, offset: jax.Array, mode: str = "roll") -> jax.Array:
+def shift(x: jax.Array, offset: Offset, mode: str = "roll") -> jax.Array:
     """Translates a batch ``x`` of shape ``(N, *spatial, C)`` by ``offset`` (one value per spatial axis;
     integers for ``roll`` and ``zero``, any real number for the sub-pixel modes)."""
     if mode not in SHIFT_MODES:
@@ -119,7 +122,7 @@ def shift(x: jax.Array, offset: jax.Array, mode: str = "roll") -> jax.Array:
     return out
 
 
-def fourier_shift(x: jax.Array, offset: jax.Array) -> jax.Array:
+def fourier_shift(x: jax.Array, offset: Offset) -> jax.Array:
     """Band-limited circular translation by real ``offset`` per spatial axis (see the module docstring for
     the Nyquist convention)."""
     offset = jnp.asarray(offset, dtype=jnp.float32)
@@ -159,7 +162,7 @@ def _integer_shift_axis(x: jax.Array, amount: jax.Array, axis: int, border: str)
     return out
 
 
-def bilinear_shift(x: jax.Array, offset: jax.Array, border: str = "zero") -> jax.Array:
+def bilinear_shift(x: jax.Array, offset: Offset, border: str = "zero") -> jax.Array:
     """Translation by real ``offset`` per axis with linear interpolation along each axis (bilinear in 2D):
     ``(1 - f) T_floor(t) x + f T_floor(t)+1 x`` with ``f`` the fractional part. Differentiable in ``offset``."""
     if border not in ("zero", "reflect", "circular"):

@@ -150,9 +150,9 @@ def _table(name: str, m: ModelResult) -> str:
     return "\n".join(lines)
 
 
-def _extent(m: np.ndarray) -> list[tuple[int, int]]:
+def _extent(m: np.ndarray) -> list[tuple[int, ...]]:
     """Per axis, the first and last index where a map is non-zero (the whole axis when it is all zero)."""
-    out = []
+    out: list[tuple[int, ...]] = []
     for axis in range(m.ndim):
         nonzero = np.flatnonzero(np.any(m > 0, axis=tuple(a for a in range(m.ndim) if a != axis)))
         out.append((int(nonzero[0]), int(nonzero[-1])) if nonzero.size else (0, m.shape[axis] - 1))
@@ -175,7 +175,7 @@ def plot(result: Result, out_dir: Path) -> list[Path]:
                 seen = _axes(row.support_size)
                 if seen != rf:
                     rf += f", sees {seen}"
-                ok = {True: "grad = analytic", False: "grad ≠ analytic"}.get(row.empirical_equals_analytic, "")
+                ok = {True: "grad = analytic", False: "grad ≠ analytic", None: ""}[row.empirical_equals_analytic]
                 ax.set_title(f"{row.layer}: RF {rf}\n{ok}", fontsize=9)
                 (lo0, hi0), *rest = [tuple(r) for r in row.support_range]
             else:  # no analytic field (the model computes between its layers): the gradient's extent only

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +25,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import scipy.ndimage as ndimage
 from flax import nnx
+from numpy.typing import ArrayLike
 from pydantic import Field
 
 from equivar.config import RunConfig
@@ -45,7 +47,7 @@ from equivar.schema import PositiveInt
 
 log = logging.getLogger(__name__)
 
-Impl = Callable[[np.ndarray, np.ndarray], np.ndarray]
+Impl = Callable[[np.ndarray, np.ndarray], ArrayLike]
 
 
 def _lax_1d(padding: str) -> Impl:
@@ -149,7 +151,7 @@ def compare_multichannel(seed: int) -> dict[str, Any]:
         reference = correlate_definition(p, w, b)
         rank = len(spatial)
         dims = ("NWC", "WIO", "NWC") if rank == 1 else ("NHWC", "HWIO", "NHWC")
-        lax_out = np.asarray(jax.lax.conv_general_dilated(p[None], w, (1,) * rank, "VALID",
+        lax_out = np.asarray(jax.lax.conv_general_dilated(jnp.asarray(p[None]), jnp.asarray(w), (1,) * rank, "VALID",
                                                           dimension_numbers=dims)[0]) + b
         toeplitz = (conv_matrix(w, spatial) @ p.ravel()).reshape(reference.shape) + b
         row = {"input": list(p.shape), "kernel": list(w.shape), "output": list(reference.shape),
@@ -260,7 +262,8 @@ def run(config: RunConfig, out_dir: Path) -> Result:
     return Result(experiment=config.experiment, module=config.module, seeds=[config.seed],
                   lecture_example=LectureExample(x=x.tolist(), w=w.tolist()),
                   models={r.pop("name"): Implementation.model_validate({**r, "source": "library"}) for r in rows},
-                  multichannel={k: Multichannel.model_validate(v) for k, v in compare_multichannel(config.seed).items()},
+                  multichannel={k: Multichannel.model_validate(v)
+                                for k, v in compare_multichannel(config.seed).items()},
                   toeplitz={k: Toeplitz.model_validate(v) for k, v in toeplitz_proof(config.seed).items()},
                   notes=notes)
 

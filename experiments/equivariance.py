@@ -24,7 +24,7 @@ from equivar.config import ModelSpec, RunConfig
 from equivar.data import load_dataset
 from equivar.equivariance import layer_shift_errors, transform_errors
 from equivar.experiment import as_trained, base_fields, builder, check_before_data, init_seeds, obtain, record_fields
-from equivar.layers import PADDINGS, Padding
+from equivar.layers import Padding
 from equivar.models import model_options, resolve_target
 from equivar.plot import FLOAT32_EPS, LOG_FLOOR, model_color, over_seeds, save
 from equivar.results import ExperimentResult, Headline, MeanStd, MeanStdGrid, MeanStdSeries, ModelRecord, Record
@@ -38,8 +38,8 @@ log = logging.getLogger(__name__)
 class Options(OptionsBase):
     """``equivariance.*`` (the shifts themselves are the ``shift.*`` grid)."""
 
-    paddings: list[Padding] = Field(list(PADDINGS), min_length=1, description="paddings to build each model with "
-                                                                               "(models with a padding option)")
+    paddings: list[Padding] = Field(["VALID", "SAME", "CIRCULAR"], min_length=1,
+                                    description="paddings to build each model with (models with a padding option)")
     n_examples: PositiveInt = Field(256, description="test inputs per measurement")
     trained: bool = Field(True, description="also measure after training (train.*), not only at initialisation")
     grid: bool = Field(False, description="2D data: also every (dy, dx) shift in 0..shift.max on both axes, not "
@@ -103,10 +103,10 @@ def _aggregate(per_seed: list[dict[str, dict[str, Any]]]) -> dict[str, LayerErro
     return out
 
 
-def _variants(config: RunConfig, paddings: list[str]) -> list[tuple[ModelSpec, str | None, dict[str, Any]]]:
+def _variants(config: RunConfig, paddings: list[Padding]) -> list[tuple[ModelSpec, str | None, dict[str, Any]]]:
     """(model spec, padding, options): every padding for models with a ``padding`` option, trained here; the
     model as configured otherwise (and always for models loaded from an earlier run)."""
-    out = []
+    out: list[tuple[ModelSpec, str | None, dict[str, Any]]] = []
     for spec in config.models:
         accepted, _ = model_options(resolve_target(spec.target, spec.where))
         if "padding" not in accepted or config.load_from:

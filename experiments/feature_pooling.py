@@ -26,7 +26,7 @@ from equivar.errors import ConfigError
 from equivar.experiment import base_fields, check_before_data, obtain, record_fields, unmeasured
 from equivar.metrics import accuracy
 from equivar.plot import FLOAT32_EPS, LOG_FLOOR, draw_chance, error_bars, model_color, over_seeds, save
-from equivar.results import ExperimentResult, Headline, MeanStd, ModelRecord
+from equivar.results import EVERY_SEED_DIVERGED, ExperimentResult, Headline, MeanStd, ModelRecord
 from equivar.text import seeds_phrase
 from equivar.train import make_logits
 
@@ -130,7 +130,7 @@ def plot(result: Result, out_dir: Path) -> list[Path]:
     for i, (variant, r) in enumerate(variants.items()):
         x = np.arange(len(names)) + (i - (len(variants) - 1) / 2) * width
         if r is None:  # every seed diverged: named in the legend, nothing to draw
-            ax.bar(x, np.zeros(len(names)), width, label=f"{variant}: every seed diverged", color="lightgray")
+            ax.bar(x, np.zeros(len(names)), width, label=f"{variant}: {EVERY_SEED_DIVERGED}", color="lightgray")
             continue
         style = {"color": color, "alpha": 1.0 if i == 0 else 0.55, "hatch": None if i == 0 else "//",
                  "edgecolor": "white" if i else color}

@@ -27,7 +27,7 @@ from equivar.experiment import base_fields, obtain, record_fields, unmeasured
 from equivar.layers import Padding
 from equivar.metrics import accuracy
 from equivar.plot import draw_chance, error_bars, save
-from equivar.results import ExperimentResult, Headline, MeanStd, ModelRecord, Record
+from equivar.results import EVERY_SEED_DIVERGED, ExperimentResult, Headline, MeanStd, ModelRecord, Record
 from equivar.schema import Float, PositiveInt
 from equivar.schema import Options as OptionsBase
 from equivar.text import seeds_phrase
@@ -147,9 +147,9 @@ def plot(result: Result, out_dir: Path) -> list[Path]:
     """Test accuracy per padding (mean ± std over seeds, seeds as dots) against chance."""
     paddings: dict[str, PaddingResult | None] = {**result.models, **{p: None for p in result.unmeasured}}
     fig, ax = plt.subplots(figsize=(1.8 + 1.4 * len(paddings), 3.6))
-    for i, (padding, r) in enumerate(paddings.items()):
+    for i, r in enumerate(paddings.values()):
         if r is None:  # every seed diverged
-            ax.text(i, 0.05, "every seed\ndiverged", ha="center", fontsize=8)
+            ax.text(i, 0.05, EVERY_SEED_DIVERGED.replace(" diverged", "\ndiverged"), ha="center", fontsize=8)
             continue
         acc = r.test_accuracy
         ax.bar(i, acc.mean, 0.6, capsize=4, yerr=error_bars([acc.std], acc.n),

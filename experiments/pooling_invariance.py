@@ -1,24 +1,26 @@
 """pooling_invariance: how much invariance each pooling buys, as a function of shift and pooling size.
 
-Features are a circular convolution + ReLU (``pooling_invariance.channels`` maps, kernel ``kernel``; one
-random initialisation per seed, the same for every pooling) on the test inputs. Each pooling ``g`` is applied
-to them and its invariance error ``||g(T_s x) - g(x)|| / ||g(x)||`` is measured for circular shifts
-``s = 0..shift.max`` (by ``shift.step``; ``shift.mode`` roll, or fourier for sub-pixel steps) along every axis: local max and mean pooling, Zhang's (2019) blur pooling (max with stride 1,
-binomial blur, subsample) and Chaman & Dokmanic's (2021) adaptive polyphase sampling (APS; max with stride 1,
-then the largest-norm polyphase component), each with window = stride = ``p`` for every ``p`` in ``sizes``,
-and global average and global max pooling. Everything is circular, so global pooling is exactly invariant.
+Features are a circular convolution + ReLU (``pooling_invariance.channels`` maps, kernel ``kernel``; one random
+initialisation per seed, the same for every pooling) on the test inputs. Each pooling ``g`` is applied to them and
+its invariance error ``||g(T_s x) - g(x)|| / ||g(x)||`` is measured for circular shifts ``s = 0..shift.max`` (by
+``shift.step``; ``shift.mode`` roll, or fourier for sub-pixel steps) along every axis: local max and mean pooling,
+Zhang's (2019) blur pooling (max with stride 1, binomial blur, subsample) and Chaman & Dokmanic's (2021) adaptive
+polyphase sampling (APS; max with stride 1, then the largest-norm polyphase component), each with window = stride =
+``p`` for every ``p`` in ``sizes``, and global average and global max pooling. Everything is circular, so global
+pooling is exactly invariant.
 
 Expected: errors grow with the shift and saturate; larger ``p`` rise more slowly (invariance to larger
 displacements); blur pooling is smoother than max pooling; APS output is a shifted copy of itself, so it is
-*equivariant* (error 0 after undoing the shift, reported as ``aps_shift_aligned``) though not invariant;
-global pooling stays at 0.
+*equivariant* (error 0 after undoing the shift, reported as ``aps_shift_aligned``) though not invariant; global
+pooling stays at 0.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -34,8 +36,16 @@ from equivar.errors import ConfigError
 from equivar.experiment import base_fields, obtain, record_fields
 from equivar.layers import Blur, GlobalPool, PolyphaseDownsample, Pool
 from equivar.plot import band, over_seeds, save
-from equivar.results import (ExperimentResult, Headline, MeanStd, MeanStdSeries, ModelRecord, Record, SeedRecord,
-                             SeedStatus)
+from equivar.results import (
+    ExperimentResult,
+    Headline,
+    MeanStd,
+    MeanStdSeries,
+    ModelRecord,
+    Record,
+    SeedRecord,
+    SeedStatus,
+)
 from equivar.schema import Options as OptionsBase
 from equivar.schema import PositiveInt
 from equivar.text import seeds_phrase
@@ -127,7 +137,7 @@ def feature_convs(config: RunConfig, data: Dataset, out_dir: Path, opts: Options
               {"type": "activation", "fn": "relu"}, {"type": "global_pool", "kind": "max"}]
     model = obtain(config, data, out_dir, "pooling_features", "equivar.models.Stack", {"layers": layers},
                    config.plan(), where="pooling_invariance.features")
-    return [m.conv1 for m in model.modules()], model
+    return [m.conv1 for m in model.modules()], model  # type: ignore[attr-defined]  # the Stack's first layer
 
 
 def check(config: RunConfig, spatial: tuple[int, ...] | None = None) -> None:
@@ -216,7 +226,7 @@ def plot(result: Result, out_dir: Path) -> list[Path]:
     fig, axes = plt.subplots(1, len(types) + 1, figsize=(3.6 * (len(types) + 1), 3.4), sharey=True)
     colours = plt.cm.plasma(np.linspace(0, 0.8, len(result.sizes)))
     for ax, t in zip(axes, types):
-        for colour, (name, r) in zip(colours, [(n, r) for n, r in pools.items() if r.type == t]):
+        for colour, r in zip(colours, [r for r in pools.values() if r.type == t]):
             band(ax, shifts, r.error.mean, r.error.std, r.error.n, colour, f"size {r.size}", marker="o", ms=3)
             if r.shift_aligned_error is not None:
                 ax.plot(shifts, r.shift_aligned_error.mean, ":", color=colour, lw=1)

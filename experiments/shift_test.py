@@ -18,8 +18,15 @@ import numpy as np
 from equivar.config import RunConfig
 from equivar.data import load_dataset
 from equivar.evaluate import ShiftEvaluator
-from equivar.experiment import (base_fields, check_batch, check_before_data, obtain, record_fields, spec_variants,
-                                unmeasured)
+from equivar.experiment import (
+    base_fields,
+    check_batch,
+    check_before_data,
+    obtain,
+    record_fields,
+    spec_variants,
+    unmeasured,
+)
 from equivar.metrics import accuracy, consistency
 from equivar.plot import AXIS_NAMES, band, draw_chance, model_color, over_seeds, save, share_axis
 from equivar.results import ExperimentResult, Headline, MeanStd, MeanStdSeries, ModelRecord, Record
@@ -185,6 +192,7 @@ def plot(result: Result, out_dir: Path) -> list[Path]:
             ax.set_xlabel("dx (columns)")
             if i == 0:
                 ax.set_ylabel("dy (rows)")
+        assert image is not None
         fig.colorbar(image, ax=axes[0].tolist(), label="test accuracy", shrink=0.85)
         fig.suptitle(f"Accuracy over (dy, dx) shifts on {dataset}, mode={mode}, "
                      f"{over_seeds(result.n_seeds, 'mean')}")

@@ -52,6 +52,19 @@ def zoo_options(name: str, **changes) -> dict:
     return entry | changes
 
 
+def validate_metrics(run_dir: Path) -> dict:
+    """A run's metrics.json, checked against its experiment's published JSON Schema (docs/schemas/)."""
+    import json
+
+    import jsonschema
+
+    data = json.loads((Path(run_dir) / "metrics.json").read_text())
+    name = data["module"].rsplit(".", 1)[-1]
+    schema = json.loads((ROOT / "docs" / "schemas" / f"{name}.json").read_text())
+    jsonschema.validate(data, schema)
+    return data
+
+
 def fake_stat(mean, std, n_seeds, length=None):
     """A mean ± std over ``n_seeds`` as results hold it (a series of ``length`` when given)."""
     std = std if n_seeds > 1 else 0.0

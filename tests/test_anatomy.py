@@ -8,6 +8,7 @@ from flax import nnx
 from equivar.anatomy import anatomy, exact_support, layer_steps
 from equivar.errors import ConfigError
 from equivar.models import build_model
+
 from conftest import ZOO_PARAMS, target
 
 PADDINGS = ["VALID", "SAME", "CIRCULAR"]

@@ -124,11 +124,13 @@ def test_user_model_with_batchnorm_trains_checkpoints_and_reloads_identically(us
 
 
 def test_checkpoint_round_trip_is_exact_for_every_variable(user_module, tmp_path):
+    import functools
+
+    import optax
+
     from equivar.experiment import as_trained
     from equivar.models import build_model
     from equivar.train import init_states, seed_keys
-    import functools
-    import optax
 
     build = functools.partial(build_model, user_module.BNNet, (12, 2), 3, {"width": 4})
     graphdef, states = init_states(build, optax.adam(1e-3), seed_keys(7, 3))

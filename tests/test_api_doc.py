@@ -1,9 +1,9 @@
 """The Python API example in docs/api.md runs as written and gives what the doc says it gives."""
 
 import re
+import sys
 
 import pytest
-import sys
 
 from conftest import ROOT
 

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from equivar.equivariance import interior_mask, layer_shift_errors, transform_errors
 from equivar.anatomy import Field
+from equivar.equivariance import interior_mask, layer_shift_errors, transform_errors
 from equivar.models import build_model
 from equivar.transforms import shift
+
 from conftest import target
 
 TOL = 1e-5  # relative error float32 stacks must stay under where the theory says "exact"

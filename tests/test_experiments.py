@@ -1,6 +1,5 @@
 """Every experiment config composed through Hydra and run tiny into a temp dir; the CLI's error paths."""
 
-import json
 import os
 import re
 import subprocess
@@ -14,7 +13,7 @@ from equivar.experiment import read_result
 from equivar.plot import main as plot_main
 from equivar.run import run_experiment
 
-from conftest import ROOT, compose_raw, mnist_dir, requires_mnist
+from conftest import ROOT, compose_raw, mnist_dir, requires_mnist, validate_metrics
 
 TINY = ["n_seeds=2", "train.epochs=2", "train.batch_size=32", "zoo.mlp.hidden=[32]",
         "zoo.lenet.channels=[4,8]", "zoo.lenet.kernel=3", "zoo.lenet.hidden=[16]",
@@ -77,6 +76,7 @@ def test_every_experiment_composes_and_runs_tiny(name, tmp_path):
     result = run_experiment(raw, tmp_path)
     assert result.experiment == raw["experiment_name"]
     assert read_result(tmp_path).model_dump(mode="json") == result.model_dump(mode="json")
+    assert validate_metrics(tmp_path)["experiment"] == raw["experiment_name"]
     assert list(tmp_path.glob("*.png")), "every experiment draws its plots"
 
 

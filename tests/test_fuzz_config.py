@@ -19,7 +19,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from equivar.config import builtin_experiments
 from equivar.errors import UserError

@@ -46,7 +46,7 @@ def test_the_translation_tangent_is_the_derivative_of_the_fourier_shift():
     x = jax.random.normal(jax.random.key(0), (2, 12, 9, 3))
     for axis, gen in ((0, "translate_y"), (1, "translate_x")):
         e = jnp.zeros(2).at[axis].set(1.0)
-        along = jax.jvp(lambda t: fourier_shift(x, t * e), (jnp.float32(0),), (jnp.float32(1),))[1]
+        along = jax.jvp(lambda t, e=e: fourier_shift(x, t * e), (jnp.float32(0),), (jnp.float32(1),))[1]
         np.testing.assert_allclose(input_tangent(x, gen), along, atol=1e-5)
 
 
@@ -109,8 +109,9 @@ def test_layer_contributions_sum_to_the_end_to_end_derivative(kind, shape, optio
 
 @pytest.mark.slow
 def test_lie_derivative_experiment_tiny(tmp_path):
-    from conftest import compose_raw
     from equivar.run import run_experiment
+
+    from conftest import compose_raw
     raw = compose_raw(["experiment=lie_derivative", "dataset=synthetic", "n_seeds=2", "train.epochs=1",
                        "models=[lenet,cnn_gap]", "zoo.lenet.channels=[4,8]", "zoo.lenet.kernel=3",
                        "zoo.lenet.hidden=[16]", "zoo.cnn_gap.channels=[4,8]", "zoo.cnn_gap.dilations=[1,2]",

@@ -5,10 +5,11 @@ import pytest
 from flax import nnx
 
 from equivar.errors import ConfigError
-from equivar.layers import Pool
 from equivar.introspect import layer_outputs
+from equivar.layers import Pool
 from equivar.models import build_model
 from equivar.transforms import shift, shift_grid
+
 from conftest import ZOO_PARAMS, target, zoo_options
 
 SHAPES = {"1d": (40, 1), "2d": (28, 28, 1)}
@@ -51,7 +52,7 @@ def test_cnn_gap_invariant_to_every_circular_shift(shape):
     grid = jnp.asarray(shift_grid(max(shape[:-1]), rank))
     for m in (model, model_max):
         ref = m(x)
-        shifted = jax.vmap(lambda o: m(shift(x, o)))(grid)
+        shifted = jax.vmap(lambda o, m=m: m(shift(x, o)))(grid)
         err = jnp.abs(shifted - ref).max() / jnp.abs(ref).max()
         assert float(err) <= 1e-5
 

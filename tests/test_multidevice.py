@@ -1,12 +1,12 @@
 """Seeds spread over several devices, side by side (loop) or sharded (vmap), give the same models as one device
 (CPU devices forced by XLA_FLAGS)."""
 
-import pytest
 import os
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 WORKER = r"""
 import sys

@@ -19,7 +19,6 @@ from matplotlib.container import BarContainer
 from equivar.experiments import feature_pooling, shift_test
 from equivar.io import write_json
 from equivar.plot import model_color, over_seeds
-from equivar.results import SeedRecord
 from equivar.quiet import MissingTpuFilter
 from equivar.report import write_report
 

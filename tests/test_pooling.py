@@ -9,6 +9,7 @@ from flax import nnx
 from equivar.layers import Blur, PolyphaseDownsample, binomial_filter
 from equivar.models import build_model
 from equivar.transforms import shift
+
 from conftest import target
 
 
@@ -88,8 +89,9 @@ def test_lenet_takes_anti_aliased_pooling(pool, shape):
 def test_pooling_invariance_on_trained_features_keeps_its_defining_facts(tmp_path):
     """Global pooling of circular features is exactly invariant and APS exactly equivariant, with trained
     weights too; the trained feature net is saved like any trained model."""
-    from conftest import compose_raw
     from equivar.run import run_experiment
+
+    from conftest import compose_raw
     raw = compose_raw(["experiment=pooling_invariance", "dataset=synthetic", "n_seeds=2", "train.epochs=1",
                        "pooling_invariance.features=trained", "pooling_invariance.n_examples=16",
                        "pooling_invariance.sizes=[2,4]", "shift.max=4", "pooling_invariance.channels=4"])

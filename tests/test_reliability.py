@@ -1,17 +1,17 @@
 """Divergence is caught per seed, recorded and reported; results are reproducible."""
 
-import pytest
 import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from equivar.data import Synthetic
 from equivar.models import build_model
+from equivar.run import run_experiment
 from equivar.strategy import plan_execution
 from equivar.train import SeedTrainer, TrainOptions, init_states, make_optimizer, seed_keys
-from equivar.run import run_experiment
 
 from conftest import compose_raw, target
 from test_experiments import TINY, _cli

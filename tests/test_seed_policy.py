@@ -10,18 +10,18 @@ import numpy as np
 import pytest
 
 import equivar.experiment as common
+from equivar.config import load_experiment
 from equivar.data import Synthetic
 from equivar.evaluate import ShiftEvaluator
-from equivar.models import build_model
-from equivar.config import load_experiment
 from equivar.experiment import read_result
+from equivar.models import build_model
 from equivar.results import RunStatus
 from equivar.run import run_experiment
 from equivar.strategy import plan_execution
 from equivar.train import SeedTrainer, TrainOptions, init_states, make_optimizer, make_train_step, seed_keys, take_seed
 from equivar.transforms import shift_grid
 
-from conftest import compose_raw, target
+from conftest import compose_raw, target, validate_metrics
 from test_experiments import tiny
 
 
@@ -30,7 +30,10 @@ def data():
     return Synthetic(rank=1, size=16, n_classes=3, n_train=64, n_test=32, seed=1).load()
 
 
-def _mlp(data, n_seeds=2, spec=TrainOptions(epochs=2, batch_size=16, learning_rate=3e-3)):
+SPEC = TrainOptions(epochs=2, batch_size=16, learning_rate=3e-3)
+
+
+def _mlp(data, n_seeds=2, spec=SPEC):
     tx = make_optimizer(spec)
     keys = seed_keys(0, n_seeds)
     graphdef, states = init_states(
@@ -196,6 +199,7 @@ def test_one_seed_policy_for_every_experiment_that_trains(name, tmp_path, monkey
     for record in result.models.values():
         assert [s.text() for s in record.seeds] == ["ok", "diverged at step 0 (epoch 1)", "ok"]
         assert record.seeds_note() == " (1/3 seeds diverged)"
+    validate_metrics(tmp_path / "partial")  # the published schema of this experiment's metrics.json
     written = read_result(tmp_path / "partial")
     assert written.status is RunStatus.PARTIAL and written.model_dump(mode="json") == result.model_dump(mode="json")
     assert json.loads((tmp_path / "partial" / "metrics.json").read_text())["status"] == "partial"
@@ -214,6 +218,7 @@ def test_one_seed_policy_for_every_experiment_that_trains(name, tmp_path, monkey
     result = run_experiment(compose_raw(overrides), tmp_path / "all")
     assert result.status is RunStatus.DIVERGED and not result.models and result.unmeasured
     assert "every seed diverged" in load_experiment(result.module).summary(result)
+    validate_metrics(tmp_path / "all")
     status = json.loads((tmp_path / "all" / "status.json").read_text())
     assert status["status"] == "diverged"  # and the CLI exits 3 (test_reliability)
     assert (tmp_path / "all" / "metrics.json").is_file()  # plots and summary cope with nothing measured

@@ -64,8 +64,9 @@ def test_fractional_grids():
 
 @pytest.mark.slow
 def test_shift_test_on_a_subpixel_grid(tmp_path):
-    from conftest import compose_raw
     from equivar.run import run_experiment
+
+    from conftest import compose_raw
     raw = compose_raw(["experiment=shift_test", "dataset=synthetic", "shift.mode=fourier", "shift.step=0.5",
                        "shift.max=1", "models=[cnn_gap]", "n_seeds=1", "train.epochs=1",
                        "zoo.cnn_gap.channels=[4,8]", "zoo.cnn_gap.dilations=[1,2]"])
@@ -82,8 +83,9 @@ def test_shift_test_on_a_subpixel_grid(tmp_path):
     (["shift.mode=bilinear-mirror"], "shift.mode='bilinear-mirror' is not one of roll, zero, fourier"),
 ])
 def test_bad_shift_grids_are_one_line(overrides, words, tmp_path):
-    from conftest import compose_raw
     from equivar.run import run_experiment
+
+    from conftest import compose_raw
     with pytest.raises(ConfigError, match=words.replace("(", r"\(").replace(".", r"\.")):
         run_experiment(compose_raw(["experiment=shift_test", "dataset=synthetic"] + overrides), tmp_path)
 
@@ -92,6 +94,7 @@ def test_layer_errors_under_fractional_fourier_shifts():
     """A circular convolution commutes with half-pixel Fourier shifts (its map moves by exactly s); the ReLU
     after it does not (it creates frequencies that alias)."""
     from flax import nnx
+
     from equivar.equivariance import layer_shift_errors
     from equivar.models import build_model
     layers = [{"type": "conv", "features": 4, "kernel": 3, "padding": "CIRCULAR"}, {"type": "activation", "fn": "relu"}]
@@ -104,8 +107,9 @@ def test_layer_errors_under_fractional_fourier_shifts():
 
 
 def test_fractional_steps_need_a_subpixel_mode(tmp_path):
-    from conftest import compose_raw
     from equivar.run import run_experiment
+
+    from conftest import compose_raw
     for overrides, words in ((["experiment=equivariance", "shift.step=0.5", "models=[lenet]"],
                               "shift.mode=roll shifts by whole positions, but shift.step=0.5"),
                              (["experiment=pooling_invariance", "shift.step=0.25"],

@@ -10,6 +10,7 @@ from equivar.data import Synthetic
 from equivar.models import build_model
 from equivar.strategy import plan_execution
 from equivar.train import SeedTrainer, TrainOptions, init_states, make_optimizer, seed_keys, take_seed
+
 from conftest import target
 
 SPEC = TrainOptions(epochs=2, batch_size=16, learning_rate=3e-3)
