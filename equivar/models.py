@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
-from flax import nnx
+from flax import linen, nnx
 
 from equivar.errors import ConfigError
 from equivar.introspect import to_inference
@@ -351,9 +351,11 @@ CONTRACT_ARGS = ("input_shape", "n_classes", "rngs")
 
 
 def resolve_target(target: str | type, where: str = "model") -> type:
-    """The class a ``_target_`` names (``package.module.Class``), imported as Hydra does; a one-line
-    ConfigError when it cannot be imported or is not a class."""
-    return locate_class(target, f"{where}._target_", what="a model class")
+    """The model class a ``_target_`` names (``package.module.Class``), imported as Hydra does; a one-line
+    ConfigError when it cannot be imported or is not a Flax module class (a config, or a run folder's record
+    read by ``load_from``, cannot make equivar build any other kind of object)."""
+    return locate_class(target, f"{where}._target_", (nnx.Module, linen.Module),
+                        "a model class (a flax.nnx.Module or flax.linen.Module subclass)")
 
 
 def model_options(cls: type) -> tuple[list[str], bool]:

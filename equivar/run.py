@@ -194,7 +194,9 @@ def hydra_message(err: BaseException) -> str:
                 + (f" (did you mean {group}={near[0]}?)" if near else ""))
     lines = [line.strip() for e in (err, err.__cause__) if e is not None for line in str(e).splitlines()
              if line.strip() and not line.strip().startswith(("full_key:", "object_type=", "reference_type="))]
-    return lines[0].rstrip(".") if lines else type(err).__name__
+    text = lines[0].rstrip(".") if lines else type(err).__name__
+    key = next((k for e in (err, err.__cause__) if (k := getattr(e, "full_key", None))), None)
+    return f"{key}: {text}" if key and str(key) not in text else text
 
 
 def validate(overrides: list[str], multirun: bool = False) -> list[RunConfig]:
@@ -211,6 +213,23 @@ def validate(overrides: list[str], multirun: bool = False) -> list[RunConfig]:
                 check_model(spec.target, known[0], known[1], spec.options, spec.where)  # once per process
         configs.append(config)
     return configs
+
+
+def check_run_folder(overrides: list[str], multirun: bool = False) -> None:
+    """The folder runs write into can be created: its first existing ancestor is a folder one may write in
+    (a file in the way, or no permission, is one line naming the folder, before Hydra tries)."""
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    given = next((o.split("=", 1)[1] for o in overrides if o.lstrip("+~").split("=", 1)[0] == key), None)
+    folder = Path((given or "outputs").split("${", 1)[0] or ".").expanduser().absolute()
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"the run folder {folder} cannot be created: {existing} is a file, not a folder; choose "
+                          f"another {key}=...")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"the run folder {folder} cannot be created: no permission to write in {existing}; "
+                          f"choose another {key}=...")
 
 
 def report_error(err: BaseException) -> str:
@@ -233,6 +252,7 @@ def main() -> None:
     if not any(own_flags) and os.environ.get("HYDRA_FULL_ERROR") != "1":
         try:
             validate(args.overrides, args.multirun)
+            check_run_folder(args.overrides, args.multirun)
         except UserError as err:
             print(report_error(err), file=sys.stderr)
             sys.exit(2)

@@ -71,7 +71,8 @@ def _import(module_name: str, target: str, key: str) -> ModuleType:
         raise ConfigError(f"{key}={target!r}: importing {module_name} fails: {type(err).__name__}: {err}") from err
 
 
-def locate_class(target: str | type, key: str, base: type | None = None, what: str = "a class") -> type:
+def locate_class(target: str | type, key: str, base: type | tuple[type, ...] | None = None,
+                 what: str = "a class") -> type:
     """The class a ``_target_`` names (``key``: how the user writes it, e.g. ``zoo.mine._target_``); a one-line
     ConfigError when it is not a class (or not a ``base``)."""
     obj = target if isinstance(target, type) else locate(target, key)

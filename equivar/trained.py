@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -201,17 +202,28 @@ def load(run_dir: Path, name: str, target: str | None, options: dict[str, Any] |
     graphdef, params, model_state = split_variables(abstract)
     seeds = list(manifest["seeds"])
     stacked = jax.tree.map(lambda a: jax.ShapeDtypeStruct((len(seeds), *a.shape), a.dtype), (params, model_state))
+    folder = run_dir / CHECKPOINTS / name
     try:
-        arrays = ocp.StandardCheckpointer().restore(run_dir / CHECKPOINTS / name)
+        arrays = ocp.StandardCheckpointer().restore(folder)
+    except Exception as err:  # Orbax and TensorStore raise plain Exceptions for files they cannot read
+        raise ConfigError(f"the checkpoint of model {name!r} cannot be read from {folder}{_unreadable(err)}: the "
+                          "files are damaged or incomplete; train the model again (or restore the folder)") from None
+    try:
         params, model_state = (_from_arrays(stacked[0], arrays["params"]),
                                _from_arrays(stacked[1], arrays["model_state"]))
-    except (ValueError, KeyError, TypeError, FileNotFoundError) as err:
+    except (ValueError, KeyError, TypeError) as err:
         raise ConfigError(f"the checkpoint of {name!r} in {run_dir} does not fit {target} with these options: "
                           f"{str(err).strip().splitlines()[0]}") from err
     log.info("%s: %d seed(s) loaded from %s", name, len(seeds), run_dir)
     return TrainedModel(name=name, target=target, options=options, input_shape=tuple(input_shape),
                         n_classes=n_classes, graphdef=graphdef, params=params, model_state=model_state,
                         seeds=seeds, status=list(manifest["status"]), source=str(run_dir))
+
+
+def _unreadable(err: BaseException) -> str:
+    """`` (array params.fc1.kernel)``: which saved array could not be read, when TensorStore's report names it."""
+    arrays = re.findall(r"'path': '([^'/][^']*?)/?'", str(err))
+    return f" (array {arrays[-1]})" if arrays else ""
 
 
 def _normal(value: Any) -> Any:

@@ -123,6 +123,7 @@ def test_user_model_with_batchnorm_trains_checkpoints_and_reloads_identically(us
     assert not (tmp_path / "again" / "checkpoints").exists()  # nothing was trained
 
 
+@pytest.mark.slow  # CI runs it (--slow); the default run stays under 3 minutes
 def test_checkpoint_round_trip_is_exact_for_every_variable(user_module, tmp_path):
     import functools
 

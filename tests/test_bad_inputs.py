@@ -93,19 +93,69 @@ def test_truncated_array_record_file_names_the_file(tmp_path):
 @pytest.mark.parametrize("args,words", [
     (["experiment=nosuch"], "experiment=nosuch is not one of anatomy, antialiased_shift_test,"),
     pytest.param([], "no experiment chosen: add experiment=NAME", marks=pytest.mark.slow),
-    pytest.param(["experiment=shift_test", "zoo.lenet.width=3"], "zoo.lenet.width is not in the config, so it cannot be overridden; to add a key, write +zoo.lenet.width",
+    pytest.param(["experiment=shift_test", "zoo.lenet.width=3"], "zoo.lenet.width is not an option; to add a new key, write +zoo.lenet.width=VALUE",
                  marks=pytest.mark.slow),
     pytest.param(["experiment=shift_test", "+n_seed=2"], "n_seed is not an option (did you mean n_seeds?)",
                  marks=pytest.mark.slow),
     (["-m", "experiment=shift_test", "n_seeds=1,0"], "n_seeds must be >= 1, got 0"),  # a sweep's bad job
-    pytest.param(["experiment=equivariance", "equivariance.max_shift=abc"],
-                 "equivariance.max_shift must be an integer", marks=pytest.mark.slow),
+    pytest.param(["experiment=equivariance", "equivariance.n_examples=abc"],
+                 "equivariance.n_examples must be an integer, got 'abc'", marks=pytest.mark.slow),
 ])
 def test_cli_level_errors_are_one_line_with_exit_code_2(args, words, tmp_path):
     proc = _cli(args, tmp_path)
     assert proc.returncode == 2 and proc.stderr.startswith("equivar: error: "), proc.stderr
     assert words in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert not list(tmp_path.rglob("status.json"))  # nothing started, not even the first job of the sweep
+
+
+@pytest.mark.slow  # CI runs it (--slow); the default run stays under 3 minutes
+def test_a_run_folder_that_cannot_be_created_is_one_line(tmp_path):
+    (tmp_path / "run").write_text("a file where the run folder would go")
+    proc = _cli(["experiment=conv_compare"], tmp_path)  # hydra.run.dir=<tmp_path>/run
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == (f"equivar: error: the run folder {tmp_path / 'run'} cannot be created: "
+                                   f"{tmp_path / 'run'} is a file, not a folder; choose another hydra.run.dir=...")
+    inside = _cli(["experiment=conv_compare", f"hydra.run.dir={tmp_path}/run/inner/${{now:%H}}"], tmp_path)
+    assert inside.returncode == 2 and f"{tmp_path / 'run'} is a file, not a folder" in inside.stderr
+
+
+@pytest.mark.slow  # CI runs it (--slow); the default run stays under 3 minutes
+def test_a_damaged_checkpoint_is_one_line_naming_the_model_and_the_files(tmp_path):
+    import equivar
+
+    small = ["dataset=synthetic", "n_seeds=1", "train.epochs=1", "models=[mlp]", "zoo.mlp.hidden=[8]", "shift.max=1"]
+    equivar.measure("shift_test", small, out_dir=tmp_path / "trained")
+    chunks = sorted((tmp_path / "trained" / "checkpoints" / "mlp").rglob("d/*"))
+    assert chunks
+    for chunk in chunks:  # every stored chunk cut short, as a full disk or an interrupted copy leaves them
+        chunk.write_bytes(chunk.read_bytes()[: chunk.stat().st_size // 3])
+    with pytest.raises(ConfigError) as caught:
+        equivar.load_models(tmp_path / "trained")
+    message = str(caught.value)
+    assert message.startswith(f"the checkpoint of model 'mlp' cannot be read from {tmp_path / 'trained' / 'checkpoints' / 'mlp'}")
+    assert "damaged or incomplete" in message and "\n" not in message
+    proc = _cli(["experiment=shift_test", *small, f"load_from={tmp_path / 'trained'}"], tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("equivar: error: the checkpoint of model 'mlp' cannot be read from")
+
+
+@pytest.mark.slow  # CI runs it (--slow); the default run stays under 3 minutes
+def test_a_run_folder_record_can_only_name_a_model_class(tmp_path):
+    """load_from builds what a run folder's record names: only Flax module classes, never another callable."""
+    import equivar
+
+    marker = tmp_path / "ran"
+    run = tmp_path / "theirs"
+    (run / "checkpoints" / "evil").mkdir(parents=True)
+    record = {"name": "evil", "target": "subprocess.Popen", "options": {"args": ["touch", str(marker)]},
+              "input_shape": [24, 1], "n_classes": 4, "seeds": [0], "status": ["ok"], "dataset": {}}
+    (run / "checkpoints" / "evil.json").write_text(__import__("json").dumps(record))
+    with pytest.raises(ConfigError, match=r"zoo.evil._target_='subprocess.Popen' is the class Popen, not a model class "
+                                          r"\(a flax.nnx.Module or flax.linen.Module subclass\)"):
+        equivar.load_models(run)
+    proc = _cli(["experiment=shift_test", "dataset=synthetic", "models=[evil]", f"load_from={run}"], tmp_path)
+    assert proc.returncode == 2 and "is the class Popen, not a model class" in proc.stderr, proc.stderr
+    assert not marker.exists()
 
 
 def test_user_errors_are_one_class():

@@ -13,6 +13,7 @@ from conftest import compose_raw, target, zoo_options
 from test_experiments import tiny
 
 
+@pytest.mark.slow  # CI runs it (--slow); the default run stays under 3 minutes
 def test_pooling_invariance_global_pooling_and_aligned_aps_are_exact(tmp_path):
     """Global max pooling of circular feature maps is exactly invariant to every circular shift; global mean
     up to float32 summation order; APS is exactly the same after undoing the shift; strided max is not."""
@@ -72,6 +73,7 @@ def test_cnn_gap_field_is_27_before_the_global_pool():
             [[3] * (len(shape) - 1), [9] * (len(shape) - 1), [27] * (len(shape) - 1)]
 
 
+@pytest.mark.slow  # CI runs it (--slow); the default run stays under 3 minutes
 @pytest.mark.parametrize("shape", [(40, 1), (28, 28, 1)])
 def test_zoo_parameter_totals(shape):
     """Closed forms from the default options (conf/model/*.yaml), 10 classes."""

@@ -73,6 +73,7 @@ def test_global_pooling_over_a_circular_net_is_invariant_to_every_roll():
             np.testing.assert_allclose(model(shift(x, (dy, dx))), base, rtol=TOL, atol=TOL)
 
 
+@pytest.mark.slow  # CI runs it (--slow); the default run stays under 3 minutes
 @pytest.mark.parametrize("shape,transforms", [((16, 16, 1), ["rotate90", "scale2"]), ((32, 1), ["flip", "scale2"])])
 def test_rotation_reflection_and_scaling_are_not_equivariances(shape, transforms):
     model = _stack([{"type": "conv", "features": 4, "kernel": 3, "padding": "CIRCULAR"}], shape)

@@ -5,6 +5,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from equivar.evaluate import ShiftEvaluator, largest_activation_bytes
@@ -40,6 +41,7 @@ def test_images_per_call_follow_the_activation_size_within_bounds():
     assert eval_images_per_call(unbounded, 10**6) == plan.eval_images_per_call
 
 
+@pytest.mark.slow  # CI runs it (--slow); the default run stays under 3 minutes
 def test_predictions_do_not_depend_on_the_call_size():
     """The grid cut into 32-image calls (with padding) gives exactly the predictions of larger calls."""
     graphdef, (params, rest) = _lenet((12, 12, 1), channels=[4, 8], kernel=3, hidden=[16])

@@ -43,7 +43,7 @@ EXPERIMENT_NAMES = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*
 
 def _check_shift_test(result, out_dir, rank):
     on_disk = read_result(out_dir)
-    assert on_disk.model_dump(mode="json") == result.model_dump(mode="json")
+    assert on_disk.model_dump_json() == result.model_dump_json()
     assert on_disk.models.keys() == {"mlp", "lenet", "local", "cnn_aps"}
     assert on_disk.dataset.rank == rank
     n_shifts = len(on_disk.shifts)
@@ -75,7 +75,7 @@ def test_every_experiment_composes_and_runs_tiny(name, tmp_path):
     raw = compose_raw([f"experiment={name}", "dataset=synthetic"] + tiny(name))
     result = run_experiment(raw, tmp_path)
     assert result.experiment == raw["experiment_name"]
-    assert read_result(tmp_path).model_dump(mode="json") == result.model_dump(mode="json")
+    assert read_result(tmp_path).model_dump_json() == result.model_dump_json()
     assert validate_metrics(tmp_path)["experiment"] == raw["experiment_name"]
     assert list(tmp_path.glob("*.png")), "every experiment draws its plots"
 

@@ -42,6 +42,7 @@ def test_jvp_matches_central_differences_on_a_smooth_model(shape):
         assert _rel(exact, fd) < 1e-3
 
 
+@pytest.mark.slow  # CI runs it (--slow); the default run stays under 3 minutes
 def test_the_translation_tangent_is_the_derivative_of_the_fourier_shift():
     x = jax.random.normal(jax.random.key(0), (2, 12, 9, 3))
     for axis, gen in ((0, "translate_y"), (1, "translate_x")):
@@ -59,6 +60,7 @@ def test_rotation_and_scaling_fields_on_a_centred_blob():
     assert float(jnp.abs(input_tangent(blob, "scale")).max()) > 0.1
 
 
+@pytest.mark.slow  # CI runs it (--slow); the default run stays under 3 minutes
 def test_a_linear_circular_convolution_commutes_and_relu_after_it_does_not():
     x = jax.random.normal(jax.random.key(2), (4, 20, 3))
     conv = _stack((20, 3), [{"type": "conv", "features": 4, "kernel": 5, "padding": "CIRCULAR"}]).conv1

@@ -151,6 +151,7 @@ def test_bench_counts_the_lenet_forward_flops_from_its_layers():
     assert forward_flops(model, (28, 28, 1)) == expected
 
 
+@pytest.mark.slow  # CI runs it (--slow); the default run stays under 3 minutes
 @pytest.mark.parametrize("padding", ["VALID", "SAME", "CIRCULAR"])
 @pytest.mark.parametrize("shape,kernel,stride,dilation", [((11, 3), (3,), (1,), (2,)), ((9, 7, 3), (3, 2), (2, 1), (1, 2))])
 def test_locally_connected_with_tied_weights_is_the_convolution(padding, shape, kernel, stride, dilation):

@@ -26,6 +26,7 @@ def test_blur_shapes(padding, shape, stride, expected):
     assert Blur(3, stride, padding)(jnp.ones(shape)).shape == expected
 
 
+@pytest.mark.slow  # CI runs it (--slow); the default run stays under 3 minutes
 def test_blur_is_a_depthwise_binomial_convolution():
     x = jax.random.normal(jax.random.key(0), (2, 10, 9, 3))
     taps = binomial_filter(3)
@@ -42,6 +43,7 @@ def test_polyphase_shapes(shape, stride, expected):
     assert PolyphaseDownsample(stride)(jnp.ones(shape)).shape == expected
 
 
+@pytest.mark.slow  # CI runs it (--slow); the default run stays under 3 minutes
 def test_polyphase_keeps_the_largest_component_and_follows_circular_shifts():
     x = jax.random.normal(jax.random.key(1), (4, 12, 10, 3))
     aps = PolyphaseDownsample((2, 2))
@@ -77,6 +79,7 @@ def test_circular_aps_lenet_with_global_pool_is_exactly_invariant():
         np.testing.assert_allclose(model(shift(x, offset)), base, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow  # CI runs it (--slow); the default run stays under 3 minutes
 @pytest.mark.parametrize("pool", ["blurmax", "aps"])
 @pytest.mark.parametrize("shape", [(28, 28, 1), (40, 1)])
 def test_lenet_takes_anti_aliased_pooling(pool, shape):

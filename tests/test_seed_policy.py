@@ -118,6 +118,7 @@ def test_healthy_steps_move_the_parameters(data):
         assert not np.array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.slow  # CI runs it (--slow); the default run stays under 3 minutes
 @pytest.mark.parametrize("steps_per_call", [1, 3])
 def test_the_guard_is_the_same_under_scanned_steps(data, steps_per_call):
     """A NaN example poisons one batch per epoch: with 3 steps per call (a scan) the same first step is
@@ -134,6 +135,7 @@ def test_the_guard_is_the_same_under_scanned_steps(data, steps_per_call):
     assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(out.params))
 
 
+@pytest.mark.slow  # CI runs it (--slow); the default run stays under 3 minutes
 def test_vmap_and_loop_draw_the_same_augmentation_per_seed(data):
     """With shift augmentation on, each seed's random offsets follow its own key, whatever the packing."""
     spec = TrainOptions(epochs=2, batch_size=16, learning_rate=3e-3, augment_shift=3)
@@ -201,7 +203,7 @@ def test_one_seed_policy_for_every_experiment_that_trains(name, tmp_path, monkey
         assert record.seeds_note() == " (1/3 seeds diverged)"
     validate_metrics(tmp_path / "partial")  # the published schema of this experiment's metrics.json
     written = read_result(tmp_path / "partial")
-    assert written.status is RunStatus.PARTIAL and written.model_dump(mode="json") == result.model_dump(mode="json")
+    assert written.status is RunStatus.PARTIAL and written.model_dump_json() == result.model_dump_json()
     assert json.loads((tmp_path / "partial" / "metrics.json").read_text())["status"] == "partial"
     assert written.experiment == compose_raw(overrides)["experiment_name"]
     assert list((tmp_path / "partial").glob("*.png")), "every experiment draws its plots"
@@ -224,6 +226,7 @@ def test_one_seed_policy_for_every_experiment_that_trains(name, tmp_path, monkey
     assert (tmp_path / "all" / "metrics.json").is_file()  # plots and summary cope with nothing measured
 
 
+@pytest.mark.slow  # CI runs it (--slow); the default run stays under 3 minutes
 @pytest.mark.parametrize("name", ["equivariance", "feature_pooling", "padding_leak"])
 def test_a_training_set_smaller_than_a_batch_is_an_error_before_training(name, tmp_path):
     from equivar.errors import ConfigError
@@ -258,6 +261,7 @@ def test_subpixel_augmentation_draws_real_offsets_in_range():
     assert not np.all(offsets == np.round(offsets))
 
 
+@pytest.mark.slow  # CI runs it (--slow); the default run stays under 3 minutes
 @pytest.mark.parametrize("mode", ["roll", "fourier"])
 def test_an_augmented_step_is_a_plain_step_on_the_shifted_batch(data, mode):
     """The step shifts each example by its own draw from this seed's key at this step, then trains."""
@@ -275,6 +279,7 @@ def test_an_augmented_step_is_a_plain_step_on_the_shifted_batch(data, mode):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.slow  # CI runs it (--slow); the default run stays under 3 minutes
 def test_the_step_reports_the_loss_and_accuracy_of_its_batch(data):
     """The metrics are those of the parameters before the update, on this batch; the unguarded step (only the
     benchmark's, to measure what the guard costs) takes the same step on finite data."""

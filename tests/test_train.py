@@ -37,6 +37,7 @@ def _train(data, kind, packing, n_seeds=2, base_seed=0, spec=SPEC, max_traces=No
     return states, history, trainer
 
 
+@pytest.mark.slow  # CI runs it (--slow); the default run stays under 3 minutes
 def test_training_reduces_the_loss():
     aligned = Synthetic(rank=1, size=16, n_classes=3, n_train=64, n_test=32, max_offset=0, seed=1).load()
     _, history, _ = _train(aligned, "mlp", "loop", spec=TrainOptions(epochs=15, batch_size=16, learning_rate=1e-2))
@@ -62,6 +63,7 @@ def test_seeds_differ(data):
     assert not np.allclose(a, b)
 
 
+@pytest.mark.slow  # CI runs it (--slow); the default run stays under 3 minutes
 def test_training_is_deterministic(data):
     a, ha, _ = _train(data, "mlp", "loop")
     b, hb, _ = _train(data, "mlp", "loop")
