@@ -5,8 +5,10 @@ import re
 import subprocess
 import sys
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from equivar.errors import ConfigError
 from equivar.experiment import read_result
@@ -47,9 +49,16 @@ def _check_shift_test(result, out_dir, rank):
     assert on_disk.models.keys() == {"mlp", "lenet", "local", "cnn_aps"}
     assert on_disk.dataset.rank == rank
     n_shifts = len(on_disk.shifts)
+    zero = on_disk.shifts.index([0] * rank)
     for m in on_disk.models.values():
-        assert len(m.shift_accuracy.mean) == len(m.shift_accuracy.std) == n_shifts
-        assert 0.0 <= m.clean_accuracy.mean <= 1.0 and m.n_params > 0
+        assert len(m.shift_accuracy.mean) == len(m.shift_accuracy.std) == n_shifts and m.n_params > 0
+        # the headline numbers are the per-seed numbers' means, and the grid's unshifted point is the clean test
+        # set when the grid uses every test example
+        assert m.clean_accuracy.mean == pytest.approx(np.mean(m.per_seed.clean_accuracy))
+        assert m.grid_mean_accuracy.mean == pytest.approx(np.mean(m.shift_accuracy.mean))
+        assert m.consistency.mean == pytest.approx(np.mean(m.per_seed.consistency))
+        if on_disk.n_eval_shift == on_disk.dataset.n_test:
+            assert m.shift_accuracy.mean[zero] == pytest.approx(m.clean_accuracy.mean)
     # circular padding, adaptive polyphase downsampling and global pooling under roll: every prediction
     # identical under every shift
     assert on_disk.models["cnn_aps"].consistency.mean == 1.0
@@ -93,6 +102,46 @@ def test_anatomy_on_a_given_input_shape_answers_the_lecture(tmp_path):
     assert [r.rf_forward[0] for r in lenet.layers if r.type != "Activation"] == [5, 6, 14, 16, 16, 28, 28]
     assert "| conv2 | Conv | 8×8×32 | 12,832 (12,800 + 32) |" in (tmp_path / "summary.md").read_text()
     assert {f"erf_{m}.png" for m in ("lenet", "local")} == {p.name for p in tmp_path.glob("*.png")}
+
+
+class PositionProbe(nnx.Module):
+    """Predicts the class whose position (the first ``n_classes`` positions of channel 0) holds the largest
+    value, so its prediction under any shift follows from the inputs alone (its one parameter gets no
+    gradient: training leaves it at zero)."""
+
+    def __init__(self, input_shape, n_classes, *, rngs: nnx.Rngs):
+        self.n_classes = n_classes
+        self.unused = nnx.Param(jnp.zeros(()))
+
+    def __call__(self, x):
+        return x.reshape(x.shape[0], -1, x.shape[-1])[:, :self.n_classes, 0] + 0.0 * self.unused[...]
+
+
+def test_shift_test_numbers_are_their_definitions(tmp_path):
+    """Accuracy per shift, grid-mean, worst-shift, clean accuracy and consistency of a model whose predictions are
+    known in closed form, recomputed here with numpy from the test inputs rolled by every offset."""
+    raw = compose_raw(["experiment=shift_test", "dataset=synthetic", "dataset.size=12", "n_seeds=2", "train.epochs=1",
+                       "train.batch_size=64", "shift.max=3", "+zoo.probe._target_=test_experiments.PositionProbe",
+                       "models=[probe]"])
+    result = run_experiment(raw, tmp_path)
+    from equivar.data import Synthetic
+
+    data = Synthetic(size=12).load()
+    per_shift, shares = [], np.zeros((len(data.y_test), data.n_classes))
+    for (s,) in result.shifts:
+        predicted = np.roll(data.x_test, int(s), axis=1)[:, :data.n_classes, 0].argmax(1)
+        per_shift.append(np.mean(predicted == data.y_test))
+        shares[np.arange(len(predicted)), predicted] += 1 / len(result.shifts)
+    probe = result.models["probe"]
+    assert [s[0] for s in result.shifts] == [-3, -2, -1, 0, 1, 2, 3]
+    np.testing.assert_allclose(probe.shift_accuracy.mean, per_shift, rtol=0, atol=1e-12)
+    assert probe.grid_mean_accuracy.mean == pytest.approx(np.mean(per_shift), abs=1e-12)
+    assert probe.worst_shift_accuracy.mean == pytest.approx(np.min(per_shift), abs=1e-12)
+    assert probe.clean_accuracy.mean == pytest.approx(per_shift[3], abs=1e-12)
+    # consistency: the chance that two independent uniform draws from the grid give the same prediction
+    assert probe.consistency.mean == pytest.approx(np.mean((shares ** 2).sum(1)), abs=1e-9)
+    assert probe.clean_accuracy.n == 2 and probe.clean_accuracy.std == 0.0  # the seeds are the same function
+    assert np.ptp(per_shift) > 0  # the probe is not invariant: the definitions are told apart
 
 
 def test_conv_compare_reads_every_implementation(tmp_path):

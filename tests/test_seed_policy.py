@@ -15,7 +15,7 @@ from equivar.data import Synthetic
 from equivar.evaluate import ShiftEvaluator
 from equivar.experiment import read_result
 from equivar.models import build_model
-from equivar.results import RunStatus
+from equivar.results import RunStatus, SeedRecord
 from equivar.run import run_experiment
 from equivar.strategy import plan_execution
 from equivar.train import SeedTrainer, TrainOptions, init_states, make_optimizer, make_train_step, seed_keys, take_seed
@@ -190,6 +190,19 @@ TRAINING = {
 ALL_DIVERGED = {"shift_test", "padding_leak", "feature_pooling", "pooling_invariance"}
 
 
+def _summaries(tree):
+    """Every mean ± std over seeds inside a record (its ``{"mean", "std", "n"}`` dicts)."""
+    if isinstance(tree, dict):
+        if {"mean", "std", "n"} <= set(tree):
+            yield tree
+            return
+        for value in tree.values():
+            yield from _summaries(value)
+    elif isinstance(tree, list):
+        for value in tree:
+            yield from _summaries(value)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", TRAINING)
 def test_one_seed_policy_for_every_experiment_that_trains(name, tmp_path, monkeypatch):
@@ -208,6 +221,16 @@ def test_one_seed_policy_for_every_experiment_that_trains(name, tmp_path, monkey
     assert written.experiment == compose_raw(overrides)["experiment_name"]
     assert list((tmp_path / "partial").glob("*.png")), "every experiment draws its plots"
     assert "(1/3 seeds diverged)" in load_experiment(result.module).summary(result)
+    # every number of every record summarises the two healthy seeds, and none is NaN (the poisoned seed's
+    # parameters are NaN, so it would show if it were averaged in)
+    # (equivariance's untrained stage measures every initialisation: there is no training to diverge)
+    dumps = [r.model_dump()["stages"]["trained"] if name == "equivariance" else r.model_dump()
+             for r in result.models.values()]
+    counts = [s["n"] for d in dumps for s in _summaries(d)]
+    assert counts and set(counts) == {2}, (name, sorted(set(counts)))
+    means = [np.asarray(s["mean"], dtype=float) for d in dumps for s in _summaries(d)]
+    assert all(np.isfinite(m[~np.isnan(m)]).all() for m in means)
+    assert name == "equivariance" or all(not np.isnan(m).any() for m in means)  # equivariance: no interior past J
     if name == "shift_test":  # the means are over the healthy seeds
         for model in result.models.values():
             assert model.per_seed.seeds == [0, 2]
@@ -323,3 +346,41 @@ def test_the_guard_catches_non_finite_gradients_under_a_finite_loss():
     assert int(new.diverged_at) == 0
     for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(new.params)):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow
+def test_a_diverged_seed_stays_diverged_when_its_checkpoint_is_measured_again(tmp_path, monkeypatch):
+    """load_from keeps each seed's training status: the diverged seed stays out of every number."""
+    overrides = ["experiment=shift_test", "dataset=synthetic", "n_seeds=3", "models=[mlp]"] + [
+        o for o in tiny("shift_test") if not o.startswith("n_seeds")]
+    with monkeypatch.context() as m:
+        m.setattr(common, "init_states", _poison([1]))
+        trained = run_experiment(compose_raw(overrides), tmp_path / "trained")
+    again = run_experiment(compose_raw(overrides + [f"load_from={tmp_path / 'trained'}"]), tmp_path / "again")
+    assert again.status is RunStatus.PARTIAL
+    first, second = trained.models["mlp"], again.models["mlp"]
+    assert [s.text() for s in second.seeds] == ["ok", "diverged at step 0 (epoch 1)", "ok"]
+    assert second.source == str((tmp_path / "trained").resolve()) and second.per_seed.seeds == [0, 2]
+    assert second.per_seed == first.per_seed and second.clean_accuracy == first.clean_accuracy
+
+
+def _record(status):
+    from equivar.results import ModelRecord
+
+    return ModelRecord(target="m", seeds=[SeedRecord.from_text(i, s) for i, s in enumerate(status)])
+
+
+def test_the_run_is_diverged_only_when_every_seed_of_every_model_is():
+    from equivar.results import ExperimentResult
+
+    bad = "diverged at step 2 (epoch 1)"
+    cases = [({"a": ["ok", "ok"]}, {}, RunStatus.OK),
+             ({"a": ["ok", bad]}, {}, RunStatus.PARTIAL),
+             ({"a": ["ok", "ok"]}, {"b": [bad, bad]}, RunStatus.PARTIAL),  # one model lost, the other measured
+             ({}, {"a": [bad], "b": [bad, bad]}, RunStatus.DIVERGED),
+             ({"anatomy-like": []}, {}, RunStatus.OK)]  # records without seeds do not count
+    for measured, lost, want in cases:
+        result = ExperimentResult(experiment="x", module="x", models={k: _record(v) for k, v in measured.items()},
+                                  unmeasured={k: _record(v) for k, v in lost.items()})
+        result.finish()
+        assert result.status is want, (measured, lost)

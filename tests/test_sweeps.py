@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_dir
 
 from equivar.report import write_report
 
-from conftest import CONF, ROOT, fake_shift_record, fake_shift_result
+from conftest import CONF, ROOT, fake_seeds, fake_shift_record, fake_shift_result
 
 TINY_SWEEP = ["experiment=shift_test", "dataset=synthetic", "models=[mlp]", "n_seeds=1", "train.epochs=1",
               "train.batch_size=32", "zoo.mlp.hidden=[8]", "shift.max=2"]
@@ -98,3 +98,21 @@ def test_slurm_launcher_config_composes():
         cfg = compose(config_name="config", overrides=["experiment=shift_test", "hydra/launcher=slurm"],
                       return_hydra_config=True)
     assert "SlurmLauncher" in cfg.hydra.launcher._target_ and cfg.hydra.launcher.gpus_per_node == 1
+
+
+def test_a_diverged_run_is_counted_once_and_its_models_are_rows_without_numbers(tmp_path):
+    _fake_run(tmp_path / "0", 250, 0, "complete", 0.1)
+    folder = tmp_path / "1"
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "config.yaml").write_text("experiment_name: shift_test\nseed: 0\ndataset:\n  n_train: 1000\n"
+                                                   "  _target_: equivar.data.MNIST1D\n"
+                                                   "train:\n  augment_shift: 0\n  epochs: 30\n")
+    (folder / "status.json").write_text(json.dumps({"status": "diverged"}))
+    lost = {m: {"target": m, "seeds": fake_seeds(["diverged at step 4 (epoch 1)"] * 2)} for m in ("mlp", "lenet")}
+    (folder / "metrics.json").write_text(json.dumps(fake_shift_result({}, unmeasured=lost).model_dump(mode="json")))
+    summary = write_report(tmp_path)
+    assert summary["n_runs"] == 2 and summary["finished"] == 2 and summary["problems"] == []
+    rows = (tmp_path / "report" / "report.csv").read_text().splitlines()[1:]
+    assert len(rows) == 4 and [r.split(",")[:4] for r in rows[2:]] == [["1", "1000", "mlp", "every seed diverged"],
+                                                                      ["1", "1000", "lenet", "every seed diverged"]]
+    assert all(r.endswith(",,,,,,,,") for r in rows[2:])  # no numbers for a model that has none
