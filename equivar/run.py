@@ -143,11 +143,15 @@ def compose_config(overrides: list[str], with_hydra: bool = False, resolve: bool
             node: Any = compose_config(rest)
             for part in parent.split(".") if parent else []:
                 node = node[part]
-            near = nearest(name, node) if isinstance(node, dict) else []
         except (ConfigError, KeyError, TypeError):
-            near = []
-        message = (f"{key} is not an option" + (f" (did you mean {parent + '.' if parent else ''}{near[0]}?)"
-                                                if near else "") + f"; to add a new key, write +{key}=VALUE")
+            node = None
+        near = nearest(name, node) if isinstance(node, dict) else []
+        message = f"{key} is not an option" + (f" (did you mean {parent + '.' if parent else ''}{near[0]}?)"
+                                               if near else "")
+        if parent.startswith("zoo.") or not isinstance(node, dict):  # a model's constructor may take more
+            message += f"; to add a new key, write +{key}=VALUE"
+        else:  # a checked node: its keys are all the options there are
+            message += f"; valid options: {', '.join(k for k in node if not k.startswith('_'))}"
     raise ConfigError(message)
 
 
@@ -182,6 +186,20 @@ def _check_grammar(overrides: list[str]) -> None:
                               f"or write a list as {key}=[{value}]")
 
 
+def _is_tfds_name(name: str) -> bool:
+    """Whether TFDS knows a dataset by this name (its registry of builders, no download)."""
+    import contextlib
+    import io
+
+    try:
+        import tensorflow_datasets as tfds
+
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            return name in tfds.list_builders(with_community_datasets=False)
+    except Exception:  # TFDS cannot list its builders here: no hint rather than a wrong one
+        return False
+
+
 def hydra_message(err: BaseException) -> str:
     """One line from a Hydra or OmegaConf error: a group choice that does not exist (with the nearest one), or
     the error's first line."""
@@ -190,8 +208,14 @@ def hydra_message(err: BaseException) -> str:
     if isinstance(err, MissingConfigException) and err.missing_cfg_file and err.options is not None:
         group, _, name = err.missing_cfg_file.rpartition("/")
         near = nearest(name, err.options)
-        return (f"{group}={name} is not one of {', '.join(err.options)}"
-                + (f" (did you mean {group}={near[0]}?)" if near else ""))
+        text = f"{group}={name} is not one of {', '.join(err.options)}" + (
+            f" (did you mean {group}={near[0]}?)" if near else "")
+        if group == "dataset" and _is_tfds_name(name):
+            text += f"; {name} is a TFDS dataset: dataset=tfds dataset.tfds_name={name}"
+        elif group == "experiment":
+            text += ("; an experiment of your own: its YAML in a folder given by hydra.searchpath=[file://DIR] "
+                     "(docs/api.md)")
+        return text
     lines = [line.strip() for e in (err, err.__cause__) if e is not None for line in str(e).splitlines()
              if line.strip() and not line.strip().startswith(("full_key:", "object_type=", "reference_type="))]
     text = lines[0].rstrip(".") if lines else type(err).__name__

@@ -193,10 +193,21 @@ def defaults(cls: type[BaseModel]) -> dict[str, Any]:
     return out
 
 
+# What users call a choice by another name: the name they meant, when it is among the choices.
+SYNONYMS = {"circular": "roll", "periodic": "roll", "wrap": "roll", "cyclic": "roll", "zero-fill": "zero",
+            "zeros": "zero", "zero-pad": "zero", "constant": "zero", "sinc": "fourier", "bilinear": "bilinear-zero",
+            "linear": "bilinear-zero", "average": "mean", "avg": "mean", "maximum": "max"}
+
+
 def nearest(word: str, choices: Any) -> list[str]:
-    """The closest valid name, if any is close (case is ignored: ``circular`` suggests ``CIRCULAR``)."""
+    """The closest valid name, if any is close (case is ignored: ``circular`` suggests ``CIRCULAR``; a known
+    synonym suggests the name it stands for: ``circular`` suggests ``roll`` among the shift modes)."""
     by_lower = {str(c).lower(): str(c) for c in choices}
     word = str(word).lower()
+    if word in by_lower:
+        return [by_lower[word]]
+    if SYNONYMS.get(word) in by_lower:
+        return [by_lower[SYNONYMS[word]]]
     close = difflib.get_close_matches(word, list(by_lower), n=5)
     # difflib's ratio ties often (cnn_apz is as close to cnn_gap as to cnn_aps): fewer edits wins, then ratio.
     close.sort(key=lambda c: (_edits(word, c), -difflib.SequenceMatcher(None, word, c).ratio()))

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import subprocess
 import sys
-import textwrap
 import threading
 from pathlib import Path
 
@@ -156,62 +156,12 @@ def test_two_threads_capture_two_models_at_once_and_each_gets_its_own_layers():
                                                                                   + models["a"].dense[0].bias[...]))
 
 
-TOY_MODULE = '''
-"""toy: mean absolute input per model, the smallest experiment (one module)."""
-from pathlib import Path
-
-import matplotlib.pyplot as plt
-from pydantic import Field
-
-from equivar.config import RunConfig
-from equivar.data import load_dataset
-from equivar.experiment import base_fields
-from equivar.plot import model_color, save
-from equivar.results import ExperimentResult, Headline, MeanStd, ModelRecord
-from equivar.schema import Options as OptionsBase
-from equivar.schema import PositiveInt
-
-
-class Options(OptionsBase):
-    n: PositiveInt = Field(8, description="test inputs")
-
-
-class Record(ModelRecord):
-    headline = (Headline("level", share=False),)
-    level: MeanStd
-
-
-class Result(ExperimentResult[Record]):
-    n: int
-
-
-def run(config: RunConfig, out_dir: Path) -> Result:
-    data = load_dataset(config.dataset)
-    level = float(abs(data.x_test[:config.options.n]).mean())
-    records = {spec.name: Record(target=spec.target, level=MeanStd.of([level * (i + 1)]))
-               for i, spec in enumerate(config.models)}
-    return Result(**base_fields(config, data), n=config.options.n, models=records)
-
-
-def plot(result: Result, out_dir: Path) -> list[Path]:
-    fig, ax = plt.subplots()
-    for name, record in result.models.items():
-        ax.bar(name, record.level.mean, color=model_color(name))
-    return [save(fig, Path(out_dir) / "toy.png")]
-
-
-def summary(result: Result) -> str:
-    return "\\n".join(f"{name}: {r.level.mean:.4f}" for name, r in result.models.items())
-'''
-
-TOY_YAML = """# @package _global_
-# python -m equivar.run hydra.searchpath=[file://CONF] experiment=toy
-experiment_name: toy
-experiment_module: toy_experiment
-models: [mlp, lenet]
-toy:
-  n: 8
-"""
+def _doc_example() -> tuple[str, str]:
+    """The toy experiment of docs/api.md ("Your own experiment"): its module and its YAML, as written there."""
+    text = (ROOT / "docs" / "api.md").read_text()
+    module = next(b for b in re.findall(r"```python\n(.*?)```", text, flags=re.S) if b.startswith('"""toy:'))
+    yaml = next(b for b in re.findall(r"```yaml\n(.*?)```", text, flags=re.S) if "experiment_name: toy" in b)
+    return module, yaml
 
 
 @pytest.mark.slow
@@ -219,22 +169,28 @@ def test_an_experiment_of_your_own_is_one_module_and_one_yaml(tmp_path):
     """A toy experiment in a folder of its own runs through the CLI (with a sweep), redraws and reports, with
     no file of equivar changed."""
     before = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout
+    module, yaml = _doc_example()
     conf = tmp_path / "myconf"
     (conf / "experiment").mkdir(parents=True)
-    (conf / "experiment" / "toy.yaml").write_text(TOY_YAML.replace("CONF", str(conf)))
-    (tmp_path / "toy_experiment.py").write_text(textwrap.dedent(TOY_MODULE))
-    common = [f"hydra.searchpath=[file://{conf}]", "experiment=toy", "dataset=synthetic"]
+    (conf / "experiment" / "toy.yaml").write_text(yaml)
+    (tmp_path / "mylab").mkdir()
+    (tmp_path / "mylab" / "toy.py").write_text(module)
+    tiny = ["zoo.mlp.hidden=[8]", "zoo.lenet.channels=[2,4]", "zoo.lenet.kernel=3", "zoo.lenet.hidden=[8]",
+            "n_seeds=2", "train.epochs=1", "train.batch_size=32"]
+    common = ["hydra.searchpath=[file://myconf]", "experiment=toy", "dataset=synthetic", *tiny]
 
     def cli(*args):
         return subprocess.run([sys.executable, "-m", "equivar.run", *args], cwd=tmp_path, capture_output=True,
                               text=True, timeout=300)
 
-    proc = cli(*common, "toy.n=4", f"hydra.run.dir={tmp_path}/run")
+    proc = cli(*common, "toy.n=32", f"hydra.run.dir={tmp_path}/run")
     assert proc.returncode == 0, proc.stderr[-2000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert metrics["module"] == "toy_experiment" and set(metrics["models"]) == {"mlp", "lenet"}
-    assert metrics["models"]["lenet"]["level"]["mean"] == pytest.approx(2 * metrics["models"]["mlp"]["level"]["mean"])
-    assert "mlp: " in proc.stdout and (tmp_path / "run" / "toy.png").is_file()
+    assert metrics["module"] == "mylab.toy" and set(metrics["models"]) == {"mlp", "lenet"}
+    for record in metrics["models"].values():
+        assert record["clean_accuracy"]["n"] == 2 and len(record["seeds"]) == 2
+    assert "| mlp |" in proc.stdout and (tmp_path / "run" / "toy.png").is_file()
+    assert (tmp_path / "run" / "checkpoints" / "lenet.json").is_file()  # trained like any run
 
     bad = cli(*common, "toy.n=0", f"hydra.run.dir={tmp_path}/bad")
     assert bad.returncode == 2 and "equivar: error: toy.n must be >= 1, got 0" in bad.stderr
@@ -244,13 +200,16 @@ def test_an_experiment_of_your_own_is_one_module_and_one_yaml(tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert redraw.returncode == 0 and (tmp_path / "run" / "toy.png").is_file(), redraw.stderr[-2000:]
 
-    sweep = cli("-m", *common, "toy.n=2,4", f"hydra.sweep.dir={tmp_path}/sweep")
+    sweep = cli("-m", *common, "toy.roll=0,5", f"hydra.sweep.dir={tmp_path}/sweep")
     assert sweep.returncode == 0, sweep.stderr[-2000:]
     report = subprocess.run([sys.executable, "-m", "equivar.report", str(tmp_path / "sweep")], cwd=tmp_path,
                             capture_output=True, text=True, timeout=300)
     assert report.returncode == 0, report.stderr[-2000:]
     csv = (tmp_path / "sweep" / "report" / "report.csv").read_text().splitlines()
-    assert csv[0] == "run,toy.n,model,status,level_mean,level_std" and len(csv) == 5
+    assert csv[0] == ("run,toy.roll,model,status,clean_accuracy_mean,clean_accuracy_std,rolled_accuracy_mean,"
+                      "rolled_accuracy_std") and len(csv) == 5
+    no_roll = [row.split(",") for row in csv[1:] if row.startswith("0,0,")]
+    assert len(no_roll) == 2 and all(r[4] == r[6] for r in no_roll)  # rolled by 0: the same predictions
     assert (tmp_path / "sweep" / "report" / "report.png").is_file()
     after = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout
     assert after == before
