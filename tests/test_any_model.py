@@ -248,6 +248,7 @@ def test_cli_takes_a_model_from_the_working_directory(tmp_path):
     assert (tmp_path / "run" / "checkpoints" / "mine.json").is_file()
 
 
+@pytest.mark.slow  # CI runs it (--slow); the default run stays under 3 minutes
 @pytest.mark.parametrize("overrides,words", [
     (["+zoo.mine._target_=mylab.nets.BNNet", "+zoo.mine.widht=4"], "has no option 'widht' (did you mean 'width'?)"),
     (["+zoo.mine._target_=mylab.nets.BNNett"], "zoo.mine._target_='mylab.nets.BNNett' cannot be imported: mylab.nets "

@@ -91,7 +91,8 @@ def test_truncated_array_record_file_names_the_file(tmp_path):
 
 
 @pytest.mark.parametrize("args,words", [
-    (["experiment=nosuch"], "experiment=nosuch is not one of anatomy, antialiased_shift_test,"),
+    pytest.param(["experiment=nosuch"], "experiment=nosuch is not one of anatomy, antialiased_shift_test,",
+                 marks=pytest.mark.slow),
     pytest.param([], "no experiment chosen: add experiment=NAME", marks=pytest.mark.slow),
     pytest.param(["experiment=shift_test", "zoo.lenet.width=3"], "zoo.lenet.width is not an option; to add a new key, write +zoo.lenet.width=VALUE",
                  marks=pytest.mark.slow),

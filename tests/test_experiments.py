@@ -258,6 +258,7 @@ def test_cli_missing_data_fails_before_training(tmp_path):
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 
+@pytest.mark.slow  # CI runs it (--slow); the default run stays under 3 minutes
 def test_cli_unknown_dataset_lists_choices(tmp_path):
     proc = _cli(["experiment=shift_test", "dataset=imagenet"], tmp_path)
     assert proc.returncode != 0

@@ -223,6 +223,7 @@ def _quiet_env(**extra):
     return {**env, **extra}
 
 
+@pytest.mark.slow  # CI runs it (--slow); the default run stays under 3 minutes
 @pytest.mark.skipif(importlib.util.find_spec("libtpu") is not None, reason="a TPU runtime is installed here")
 def test_importing_equivar_keeps_the_tpu_probe_quiet_on_a_machine_without_tpu():
     # logging at INFO, as Hydra sets it up for every run: JAX's failed TPU probe is an INFO record
