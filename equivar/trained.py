@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -139,9 +140,9 @@ def save(model: TrainedModel, run_dir: Path, dataset: dict[str, Any]) -> Path:
     _quiet_orbax()
     folder = (Path(run_dir) / CHECKPOINTS / model.name).resolve()
     arrays = {"params": _to_arrays(model.params), "model_state": _to_arrays(model.model_state)}
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(folder, arrays, force=True)
-    checkpointer.wait_until_finished()
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(folder, arrays, force=True)
+        checkpointer.wait_until_finished()
     write_json(folder.parent / f"{model.name}.json", manifest_of(model, dataset))
     return folder
 
@@ -204,8 +205,10 @@ def load(run_dir: Path, name: str, target: str | None, options: dict[str, Any] |
     stacked = jax.tree.map(lambda a: jax.ShapeDtypeStruct((len(seeds), *a.shape), a.dtype), (params, model_state))
     folder = run_dir / CHECKPOINTS / name
     try:
-        arrays = ocp.StandardCheckpointer().restore(folder)
+        with ocp.StandardCheckpointer() as checkpointer:  # closed on the way out: no thread outlives a failure
+            arrays = checkpointer.restore(folder)
     except Exception as err:  # Orbax and TensorStore raise plain Exceptions for files they cannot read
+        _quiet_abandoned_reads()
         raise ConfigError(f"the checkpoint of model {name!r} cannot be read from {folder}{_unreadable(err)}: the "
                           "files are damaged or incomplete; train the model again (or restore the folder)") from None
     try:
@@ -218,6 +221,27 @@ def load(run_dir: Path, name: str, target: str | None, options: dict[str, Any] |
     return TrainedModel(name=name, target=target, options=options, input_shape=tuple(input_shape),
                         n_classes=n_classes, graphdef=graphdef, params=params, model_state=model_state,
                         seeds=seeds, status=list(manifest["status"]), source=str(run_dir))
+
+
+def _quiet_abandoned_reads() -> None:
+    """After a failed restore, Orbax leaves reads in flight: when Python collects them (at exit at the latest)
+    each prints its error again as "Exception ignored in ..." or "Event loop is closed". The one-line error
+    already said it; those echoes are dropped, every other unraisable exception still prints."""
+    previous, previous_except = sys.unraisablehook, sys.excepthook
+
+    def closed_loop(value: BaseException | None) -> bool:
+        return isinstance(value, RuntimeError) and "Event loop is closed" in str(value)
+
+    def hook(unraisable: Any) -> None:
+        source = getattr(getattr(unraisable.object, "cr_code", None), "co_filename", "") or ""
+        if "orbax" not in source and not closed_loop(unraisable.exc_value):
+            previous(unraisable)
+
+    def except_hook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+        if not closed_loop(value):  # TensorStore's callbacks report through sys.excepthook
+            previous_except(kind, value, tb)
+
+    sys.unraisablehook, sys.excepthook = hook, except_hook
 
 
 def _unreadable(err: BaseException) -> str:
