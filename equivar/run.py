@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 from equivar.config import RunConfig, as_dict, parse_config, register_defaults
 from equivar.errors import ConfigError, UserError
 from equivar.experiment import execute, read_result
+from equivar.front import help_page, version_line
 from equivar.io import read_json, write_json
 from equivar.results import EVERY_SEED_DIVERGED, ExperimentResult, RunStatus
 from equivar.schema import nearest
@@ -267,6 +268,12 @@ def main() -> None:
     code 2 for a bad one, whatever part of the config or the command line is wrong), then Hydra runs them."""
     from hydra._internal.utils import get_args_parser
 
+    if any(a in ("--version", "-V") for a in sys.argv[1:]):
+        print(version_line())
+        return
+    if any(a in ("--help", "-h") for a in sys.argv[1:]):
+        print(help_page(Path(CONFIG_DIR), compose_config([])))
+        return
     try:
         args = get_args_parser().parse_args(sys.argv[1:])
     except SystemExit:

@@ -1,0 +1,116 @@
+"""The command's own pages: ``equivar --help`` and ``equivar --version``.
+
+Everything on them is read from what it describes: the experiments from their YAML headers (the ``# Question:``
+line), the options from their pydantic models, the choices from the config folders, the versions from the
+installed distributions. Hydra's own page stays one flag away (``--hydra-help``).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+QUESTION = "# Question:"
+WIDTH = 100
+
+
+def version_line() -> str:
+    """``equivar X (jax Y, flax Z, hydra-core W)``: equivar's version and the versions it runs on."""
+
+    def installed(dist: str) -> str:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            return "not installed"
+
+    import equivar
+
+    deps = ", ".join(f"{d} {installed(d)}" for d in ("jax", "jaxlib", "flax", "optax", "hydra-core"))
+    return f"equivar {equivar.__version__} ({deps})"
+
+
+def experiment_questions(conf_dir: Path) -> dict[str, str]:
+    """Each experiment config's one-line question (its header's ``# Question:`` line), by config name."""
+    out = {}
+    for path in sorted((conf_dir / "experiment").glob("*.yaml")):
+        lines = [line for line in path.read_text().splitlines() if line.startswith("#")]
+        questions = [line[len(QUESTION):].strip() for line in lines if line.startswith(QUESTION)]
+        out[path.stem] = questions[0] if questions else "(its YAML header has no '# Question:' line)"
+    return out
+
+
+def _choices(conf_dir: Path, group: str) -> str:
+    return ", ".join(sorted(p.stem for p in (conf_dir / group).glob("*.yaml")))
+
+
+def _options(node: str, model: type[BaseModel], names: tuple[str, ...], defaults: dict[str, Any]
+             ) -> list[tuple[str, str]]:
+    """``KEY=DEFAULT`` and the option's description, the default as the default run composes it."""
+    values = defaults.get(node, {}) if node else defaults
+    prefix = f"{node}." if node else ""
+    rows = []
+    for name in names:
+        value = values.get(name)
+        shown = "null" if value is None else str(value).replace("'", "").replace(" ", "")
+        rows.append((f"{prefix}{name}={shown}", model.model_fields[name].description or ""))
+    return rows
+
+
+def help_page(conf_dir: Path, defaults: dict[str, Any]) -> str:
+    """The text ``equivar --help`` prints; ``defaults`` is the config the command without overrides runs."""
+    from equivar.config import RunOptions
+    from equivar.train import TrainOptions
+    from equivar.transforms import ShiftGrid
+
+    def table(rows: list[tuple[str, str]], indent: int = 2) -> list[str]:
+        width = 30  # the key column; a longer key takes a line of its own
+        out = []
+        for key, text in rows:
+            wrapped = textwrap.wrap(text, WIDTH - indent - width)
+            if len(key) + 2 > width:
+                out.append(" " * indent + key)
+                out += [" " * (indent + width) + line for line in wrapped]
+            else:
+                out.append((" " * indent + key.ljust(width) + (wrapped[0] if wrapped else "")).rstrip())
+                out += [" " * (indent + width) + line for line in wrapped[1:]]
+        return out
+
+    questions = experiment_questions(conf_dir)
+    lines = [
+        version_line(),
+        "",
+        "Measures what convolution and pooling buy a model: translation equivariance and invariance, receptive",
+        "fields, padding effects, and how fully connected models break on shifted inputs, as numbers with",
+        "error bars over seeds and plots, in a run folder (metrics.json, summary.md, *.png).",
+        "",
+        "usage:",
+        "  equivar experiment=NAME [KEY=VALUE ...]      one run (the same as python -m equivar.run ...)",
+        "  equivar -m experiment=NAME KEY=A,B ...       a sweep: one run per combination",
+        "",
+        "experiments (experiment=NAME):",
+        *table(sorted(questions.items())),
+        "",
+        "main options (KEY=DEFAULT):",
+        *table(_options("", RunOptions, ("models", "n_seeds", "seed", "load_from"), defaults)),
+        *table([(f"dataset={defaults.get('dataset', {}).get('name', 'mnist1d')}",
+                 f"the data: {_choices(conf_dir, 'dataset')} (any TFDS image dataset by name: dataset=tfds "
+                 "dataset.tfds_name=NAME)"),
+                ("zoo", f"the models= names: {_choices(conf_dir, 'model')}; your own model: "
+                        "+zoo.mine._target_=mylab.nets.MyNet models=[mine] (docs/your_model.md)")]),
+        *table(_options("train", TrainOptions, ("epochs", "learning_rate", "augment_shift"), defaults)),
+        *table(_options("shift", ShiftGrid, ("max", "step", "mode"), defaults)),
+        "  every option with its type, default and rule: docs/configuration.md; --cfg job prints a run's config",
+        "",
+        "other commands:",
+        "  python -m equivar.plot RUN        redraw a run's plots from its metrics.json",
+        "  python -m equivar.report SWEEP    one table and figure over a sweep's runs",
+        "  python -m equivar.bench           speed against a plain PyTorch script",
+        "",
+        "docs: README.md and docs/ in the repository (docs/api.md: the Python API; docs/your_model.md: your model)",
+        "flags: --help, --version, --hydra-help (Hydra's own flags: --cfg, --multirun, --info, ...)",
+    ]
+    return "\n".join(lines)
