@@ -93,15 +93,58 @@ def read_result(run_dir: str | Path) -> ExperimentResult:
     return read(Path(run_dir))
 
 
-def load_models(run_dir: str | Path, names: Sequence[str] | None = None) -> dict[str, Any]:
+class LoadedModels(dict):
+    """What :func:`load_models` returns: model name -> ``TrainedModel``, and in ``unloadable`` each of the run's
+    models that could not be loaded, with the reason (one line each)."""
+
+    def __init__(self, models: dict[str, Any], unloadable: dict[str, str]):
+        super().__init__(models)
+        self.unloadable = unloadable
+
+
+def load_models(run_dir: str | Path, names: Sequence[str] | None = None) -> LoadedModels:
     """The trained models saved in a run folder, by name (``TrainedModel``: every seed's parameters and
-    state; ``.modules()`` gives one inference-mode ``nnx.Module`` per seed)."""
+    state; ``.modules()`` gives one inference-mode ``nnx.Module`` per seed).
+
+    Without ``names``, every model the run saved that can be loaded; the others (a class no longer importable,
+    a damaged checkpoint) are named with the reason in ``.unloadable`` and in a warning. ``names`` asks for
+    those models: one that cannot be loaded is an error. So is a run none of whose models can be loaded.
+    """
+    import warnings
+
     from equivar import trained
+    from equivar.errors import UserError
     from equivar.io import read_json
 
     run_dir = Path(run_dir)
-    out = {}
-    for name in names or trained.available(run_dir):
-        record = read_json(trained.record_path(run_dir, name))
-        out[name] = trained.load(run_dir, name, None, None, tuple(record["input_shape"]), int(record["n_classes"]))
-    return out
+    saved = trained.available(run_dir)
+    if names is None and not saved:
+        raise ConfigError(f"{run_dir} holds no trained models (no {trained.CHECKPOINTS}/ with a record and a "
+                          "checkpoint per model); give the folder of a run that trained them")
+    out, unloadable = {}, {}
+    for name in names or saved:
+        try:
+            try:
+                record = read_json(trained.record_path(run_dir, name))
+                shape, n_classes = tuple(record["input_shape"]), int(record["n_classes"])
+            except FileNotFoundError:
+                raise ConfigError(f"{run_dir} holds no checkpoint of model {name!r}; it holds "
+                                  f"{', '.join(saved) or 'none'}") from None
+            except (OSError, ValueError, KeyError, TypeError) as err:
+                raise ConfigError(f"the record {trained.record_path(run_dir, name)} of model {name!r} cannot be "
+                                  f"read: {type(err).__name__}: {err}") from None
+            out[name] = trained.load(run_dir, name, None, None, shape, n_classes)
+        except UserError as err:
+            if names is not None:
+                raise
+            unloadable[name] = str(err)
+    if unloadable and not out:
+        if len(unloadable) == 1:
+            raise ConfigError(next(iter(unloadable.values())))
+        raise ConfigError(f"none of the models saved in {run_dir} can be loaded: "
+                          + "; ".join(f"{name}: {why}" for name, why in unloadable.items()))
+    if unloadable:
+        warnings.warn(f"{run_dir}: {len(unloadable)} of its {len(out) + len(unloadable)} saved models cannot be "
+                      f"loaded and are left out ({', '.join(unloadable)}); .unloadable gives each reason",
+                      stacklevel=2)
+    return LoadedModels(out, unloadable)

@@ -29,7 +29,7 @@ from equivar.schema import NonNegativeInt, Options, PositiveInt, check, nearest
 from equivar.strategy import ExecutionOptions, ExecutionPlan
 from equivar.targets import locate_module
 from equivar.train import TrainOptions
-from equivar.trained import record_path
+from equivar.trained import available, record_path
 from equivar.transforms import ShiftGrid
 
 BUILTIN_EXPERIMENTS = "equivar.experiments"  # experiment NAME is the module equivar.experiments.NAME by default
@@ -158,9 +158,6 @@ def _model_specs(names: list[str], zoo: Mapping[str, Any], load_from: str | None
         elif load_from and record_path(Path(load_from), name).is_file():
             saved = read_json(record_path(Path(load_from), name))  # a model of that run the config lacks
             chosen.append(ModelSpec(name=str(name), target=saved["target"], options=dict(saved["options"])))
-        elif load_from:
-            raise ConfigError(f"unknown model {name!r} in models: it is not in zoo, and load_from={load_from!r} "
-                              f"holds no checkpoint of it (no checkpoints/{name}.json there)")
         else:
             near = nearest(name, zoo)
             raise ConfigError(f"unknown model {name!r} in models" + (f" (did you mean {near[0]!r}?)" if near else "")
@@ -207,6 +204,13 @@ def _parse(raw: Mapping[str, Any]) -> RunConfig:
     if top.load_from and not Path(top.load_from).expanduser().is_dir():
         raise ConfigError(f"load_from={top.load_from!r} is not a folder; give the run folder of an earlier run "
                           "(it holds checkpoints/)")
+    if top.load_from:  # every requested model's checkpoint, before any work (not after the first model's)
+        held = available(Path(top.load_from).expanduser())
+        missing = [name for name in top.models if name not in held]
+        if missing:
+            raise ConfigError(f"load_from={top.load_from!r} holds no checkpoint of {', '.join(map(repr, missing))}; "
+                              + (f"it holds {', '.join(held)}: choose with models=[{','.join(held)}] or a subset"
+                                 if held else "it holds none (no checkpoints/ of a run that trained)"))
     zoo = _node(raw, "zoo")
     models = _model_specs(top.models, zoo, top.load_from)
     dataset = dataset_options(_node(raw, "dataset"))

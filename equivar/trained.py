@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import re
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -204,11 +205,12 @@ def load(run_dir: Path, name: str, target: str | None, options: dict[str, Any] |
     seeds = list(manifest["seeds"])
     stacked = jax.tree.map(lambda a: jax.ShapeDtypeStruct((len(seeds), *a.shape), a.dtype), (params, model_state))
     folder = run_dir / CHECKPOINTS / name
+    quiet = _QuietAbandonedReads(folder)  # from before the first read: a failed one echoes while the reader closes
     try:
         with ocp.StandardCheckpointer() as checkpointer:  # closed on the way out: no thread outlives a failure
             arrays = checkpointer.restore(folder)
+        quiet.undo()
     except Exception as err:  # Orbax and TensorStore raise plain Exceptions for files they cannot read
-        _quiet_abandoned_reads()
         raise ConfigError(f"the checkpoint of model {name!r} cannot be read from {folder}{_unreadable(err)}: the "
                           "files are damaged or incomplete; train the model again (or restore the folder)") from None
     try:
@@ -223,25 +225,53 @@ def load(run_dir: Path, name: str, target: str | None, options: dict[str, Any] |
                         seeds=seeds, status=list(manifest["status"]), source=str(run_dir))
 
 
-def _quiet_abandoned_reads() -> None:
-    """After a failed restore, Orbax leaves reads in flight: when Python collects them (at exit at the latest)
-    each prints its error again as "Exception ignored in ..." or "Event loop is closed". The one-line error
-    already said it; those echoes are dropped, every other unraisable exception still prints."""
-    previous, previous_except = sys.unraisablehook, sys.excepthook
+class _EchoFilter(logging.Filter):
+    """Drops asyncio's "Future exception was never retrieved" records whose exception names ``folder``."""
 
-    def closed_loop(value: BaseException | None) -> bool:
-        return isinstance(value, RuntimeError) and "Event loop is closed" in str(value)
+    def __init__(self, folder: Path):
+        super().__init__()
+        self.folder = str(folder)
 
-    def hook(unraisable: Any) -> None:
-        source = getattr(getattr(unraisable.object, "cr_code", None), "co_filename", "") or ""
-        if "orbax" not in source and not closed_loop(unraisable.exc_value):
-            previous(unraisable)
+    def filter(self, record: logging.LogRecord) -> bool:
+        exception = record.exc_info[1] if record.exc_info else None
+        return exception is None or self.folder not in str(exception)
 
-    def except_hook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
-        if not closed_loop(value):  # TensorStore's callbacks report through sys.excepthook
-            previous_except(kind, value, tb)
 
-    sys.unraisablehook, sys.excepthook = hook, except_hook
+class _QuietAbandonedReads:
+    """After a failed restore, Orbax leaves reads of ``folder`` in flight: while its reader closes, and when
+    Python collects them (at exit at the latest), each prints its error again, as "Exception ignored in ...",
+    "Event loop is closed" (through ``sys.excepthook``, ``threading.excepthook`` or an unraisable hook) or
+    asyncio's "Future exception was never retrieved". The one-line error already said it; from construction
+    until :meth:`undo` (called after a successful restore) those echoes are dropped, and every other unraisable
+    exception, thread exception and asyncio error still prints."""
+
+    def __init__(self, folder: Path):
+        self.filter = _EchoFilter(folder)
+        logging.getLogger("asyncio").addFilter(self.filter)
+        self.previous = sys.unraisablehook, sys.excepthook, threading.excepthook
+
+        def closed_loop(value: BaseException | None) -> bool:
+            return isinstance(value, RuntimeError) and "Event loop is closed" in str(value)
+
+        def hook(unraisable: Any) -> None:
+            source = getattr(getattr(unraisable.object, "cr_code", None), "co_filename", "") or ""
+            if "orbax" not in source and not closed_loop(unraisable.exc_value):
+                self.previous[0](unraisable)
+
+        def except_hook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+            if not closed_loop(value):  # TensorStore's callbacks report through sys.excepthook
+                self.previous[1](kind, value, tb)
+
+        def thread_hook(args: Any) -> None:
+            if not closed_loop(args.exc_value):
+                self.previous[2](args)
+
+        sys.unraisablehook, sys.excepthook, threading.excepthook = hook, except_hook, thread_hook
+
+    def undo(self) -> None:
+        """Every hook back as it was (the restore succeeded: no read is left in flight)."""
+        sys.unraisablehook, sys.excepthook, threading.excepthook = self.previous
+        logging.getLogger("asyncio").removeFilter(self.filter)
 
 
 def _unreadable(err: BaseException) -> str:

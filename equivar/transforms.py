@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import jax
 import jax.numpy as jnp
@@ -103,6 +103,22 @@ class ShiftGrid(Options):
         return shift_grid(self.max, rank, self.step)
 
 
+def _batch_offset(x: jax.Array, offset: Offset, dtype: Any) -> jax.Array:
+    """``offset`` as one value per spatial axis of the batch ``x`` (``(N, *spatial, C)``), or a one-line error:
+    an unbatched array would otherwise be read as a batch of something else, or left unchanged."""
+    if x.ndim < 3:
+        raise ValueError(f"a shift takes a batch of shape (N, *spatial, C), got an array of shape {tuple(x.shape)}; "
+                         "add the batch axis (x[None]) and, for one channel, the channel axis (x[..., None])")
+    rank = x.ndim - 2
+    out = jnp.asarray(offset, dtype=dtype)
+    if out.ndim == 0 and rank == 1:
+        out = out[None]
+    if out.shape != (rank,):
+        raise ValueError(f"the offset must hold one value per spatial axis of the batch ({rank} for shape "
+                         f"{tuple(x.shape)}), got {tuple(out.shape) or 'a scalar'}")
+    return out
+
+
 def shift(x: jax.Array, offset: Offset, mode: str = "roll") -> jax.Array:
     """Translates a batch ``x`` of shape ``(N, *spatial, C)`` by ``offset`` (one value per spatial axis;
     integers for ``roll`` and ``zero``, any real number for the sub-pixel modes)."""
@@ -112,7 +128,7 @@ def shift(x: jax.Array, offset: Offset, mode: str = "roll") -> jax.Array:
         return fourier_shift(x, offset)
     if mode.startswith("bilinear-"):
         return bilinear_shift(x, offset, mode.split("-", 1)[1])
-    offset = jnp.asarray(offset, dtype=jnp.int32)
+    offset = _batch_offset(x, offset, jnp.int32)
     rank = x.ndim - 2
     out = x
     for axis in range(rank):
@@ -125,7 +141,7 @@ def shift(x: jax.Array, offset: Offset, mode: str = "roll") -> jax.Array:
 def fourier_shift(x: jax.Array, offset: Offset) -> jax.Array:
     """Band-limited circular translation by real ``offset`` per spatial axis (see the module docstring for
     the Nyquist convention)."""
-    offset = jnp.asarray(offset, dtype=jnp.float32)
+    offset = _batch_offset(x, offset, jnp.float32)
     out = x
     for axis in range(x.ndim - 2):
         n = x.shape[axis + 1]
@@ -167,7 +183,7 @@ def bilinear_shift(x: jax.Array, offset: Offset, border: str = "zero") -> jax.Ar
     ``(1 - f) T_floor(t) x + f T_floor(t)+1 x`` with ``f`` the fractional part. Differentiable in ``offset``."""
     if border not in ("zero", "reflect", "circular"):
         raise ValueError(f"unknown bilinear border {border!r}; choose one of zero, reflect, circular")
-    offset = jnp.asarray(offset, dtype=jnp.float32)
+    offset = _batch_offset(x, offset, jnp.float32)
     out = x
     for axis in range(x.ndim - 2):
         low = jnp.floor(offset[axis])

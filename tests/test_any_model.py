@@ -158,8 +158,11 @@ def test_a_checkpoint_that_does_not_match_the_config_names_the_mismatch(tmp_path
     with pytest.raises(ConfigError, match=r"zoo.lenet.channels=\[2, 8\] does not match the checkpoint .*\(\[4, 8\]\)"):
         equivar.measure("shift_test", SMALL + ["models=[lenet]"] + TINY[3:7] + ["zoo.lenet.channels=[2,8]"],
                         out_dir=tmp_path / "b", load_from=run_dir)
-    with pytest.raises(ConfigError, match=r"holds no checkpoint of model 'mlp'; it holds \['lenet'\]"):
-        equivar.measure("shift_test", SMALL + ["models=[mlp]"], out_dir=tmp_path / "c", load_from=run_dir)
+    with pytest.raises(ConfigError, match=r"holds no checkpoint of 'mlp', 'cnn_gap'; it holds lenet: choose with "
+                                          r"models=\[lenet\] or a subset"):  # every missing model, before any work
+        equivar.measure("shift_test", SMALL + ["models=[lenet,mlp,cnn_gap]"], out_dir=tmp_path / "c",
+                        load_from=run_dir)
+    assert not (tmp_path / "c").exists()
     with pytest.raises(ConfigError, match=r"trained on inputs \(24, 1\) with 4 classes; this dataset has \(30, 1\)"):
         equivar.measure("shift_test", SMALL + ["models=[lenet]", "dataset.size=30"] + TINY[3:7],
                         out_dir=tmp_path / "d", load_from=run_dir)

@@ -161,3 +161,27 @@ def test_a_run_folder_record_can_only_name_a_model_class(tmp_path):
 
 def test_user_errors_are_one_class():
     assert issubclass(ConfigError, UserError) and issubclass(DataUnavailableError, UserError)
+
+
+def test_load_models_returns_what_it_can_and_names_what_it_cannot(tmp_path):
+    import json
+
+    import equivar
+
+    small = ["dataset=synthetic", "n_seeds=1", "train.epochs=1", "models=[mlp,lenet]", "zoo.mlp.hidden=[8]",
+             "shift.max=1"]
+    equivar.measure("shift_test", small, out_dir=tmp_path / "trained")
+    record_path = tmp_path / "trained" / "checkpoints" / "lenet.json"
+    record = json.loads(record_path.read_text())
+    record["target"] = "gone_since.nets.LeNet"  # the class's module no longer importable
+    record_path.write_text(json.dumps(record))
+    with pytest.warns(UserWarning, match=r"1 of its 2 saved models cannot be loaded and are left out \(lenet\)"):
+        loaded = equivar.load_models(tmp_path / "trained")
+    assert list(loaded) == ["mlp"] and loaded["mlp"].seeds == [0]
+    assert list(loaded.unloadable) == ["lenet"] and "gone_since" in loaded.unloadable["lenet"]
+    with pytest.raises(ConfigError, match="gone_since"):  # asked for by name: an error
+        equivar.load_models(tmp_path / "trained", ["lenet"])
+    with pytest.raises(ConfigError, match=r"holds no checkpoint of model 'cnn'; it holds lenet, mlp"):
+        equivar.load_models(tmp_path / "trained", ["cnn"])
+    with pytest.raises(ConfigError, match="holds no trained models"):
+        equivar.load_models(tmp_path)

@@ -86,3 +86,21 @@ def test_shift_grid_order_and_size():
 def test_unknown_mode():
     with pytest.raises(ValueError, match="roll"):
         shift(jnp.zeros((1, 4, 1)), jnp.array([1]), "reflect")
+
+
+@pytest.mark.parametrize("mode", ["roll", "zero", "fourier", "bilinear-zero"])
+def test_an_unbatched_array_is_refused_in_one_line(mode):
+    signal = jnp.arange(8.0)[:, None]  # (L, C): one sequence without its batch axis
+    with pytest.raises(ValueError, match=r"takes a batch of shape \(N, \*spatial, C\), got an array of shape \(8, 1\)"):
+        shift(signal, (1,), mode)
+    np.testing.assert_allclose(shift(signal[None], (1,), mode)[0, 1:, 0], signal[:-1, 0], atol=1e-5)
+
+
+def test_an_offset_per_spatial_axis_is_required():
+    images = jnp.zeros((2, 4, 6, 1))
+    with pytest.raises(ValueError, match=r"one value per spatial axis of the batch \(2 for shape \(2, 4, 6, 1\)\), got \(1,\)"):
+        shift(images, (1,), "roll")
+    with pytest.raises(ValueError, match="got a scalar"):
+        shift(images, 1, "fourier")
+    sequences = jnp.arange(6.0).reshape(1, 6, 1)
+    np.testing.assert_array_equal(shift(sequences, 2, "roll"), shift(sequences, (2,), "roll"))  # rank 1: a scalar is the offset
