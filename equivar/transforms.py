@@ -142,7 +142,8 @@ def fourier_shift(x: jax.Array, offset: Offset) -> jax.Array:
     """Band-limited circular translation by real ``offset`` per spatial axis (see the module docstring for
     the Nyquist convention)."""
     offset = _batch_offset(x, offset, jnp.float32)
-    out = x
+    compute = jnp.result_type(x.dtype, jnp.float32)  # the FFT takes float32 or float64: half precision goes up
+    out = x.astype(compute)
     for axis in range(x.ndim - 2):
         n = x.shape[axis + 1]
         spectrum = jnp.fft.rfft(out, axis=axis + 1)
@@ -152,8 +153,8 @@ def fourier_shift(x: jax.Array, offset: Offset) -> jax.Array:
             phase = phase.at[-1].set(jnp.cos(jnp.pi * offset[axis]))
         shape = [1] * x.ndim
         shape[axis + 1] = -1
-        out = jnp.fft.irfft(spectrum * phase.reshape(shape), n=n, axis=axis + 1).astype(x.dtype)
-    return out
+        out = jnp.fft.irfft(spectrum * phase.reshape(shape), n=n, axis=axis + 1).astype(compute)
+    return out.astype(x.dtype)
 
 
 def _integer_shift_axis(x: jax.Array, amount: jax.Array, axis: int, border: str) -> jax.Array:

@@ -105,6 +105,7 @@ def test_user_model_with_batchnorm_trains_checkpoints_and_reloads_identically(us
 
     loaded = equivar.load_models(run_dir)["mine"]
     assert loaded.options == {"width": 6} and loaded.seeds == [0, 1]
+    assert loaded.name == "mine" and loaded.target == "mynets.BNNet" and loaded.source == str(run_dir.resolve())
     # BatchNorm's running statistics travelled through the pure step: they moved away from their init (0, 1).
     stats = nnx.to_pure_dict(loaded.model_state)["bn"]
     assert not np.allclose(stats["mean"], 0.0) and not np.allclose(stats["var"], 1.0)
@@ -163,6 +164,10 @@ def test_a_checkpoint_that_does_not_match_the_config_names_the_mismatch(tmp_path
         equivar.measure("shift_test", SMALL + ["models=[lenet,mlp,cnn_gap]"], out_dir=tmp_path / "c",
                         load_from=run_dir)
     assert not (tmp_path / "c").exists()
+    lenet = dict(json.loads((run_dir / "checkpoints" / "lenet.json").read_text()))
+    with pytest.raises(ConfigError, match=r"zoo.lenet._target_='equivar.models.CNNGap' does not match the checkpoint "
+                                          rf"in .* \('{lenet['target']}'\)"):
+        trained.load(run_dir, "lenet", "equivar.models.CNNGap", lenet["options"], (24, 1), 4)
     with pytest.raises(ConfigError, match=r"trained on inputs \(24, 1\) with 4 classes; this dataset has \(30, 1\)"):
         equivar.measure("shift_test", SMALL + ["models=[lenet]", "dataset.size=30"] + TINY[3:7],
                         out_dir=tmp_path / "d", load_from=run_dir)

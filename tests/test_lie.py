@@ -131,3 +131,19 @@ def test_lie_derivative_experiment_tiny(tmp_path):
     assert list(gap["layers"]["translate_x"]["logits"])[:2] == ["conv1", "act1"]  # call order
     assert len(gap["sawtooth"]["probability"]) == 2 and len(gap["sawtooth"]["shifts"]) == 9
     assert {"lie_layers.png", "lie_sawtooth.png", "lie_vs_consistency.png"} <= {p.name for p in tmp_path.glob("*.png")}
+    lines = (tmp_path / "summary.md").read_text().splitlines()  # one table row per model under its header
+    header = next(i for i, line in enumerate(lines) if line.startswith("| model |"))
+    assert lines[header] == ("| model | clean acc | consistency (roll shifts) | LEE translate_x | "
+                             "largest layer contribution (translate) |")
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in lines[header + 2:]}
+    assert set(rows) == {"lenet", "cnn_gap"} and all(len(r) == 5 for r in rows.values())
+    top = max(gap["layers"]["translate_x"]["probs"], key=lambda k: gap["layers"]["translate_x"]["probs"][k]["mean"])
+    assert rows["cnn_gap"][4].startswith(f"{top} (")
+
+
+def test_the_generators_measured_per_spatial_rank():
+    from equivar.lie import generators
+
+    assert generators(1) == ("translate_x",)
+    assert generators(2) == ("translate_y", "translate_x", "rotate", "scale")
+    assert generators(3) == ()

@@ -312,6 +312,10 @@ def test_a_sweep_over_a_categorical_key_draws_grouped_bars(figures, tmp_path):
         heights = [p.get_height() for p in bars["lenet"].patches]
         if ax is accuracy_ax:
             assert heights == pytest.approx([0.6, 0.7, 0.8])
+        # each category's bars sit side by side, centred on its tick
+        centres = np.array([[p.get_x() + p.get_width() / 2 for p in c.patches] for c in bars.values()])
+        assert centres.mean(axis=0) == pytest.approx(ax.get_xticks())
+        assert np.ptp(centres, axis=0) == pytest.approx([bars["mlp"].patches[0].get_width()] * 3)
     assert len(_chance_lines(accuracy_ax)) == 1 and not _chance_lines(consistency_ax)
     assert fig.axes[-1].get_legend() is not None
 
@@ -324,4 +328,22 @@ def test_a_numeric_sweep_keeps_the_line_plot_with_a_chance_line(figures, tmp_pat
     accuracy_ax = figures["report.png"].axes[0]
     assert not [c for c in accuracy_ax.containers if isinstance(c, BarContainer)]
     assert set(_line_colors(accuracy_ax)) == {"mlp", "lenet"}
+    for band in accuracy_ax.collections:  # ± std over the seeds around each line (the records' std is 0.01)
+        low, high = band.get_paths()[0].vertices[:, 1].min(), band.get_paths()[0].vertices[:, 1].max()
+        assert (high - low) / 2 == pytest.approx(0.01) and (high + low) / 2 in (pytest.approx(0.4), pytest.approx(0.6))
+    assert len(accuracy_ax.collections) == 2
     assert list(_chance_lines(accuracy_ax)[0].get_ydata()) == [0.2, 0.2]
+
+
+def test_a_sweep_whose_runs_share_every_value_labels_its_bars_by_run(figures, tmp_path):
+    for i in range(2):
+        _sweep_run(tmp_path / str(i), "zoo:\n  lenet:\n    pool: max\n", _models({"mlp": 0.4 + 0.1 * i}))
+    summary = write_report(tmp_path)
+    assert summary["varying_keys"] == [] and summary["n_runs"] == 2
+    assert [t.get_text() for t in figures["report.png"].axes[0].get_xticklabels()] == ["0", "1"]
+
+
+def test_flatten_gives_dotted_keys_and_lists_as_one_json_value():
+    from equivar.report import flatten
+
+    assert flatten({"zoo": {"mlp": {"hidden": [8, 16]}}, "seed": 0}) == {"zoo.mlp.hidden": "[8, 16]", "seed": 0}

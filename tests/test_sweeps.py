@@ -46,7 +46,20 @@ def test_report_of_a_multirun_folder_lists_every_run(tmp_path):
         "1,1000,0,mlp,ok,0.2,0.01,0.5,0.0", "1,1000,0,lenet,ok,1.2,0.01,0.5,0.0"]
     markdown = (tmp_path / "report" / "report.md").read_text()
     assert "Failed or unfinished runs: 2" in markdown and "`2`: failed (RuntimeError: boom)" in markdown
+    assert markdown.startswith(f"# Report of {tmp_path}\n")
     assert (tmp_path / "report" / "report.png").is_file()
+    assert summary["sweep_dir"] == str(tmp_path) and summary["problems"][0]["error"] == "RuntimeError: boom"
+    assert json.loads((tmp_path / "report" / "report.json").read_text()) == summary
+
+
+def test_a_run_without_status_json_is_complete_with_metrics_and_unfinished_without(tmp_path):
+    _fake_run(tmp_path / "0", 250, 0, "complete", 0.1)
+    _fake_run(tmp_path / "1", 1000, 0, "complete", 0.2)
+    _fake_run(tmp_path / "2", 4000, 0, "complete")
+    for run in ("1", "2"):  # a run folder from before status.json, or one Hydra made but never started
+        (tmp_path / run / "status.json").unlink()
+    summary = write_report(tmp_path)
+    assert summary["finished"] == 2 and [(p["run"], p["status"]) for p in summary["problems"]] == [("2", "unfinished")]
 
 
 def _sweep(args, sweep_dir, timeout=600):

@@ -104,3 +104,9 @@ def test_an_offset_per_spatial_axis_is_required():
         shift(images, 1, "fourier")
     sequences = jnp.arange(6.0).reshape(1, 6, 1)
     np.testing.assert_array_equal(shift(sequences, 2, "roll"), shift(sequences, (2,), "roll"))  # rank 1: a scalar is the offset
+
+
+@pytest.mark.parametrize("mode", ["roll", "zero", "fourier", "bilinear-zero", "bilinear-reflect", "bilinear-circular"])
+def test_a_shift_keeps_the_input_dtype(mode):
+    x = jnp.arange(12.0, dtype=jnp.bfloat16).reshape(1, 12, 1)
+    assert shift(x, (1.5,) if mode.startswith(("fourier", "bilinear")) else (1,), mode).dtype == jnp.bfloat16
