@@ -275,9 +275,10 @@ class _QuietAbandonedReads:
 
 
 def _unreadable(err: BaseException) -> str:
-    """`` (array params.fc1.kernel)``: which saved array could not be read, when TensorStore's report names it."""
-    arrays = re.findall(r"'path': '([^'/][^']*?)/?'", str(err))
-    return f" (array {arrays[-1]})" if arrays else ""
+    """`` (array params.fc1.kernel)``: which saved array could not be read, when Orbax's or TensorStore's report
+    names one (their wording varies: a spec's ``'path'``, or ``Error reading "params.fc1.kernel/.zarray"``)."""
+    arrays = re.findall(r"\b((?:params|model_state)(?:\.\w+)+)", str(err))
+    return f" (array {arrays[0]})" if arrays else ""
 
 
 def _normal(value: Any) -> Any:

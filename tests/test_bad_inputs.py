@@ -5,6 +5,7 @@ itself is tested in test_experiments.py); Hydra-level rows run the CLI.
 """
 
 import hashlib
+import re
 import shutil
 import time
 
@@ -134,6 +135,7 @@ def test_a_damaged_checkpoint_is_one_line_naming_the_model_and_the_files(tmp_pat
         equivar.load_models(tmp_path / "trained")
     message = str(caught.value)
     assert message.startswith(f"the checkpoint of model 'mlp' cannot be read from {tmp_path / 'trained' / 'checkpoints' / 'mlp'}")
+    assert re.match(r"the checkpoint of model 'mlp' cannot be read from \S+ \(array params\.\w+\.\w+\): ", message), message
     assert "damaged or incomplete" in message and "\n" not in message
     proc = _cli(["experiment=shift_test", *small, f"load_from={tmp_path / 'trained'}"], tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
@@ -185,3 +187,12 @@ def test_load_models_returns_what_it_can_and_names_what_it_cannot(tmp_path):
         equivar.load_models(tmp_path / "trained", ["cnn"])
     with pytest.raises(ConfigError, match="holds no trained models"):
         equivar.load_models(tmp_path)
+
+
+def test_the_unreadable_array_is_named_from_either_wording():
+    from equivar.trained import _unreadable
+
+    assert _unreadable(ValueError('Error opening "zarr" driver: Error reading "params.logits.bias/.zarray" in OCDBT '
+                                  'database at local file "/run/checkpoints/mlp/"')) == " (array params.logits.bias)"
+    assert _unreadable(ValueError("{'driver': 'zarr', 'path': 'model_state.bn.mean/'}")) == " (array model_state.bn.mean)"
+    assert _unreadable(ValueError("OUT_OF_RANGE: nothing named")) == ""

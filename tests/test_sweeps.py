@@ -129,3 +129,13 @@ def test_a_diverged_run_is_counted_once_and_its_models_are_rows_without_numbers(
     assert len(rows) == 4 and [r.split(",")[:4] for r in rows[2:]] == [["1", "1000", "mlp", "every seed diverged"],
                                                                       ["1", "1000", "lenet", "every seed diverged"]]
     assert all(r.endswith(",,,,,,,,") for r in rows[2:])  # no numbers for a model that has none
+
+
+def test_report_command_prints_the_table_and_refuses_a_missing_folder(tmp_path, capsys):
+    from equivar.report import main
+
+    _fake_run(tmp_path / "0", 250, 0, "complete", 0.1)
+    assert main([str(tmp_path)]) == 0
+    assert capsys.readouterr().out.startswith(f"# Report of {tmp_path}\n")
+    assert main([str(tmp_path / "nope")]) == 2
+    assert capsys.readouterr().err == f"equivar.report: error: {tmp_path / 'nope'} is not a folder\n"
