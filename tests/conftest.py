@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import matplotlib.figure
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
@@ -102,6 +103,20 @@ def fake_shift_result(models, n_seeds=2, shifts=((0,),), dataset=None, unmeasure
         "experiment": "shift_test", "module": shift_test.__name__, "dataset": dataset or None,
         "seeds": list(range(n_seeds)), "shift_mode": "roll", "shifts": [list(s) for s in shifts],
         "n_eval_shift": 32, "execution": {}, "models": models, "unmeasured": unmeasured or {}})
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    """Every figure saved during the test, by file name (kept alive for inspection after plt.close)."""
+    saved = {}
+    original = matplotlib.figure.Figure.savefig
+
+    def savefig(self, fname, *args, **kwargs):
+        saved[Path(fname).name] = self
+        return original(self, fname, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
+    return saved
 
 
 def pytest_addoption(parser):

@@ -112,7 +112,7 @@ def test_layer_contributions_sum_to_the_end_to_end_derivative(kind, shape, optio
 
 
 @pytest.mark.slow
-def test_lie_derivative_experiment_tiny(tmp_path):
+def test_lie_derivative_experiment_tiny(tmp_path, figures):
     from equivar.run import run_experiment
 
     from conftest import compose_raw
@@ -139,6 +139,9 @@ def test_lie_derivative_experiment_tiny(tmp_path):
     assert set(rows) == {"lenet", "cnn_gap"} and all(len(r) == 5 for r in rows.values())
     top = max(gap["layers"]["translate_x"]["probs"], key=lambda k: gap["layers"]["translate_x"]["probs"][k]["mean"])
     assert rows["cnn_gap"][4].startswith(f"{top} (")
+    scatter = figures["lie_vs_consistency.png"].axes  # each model a point with its seeds' spread on both axes
+    bars = [c for ax in scatter for c in ax.containers]
+    assert len(bars) == 4 and all(c.has_xerr and c.has_yerr for c in bars)
 
 
 def test_the_generators_measured_per_spatial_rank():

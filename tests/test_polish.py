@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import matplotlib.figure
 import numpy as np
 import pytest
 from matplotlib.colors import to_hex
@@ -25,20 +24,6 @@ from equivar.report import write_report
 from conftest import ROOT, fake_seeds, fake_shift_record, fake_shift_result, fake_stat
 
 ZOO = ("mlp", "lenet", "local", "cnn_gap", "group_pool", "stack")
-
-
-@pytest.fixture
-def figures(monkeypatch):
-    """Every figure saved during the test, by file name (kept alive for inspection after plt.close)."""
-    saved = {}
-    original = matplotlib.figure.Figure.savefig
-
-    def savefig(self, fname, *args, **kwargs):
-        saved[Path(fname).name] = self
-        return original(self, fname, *args, **kwargs)
-
-    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
-    return saved
 
 
 _stat, _seeds, _shift_record = fake_stat, fake_seeds, fake_shift_record
