@@ -41,14 +41,23 @@ def test_images_per_call_follow_the_activation_size_within_bounds():
     assert eval_images_per_call(unbounded, 10**6) == plan.eval_images_per_call
 
 
+def test_largest_activation_looks_inside_nested_programs():
+    """The largest array may live inside a jitted function or a rematerialised block (whose jaxpr is bare)."""
+    example = jax.ShapeDtypeStruct((1, 8), jnp.float32)
+    wide = lambda y: jnp.tile(y, (1, 64)).sum(axis=1)  # (1, 512) float32 inside, (1,) outside
+    assert largest_activation_bytes(jax.jit(wide), example) == 512 * 4
+    assert largest_activation_bytes(jax.checkpoint(wide), example) == 512 * 4
+
+
 @pytest.mark.slow  # CI runs it (--slow); the default run stays under 3 minutes
-def test_predictions_do_not_depend_on_the_call_size():
+@pytest.mark.parametrize("packing", ["loop", "vmap"])
+def test_predictions_do_not_depend_on_the_call_size(packing):
     """The grid cut into 32-image calls (with padding) gives exactly the predictions of larger calls."""
     graphdef, (params, rest) = _lenet((12, 12, 1), channels=[4, 8], kernel=3, hidden=[16])
     stacked = jax.tree.map(lambda a: jnp.stack([a, a * 0.5]), (params, rest))  # two seeds
     x = np.asarray(jax.random.normal(jax.random.key(0), (40, 12, 12, 1)))
     offsets = shift_grid(1, 2)
-    plan = plan_execution("loop", backend="cpu")
+    plan = plan_execution(packing, backend="cpu")
     small = dataclasses.replace(plan, eval_bytes_per_call=1)  # every call at the 32-image minimum
     big = dataclasses.replace(plan, eval_bytes_per_call=None)
     preds = [ShiftEvaluator(graphdef, "roll", p).predict(stacked, x, offsets) for p in (small, big)]

@@ -110,3 +110,10 @@ def test_an_offset_per_spatial_axis_is_required():
 def test_a_shift_keeps_the_input_dtype(mode):
     x = jnp.arange(12.0, dtype=jnp.bfloat16).reshape(1, 12, 1)
     assert shift(x, (1.5,) if mode.startswith(("fourier", "bilinear")) else (1,), mode).dtype == jnp.bfloat16
+
+
+def test_shift_many_rolls_by_default():
+    x = jnp.arange(6.0).reshape(1, 6, 1)
+    offsets = jnp.array([[1], [-2]])
+    np.testing.assert_array_equal(shift_many(x, offsets), shift_many(x, offsets, "roll"))
+    np.testing.assert_array_equal(shift_many(x, offsets)[1, 0, :, 0], [2, 3, 4, 5, 0, 1])
