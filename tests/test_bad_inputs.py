@@ -165,6 +165,7 @@ def test_user_errors_are_one_class():
     assert issubclass(ConfigError, UserError) and issubclass(DataUnavailableError, UserError)
 
 
+@pytest.mark.slow  # CI runs it (--slow); the default run stays under 3 minutes
 def test_load_models_returns_what_it_can_and_names_what_it_cannot(tmp_path):
     import json
 
