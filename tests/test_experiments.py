@@ -185,10 +185,13 @@ def test_equivariance_experiment_shows_the_theory(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("rank", [1, 2])
-def test_shift_test_tiny(rank, tmp_path):
+def test_shift_test_tiny(rank, tmp_path, caplog):
     raw = compose_raw(["experiment=shift_test", "dataset=synthetic", f"dataset.rank={rank}",
                        "dataset.size=12", "shift.max=3"] + TINY)
-    result = run_experiment(raw, tmp_path)
+    with caplog.at_level("INFO", logger="equivar.train"):
+        result = run_experiment(raw, tmp_path)
+    trained_lines = [r.getMessage() for r in caplog.records if " seed(s) x " in r.getMessage()]
+    assert [line.split(":")[0] for line in trained_lines] == list(result.models)  # each model's log names it
     _check_shift_test(result, tmp_path, rank)
     assert len(result.shifts) == 7 ** rank
 
