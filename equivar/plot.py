@@ -20,6 +20,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 from numpy.typing import ArrayLike  # noqa: E402
 
@@ -88,6 +89,37 @@ def band(ax: plt.Axes, x: ArrayLike, mean: ArrayLike, std: ArrayLike, n: int, co
 def error_bars(stds: Sequence[float], n: int) -> Sequence[float] | None:
     """The ± std error bars of bars summarising ``n`` seeds (none for one seed)."""
     return list(stds) if n > 1 else None
+
+
+def clipped_errors(means: Sequence[float], stds: Sequence[float], n: int) -> np.ndarray | None:
+    """± std error bars for a quantity that cannot be negative: the lower bar stops at 0 (``yerr`` rows)."""
+    if n <= 1:
+        return None
+    m, sd = np.asarray(means, dtype=float), np.asarray(stds, dtype=float)
+    return np.stack([np.minimum(sd, m), sd])
+
+
+def nonnegative_log_axis(ax: plt.Axes, values: Sequence[float]) -> None:
+    """A log y axis for non-negative values (an error, a squared norm) that stays readable: symlog only when a
+    value is 0 (linear below the smallest value's decade, or below 5 decades under the largest: float noise
+    reads as 0), never below 0; on a plain log axis, a few labelled ticks when every value lies within one
+    decade (where the decade ticks would fall outside)."""
+    v = np.asarray([x for x in values if np.isfinite(x)], dtype=float)
+    positive = v[v > 0]
+    if not len(positive):
+        return
+    lo, hi = positive.min(), positive.max()
+    if (v <= 0).any():  # linear from 0 up to the smallest value's decade, at most 5 decades below the largest
+        floor = max(np.floor(np.log10(lo)), np.floor(np.log10(hi)) - 5)
+        ax.set_yscale("symlog", linthresh=10 ** floor)
+        ax.set_ylim(bottom=0)
+    else:
+        ax.set_yscale("log")
+        if hi / lo < 10:
+            ticks = sorted({float(f"{t:.2g}") for t in np.geomspace(lo, hi, 4)})
+            ax.set_yticks(ticks, [f"{t:.2g}" for t in ticks])
+            ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_ylim(top=hi * 1.6)  # head room: the tallest bar and its error bar stay inside the frame
 
 
 def share_axis(ax: plt.Axes, label: str) -> None:

@@ -36,7 +36,7 @@ from equivar.experiment import base_fields, check_before_data, obtain, record_fi
 from equivar.introspect import trace_layers
 from equivar.lie import generators, layer_contributions, lie_derivative
 from equivar.metrics import accuracy, consistency
-from equivar.plot import error_bars, model_color, over_seeds, save
+from equivar.plot import clipped_errors, model_color, nonnegative_log_axis, over_seeds, save
 from equivar.results import ExperimentResult, Headline, MeanStd, ModelRecord, Record
 from equivar.schema import Float, NonNegativeInt, PositiveInt
 from equivar.schema import Options as OptionsBase
@@ -299,18 +299,20 @@ def plot(result: Result, out_dir: Path) -> list[Path]:
         fig, axes = plt.subplots(len(layered), 1, figsize=(9, 2.6 * len(layered)), squeeze=False)
         for ax, (name, shares) in zip(axes[:, 0], layered.items()):
             width = 0.8 / len(shares)
+            drawn: list[float] = []
             for i, g in enumerate(shares):
                 parts = shares[g].probs
                 layers = list(parts)
                 x = np.arange(len(layers)) + (i - (len(shares) - 1) / 2) * width
-                ax.bar(x, [parts[k].mean for k in layers], width, label=g, color=model_color(name),
-                       alpha=1.0 - 0.4 * i, yerr=error_bars([parts[k].std for k in layers], parts[layers[0]].n),
-                       capsize=2)
+                means, stds = [parts[k].mean for k in layers], [parts[k].std for k in layers]
+                ax.bar(x, means, width, label=g, color=model_color(name), alpha=1.0 - 0.4 * i,
+                       yerr=clipped_errors(means, stds, parts[layers[0]].n), capsize=2)
+                drawn += means + [m + sd for m, sd in zip(means, stds)]
                 ax.set_xticks(np.arange(len(layers)), layers, rotation=30, fontsize=8)
             total = models[name].lee[translate[-1]].probs.mse.mean
             ax.set_title(f"{name}: end-to-end LEE {total:.3g} ({translate[-1]})", fontsize=9)
             ax.set_ylabel("contribution\n(mean ||·||², softmax)", fontsize=8)
-            ax.set_yscale("symlog", linthresh=1e-6)
+            nonnegative_log_axis(ax, drawn)
             if len(shares) > 1:
                 ax.legend(fontsize=7)
             ax.grid(axis="y", alpha=0.3)
@@ -337,17 +339,19 @@ def plot(result: Result, out_dir: Path) -> list[Path]:
 
     gen = translate[-1]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    lees: list[float] = []
     for name, m in models.items():
         lee = m.lee[gen].probs.mse
+        lees += [lee.mean, lee.mean + (lee.std if lee.n > 1 else 0.0)]
         for ax, value in zip(axes, (m.consistency, m.clean_accuracy)):
             ax.errorbar(value.mean, lee.mean, xerr=value.std if value.n > 1 else None,
-                        yerr=lee.std if lee.n > 1 else None, fmt="o", ms=7, color=model_color(name),
+                        yerr=clipped_errors([lee.mean], [lee.std], lee.n), fmt="o", ms=7, color=model_color(name),
                         label=name, capsize=3)
     axes[0].set_xlabel(f"consistency under {result.consistency_grid.mode} shifts")
     axes[1].set_xlabel("clean test accuracy")
     for ax in axes:
         ax.set_ylabel(f"LEE ({gen}, softmax, per pixel)")
-        ax.set_yscale("symlog", linthresh=1e-6)
+        nonnegative_log_axis(ax, lees)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle(f"Local equivariance error against shift consistency and accuracy, {dataset} "

@@ -142,6 +142,9 @@ def test_lie_derivative_experiment_tiny(tmp_path, figures):
     scatter = figures["lie_vs_consistency.png"].axes  # each model a point with its seeds' spread on both axes
     bars = [c for ax in scatter for c in ax.containers]
     assert len(bars) == 4 and all(c.has_xerr and c.has_yerr for c in bars)
+    for ax in figures["lie_layers.png"].axes:  # a squared norm: the axis starts at 0, the bars stay inside
+        bottom, top = ax.get_ylim()
+        assert bottom == 0 and top > max(p.get_height() for p in ax.patches)
 
 
 def test_the_generators_measured_per_spatial_rank():

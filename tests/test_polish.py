@@ -332,3 +332,22 @@ def test_flatten_gives_dotted_keys_and_lists_as_one_json_value():
     from equivar.report import flatten
 
     assert flatten({"zoo": {"mlp": {"hidden": [8, 16]}}, "seed": 0}) == {"zoo.mlp.hidden": "[8, 16]", "seed": 0}
+
+
+def test_a_log_axis_of_nonnegative_values_stays_readable():
+    import matplotlib.pyplot as plt
+
+    from equivar.plot import clipped_errors, nonnegative_log_axis
+
+    fig, (within, with_zero) = plt.subplots(1, 2)
+    within.plot([0, 1], [0.003, 0.008])
+    nonnegative_log_axis(within, [0.003, 0.008])  # one decade: the decade ticks would both fall outside
+    labels = [t for t, y in zip(within.get_yticklabels(), within.get_yticks()) if 0.003 <= y <= 0.008]
+    assert within.get_yscale() == "log" and len(labels) >= 3 and all(t.get_text() for t in labels)
+    with_zero.bar([0, 1, 2], [0.0, 1e-17, 0.01])
+    nonnegative_log_axis(with_zero, [0.0, 1e-17, 0.01])  # float noise reads as 0, at most 5 decades shown
+    assert with_zero.get_yscale() == "symlog" and with_zero.get_ylim()[0] == 0
+    assert with_zero.yaxis.get_transform().linthresh == pytest.approx(1e-7) and with_zero.get_ylim()[1] > 0.01
+    np.testing.assert_array_equal(clipped_errors([0.1, 0.5], [0.3, 0.2], 2), [[0.1, 0.2], [0.3, 0.2]])
+    assert clipped_errors([0.1], [0.3], 1) is None
+    plt.close(fig)
