@@ -14,6 +14,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from equivar.version import __version__
+
 QUESTION = "# Question:"
 WIDTH = 100
 
@@ -27,10 +29,8 @@ def version_line() -> str:
         except importlib.metadata.PackageNotFoundError:
             return "not installed"
 
-    import equivar
-
     deps = ", ".join(f"{d} {installed(d)}" for d in ("jax", "jaxlib", "flax", "optax", "hydra-core"))
-    return f"equivar {equivar.__version__} ({deps})"
+    return f"equivar {__version__} ({deps})"
 
 
 def experiment_questions(conf_dir: Path) -> dict[str, str]:
