@@ -304,13 +304,23 @@ def _hydra_main(cfg: DictConfig) -> None:
     except KeyboardInterrupt:
         print(f"equivar: interrupted; {out_dir / 'status.json'} records it (no metrics.json was written)",
               file=sys.stderr)
-        sys.exit(130)
+        _exit_at_once(130)
     log.info("results in %s", out_dir)
     if result.status is RunStatus.DIVERGED:
         print(f"equivar: error: {EVERY_SEED_DIVERGED} (non-finite loss or gradients); the steps are recorded in "
               f"{out_dir / 'metrics.json'} under unmeasured.*.seeds; try a smaller train.learning_rate",
               file=sys.stderr)
         sys.exit(3)
+
+
+def _exit_at_once(code: int) -> None:
+    """Exits with ``code`` without tearing the interpreter down: Ctrl-C can land while XLA's threads are still
+    running a computation, and unloading the runtime under them ends in SIGSEGV instead of the exit code. The
+    run's status.json is already written; the logs and the standard streams are flushed first."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
