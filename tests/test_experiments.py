@@ -243,6 +243,7 @@ def _cli(args, tmp_path, env_extra=None):
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # CI runs it (--slow); the default run stays under 3 minutes
 def test_cli_unknown_model_is_one_clear_line(tmp_path):
     proc = _cli(["experiment=shift_test", "dataset=synthetic", "models=[resnet]"], tmp_path)
     assert proc.returncode == 2

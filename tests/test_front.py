@@ -33,7 +33,8 @@ def test_a_header_without_a_question_says_so(tmp_path):
     assert "no '# Question:' line" in experiment_questions(tmp_path)["mine"]
 
 
-@pytest.mark.parametrize("how", [pytest.param("console script", marks=pytest.mark.slow), "python -m"])
+@pytest.mark.slow  # CI runs it (--slow); the default run stays under 3 minutes
+@pytest.mark.parametrize("how", ["console script", "python -m"])
 def test_help_is_equivars_own_page(how, tmp_path):
     command = [str(CONSOLE_SCRIPT)] if how == "console script" else [sys.executable, "-m", "equivar.run"]
     if how == "console script" and not CONSOLE_SCRIPT.exists():
