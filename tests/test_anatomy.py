@@ -86,6 +86,7 @@ def test_parameter_counts_equal_the_models_own_totals(kind, shape):
         assert result["forward_equals_backward"]
 
 
+@pytest.mark.slow  # CI runs it (--slow); the default run stays under 3 minutes
 def test_local_model_has_lenets_fields_without_sharing():
     lenet = anatomy(build_model(target("lenet"), (28, 28, 1), 10, {}, nnx.Rngs(0)), (28, 28, 1))
     local = anatomy(build_model(target("local"), (28, 28, 1), 10, {}, nnx.Rngs(0)), (28, 28, 1))

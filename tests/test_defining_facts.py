@@ -66,6 +66,7 @@ def _rows(kind, shape):
     return result, {r["layer"]: r for r in result["layers"]}
 
 
+@pytest.mark.slow  # CI runs it (--slow); the default run stays under 3 minutes
 def test_cnn_gap_field_is_27_before_the_global_pool():
     """Dilations 1, 3, 9 with 3-wide kernels: 1 + 2 * (1 + 3 + 9) = 27 positions, along every axis."""
     for shape in ((40, 1), (28, 28, 1)):
