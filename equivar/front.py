@@ -37,8 +37,8 @@ def experiment_questions(conf_dir: Path) -> dict[str, str]:
     """Each experiment config's one-line question (its header's ``# Question:`` line), by config name."""
     out = {}
     for path in sorted((conf_dir / "experiment").glob("*.yaml")):
-        lines = [line for line in path.read_text().splitlines() if line.startswith("#")]
-        questions = [line[len(QUESTION):].strip() for line in lines if line.startswith(QUESTION)]
+        questions = [line[len(QUESTION):].strip() for line in path.read_text().splitlines()
+                     if line.startswith(QUESTION)]
         out[path.stem] = questions[0] if questions else "(its YAML header has no '# Question:' line)"
     return out
 

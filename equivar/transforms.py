@@ -153,7 +153,7 @@ def fourier_shift(x: jax.Array, offset: Offset) -> jax.Array:
             phase = phase.at[-1].set(jnp.cos(jnp.pi * offset[axis]))
         shape = [1] * x.ndim
         shape[axis + 1] = -1
-        out = jnp.fft.irfft(spectrum * phase.reshape(shape), n=n, axis=axis + 1).astype(compute)
+        out = jnp.fft.irfft(spectrum * phase.reshape(shape), n=n, axis=axis + 1)  # real, of dtype compute
     return out.astype(x.dtype)
 
 
