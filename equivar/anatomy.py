@@ -25,17 +25,20 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
+from flax import linen, nnx
 
 from equivar.errors import ConfigError
-from equivar.introspect import layer_outputs, split_variables, trace_layers
+from equivar.introspect import layer_outputs, split_variables, to_inference, trace_layers
 from equivar.layers import (
     Activation,
     Flatten,
     Geometry,
     GlobalPool,
     PolyphaseDownsample,
+    geometry_problem,
+    is_pointwise_function,
     layer_geometry,
+    layer_type,
     padding_before,
 )
 
@@ -61,7 +64,9 @@ class LayerStep:
 
 
 # Layers that act on each position alone (no spatial mixing), whatever their module type's home.
-POINTWISE_TYPES = (Activation, nnx.BatchNorm, nnx.Dropout, nnx.LayerNorm, nnx.RMSNorm)
+POINTWISE_TYPES = (Activation, nnx.BatchNorm, nnx.Dropout, nnx.LayerNorm, nnx.RMSNorm, linen.BatchNorm,
+                   linen.Dropout, linen.LayerNorm, linen.RMSNorm)
+DENSE_TYPES = (nnx.Linear, linen.Dense, GlobalPool)
 
 
 class NoFixedField(ConfigError):
@@ -88,16 +93,19 @@ def layer_steps(model: nnx.Module, input_shape: Sequence[int], where: str = "mod
             if collapsed:
                 raise ValueError(f"layer {name!r}: a windowed layer after flatten has no spatial axes")
             kind = WINDOWED
-        elif isinstance(layer, POINTWISE_TYPES):
+        elif isinstance(layer, POINTWISE_TYPES) or is_pointwise_function(layer):
             kind = POINTWISE
         elif isinstance(layer, Flatten) and not collapsed:
             kind = FLATTEN
-        elif isinstance(layer, (nnx.Linear, GlobalPool)) or collapsed:
+        elif isinstance(layer, DENSE_TYPES) or collapsed:
             kind = GLOBAL
+        elif (problem := geometry_problem(layer)) is not None:
+            raise NoFixedField(f"{where}: layer {name!r} ({type(layer).__name__}) has no fixed receptive field to "
+                               f"derive: {problem}; receptive fields are measured from gradients only")
         else:
-            raise NoFixedField(f"{where}: layer {name!r} is a {type(layer).__name__}, whose geometry equivar does "
+            raise NoFixedField(f"{where}: layer {name!r} is a {layer_type(layer)}, whose geometry equivar does "
                                "not know, so receptive fields are measured from gradients only")
-        steps.append(LayerStep(name, kind, type(layer).__name__, geometry, spatial, out_shape))
+        steps.append(LayerStep(name, kind, layer_type(layer), geometry, spatial, out_shape))
         if kind == WINDOWED:
             spatial = out_shape[:-1]
         collapsed = collapsed or kind in (FLATTEN, GLOBAL)
@@ -107,6 +115,10 @@ def layer_steps(model: nnx.Module, input_shape: Sequence[int], where: str = "mod
 def parameter_counts(layer: nnx.Module) -> tuple[int, int]:
     """(weights, biases) of one layer: parameters named ``bias`` count as biases."""
     weights = biases = 0
+    if hasattr(layer, "equivar_parameter_counts"):  # a Linen layer, counted while it was bound
+        return layer.equivar_parameter_counts
+    if not isinstance(layer, nnx.Module):  # a plain function of a Sequential (nnx.relu)
+        return 0, 0
     for path, value in nnx.to_flat_state(nnx.state(layer, nnx.Param)):
         if path[-1] == "bias":
             biases += value[...].size
@@ -200,7 +212,13 @@ def exact_support(steps: Sequence[LayerStep], index: int, input_spatial: Sequenc
     def grow(v, g, a, pad, n):
         taps = np.arange(g.kernel[a]) * g.dilation[a]
         idx = (v[:, None] * g.stride[a] - pad + taps[None, :]).ravel()
-        idx = idx % n if g.padding == "CIRCULAR" else idx[(idx >= 0) & (idx < n)]  # zero pads are constants
+        if g.padding == "CIRCULAR":
+            idx = idx % n
+        elif g.padding == "REFLECT":  # numpy's and flax's 'reflect': -1 reads 1, n reads n - 2
+            idx = np.abs(idx)
+            idx = np.where(idx > n - 1, 2 * (n - 1) - idx, idx)
+        else:
+            idx = idx[(idx >= 0) & (idx < n)]  # zero pads are constants
         return np.unique(idx)
 
     return _walk_back(steps, index, [np.array([p]) for p in position], grow, lambda n: np.arange(n))
@@ -251,7 +269,7 @@ def gradient_maps(model: nnx.Module, input_shape: Sequence[int], picks: dict[str
     of weights keeps dead cannot then hide part of the field, so the map's support is the structural
     receptive field.
     """
-    graphdef, params, rest = split_variables(model)
+    graphdef, params, rest = split_variables(to_inference(model))  # no Dropout, BatchNorm's running averages
     key_x, key_p = jax.random.split(key)
     xs = jax.random.normal(key_x, (n_inputs, *input_shape), jnp.float32)
     if resample_params:
@@ -310,7 +328,7 @@ def anatomy(model: nnx.Module, input_shape: Sequence[int], key: jax.Array | None
         weights, biases = parameter_counts(layers[name])
         row: dict[str, Any] = {
             "layer": name,
-            "type": type(layer).__name__,
+            "type": layer_type(layer),
             "output_shape": list(trace.out_shapes[name]),
             "weights": weights,
             "biases": biases,

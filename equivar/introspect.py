@@ -23,10 +23,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
+from flax import linen, nnx
 
 from equivar.errors import ConfigError
 from equivar.layers import LayerStack
+from equivar.linen import LinenModel
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,27 +63,37 @@ def to_inference(model: nnx.Module) -> nnx.Module:
     return nnx.view(model, deterministic=True, use_running_average=True, raise_if_not_found=False)
 
 
-def outer_layers(model: nnx.Module) -> dict[int, str]:
-    """``id(module) -> name`` for the model's outermost submodules (paths joined with dots)."""
-    modules = [(path, m) for path, m in nnx.iter_modules(model) if path]
-    module_paths = {tuple(p) for p, _ in modules}
+def layer_names(model: nnx.Module) -> dict[int, str]:
+    """``id(module) -> name`` for every submodule: its attribute path joined with dots (``features.0``: the
+    ``layers`` list inside an ``nnx.Sequential`` is left out of the name, as PyTorch users know it)."""
+    modules = {tuple(path): m for path, m in nnx.iter_modules(model)}
     out: dict[int, str] = {}
-    for path, m in modules:
-        if any(tuple(path[:k]) in module_paths for k in range(1, len(path))):
-            continue  # inside another layer
-        out.setdefault(id(m), ".".join(str(p) for p in path))
+    for path, m in modules.items():
+        if not path:
+            continue
+        parts = [str(p) for k, p in enumerate(path)
+                 if not (p == "layers" and isinstance(modules.get(tuple(path[:k])), nnx.Sequential))]
+        out.setdefault(id(m), ".".join(parts))
     return out
 
 
+@dataclasses.dataclass
+class _Call:
+    """One call in progress or done: what went in and out, and the calls made inside it."""
+
+    name: str
+    module: Any
+    input: Any
+    output: Any = None
+    inner: list[_Call] = dataclasses.field(default_factory=list)
+
+
 class _Recording:
-    """One capture in progress: the outermost layers' names by ``id``, and what their calls returned."""
+    """One capture in progress: every submodule's name by ``id``, and the tree of calls made so far."""
 
     def __init__(self, names: dict[int, str]):
         self.names = names
-        self.calls: list[LayerCall] = []
-        self.inputs: list[Any] = []
-        self.depth = 0
-        self.counts: dict[str, int] = {}
+        self.stack: list[_Call] = [_Call("", None, None)]  # the model's own call at the bottom
 
 
 _ACTIVE = threading.local()  # .recording: this thread's capture in progress, if any
@@ -90,40 +101,103 @@ _PATCH_LOCK = threading.Lock()
 _RECORDED_CLASSES: set[type] = set()
 
 
+def _record(recording: _Recording, name: str, layer: Any, call: Any, args: tuple, kwargs: dict) -> Any:
+    """Runs ``call(*args, **kwargs)`` as a recorded call of ``layer`` named ``name``."""
+    node = _Call(name, layer, args[0] if args else None)
+    recording.stack[-1].inner.append(node)
+    recording.stack.append(node)
+    try:
+        node.output = call(*args, **kwargs)
+    finally:
+        recording.stack.pop()
+    return node.output
+
+
+def _sequential_call(recording: _Recording, name: str, seq: nnx.Sequential, x: Any) -> Any:
+    """``nnx.Sequential`` on one array, with its plain functions (``nnx.relu``) recorded as layers too:
+    ``features.1`` is the output of the Sequential's second entry, whatever it is."""
+    for i, f in enumerate(seq.layers):
+        if isinstance(f, nnx.Module) and id(f) in recording.names:
+            x = f(x)  # records itself
+        else:
+            x = _record(recording, f"{name}.{i}" if name else str(i), f, f, (x,), {})
+    return x
+
+
 def _record_calls_of(cls: type) -> None:
     """Wraps ``cls.__call__`` once per process so that a call records itself into the calling thread's capture
     in progress (and does nothing else otherwise): captures in other threads, and calls outside any capture,
     are untouched, so two models can be read at once from two threads."""
     with _PATCH_LOCK:
-        if cls in _RECORDED_CLASSES:
+        if cls in _RECORDED_CLASSES or not any("__call__" in vars(k) for k in cls.__mro__):  # nnx.List has none
             return
         inherited = cls.__call__
 
         @functools.wraps(inherited)
         def recording_call(self, *args, **kwargs):
             recording: _Recording | None = getattr(_ACTIVE, "recording", None)
-            if recording is None:
+            name = None if recording is None else recording.names.get(id(self))
+            if recording is None or name is None:
                 return inherited(self, *args, **kwargs)
-            name = recording.names.get(id(self)) if recording.depth == 0 else None
-            recording.depth += 1
-            try:
-                out = inherited(self, *args, **kwargs)
-            finally:
-                recording.depth -= 1
-            if name is not None:
-                recording.counts[name] = recording.counts.get(name, 0) + 1
-                count = recording.counts[name]
-                label = name if count == 1 else f"{name}:{count}"
-                recording.calls.append(LayerCall(label, self, out, args[0] if args else None))
-                recording.inputs.append(args[0] if args else None)
-            return out
+            if isinstance(self, nnx.Sequential) and len(args) == 1 and not kwargs:
+                return _record(recording, name, self, lambda x: _sequential_call(recording, name, self, x), args, {})
+            return _record(recording, name, self, lambda *a, **k: inherited(self, *a, **k), args, kwargs)
 
         cls.__call__ = recording_call  # type: ignore[method-assign]  # the one wrap, checked by _RECORDED_CLASSES
         _RECORDED_CLASSES.add(cls)
 
 
+def _record_linen_call(recording: _Recording, call: Any, args: tuple, kwargs: dict, context: Any) -> Any:
+    """A Linen submodule's ``__call__`` inside a Linen model (``equivar.linen.LinenModel``), recorded as a layer
+    named by its Linen path (``Conv_0``, ``block.Dense_1``) under the model's own name. The layer is an unbound
+    copy of the submodule (its attributes give its geometry) carrying its parameter counts."""
+    module = context.module
+    path = tuple(module.path) if module.scope is not None else ()
+    if context.method_name != "__call__" or not path:
+        return call(*args, **kwargs)
+    owner = next((c for c in reversed(recording.stack) if isinstance(c.module, LinenModel)), None)
+    prefix = f"{owner.name}." if owner is not None and owner.name else ""
+    layer = module.clone(parent=None)
+    object.__setattr__(layer, "equivar_parameter_counts", _linen_parameter_counts(module))
+    return _record(recording, prefix + ".".join(path), layer, call, args, kwargs)
+
+
+def _linen_parameter_counts(module: Any) -> tuple[int, int]:
+    """(weights, biases) of a bound Linen module: parameters named ``bias`` count as biases."""
+    weights = biases = 0
+    for path, value in jax.tree_util.tree_flatten_with_path(module.variables.get("params", {}))[0]:
+        if getattr(path[-1], "key", None) == "bias":
+            biases += int(value.size)
+        else:
+            weights += int(value.size)
+    return weights, biases
+
+
+def _is_chain(calls: Sequence[_Call] | Sequence[LayerCall], x: Any, out: Any) -> bool:
+    """Each call reads the previous one's output, the first reads ``x`` and the last returns ``out``."""
+    return bool(calls) and calls[0].input is x and calls[-1].output is out and all(
+        calls[i].input is calls[i - 1].output for i in range(1, len(calls)))
+
+
+def _leaves(calls: Sequence[_Call]) -> list[_Call]:
+    """The calls with every block whose inner calls form an exact chain replaced by those calls (recursively):
+    the leaf layers where the data flows through them one by one, the block where it does not (a residual
+    block, a block that computes between its layers)."""
+    out: list[_Call] = []
+    for c in calls:
+        if c.inner and _is_chain(c.inner, c.input, c.output):
+            out.extend(_leaves(c.inner))
+        else:
+            out.append(c)
+    return out
+
+
 def capture(model: nnx.Module, x: jax.Array) -> tuple[Any, list[LayerCall], bool]:
-    """Calls ``model(x)`` recording every outermost layer's output in call order (thread-safe).
+    """Calls ``model(x)`` recording its layers' outputs in call order (thread-safe).
+
+    The layers are the submodules the forward pass calls, read through containers (``nnx.Sequential``,
+    ``nnx.List``, ``nnx.Dict``, nested blocks): a block is replaced by its own layers where those form an exact
+    chain from the block's input to its output, and is one layer otherwise.
 
     Returns:
         The model's output, the layer calls (a layer called twice appears as ``name``, ``name:2``), and whether
@@ -135,7 +209,7 @@ def capture(model: nnx.Module, x: jax.Array) -> tuple[Any, list[LayerCall], bool
             calls.append(LayerCall(name, layer, layer(h), h))
             h = calls[-1].output
         return h, calls, True
-    names = outer_layers(model)
+    names = layer_names(model)
     for _, m in nnx.iter_modules(model):
         if id(m) in names:
             _record_calls_of(type(m))
@@ -143,13 +217,18 @@ def capture(model: nnx.Module, x: jax.Array) -> tuple[Any, list[LayerCall], bool
     outer = getattr(_ACTIVE, "recording", None)
     _ACTIVE.recording = recording
     try:
-        out = model(x)
+        with linen.intercept_methods(functools.partial(_record_linen_call, recording)):
+            out = _sequential_call(recording, "", model, x) if isinstance(model, nnx.Sequential) else model(x)
     finally:
         _ACTIVE.recording = outer
-    calls, inputs = recording.calls, recording.inputs
-    chained = bool(calls) and inputs[0] is x and calls[-1].output is out and all(
-        inputs[i] is calls[i - 1].output for i in range(1, len(calls)))
-    return out, calls, chained
+    leaves = _leaves(recording.stack[0].inner)
+    counts: dict[str, int] = {}
+    calls = []
+    for c in leaves:
+        counts[c.name] = counts.get(c.name, 0) + 1
+        calls.append(LayerCall(c.name if counts[c.name] == 1 else f"{c.name}:{counts[c.name]}", c.module, c.output,
+                               c.input))
+    return out, calls, _is_chain(calls, x, out)
 
 
 def layer_outputs(model: nnx.Module, x: jax.Array) -> dict[str, jax.Array]:

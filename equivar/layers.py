@@ -14,7 +14,7 @@ import itertools
 import math
 import operator
 from collections.abc import Callable, Sequence
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import jax
 import jax.numpy as jnp
@@ -44,22 +44,49 @@ POOL_KINDS = ("max", "mean")
 
 @dataclasses.dataclass(frozen=True)
 class Geometry:
-    """How one layer maps input positions to output positions along each spatial axis."""
+    """How one layer maps input positions to output positions along each spatial axis.
+
+    ``padding`` is a mode: ``VALID``, ``SAME`` (lax's split, zeros), ``CIRCULAR`` and ``REFLECT`` (flax's split,
+    wrapped or mirrored values), ``CAUSAL`` (zeros before only), or ``EXPLICIT`` with ``pads`` giving the zeros
+    ``(before, after)`` on each axis (a convolution's ``padding=((1, 1),)`` or ``padding=2``).
+    """
 
     kernel: tuple[int, ...]
     stride: tuple[int, ...]
     dilation: tuple[int, ...]
-    padding: str  # one of PADDINGS
+    padding: str
+    pads: tuple[tuple[int, int], ...] | None = None  # EXPLICIT only
+
+    def span(self, axis: int) -> int:
+        """Input positions one window covers along ``axis`` (holes of a dilated kernel included)."""
+        return self.dilation[axis] * (self.kernel[axis] - 1) + 1
+
+    def pad_pair(self, size: int, axis: int) -> tuple[int, int]:
+        """Positions padded ``(before, after)`` the input along ``axis`` of length ``size``."""
+        span, s = self.span(axis), self.stride[axis]
+        if self.padding == "VALID":
+            return 0, 0
+        if self.padding in ("CIRCULAR", "REFLECT"):  # flax pads ((span-1)//2, span//2), then VALID
+            return (span - 1) // 2, span // 2
+        if self.padding == "CAUSAL":
+            return span - 1, 0
+        if self.padding == "EXPLICIT" and self.pads is not None:
+            return self.pads[axis]
+        total = max((math.ceil(size / s) - 1) * s + span - size, 0)  # lax's SAME
+        return total // 2, total - total // 2
+
+    @property
+    def zero_padded(self) -> bool:
+        """Padded positions hold zeros (constants), not input values."""
+        return self.padding not in ("CIRCULAR", "REFLECT")
 
     def output_spatial(self, spatial: Sequence[int]) -> tuple[int, ...]:
         """Spatial output shape for a given spatial input shape (0 or less means the layer is impossible)."""
         out = []
-        for size, k, s, d in zip(spatial, self.kernel, self.stride, self.dilation):
-            if self.padding == "VALID":
-                span = d * (k - 1) + 1
-                out.append((size - span) // s + 1 if size >= span else 0)
-            else:  # SAME and CIRCULAR keep ceil(size / stride) positions
-                out.append(math.ceil(size / s))
+        for axis, size in enumerate(spatial):
+            before, after = self.pad_pair(size, axis)
+            padded, span = size + before + after, self.span(axis)
+            out.append((padded - span) // self.stride[axis] + 1 if padded >= span else 0)
         return tuple(out)
 
 
@@ -75,34 +102,90 @@ def as_tuple(value: int | Sequence[int], rank: int) -> tuple[int, ...]:
     return value
 
 
-def conv_geometry(conv: nnx.Conv) -> Geometry:
+def conv_geometry(conv: Any) -> Geometry:
+    """The geometry of a convolution, Flax NNX's or Linen's (the same attribute names); ValueError saying why
+    when it has none (input dilation, a padding flax does not document)."""
     rank = len(conv.kernel_size)
-    return Geometry(
-        kernel=tuple(conv.kernel_size),
-        stride=as_tuple(conv.strides or 1, rank),
-        dilation=as_tuple(conv.kernel_dilation or 1, rank),
-        padding=str(conv.padding),
-    )
+    if any(d != 1 for d in as_tuple(getattr(conv, "input_dilation", None) or 1, rank)):
+        raise ValueError("it dilates its input (a fractionally strided convolution), which moves positions "
+                         "between the input's samples")
+    padding = conv.padding
+    pads = None
+    if isinstance(padding, str):
+        mode = padding.upper()
+        if mode not in ("VALID", "SAME", "CIRCULAR", "REFLECT", "CAUSAL"):
+            raise ValueError(f"its padding {padding!r} is not one flax documents")
+    elif isinstance(padding, int):
+        mode, pads = "EXPLICIT", ((padding, padding),) * rank
+    else:
+        entries = list(padding)
+        if len(entries) != rank:
+            raise ValueError(f"its padding {padding!r} does not give one entry per spatial axis")
+        pairs = [(e, e) if isinstance(e, int) else tuple(e) for e in entries]
+        mode, pads = "EXPLICIT", tuple((int(b), int(a)) for b, a in pairs)
+    return Geometry(kernel=tuple(int(k) for k in conv.kernel_size), stride=as_tuple(conv.strides or 1, rank),
+                    dilation=as_tuple(conv.kernel_dilation or 1, rank), padding=mode, pads=pads)
 
 
 def padding_before(geometry: Geometry, size: int, axis: int) -> int:
     """Positions padded before the first input position along ``axis`` (how flax/lax pad each mode)."""
-    k, s, d = geometry.kernel[axis], geometry.stride[axis], geometry.dilation[axis]
-    span = d * (k - 1) + 1
-    if geometry.padding == "VALID":
-        return 0
-    if geometry.padding == "CIRCULAR":  # flax pads ((span-1)//2, span//2) with wrap, then VALID
-        return (span - 1) // 2
-    total = max((math.ceil(size / s) - 1) * s + span - size, 0)  # lax's SAME
-    return total // 2
+    return geometry.pad_pair(size, axis)[0]
 
 
-def layer_geometry(layer: nnx.Module) -> Geometry | None:
+def is_convolution(layer: Any) -> bool:
+    """A Flax convolution (NNX's, Linen's, or Linen's locally connected ``ConvLocal``)."""
+    from flax import linen
+
+    return isinstance(layer, (nnx.Conv, linen.Conv, linen.ConvLocal))
+
+
+def layer_geometry(layer: Any) -> Geometry | None:
     """The geometry of a windowed layer (convolution, locally connected, pooling); None for the others and for
-    convolutions with explicit per-side padding (not one of PADDINGS)."""
-    if isinstance(layer, nnx.Conv):
-        return conv_geometry(layer) if isinstance(layer.padding, str) and layer.padding in PADDINGS else None
+    convolutions whose geometry cannot be derived (``geometry_problem`` says why)."""
+    if is_convolution(layer):
+        try:
+            return conv_geometry(layer)
+        except ValueError:
+            return None
     return getattr(layer, "geometry", None)
+
+
+def geometry_problem(layer: Any) -> str | None:
+    """Why a convolution has no geometry (None when it has one or is not a convolution)."""
+    if not is_convolution(layer):
+        return None
+    try:
+        conv_geometry(layer)
+    except ValueError as err:
+        return str(err)
+    return None
+
+
+def _pointwise_functions() -> tuple[Any, ...]:
+    """jax's activation functions (``nnx.relu`` is ``jax.nn.relu``) and elementwise ``jax.numpy`` ones a
+    ``nnx.Sequential`` may hold."""
+    import jax.numpy as jnp
+
+    names = ("relu", "relu6", "gelu", "silu", "swish", "sigmoid", "tanh", "elu", "celu", "selu", "leaky_relu",
+             "softplus", "soft_sign", "log_sigmoid", "hard_tanh", "hard_sigmoid", "hard_silu", "hard_swish",
+             "mish", "glu", "squareplus", "sparse_plus")
+    found = [getattr(jax.nn, n) for n in names if hasattr(jax.nn, n)]
+    return tuple(found + [jnp.tanh, jnp.abs, jnp.square, jnp.exp])
+
+
+def is_pointwise_function(layer: Any) -> bool:
+    """A plain function that acts on each position alone (an activation; ``functools.partial`` of one too)."""
+    func = layer.func if isinstance(layer, functools.partial) else layer
+    return any(func is f for f in _pointwise_functions())
+
+
+def layer_type(layer: Any) -> str:
+    """How tables name a layer's kind: its class, or a function's name (``relu``)."""
+    if isinstance(layer, functools.partial):
+        layer = layer.func
+    if not isinstance(layer, nnx.Module) and callable(layer):
+        return getattr(layer, "__name__", None) or type(layer).__name__
+    return type(layer).__name__
 
 
 def _pad_for_window(x: jax.Array, geometry: Geometry, fill: float) -> jax.Array:

@@ -32,6 +32,7 @@ from equivar.layers import (
     as_tuple,
     conv_geometry,
 )
+from equivar.linen import build_linen, is_linen_class, linen_options
 from equivar.schema import check_keywords, nearest, unknown
 from equivar.targets import locate_class
 
@@ -359,7 +360,10 @@ def resolve_target(target: str | type, where: str = "model") -> type:
 
 
 def model_options(cls: type) -> tuple[list[str], bool]:
-    """The keyword options a model class accepts beyond the contract, and whether it takes ``**kwargs``."""
+    """The keyword options a model class accepts beyond the contract, and whether it takes ``**kwargs`` (a
+    Linen class: its dataclass fields but the ones equivar fills in)."""
+    if is_linen_class(cls):
+        return linen_options(cls), False
     params = inspect.signature(cls.__init__).parameters  # type: ignore[misc]  # the class's own constructor
     names = [p for p in params if p != "self" and p not in CONTRACT_ARGS
              and params[p].kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)]
@@ -384,7 +388,10 @@ def build_model(target: str | type, input_shape: Sequence[int], n_classes: int, 
         raise ConfigError(f"{where} ({cls.__name__}) has no option {', '.join(hints)}; valid options: "
                           f"{', '.join(accepted) or 'none'}")
     try:
-        model = cls(tuple(int(n) for n in input_shape), int(n_classes), rngs=rngs, **options)
+        if is_linen_class(cls):
+            model = build_linen(cls, input_shape, n_classes, options, rngs)
+        else:
+            model = cls(tuple(int(n) for n in input_shape), int(n_classes), rngs=rngs, **options)
     except (ValueError, TypeError, RuntimeError) as err:  # bad option values and impossible shapes
         raise ConfigError(f"{where} ({cls.__name__}) on input {tuple(input_shape)}: {err}") from err
     if not isinstance(model, nnx.Module):

@@ -268,6 +268,7 @@ def main() -> None:
     code 2 for a bad one, whatever part of the config or the command line is wrong), then Hydra runs them."""
     from hydra._internal.utils import get_args_parser
 
+    _working_directory_importable()
     if any(a in ("--version", "-V") for a in sys.argv[1:]):
         print(version_line())
         return
@@ -288,6 +289,15 @@ def main() -> None:
             print(report_error(err), file=sys.stderr)
             sys.exit(2)
     _hydra_main()
+
+
+def _working_directory_importable() -> None:
+    """``python -m equivar.run`` imports models from the working directory (Python puts it first on the path);
+    the ``equivar`` console script starts from its own folder instead, so it puts the working directory there
+    too: ``_target_: mylab.nets.MyNet`` finds ``./mylab`` from both."""
+    cwd = os.getcwd()
+    if not any(entry in ("", cwd) or (entry and Path(entry).resolve() == Path(cwd).resolve()) for entry in sys.path):
+        sys.path.insert(0, cwd)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")

@@ -121,10 +121,27 @@ def _from_arrays(abstract: nnx.State, arrays: dict[str, Any]) -> nnx.State:
             return jax.random.wrap_key_data(jnp.asarray(value), **({"impl": impl} if impl is not None else {}))
         return jnp.asarray(value, template.dtype)
 
-    filled = jax.tree.map(restore, pure, arrays)
+    filled = jax.tree.map(restore, pure, _keys_like(pure, arrays))
     state = jax.tree.map(lambda a: a, abstract)
     nnx.replace_by_pure_dict(state, filled)
     return state
+
+
+def _keys_like(template: Any, saved: Any, path: str = "") -> Any:
+    """``saved`` with the dict keys of ``template``: Orbax stores every key as a string, so the integer keys of
+    containers (``nnx.Sequential``, ``nnx.List``, plain lists: ``features.layers.0``) come back as ``'0'``."""
+    if not isinstance(template, dict):
+        return saved
+    if not isinstance(saved, dict):
+        raise ValueError(f"the checkpoint holds an array at {path or 'the top'}, the model a group of layers")
+    by_text = {str(k): v for k, v in saved.items()}
+    missing = [str(k) for k in template if str(k) not in by_text]
+    extra = sorted(set(by_text) - {str(k) for k in template})
+    if missing or extra:
+        where = f" under {path}" if path else ""
+        raise ValueError(f"the model has {missing or 'no other'} and the checkpoint {extra or 'no other'} "
+                         f"variables{where}")
+    return {k: _keys_like(v, by_text[str(k)], f"{path}.{k}" if path else str(k)) for k, v in template.items()}
 
 
 def manifest_of(model: TrainedModel, dataset: dict[str, Any]) -> dict[str, Any]:

@@ -23,8 +23,10 @@ from pydantic import Field
 from equivar.config import ModelSpec, RunConfig
 from equivar.data import load_dataset
 from equivar.equivariance import layer_shift_errors, transform_errors
+from equivar.evaluate import ShiftEvaluator
 from equivar.experiment import as_trained, base_fields, builder, check_before_data, init_seeds, obtain, record_fields
 from equivar.layers import Padding
+from equivar.metrics import accuracy
 from equivar.models import model_options, resolve_target
 from equivar.plot import FLOAT32_EPS, LOG_FLOOR, model_color, over_seeds, save
 from equivar.results import ExperimentResult, Headline, MeanStd, MeanStdGrid, MeanStdSeries, ModelRecord, Record
@@ -71,6 +73,7 @@ class Variant(ModelRecord):
     model: str  # the zoo entry it is built from
     padding: str
     stages: dict[str, Stage]  # init, trained
+    clean_accuracy: MeanStd | None = None  # the trained stage's, on the whole test set
 
     @property
     def logits_shift_1(self) -> MeanStd | None:
@@ -169,7 +172,13 @@ def run(config: RunConfig, out_dir: Path) -> Result:
         if "trained" in stages and "trained" not in results:  # every trained seed diverged
             lost[name] = ModelRecord(**fields)
         else:
-            records[name] = Variant(**fields, model=spec.name,
+            clean = None
+            if "trained" in results:
+                trained = stages["trained"]
+                predictions = ShiftEvaluator(trained.graphdef, "roll", plan).predict(
+                    trained.variables(), data.x_test, np.zeros((1, data.rank), np.int32))[:, 0]
+                clean = MeanStd.of(accuracy(predictions, data.y_test))
+            records[name] = Variant(**fields, model=spec.name, clean_accuracy=clean,
                                     padding=padding or str(options.get("padding", "as built")), stages=results)
         log.info("%s: done (%s)", name, ", ".join(results))
     return Result(**base_fields(config, data, measured), n_examples=int(x.shape[0]), max_shift=grid.max,

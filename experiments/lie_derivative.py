@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +31,7 @@ from equivar.anatomy import NoFixedField
 from equivar.config import RunConfig
 from equivar.data import load_dataset
 from equivar.equivariance import layer_geometry_of
+from equivar.errors import ConfigError
 from equivar.evaluate import ShiftEvaluator
 from equivar.experiment import base_fields, check_before_data, obtain, record_fields, spec_variants, unmeasured
 from equivar.introspect import trace_layers
@@ -46,9 +47,28 @@ from equivar.transforms import fourier_shift
 log = logging.getLogger(__name__)
 
 
+Generator = Literal["translate_x", "translate_y", "rotate", "scale"]
+
+
+def chosen_generators(opts: Options, rank: int) -> tuple[str, ...]:
+    """The generators to measure: the option's, checked against the data's rank, else every one it has."""
+    available = generators(rank)
+    if opts.generators is None:
+        return available
+    wrong = [g for g in opts.generators if g not in available]
+    if wrong:
+        raise ConfigError(f"lie_derivative.generators={list(opts.generators)}: {', '.join(wrong)} "
+                          f"{'is' if len(wrong) == 1 else 'are'} not defined on {rank}D data; {rank}D data has "
+                          f"{', '.join(available)}")
+    return tuple(dict.fromkeys(opts.generators))
+
+
 class Options(OptionsBase):
     """``lie_derivative.*`` (the integer-shift consistency beside it uses the ``shift.*`` grid)."""
 
+    generators: list[Generator] | None = Field(None, min_length=1, description="transformations to differentiate "
+                                               "along (null: every one the data's rank has: 1D translate_x; 2D "
+                                               "translate_y, translate_x, rotate, scale)")
     n_examples: PositiveInt = Field(256, description="test inputs the derivatives are averaged over")
     batch: PositiveInt = Field(64, description="inputs per jitted call (memory)")
     per_layer: bool = Field(True, description="also split the translation derivative into per-layer contributions")
@@ -200,6 +220,7 @@ def check(config: RunConfig) -> None:
     known = config.dataset.shape()
     if known is not None:
         config.shift.check_fits(known[0][:-1])
+        chosen_generators(config.options, len(known[0]) - 1)
 
 
 def run(config: RunConfig, out_dir: Path) -> Result:
@@ -208,7 +229,7 @@ def run(config: RunConfig, out_dir: Path) -> Result:
     check_before_data(config, spec_variants(config.models))
     data = load_dataset(config.dataset)
     config.shift.check_fits(data.input_shape[:-1])
-    gens = generators(data.rank)
+    gens = chosen_generators(opts, data.rank)
     plan = config.plan()
     x = jnp.asarray(data.x_test[:opts.n_examples])
     grid = config.shift.offsets(data.rank)
