@@ -14,6 +14,7 @@ An experiment is one module (``equivar.experiments.NAME``, or any module a confi
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from collections.abc import Callable, Sequence
@@ -30,8 +31,10 @@ from equivar.data import Dataset
 from equivar.errors import ConfigError
 from equivar.io import environment, read_json, write_json
 from equivar.models import build_model, check_model
+from equivar.plot import training_figure
 from equivar.results import DatasetSummary, Environment, ExperimentResult, ModelRecord, SeedRecord, Training
 from equivar.strategy import ExecutionPlan
+from equivar.tracking import EpochWriter
 from equivar.train import History, SeedTrainer, TrainState, init_states, make_optimizer, seed_keys
 from equivar.trained import TrainedModel
 
@@ -56,6 +59,7 @@ def publish(result: ExperimentResult, module: ModuleType, out_dir: Path) -> Expe
     text = module.summary(result)
     (Path(out_dir) / SUMMARY).write_text(text + "\n")
     module.plot(result, Path(out_dir))
+    training_figure(result, Path(out_dir))
     print(text)
     return result
 
@@ -130,13 +134,21 @@ def init_seeds(build: Callable[[nnx.Rngs], nnx.Module], config: RunConfig) -> tu
 
 
 def train_seeds(graphdef: nnx.GraphDef, states: TrainState, data: Dataset, config: RunConfig,
-                plan: ExecutionPlan, label: str) -> tuple[TrainState, History]:
-    """Trains every seed of one model on the training set with the run's train settings."""
+                plan: ExecutionPlan, label: str, out_dir: Path | None = None) -> tuple[TrainState, History]:
+    """Trains every seed of one model on the training set with the run's train settings, recording the
+    held-out curve on the first ``train.heldout_examples`` test examples and, with ``out_dir`` and
+    ``train.tensorboard``, writing the curves as TensorBoard events as it goes."""
     tx = make_optimizer(config.train)
     trainer = SeedTrainer(graphdef, tx, plan, augment_shift=config.train.augment_shift,
                           augment_mode=config.train.augment_mode)
-    return trainer.fit(states, jax.device_put(data.x_train), jax.device_put(data.y_train),
-                       seed_keys(config.seed, config.n_seeds), config.train, label=label)
+    n_held = min(config.train.heldout_examples, len(data.y_test))
+    heldout = (data.x_test[:n_held], data.y_test[:n_held]) if n_held else None
+    with contextlib.ExitStack() as stack:
+        writer = stack.enter_context(EpochWriter(out_dir, label, config.seeds)) \
+            if out_dir is not None and config.train.tensorboard else None
+        return trainer.fit(states, jax.device_put(data.x_train), jax.device_put(data.y_train),
+                           seed_keys(config.seed, config.n_seeds), config.train, label=label, heldout=heldout,
+                           on_epoch=writer)
 
 
 def as_trained(name: str, target: str, options: dict[str, Any], data: Dataset, graphdef: nnx.GraphDef,
@@ -147,9 +159,17 @@ def as_trained(name: str, target: str, options: dict[str, Any], data: Dataset, g
         n_classes=data.n_classes, graphdef=graphdef, params=states.params, model_state=states.model_state,
         seeds=config.seeds, status=history.status() if history is not None else ["ok"] * config.n_seeds,
         source="trained" if history is not None else "initialised",
-        train_record=None if history is None else {"loss": history.loss.tolist(),
-                                                   "accuracy": history.accuracy.tolist(),
-                                                   "seconds": history.seconds})
+        train_record=None if history is None else training_record(history))
+
+
+def training_record(history: History) -> dict[str, Any]:
+    """What metrics.json keeps of a training: the curves per seed and epoch, and the seconds it took."""
+    record: dict[str, Any] = {"loss": history.loss.tolist(), "accuracy": history.accuracy.tolist(),
+                              "seconds": history.seconds, "heldout_examples": history.heldout_examples}
+    if history.heldout_loss is not None and history.heldout_accuracy is not None:
+        record |= {"heldout_loss": history.heldout_loss.tolist(),
+                   "heldout_accuracy": history.heldout_accuracy.tolist()}
+    return record
 
 
 def obtain(config: RunConfig, data: Dataset, out_dir: Path, name: str, target: str, options: dict[str, Any],
@@ -162,7 +182,7 @@ def obtain(config: RunConfig, data: Dataset, out_dir: Path, name: str, target: s
                             data.n_classes, where)
     check_batch(config.train.batch_size, len(data.y_train))
     graphdef, states = init_seeds(builder(target, options, data, where), config)
-    states, history = train_seeds(graphdef, states, data, config, plan, name)
+    states, history = train_seeds(graphdef, states, data, config, plan, name, out_dir)
     model = as_trained(name, target, options, data, graphdef, states, config, history)
     trained.save(model, out_dir, data.summary())
     return model

@@ -137,6 +137,61 @@ def save(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
+TRAINING_FIGURE = "training.png"
+
+
+def training_figure(result: Any, out_dir: Path) -> list[Path]:
+    """``training.png``: per model, the training loss and accuracy (mean over the epoch's steps, solid) and the
+    held-out ones (after each epoch, inference mode, dashed) against the epoch, mean ± std over the seeds that
+    stayed finite. Nothing when no model of the run was trained in it.
+
+    Args:
+        result: an experiment's result (``models`` and ``unmeasured`` hold records with ``training``).
+        out_dir: where to write.
+    """
+    records = {name: r for name, r in [*result.models.items(), *result.unmeasured.items()]
+               if getattr(r, "training", None) is not None}
+    if not records:
+        return []
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(12.5, 4.2))
+    n_seeds, held = 0, 0
+    for name, record in records.items():
+        t = record.training
+        color = model_color(name)
+        curves = [("loss", "accuracy", "-", "train")]
+        if t.heldout_loss is not None:
+            curves.append(("heldout_loss", "heldout_accuracy", "--", "held-out"))
+            held = t.heldout_examples
+        for loss_key, acc_key, style, kind in curves:
+            for ax, key in ((ax_loss, loss_key), (ax_acc, acc_key)):
+                values = np.asarray(getattr(t, key), dtype=float)  # (seeds, epochs); NaN after a divergence
+                finite = np.isfinite(values).any(axis=1)
+                if not finite.any():
+                    continue
+                kept = values[finite]
+                n_seeds = max(n_seeds, len(kept))
+                epochs = np.arange(1, kept.shape[1] + 1)
+                with np.errstate(invalid="ignore"):
+                    mean, std = np.nanmean(kept, axis=0), np.nanstd(kept, axis=0)
+                band(ax, epochs, mean, std, len(kept), color, f"{name} ({kind})", ls=style,
+                     marker="o" if len(epochs) < 12 else None, ms=3)
+    ax_loss.set_yscale("log")
+    ax_loss.set_ylabel("cross-entropy loss")
+    share_axis(ax_acc, "accuracy")
+    if result.dataset is not None:
+        draw_chance(ax_acc, 1.0 / result.dataset.n_classes)
+    for ax in (ax_loss, ax_acc):
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    ax_acc.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+    where = f" on {result.dataset.name}" if result.dataset is not None else ""
+    heldout = f"; dashed: {held} held-out test examples after each epoch" if held else ""
+    fig.suptitle(f"training curves{where} ({over_seeds(n_seeds)}); solid: training batches{heldout}", fontsize=10)
+    fig.tight_layout()
+    return [save(fig, Path(out_dir) / TRAINING_FIGURE)]
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m equivar.plot RUN_DIR [--out DIR]``."""
     from equivar.config import load_experiment
@@ -154,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"equivar.plot: error: {err}", file=sys.stderr)
         return 2
-    for written in module.plot(result, args.out or args.run_dir):
+    out = args.out or args.run_dir
+    for written in [*module.plot(result, out), *training_figure(result, out)]:
         print(written)
     return 0
 

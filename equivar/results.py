@@ -135,6 +135,9 @@ class Training(Record):
     loss: list[list[Number]]
     accuracy: list[list[Number]]
     seconds: float
+    heldout_examples: int = 0  # the first test examples, evaluated in inference mode after every epoch
+    heldout_loss: list[list[Number]] | None = None
+    heldout_accuracy: list[list[Number]] | None = None
 
 
 @dataclasses.dataclass(frozen=True)

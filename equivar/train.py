@@ -56,6 +56,10 @@ class TrainOptions(Options):
     augment_mode: ShiftMode = Field("roll", description="how augmentation shifts")
     min_steps: NonNegativeInt = Field(0, description="train at least this many steps (more epochs for small "
                                                      "training sets)")
+    heldout_examples: NonNegativeInt = Field(1000, description="test examples whose loss and accuracy are recorded "
+                                                               "after every epoch (the held-out curve; 0: none); "
+                                                               "nothing is chosen by them")
+    tensorboard: bool = Field(True, description="write the curves as TensorBoard events into <run>/tensorboard/")
 
     def epochs_for(self, n_examples: int) -> int:
         steps_per_epoch = max(1, n_examples // self.batch_size)
@@ -225,6 +229,9 @@ class History:
     seconds: float
     diverged_at: np.ndarray  # per seed: the first non-finite step, or -1
     steps_per_epoch: int = 0
+    heldout_loss: np.ndarray | None = None  # (n_seeds, epochs) on the held-out examples, inference mode
+    heldout_accuracy: np.ndarray | None = None
+    heldout_examples: int = 0
 
     def status(self) -> list[str]:
         """Per seed: ``ok`` or ``diverged at step S (epoch E)``."""
@@ -257,45 +264,74 @@ class SeedTrainer:
             """Several steps in one call: ``idx`` is ``(steps, batch)``; metrics come back per step."""
             return jax.lax.scan(lambda s, i: gather_and_step(s, x, y, i), state, idx)
 
+        logits = make_logits(graphdef)
+
+        def heldout_sums(state: TrainState, x: jax.Array, y: jax.Array, weight: jax.Array) -> jax.Array:
+            """Summed loss and correct predictions over a (padded) chunk, in inference mode."""
+            out = logits((state.params, state.model_state), x)
+            loss = optax.softmax_cross_entropy_with_integer_labels(out, y)
+            return jnp.stack([(loss * weight).sum(), ((out.argmax(-1) == y) * weight).sum()])
+
         if plan.seed_packing == "vmap":
+            self.heldout = jax.jit(jax.vmap(heldout_sums, in_axes=(0, None, None, None)))
             self.step = jax.jit(jax.vmap(gather_and_step, in_axes=(0, None, None, 0)))
             self.multi_step = jax.jit(jax.vmap(scan_steps, in_axes=(0, None, None, 0)))
             self.order = jax.jit(jax.vmap(epoch_order, in_axes=(0, None, None)), static_argnums=(1, 2))
         else:
+            self.heldout = jax.jit(heldout_sums)
             self.step = jax.jit(gather_and_step)
             self.multi_step = jax.jit(scan_steps)
             self.order = jax.jit(epoch_order, static_argnums=(1, 2))
 
     def fit(self, states: TrainState, x: jax.Array, y: jax.Array, keys: jax.Array, spec: TrainOptions,
-            label: str = "model") -> tuple[TrainState, History]:
-        """Trains every seed for ``spec.epochs_for(n)`` epochs; returns the stacked states and per-epoch history."""
+            label: str = "model", heldout: tuple[np.ndarray, np.ndarray] | None = None,
+            on_epoch: EpochCallback | None = None) -> tuple[TrainState, History]:
+        """Trains every seed for ``spec.epochs_for(n)`` epochs; returns the stacked states and per-epoch history.
+
+        Args:
+            heldout: examples evaluated (inference mode) after every epoch: the held-out curve.
+            on_epoch: called after every epoch with its index and this epoch's per-seed numbers
+                (``train_loss``, ``train_accuracy`` and, with ``heldout``, ``heldout_loss``,
+                ``heldout_accuracy``): where a run writes its live curves (TensorBoard).
+        """
         start = time.perf_counter()
         n_seeds = keys.shape[0]
+        chunks = _heldout_chunks(heldout)
         if self.plan.seed_packing == "vmap":
             mesh = self.plan.seed_mesh(n_seeds)
             states, keys = shard_seeds((states, keys), mesh)
             x, y = replicate((x, y), mesh)
-            (states, loss, acc), = self._fit_groups([(states, x, y, keys)], spec, label)
+            chunks = [replicate(c, mesh) for c in chunks]
+            (states, loss, acc, held), = self._fit_groups([(states, x, y, keys)], spec, label,
+                                                          [chunks], on_epoch)
         else:  # one group per seed, each on its device; their steps interleave so the devices work side by side
             n = int(y.shape[0])
             calls = spec.epochs_for(n) * -(-(n // spec.batch_size) // self.plan.steps_per_call)
             devices = self.plan.seed_devices(n_seeds, calls)
             data = {d: jax.device_put((x, y), d) for d in devices}
-            groups = []
+            held_data = {d: jax.device_put(chunks, d) for d in devices}
+            groups, group_chunks = [], []
             for s in range(n_seeds):
                 device = devices[s % len(devices)]
                 groups.append((jax.device_put(take_seed(states, s), device), *data[device],
                                jax.device_put(keys[s], device)))
-            results = self._fit_groups(groups, spec, label if n_seeds == 1 else f"{label} {n_seeds} seeds")
+                group_chunks.append(held_data[device])
+            results = self._fit_groups(groups, spec, label if n_seeds == 1 else f"{label} {n_seeds} seeds",
+                                       group_chunks, on_epoch)
             home = devices[0]
             states = stack_seeds([jax.device_put(r[0], home) for r in results])
             loss = np.stack([r[1] for r in results])
             acc = np.stack([r[2] for r in results])
+            held = np.stack([r[3] for r in results])
         jax.block_until_ready(states)
+        held = held.reshape(n_seeds, 2, -1)
         history = History(loss=loss.reshape(n_seeds, -1), accuracy=acc.reshape(n_seeds, -1),
                           seconds=time.perf_counter() - start,
                           diverged_at=np.asarray(states.diverged_at).reshape(n_seeds),
-                          steps_per_epoch=int(y.shape[0]) // spec.batch_size)
+                          steps_per_epoch=int(y.shape[0]) // spec.batch_size,
+                          heldout_loss=held[:, 0] if heldout is not None else None,
+                          heldout_accuracy=held[:, 1] if heldout is not None else None,
+                          heldout_examples=0 if heldout is None else int(len(heldout[1])))
         if (history.diverged_at >= 0).any():
             log.warning("%s: %s", label, "; ".join(f"seed {i}: {s}" for i, s in enumerate(history.status())
                                                    if s != "ok"))
@@ -304,8 +340,19 @@ class SeedTrainer:
                  np.round(history.accuracy[:, -1], 4))
         return states, history
 
+    def _heldout(self, state: TrainState, chunks: list[tuple[jax.Array, jax.Array, jax.Array]]) -> np.ndarray:
+        """``[mean loss, accuracy]`` on the held-out chunks (per seed under vmap: shape ``(seeds, 2)``); NaN for a
+        seed that has diverged (its frozen parameters are not the model the curve follows)."""
+        sums = sum(np.asarray(self.heldout(state, *c)) for c in chunks)
+        count = sum(float(np.asarray(c[2]).sum()) for c in chunks)
+        out = np.asarray(sums, np.float64) / count
+        diverged = np.asarray(state.diverged_at) >= 0
+        return np.where(diverged[..., None], np.nan, out) if out.ndim > 1 else \
+            (np.full_like(out, np.nan) if bool(diverged) else out)
+
     def _fit_groups(self, groups: list[tuple[TrainState, jax.Array, jax.Array, jax.Array]], spec: TrainOptions,
-                    label: str) -> list[tuple[TrainState, np.ndarray, np.ndarray]]:
+                    label: str, heldout: list[list[tuple[jax.Array, jax.Array, jax.Array]]],
+                    on_epoch: EpochCallback | None) -> list[tuple[TrainState, np.ndarray, np.ndarray, np.ndarray]]:
         """Trains groups of seeds step by step, each group's step dispatched in turn: one group per seed (loop
         packing, each on its device) or a single group holding every seed (vmap packing, a leading seed axis
         everywhere). A group whose seeds have all diverged stops at the end of that epoch."""
@@ -314,6 +361,7 @@ class SeedTrainer:
         states = [g[0] for g in groups]
         losses: list[list[np.ndarray]] = [[] for _ in groups]
         accs: list[list[np.ndarray]] = [[] for _ in groups]
+        helds: list[list[np.ndarray]] = [[] for _ in groups]  # per epoch: [loss, accuracy] (seeds first under vmap)
         active = list(range(len(groups)))
         chunk = self.plan.steps_per_call
         for epoch in range(epochs):
@@ -343,6 +391,10 @@ class SeedTrainer:
                 stacked = jax.tree.map(lambda *m: jnp.concatenate(m, axis=-1).mean(-1), *step_metrics[i])
                 losses[i].append(np.asarray(stacked["loss"]))
                 accs[i].append(np.asarray(stacked["accuracy"]))
+                helds[i].append(self._heldout(states[i], heldout[i]) if heldout[i] else
+                                np.full((*np.shape(losses[i][-1]), 2), np.nan))
+            if on_epoch is not None:
+                on_epoch(epoch, _epoch_numbers(losses, accs, helds, active, bool(heldout[active[0]])))
             bar.set_postfix(loss=float(np.mean([losses[i][-1] for i in active])),
                             acc=float(np.mean([accs[i][-1] for i in active])))
             bar.close()
@@ -351,10 +403,51 @@ class SeedTrainer:
                     pad = epochs - epoch - 1
                     losses[i] += [np.full_like(losses[i][-1], np.nan)] * pad
                     accs[i] += [np.full_like(accs[i][-1], np.nan)] * pad
+                    helds[i] += [np.full_like(helds[i][-1], np.nan)] * pad
                     active.remove(i)
             if not active:
                 break
-        return [(states[i], np.stack(losses[i], axis=-1), np.stack(accs[i], axis=-1)) for i in range(len(groups))]
+        return [(states[i], np.stack(losses[i], axis=-1), np.stack(accs[i], axis=-1),
+                 np.stack(helds[i], axis=-1)) for i in range(len(groups))]
+
+
+EpochCallback = Callable[[int, dict[str, np.ndarray]], None]
+
+
+def _epoch_numbers(losses: list[list[np.ndarray]], accs: list[list[np.ndarray]], helds: list[list[np.ndarray]],
+                   active: list[int], with_heldout: bool) -> dict[str, np.ndarray]:
+    """One epoch's per-seed numbers across groups (one group per seed, or one holding every seed); a group
+    that stopped early (every seed diverged) gives NaN."""
+    def last(series: list[list[np.ndarray]], i: int) -> np.ndarray:
+        return np.atleast_1d(series[i][-1] if i in active else np.full_like(series[i][-1], np.nan))
+
+    out = {"train_loss": np.concatenate([last(losses, i) for i in range(len(losses))]),
+           "train_accuracy": np.concatenate([last(accs, i) for i in range(len(accs))])}
+    if with_heldout:
+        held = np.concatenate([np.reshape(last(helds, i), (-1, 2)) for i in range(len(helds))])
+        out["heldout_loss"], out["heldout_accuracy"] = held[:, 0], held[:, 1]
+    return out
+
+
+HELDOUT_CHUNK = 1000  # examples per held-out call: one compile, bounded activation memory
+
+
+def _heldout_chunks(heldout: tuple[np.ndarray, np.ndarray] | None) -> list[tuple[jax.Array, jax.Array, jax.Array]]:
+    """The held-out examples as equal chunks ``(x, y, weight)``; the last padded with weight 0."""
+    if heldout is None or len(heldout[1]) == 0:
+        return []
+    x, y = np.asarray(heldout[0]), np.asarray(heldout[1])
+    size = min(HELDOUT_CHUNK, len(y))
+    chunks = []
+    for start in range(0, len(y), size):
+        xs, ys = x[start:start + size], y[start:start + size]
+        pad = size - len(ys)
+        weight = np.concatenate([np.ones(len(ys), np.float32), np.zeros(pad, np.float32)])
+        if pad:
+            xs = np.concatenate([xs, np.zeros((pad, *xs.shape[1:]), xs.dtype)])
+            ys = np.concatenate([ys, np.zeros(pad, ys.dtype)])
+        chunks.append((jnp.asarray(xs), jnp.asarray(ys), jnp.asarray(weight)))
+    return chunks
 
 
 Variables = tuple[nnx.State, nnx.State]  # (params, model_state) of one seed, or seed-stacked
