@@ -25,6 +25,7 @@ from equivar.data import DatasetOptions, dataset_options
 from equivar.errors import ConfigError
 from equivar.evaluate import EvalOptions
 from equivar.io import read_json
+from equivar.results import ExperimentResult
 from equivar.schema import NonNegativeInt, Options, PositiveInt, check, nearest
 from equivar.strategy import ExecutionOptions, ExecutionPlan
 from equivar.targets import locate_module
@@ -269,3 +270,17 @@ def _subclasses(cls: type) -> list[type]:
     for sub in subs:
         found += [sub, *_subclasses(sub)]
     return found
+
+
+METRICS = "metrics.json"  # every run's typed result
+
+
+def read_result(run_dir: Path) -> ExperimentResult:
+    """The typed result stored in ``run_dir/metrics.json``, read by the module that wrote it."""
+    path = Path(run_dir) / METRICS
+    if not path.is_file():
+        raise ConfigError(f"{path} does not exist: give a run folder that holds metrics.json")
+    data = read_json(path)
+    module_name = data.get("module") or f"equivar.experiments.{data.get('experiment')}"
+    module = load_experiment(module_name)
+    return module.Result.model_validate(data)

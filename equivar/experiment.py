@@ -26,10 +26,10 @@ import jax
 from flax import nnx
 
 from equivar import trained
-from equivar.config import ModelSpec, RunConfig, load_experiment
+from equivar.config import METRICS, ModelSpec, RunConfig, load_experiment, read_result  # noqa: F401  (re-exported)
 from equivar.data import Dataset
 from equivar.errors import ConfigError
-from equivar.io import environment, read_json, write_json
+from equivar.io import environment, write_json
 from equivar.models import build_model, check_model
 from equivar.plot import training_figure
 from equivar.results import DatasetSummary, Environment, ExperimentResult, ModelRecord, SeedRecord, Training
@@ -40,7 +40,6 @@ from equivar.trained import TrainedModel
 
 log = logging.getLogger(__name__)
 
-METRICS = "metrics.json"
 SUMMARY = "summary.md"
 
 
@@ -62,17 +61,6 @@ def publish(result: ExperimentResult, module: ModuleType, out_dir: Path) -> Expe
     training_figure(result, Path(out_dir))
     print(text)
     return result
-
-
-def read_result(run_dir: Path) -> ExperimentResult:
-    """The typed result stored in ``run_dir/metrics.json``, read by the module that wrote it."""
-    path = Path(run_dir) / METRICS
-    if not path.is_file():
-        raise ConfigError(f"{path} does not exist: give a run folder that holds metrics.json")
-    data = read_json(path)
-    module_name = data.get("module") or f"equivar.experiments.{data.get('experiment')}"
-    module = load_experiment(module_name)
-    return module.Result.model_validate(data)
 
 
 def base_fields(config: RunConfig, data: Dataset | None, models: Sequence[TrainedModel] = ()) -> dict[str, Any]:

@@ -194,9 +194,8 @@ def training_figure(result: Any, out_dir: Path) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m equivar.plot RUN_DIR [--out DIR]``."""
-    from equivar.config import load_experiment
+    from equivar.config import load_experiment, read_result
     from equivar.errors import UserError
-    from equivar.experiment import read_result
 
     parser = argparse.ArgumentParser(prog="python -m equivar.plot",
                                      description="Redraw a run's plots from its metrics.json.")

@@ -36,7 +36,7 @@ def _fit(data, packing, spec, on_epoch=None, n_seeds=2):
     return graphdef, states, history
 
 
-@pytest.mark.parametrize("packing", ["loop", "vmap"])
+@pytest.mark.parametrize("packing", ["loop", pytest.param("vmap", marks=pytest.mark.slow)])
 def test_heldout_curve_is_the_final_models_test_loss_and_accuracy(data, packing, monkeypatch):
     """The last held-out point is the trained model's loss and accuracy on those examples in inference mode,
     whatever the chunking (37 examples in chunks of 16: the last chunk is padded and must not count)."""

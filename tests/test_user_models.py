@@ -87,8 +87,9 @@ def test_layers_are_the_leaves_named_by_path(mylab):
     assert layers("linbn") == (["Conv_0", "BatchNorm_0", "Dropout_0", "Dense_0"], False)
 
 
-@pytest.mark.parametrize("shape", [(24, 1), pytest.param((12, 10, 1), marks=pytest.mark.slow)])
-@pytest.mark.parametrize("name", ["pad", pytest.param("chain", marks=pytest.mark.slow)])
+@pytest.mark.slow  # about 10 s each (gradients over resampled parameters); CI runs them
+@pytest.mark.parametrize("shape", [(24, 1), (12, 10, 1)])
+@pytest.mark.parametrize("name", ["pad", "chain"])
 def test_explicit_padding_dilation_groups_give_exact_analytic_fields(mylab, name, shape):
     """The analytic fields of leaves in containers, with explicit per-side padding, dilation, groups and
     strides, equal the gradients' support exactly (and forward equals backward)."""
