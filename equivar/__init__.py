@@ -10,12 +10,12 @@ from equivar.version import __version__  # noqa: E402,F401
 _configure_xla_flags()
 
 
-_API = ("measure", "load_models", "compose", "read_result")
+_API = ("measure", "load_models", "load_data", "compose", "read_result")
 
 
 def __getattr__(name: str):
-    """The Python API (``equivar.measure``, ``equivar.load_models``, ``equivar.compose``,
-    ``equivar.read_result``), imported on first use so that ``import equivar`` stays light."""
+    """The Python API (``equivar.measure``, ``equivar.load_models``, ``equivar.load_data``,
+    ``equivar.compose``, ``equivar.read_result``), imported on first use so that ``import equivar`` stays light."""
     if name in _API:
         from equivar import api
 

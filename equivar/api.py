@@ -6,6 +6,7 @@
     again = equivar.measure("shift_test", ["dataset=synthetic", "shift.mode=zero"], load_from="outputs/nb")
     models = equivar.load_models("outputs/nb")        # name -> TrainedModel (every seed, inference mode)
     same = equivar.read_result("outputs/nb")           # the typed result metrics.json holds
+    data = equivar.load_data("mnist1d")                # x_train, y_train, x_test, y_test (numpy, channels last)
 
 Your own model class goes in ``models``: ``equivar.measure("shift_test", models={"mine": MyNet})`` or, with
 options, ``models={"mine": (MyNet, {"width": 64})}``. The result is the experiment's typed ``Result``, what
@@ -28,12 +29,32 @@ def compose(experiment: str, overrides: Sequence[str] = ()) -> dict[str, Any]:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from equivar.config import as_dict
-    from equivar.run import config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
 
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = hydra_compose(config_name="config", overrides=[f"experiment={experiment}", *overrides])
-    return as_dict(cfg)
+    from equivar.config import as_dict
+    from equivar.run import config_dir, hydra_message
+
+    try:
+        with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+            cfg = hydra_compose(config_name="config", overrides=[f"experiment={experiment}", *overrides])
+        return as_dict(cfg)
+    except (HydraException, OmegaConfBaseException) as err:  # a choice or override Hydra cannot compose: one line
+        raise ConfigError(hydra_message(err)) from None
+
+
+def load_data(dataset: str = "mnist1d", overrides: Sequence[str] = ()) -> Any:
+    """The data a run on ``dataset=DATASET OVERRIDES`` trains and tests on, as ``equivar.data.Dataset``:
+    ``x_train``, ``y_train``, ``x_test``, ``y_test`` (numpy, channels last), ``n_classes``, ``input_shape``.
+
+    ``equivar.load_data("mnist1d")`` (generated locally), ``equivar.load_data("mnist")``,
+    ``equivar.load_data("tfds", ["dataset.tfds_name=fashion_mnist"])``; options as on the command line
+    (``["dataset.n_train=1000"]``). Missing data is one line saying how to get it, as in a run.
+    """
+    from equivar.data import dataset_options, load_dataset
+
+    config = compose("shift_test", [f"dataset={dataset}", *overrides])
+    return load_dataset(dataset_options(config["dataset"]))
 
 
 def _model_overrides(models: Mapping[str, Any]) -> list[str]:
