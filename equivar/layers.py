@@ -173,6 +173,11 @@ def _pointwise_functions() -> tuple[Any, ...]:
     return tuple(found + [jnp.tanh, jnp.abs, jnp.square, jnp.exp])
 
 
+def activation_names() -> set[str]:
+    """How tables name the pointwise functions (``relu``, ``tanh``): activations a figure may leave out."""
+    return {getattr(f, "__name__", "") for f in _pointwise_functions()} - {""}
+
+
 def is_pointwise_function(layer: Any) -> bool:
     """A plain function that acts on each position alone (an activation; ``functools.partial`` of one too)."""
     func = layer.func if isinstance(layer, functools.partial) else layer

@@ -38,24 +38,43 @@ MODEL_COLORS = {"mlp": "#1f77b4", "lenet": "#ff7f0e", "local": "#2ca02c", "cnn_g
 CHANCE_STYLE: dict[str, Any] = {"color": "gray", "ls": "--", "lw": 1}
 
 
+# Colours for names outside the zoo: well separated from each other and from the zoo's (tab20's other shades
+# and a few more), taken in a name's hash order; a name whose preferred colour another name of this process
+# already holds gets the next free one, so two user models of a figure never look alike.
+EXTRA_COLORS = ("#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#dbdb8d",
+                "#9edae5", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d", "#31a354", "#756bb1")
+_ASSIGNED: dict[str, str] = {}
+
+
 def model_color(name: str) -> str:
-    """The colour a model is drawn in, the same in every plot and every process.
+    """The colour a model is drawn in, the same in every plot of a run and of a redraw.
 
     Args:
         name: A model name as it appears in a result's ``models`` (e.g. ``"lenet"`` or ``"my_net"``).
 
     Returns:
-        A hex colour: a fixed one for the zoo's models; otherwise a hue picked by a hash of the name (48 hues,
-        three lightnesses), so different names rarely share a colour.
+        A hex colour: a fixed one for the zoo's models; otherwise one of ``EXTRA_COLORS`` chosen by a hash of
+        the name (stable across processes), moved to the next free one when another name of this process holds
+        it; past 16 such names, a hue from the hash.
     """
     if name in MODEL_COLORS:
         return MODEL_COLORS[name]
+    if name in _ASSIGNED:
+        return _ASSIGNED[name]
     # hashlib, not hash(): Python salts str hashes per process, and the colour must not change between runs.
     digest = int.from_bytes(hashlib.sha256(str(name).encode()).digest()[:4], "big")
-    hue = (digest % 48) / 48
-    lightness = (0.38, 0.48, 0.58)[(digest // 48) % 3]
-    r, g, b = colorsys.hls_to_rgb(hue, lightness, 0.75)
-    return "#{:02x}{:02x}{:02x}".format(*(round(255 * c) for c in (r, g, b)))
+    taken = set(_ASSIGNED.values())
+    for k in range(len(EXTRA_COLORS)):
+        color = EXTRA_COLORS[(digest + k) % len(EXTRA_COLORS)]
+        if color not in taken:
+            break
+    else:
+        hue = (digest % 48) / 48
+        lightness = (0.38, 0.48, 0.58)[(digest // 48) % 3]
+        r, g, b = colorsys.hls_to_rgb(hue, lightness, 0.75)
+        color = "#{:02x}{:02x}{:02x}".format(*(round(255 * c) for c in (r, g, b)))
+    _ASSIGNED[name] = color
+    return color
 
 
 def over_seeds(n: int | None, stat: str = "mean ± std") -> str:

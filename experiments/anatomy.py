@@ -10,6 +10,7 @@ healthy seed of a model loaded with ``load_from``).
 from __future__ import annotations
 
 import logging
+import textwrap
 from pathlib import Path
 
 import jax
@@ -24,6 +25,7 @@ from equivar.config import RunConfig
 from equivar.data import load_dataset
 from equivar.errors import ConfigError
 from equivar.introspect import to_inference
+from equivar.layers import activation_names
 from equivar.models import build_model
 from equivar.plot import model_color, save
 from equivar.results import ExperimentResult, ModelRecord, Record
@@ -164,10 +166,11 @@ def plot(result: Result, out_dir: Path) -> list[Path]:
     analytic support's extent outlined (activations are left out: they share their input layer's field)."""
     written = []
     for name, model in result.models.items():
-        rows = [r for r in model.layers if r.type != "Activation"]
+        rows = [r for r in model.layers if r.type != "Activation" and r.type not in activation_names()]
         cols = min(5, len(rows))
         n_rows = -(-len(rows) // cols)
-        fig, axes = plt.subplots(n_rows, cols, figsize=(3.1 * cols, 2.9 * n_rows), squeeze=False)
+        width = max(3.1 * cols, 6.5)  # room for the title, however few the panels
+        fig, axes = plt.subplots(n_rows, cols, figsize=(width, 2.9 * n_rows + 0.5), squeeze=False)
         for ax, row in zip(axes.ravel(), rows):
             m = np.asarray(model.gradient_maps.get(row.layer, []))
             if row.rf_forward is not None and row.support_size is not None and row.support_range is not None:
@@ -197,9 +200,10 @@ def plot(result: Result, out_dir: Path) -> list[Path]:
                 ax.tick_params(labelsize=7)
         for ax in axes.ravel()[len(rows):]:
             ax.axis("off")
-        fig.suptitle(f"{name} on {_axes(model.input_shape)}: effective receptive field of each layer's central unit "
-                     f"(mean |∂unit/∂input| over {result.n_inputs} inputs; box/band: analytic extent, or the "
-                     "gradient's where the model has no analytic field)", fontsize=10)
+        title = (f"{name} on {_axes(model.input_shape)}: effective receptive field of each layer's central unit "
+                 f"(mean |∂unit/∂input| over {result.n_inputs} inputs; box/band: analytic extent, or the "
+                 "gradient's where the model has no analytic field)")
+        fig.suptitle(textwrap.fill(title, width=int(width * 13)), fontsize=10)
         fig.tight_layout()
         written.append(save(fig, Path(out_dir) / f"erf_{name}.png"))
     return written

@@ -287,19 +287,23 @@ def summary(result: Result) -> str:
              "equivariance error of the softmax output, mean squared norm of the Lie derivative (translation per "
              "pixel; rotation per radian; scale per log-unit)", "",
              f"| model | clean acc | consistency ({result.consistency_grid.mode} shifts) | "
-             + " | ".join(f"LEE {g}" for g in gens) + " | largest layer contribution (translate) |",
+             + " | ".join(f"LEE {g}" for g in gens) + f" | largest layer contribution ({split_generator(gens)}) |",
              "|---|---:|---:|" + "---:|" * len(gens) + "---|"]
     for name, m in result.models.items():
         lee = " | ".join(m.lee[g].probs.mse.text(3) for g in gens)
         top = "—"
-        if m.layers:
-            g = next(iter(m.layers))
+        if m.layers and (g := split_generator(gens)) in m.layers:
             parts = m.layers[g].probs
             layer = max(parts, key=lambda k: parts[k].mean)
             top = f"{layer} ({parts[layer].mean:.3g}, {g})"
         lines.append(f"| {name}{m.seeds_note()} | {m.clean_accuracy.text()} | {m.consistency.text()} | {lee} | {top} |")
     lines += result.unmeasured_rows(len(gens) + 3)
     return "\n".join(lines)
+
+
+def split_generator(gens: list[str] | tuple[str, ...]) -> str:
+    """The translation the summary's layer column and the plots' titles name: along the last axis (x)."""
+    return [g for g in gens if g.startswith("translate_")][-1]
 
 
 def plot(result: Result, out_dir: Path) -> list[Path]:
@@ -339,8 +343,14 @@ def plot(result: Result, out_dir: Path) -> list[Path]:
             ax.grid(axis="y", alpha=0.3)
         fig.suptitle(f"Which layers break translation equivariance, {dataset} ({over_seeds(n_seeds)}; per pixel)",
                      fontsize=10)
-        fig.tight_layout()
+        without = [f"{n}: {_short(m.per_layer_unavailable or 'no per-layer split')}" for n, m in models.items()
+                   if not m.layers]
+        if without:  # said on the figure, not silently left out
+            fig.text(0.01, 0.005, "no per-layer split: " + "; ".join(without), fontsize=7, va="bottom",
+                     wrap=True)
+        fig.tight_layout(rect=(0, 0.04 if without else 0, 1, 1))
         written.append(save(fig, out_dir / "lie_layers.png"))
+    written += _generators_figure(result, out_dir)
 
     saw = {n: m.sawtooth for n, m in models.items() if m.sawtooth is not None}
     if saw:
@@ -382,3 +392,31 @@ def plot(result: Result, out_dir: Path) -> list[Path]:
     return written
 
 
+def _short(reason: str, limit: int = 90) -> str:
+    return reason if len(reason) <= limit else reason[:limit - 1].rstrip() + "…"
+
+
+def _generators_figure(result: Result, out_dir: Path) -> list[Path]:
+    """``lie_generators.png`` (2D data: more than one generator): each model's LEE per generator, log axis,
+    ± std over seeds; rotation is per radian and scaling per log-unit, so only bars of one generator compare
+    across models."""
+    gens = result.generators
+    if len(gens) < 2 or not result.models:
+        return []
+    names = list(result.models)
+    fig, axes = plt.subplots(1, len(gens), figsize=(3.4 * len(gens), 3.6), squeeze=False)
+    for ax, gen in zip(axes[0], gens):
+        values = [result.models[n].lee[gen].probs.mse for n in names]
+        means, stds = [v.mean for v in values], [v.std for v in values]
+        ax.bar(np.arange(len(names)), means, color=[model_color(n) for n in names],
+               yerr=clipped_errors(means, stds, values[0].n), capsize=3)
+        ax.set_xticks(np.arange(len(names)), names, rotation=30, fontsize=8)
+        ax.set_title(gen, fontsize=9)
+        nonnegative_log_axis(ax, means + [m + sd for m, sd in zip(means, stds)])
+        ax.grid(axis="y", alpha=0.3)
+    axes[0, 0].set_ylabel("LEE (softmax, mean ||·||²)")
+    dataset = result.dataset.name if result.dataset else "?"
+    fig.suptitle(f"Local equivariance error per transformation, {dataset} ({over_seeds(result.n_seeds)}; "
+                 "translations per pixel, rotation per radian, scaling per log-unit)", fontsize=9)
+    fig.tight_layout()
+    return [save(fig, Path(out_dir) / "lie_generators.png")]

@@ -105,11 +105,18 @@ def test_model_color_is_fixed_for_the_zoo_and_stable_for_other_names():
     assert model_color("my_net") == model_color("my_net")
     assert model_color("my_net") not in zoo and model_color("lenet_blur") not in zoo
     code = "from equivar.plot import model_color; print(model_color('my_net'), model_color('lenet_aps'))"
-    # other processes (with other str-hash salts) pick the same colours
-    for salt in ("1", "2"):
-        out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
-                             env={**os.environ, "PYTHONHASHSEED": salt}).stdout.split()
-        assert out == [model_color("my_net"), model_color("lenet_aps")]
+    # fresh processes (with other str-hash salts) pick the same colours for the same names in the same order
+    outs = [subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": salt}).stdout.split() for salt in ("1", "2")]
+    assert outs[0] == outs[1] and len(set(outs[0])) == 2
+
+
+def test_user_models_never_share_a_colour():
+    """Names outside the zoo get distinct, well-separated colours however their hashes fall (16 at least)."""
+    names = [f"user_net_{i}" for i in range(16)]
+    colours = [model_color(n) for n in names]
+    assert len(set(colours)) == 16 and not set(colours) & set(model_color(z) for z in ZOO)
+    assert [model_color(n) for n in names] == colours  # and keep them
 
 
 def test_a_model_has_the_same_colour_in_every_plot(figures, tmp_path):

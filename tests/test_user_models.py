@@ -178,3 +178,22 @@ def test_user_models_train_reload_and_measure_through_the_console_script(tmp_pat
     assert trained["models"]["lin"]["consistency"]["mean"] == 1.0
     layers = eq["models"]["lin"]["stages"]["trained"]["shift"]["roll"]
     assert list(layers) == ["Conv_0", "Conv_1", "Dense_0"]
+
+
+@pytest.mark.slow  # a 2D lie_derivative run, about 40 s
+def test_lie_figures_name_every_model_and_every_generator(mylab, tmp_path, figures):
+    """2D data: lie_generators.png draws rotation and scaling beside the translations; a model without a
+    per-layer split is named on lie_layers.png with the reason; the summary's layer column names the
+    translation the plots use."""
+    from conftest import compose_raw
+    from equivar.run import run_experiment
+
+    raw = compose_raw(["experiment=lie_derivative", "dataset=synthetic", "dataset.rank=2", "n_seeds=1",
+                       "train.epochs=1", "models=[mlp,seq]", "zoo.mlp.hidden=[16]", f"+zoo.seq._target_={mylab}SeqNet",
+                       "lie_derivative.n_examples=8", "lie_derivative.sawtooth_step=0.5", "shift.max=1"])
+    run_experiment(raw, tmp_path)
+    panels = [ax.get_title() for ax in figures["lie_generators.png"].axes]
+    assert panels == ["translate_y", "translate_x", "rotate", "scale"]
+    notes = " ".join(t.get_text() for t in figures["lie_layers.png"].texts)
+    assert "no per-layer split: seq:" in notes
+    assert "largest layer contribution (translate_x)" in (tmp_path / "summary.md").read_text()
