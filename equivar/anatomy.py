@@ -99,6 +99,9 @@ def layer_steps(model: nnx.Module, input_shape: Sequence[int], where: str = "mod
             kind = FLATTEN
         elif isinstance(layer, DENSE_TYPES) or collapsed:
             kind = GLOBAL
+        elif (why := getattr(layer, "no_fixed_field", None)) is not None:  # a layer that says why it has none
+            raise NoFixedField(f"{where}: layer {name!r} ({layer_type(layer)}) {why}; receptive fields are "
+                               "measured from gradients only")
         elif (problem := geometry_problem(layer)) is not None:
             raise NoFixedField(f"{where}: layer {name!r} ({type(layer).__name__}) has no fixed receptive field to "
                                f"derive: {problem}; receptive fields are measured from gradients only")

@@ -28,7 +28,6 @@ def compose(experiment: str, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """The resolved config ``python -m equivar.run experiment=EXPERIMENT OVERRIDES`` would run, as a dict."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
-
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 

@@ -1,16 +1,23 @@
-"""What a model computes inside: the outputs of its layers, from any Flax NNX module.
+"""What a model computes inside: the outputs of its layers, from any Flax NNX module (and Linen, bridged).
 
-Layer-wise experiments (anatomy, equivariance) read a model's intermediate outputs. A model's *layers* are its
-outermost submodules (attributes that are ``nnx.Module`` objects, in lists too), in the order its forward pass
-calls them. They are captured during one call: their classes' ``__call__`` is wrapped once per process to
-record into the calling thread's capture in progress (and to do nothing else otherwise), so a model needs no
-special base class and no ``sow`` calls, and two threads can read two models at once.
-``equivar.layers.LayerStack`` models name their layers in order already and are read directly.
+Layer-wise experiments (anatomy, equivariance, lie_derivative) read a model's intermediate outputs. A model's
+*layers* are the submodules its forward pass calls, in call order, named by their attribute path
+(``features.0``: the ``layers`` list of an ``nnx.Sequential`` is left out of the name). They are captured during
+one call: their classes' ``__call__`` is wrapped once per process to record into the calling thread's capture
+in progress (and to do nothing else otherwise), so a model needs no special base class and no ``sow`` calls,
+and two threads can read two models at once. Linen submodules of an ``equivar.linen.LinenModel`` are recorded
+the same way through ``flax.linen.intercept_methods`` (named by their Linen path, ``Conv_0``).
 
-Functional operations between layers (``nnx.relu(x)``, ``x.mean(axis=1)``) are not layers: they happen
-between two captured outputs. Whether the layers form an exact chain (each layer's input is the previous
-layer's output, the model's output is the last layer's) is recorded, because the analytic receptive-field
-analysis is only valid then.
+Containers are looked into: every call is recorded with the calls made inside it, and a block whose inner
+calls form an exact chain (the first reads the block's input, each the previous one's output, the block
+returns the last one's) is replaced by them, recursively; a block that computes between its layers (a
+functional ``relu``, a residual sum) stays one layer. The plain functions of an ``nnx.Sequential``
+(``nnx.relu``) are layers too. ``equivar.layers.LayerStack`` models name their layers in order already and are
+read directly.
+
+Functional operations between layers are not layers: they happen between two captured outputs. Whether the
+layers form an exact chain (each layer's input is the previous layer's output, the model's output is the last
+layer's) is recorded, because the analytic receptive-field analysis is only valid then.
 """
 
 from __future__ import annotations

@@ -195,6 +195,54 @@ class MLP(LayerStack):
         b.finish()
 
 
+class AliasFreeCNN(LayerStack):
+    """An alias-free convnet (Michaeli, Michaeli & Soudry 2023): invariant to sub-pixel (Fourier) shifts of the
+    input, not only to integer ones (``equivar.alias_free`` explains each ingredient).
+
+    The input is band-limited strictly below Nyquist; each block is a circular convolution, an optional
+    per-example RMS normalisation, a quadratic activation evaluated at twice the sampling rate, and optionally
+    an ideal low-pass downsampling by 2; then the mean over positions and a linear classifier. Every map stays
+    band-limited, so the logits are invariant to every circular Fourier shift up to float rounding.
+
+    ``activation="relu"`` and ``downsample_mode="subsample"`` build the same net from aliasing parts (ReLU, plain
+    subsampling): the counter-example, exactly invariant to nothing but the shifts its strides divide.
+    ``activation="poly_direct"`` evaluates the polynomial on the samples themselves (it aliases too).
+    """
+
+    def __init__(self, input_shape: Sequence[int], n_classes: int, *, channels: Sequence[int] = (32, 64, 64),
+                 kernel: int = 5, downsample: Sequence[bool] = (True, True, False), activation: str = "poly",
+                 downsample_mode: str = "ideal", norm: bool = True, rngs: nnx.Rngs):
+        from equivar import alias_free as af
+
+        if activation not in ALIAS_FREE_ACTIVATIONS:
+            raise ValueError(unknown("activation", activation, ALIAS_FREE_ACTIVATIONS))
+        if downsample_mode not in ("ideal", "subsample"):
+            raise ValueError(unknown("downsample_mode", downsample_mode, ("ideal", "subsample")))
+        if len(downsample) != len(channels):
+            raise ValueError(f"downsample needs one entry per block ({len(channels)}), got {list(downsample)}")
+        af.check_even_path(input_shape[:-1], downsample)
+        b = _Builder(self, input_shape, rngs)
+        b._add("band_limit", af.BandLimit())
+        for i, (width, down) in enumerate(zip(channels, downsample), start=1):
+            b.conv(f"conv{i}", int(width), kernel, padding="CIRCULAR")
+            if norm:
+                b._add(f"norm{i}", af.RMSNorm(int(width)))
+            if activation == "relu":
+                b.activation(f"act{i}", "relu")
+            else:
+                b._add(f"act{i}", af.PolyActivation(int(width), up=activation == "poly"))
+            if down:
+                layer = af.FourierDownsample(2) if downsample_mode == "ideal" else af.Subsample(2)
+                b._add(f"down{i}", layer)
+                b.spatial = tuple(n // 2 for n in b.spatial)
+        b.global_pool("global_pool", "mean")
+        b.dense("logits", n_classes)
+        b.finish()
+
+
+ALIAS_FREE_ACTIVATIONS = ("poly", "poly_direct", "relu")
+
+
 POOLINGS = ("max", "mean", "blurmax", "aps")
 
 

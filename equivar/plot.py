@@ -34,7 +34,8 @@ LOG_FLOOR = 1e-9  # exact zeros are drawn here on log axes
 # variant, a user's model) gets a colour of its own from a hash of its name.
 MODEL_COLORS = {"mlp": "#1f77b4", "lenet": "#ff7f0e", "local": "#2ca02c", "cnn_gap": "#d62728",
                 "group_pool": "#9467bd", "stack": "#8c564b", "cnn_aps": "#17becf", "lenet_blur": "#bcbd22",
-                "lenet_aps": "#e377c2", "paper_linear": "#7f7f7f", "paper_mlp": "#393b79", "paper_cnn": "#637939"}
+                "lenet_aps": "#e377c2", "paper_linear": "#7f7f7f", "paper_mlp": "#393b79", "paper_cnn": "#637939",
+                "alias_free": "#7b4173"}
 CHANCE_STYLE: dict[str, Any] = {"color": "gray", "ls": "--", "lw": 1}
 
 
@@ -42,7 +43,7 @@ CHANCE_STYLE: dict[str, Any] = {"color": "gray", "ls": "--", "lw": 1}
 # and a few more), taken in a name's hash order; a name whose preferred colour another name of this process
 # already holds gets the next free one, so two user models of a figure never look alike.
 EXTRA_COLORS = ("#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#dbdb8d",
-                "#9edae5", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d", "#31a354", "#756bb1")
+                "#9edae5", "#8c6d31", "#843c39", "#5254a3", "#3182bd", "#e6550d", "#31a354", "#756bb1")
 _ASSIGNED: dict[str, str] = {}
 
 

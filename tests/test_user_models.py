@@ -185,8 +185,9 @@ def test_lie_figures_name_every_model_and_every_generator(mylab, tmp_path, figur
     """2D data: lie_generators.png draws rotation and scaling beside the translations; a model without a
     per-layer split is named on lie_layers.png with the reason; the summary's layer column names the
     translation the plots use."""
-    from conftest import compose_raw
     from equivar.run import run_experiment
+
+    from conftest import compose_raw
 
     raw = compose_raw(["experiment=lie_derivative", "dataset=synthetic", "dataset.rank=2", "n_seeds=1",
                        "train.epochs=1", "models=[mlp,seq]", "zoo.mlp.hidden=[16]", f"+zoo.seq._target_={mylab}SeqNet",
