@@ -193,8 +193,11 @@ def training_figure(result: Any, out_dir: Path) -> list[Path]:
                 epochs = np.arange(1, kept.shape[1] + 1)
                 with np.errstate(invalid="ignore"):
                     mean, std = np.nanmean(kept, axis=0), np.nanstd(kept, axis=0)
-                band(ax, epochs, mean, std, len(kept), color, f"{name} ({kind})", ls=style,
-                     marker="o" if len(epochs) < 12 else None, ms=3)
+                ax.plot(epochs, mean, color=color, label=f"{name} ({kind})", ls=style,
+                        marker="o" if len(epochs) < 12 else None, ms=3)
+                if len(kept) > 1:  # ± std; on the log axis the lower edge stops at the lowest seed (> 0)
+                    low = np.maximum(mean - std, np.nanmin(kept, axis=0)) if ax is ax_loss else mean - std
+                    ax.fill_between(epochs, low, mean + std, color=color, alpha=0.2)
     ax_loss.set_yscale("log")
     ax_loss.set_ylabel("cross-entropy loss")
     share_axis(ax_acc, "accuracy")
@@ -207,7 +210,8 @@ def training_figure(result: Any, out_dir: Path) -> list[Path]:
     ax_acc.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     where = f" on {result.dataset.name}" if result.dataset is not None else ""
     heldout = f"; dashed: {held} held-out test examples after each epoch" if held else ""
-    fig.suptitle(f"training curves{where} ({over_seeds(n_seeds)}); solid: training batches{heldout}", fontsize=10)
+    fig.suptitle(f"training curves{where} ({over_seeds(n_seeds)}; the loss band stops at the lowest seed); solid: "
+                 f"training batches{heldout}", fontsize=10)
     fig.tight_layout()
     return [save(fig, Path(out_dir) / TRAINING_FIGURE)]
 
