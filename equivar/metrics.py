@@ -30,6 +30,46 @@ def consistency(predictions: np.ndarray, n_classes: int) -> float:
     return float((share**2).sum(axis=1).mean())
 
 
+def consistency_by_correctness(predictions: np.ndarray, reference: np.ndarray, labels: np.ndarray,
+                               n_classes: int) -> tuple[float, float]:
+    """``consistency`` among the inputs the model classifies correctly unshifted, and among the others.
+
+    A model that is right on almost every input is consistent on them almost by necessity; split this way the
+    number says whether invariance holds where the model is unsure too (NaN where a group is empty).
+
+    Args:
+        predictions: ``(n_shifts, N)`` predicted classes under every shift of the grid.
+        reference: ``(N,)`` predicted classes of the unshifted inputs.
+        labels: ``(N,)`` true classes.
+    """
+    correct = np.asarray(reference) == np.asarray(labels)
+    predictions = np.asarray(predictions)
+    return tuple(consistency(predictions[:, group], n_classes) if group.any() else float("nan")
+                 for group in (correct, ~correct))  # type: ignore[return-value]  # two floats
+
+
+def worst_case_robustness(predictions: np.ndarray, offsets: np.ndarray, labels: np.ndarray,
+                          radii: Sequence[float]) -> np.ndarray:
+    """R(r): the share of inputs classified correctly under every shift of the grid with ``max |s| <= r``
+    (the adversarial-shift accuracy of Michaeli et al. 2023), for each radius.
+
+    Args:
+        predictions: ``(n_shifts, N)`` predicted classes under every shift.
+        offsets: ``(n_shifts, rank)`` the shifts.
+        labels: ``(N,)`` true classes.
+        radii: the radii ``r`` (each must cover at least one shift of the grid).
+    """
+    correct = np.asarray(predictions) == np.asarray(labels)[None, :]
+    size = np.abs(np.asarray(offsets, dtype=np.float64)).max(axis=1)
+    out = []
+    for r in radii:
+        inside = size <= r + 1e-9
+        if not inside.any():
+            raise ValueError(f"no shift of the grid lies within radius {r}")
+        out.append(float(correct[inside].all(axis=0).mean()))
+    return np.asarray(out)
+
+
 def mean_std(values: Sequence[float] | np.ndarray) -> dict[str, float | int | list[float]]:
     """Mean and sample standard deviation (ddof=1; 0 for one seed) over the leading (seed) axis, and ``n``,
     the number of seeds they summarise."""

@@ -27,7 +27,7 @@ from equivar.experiment import (
     spec_variants,
     unmeasured,
 )
-from equivar.metrics import accuracy, consistency
+from equivar.metrics import accuracy, consistency, consistency_by_correctness, worst_case_robustness
 from equivar.plot import AXIS_NAMES, band, draw_chance, model_color, over_seeds, save, share_axis
 from equivar.results import ExperimentResult, Headline, MeanStd, MeanStdSeries, ModelRecord, Record
 from equivar.text import seeds_phrase
@@ -55,6 +55,10 @@ class ModelResult(ModelRecord):
     grid_mean_accuracy: MeanStd  # each seed's accuracy averaged over the grid
     worst_shift_accuracy: MeanStd  # each seed's accuracy at its worst shift
     consistency: MeanStd  # share of inputs predicted alike under two random shifts of the grid
+    # the same among the grid's inputs classified correctly unshifted, and among the others
+    consistency_correct: MeanStd | None = None
+    consistency_wrong: MeanStd | None = None
+    robustness: MeanStdSeries | None = None  # R(r) at ``robustness_radii``: correct under every shift within r
     per_seed: PerSeed
     eval_seconds: float
 
@@ -63,6 +67,7 @@ class Result(ExperimentResult[ModelResult]):
     shift_mode: str
     shifts: list[list[float]]  # the grid: (n_shifts, rank) offsets
     n_eval_shift: int  # test examples under the grid
+    robustness_radii: list[float] = []  # the radii r of every model's R(r): each distinct max |s| of the grid
     execution: dict[str, object]  # how the work was laid out (equivar.strategy.ExecutionPlan)
 
 
@@ -88,6 +93,7 @@ def run(config: RunConfig, out_dir: Path) -> Result:
     log.info("data %s: train %s, test %s; %d shifts (%s), grid on %d test examples; plan %s",
              data.name, data.x_train.shape, data.x_test.shape, len(offsets), mode, len(y_grid), plan.describe())
 
+    radii = sorted({float(r) for r in np.abs(offsets).max(axis=1)})
     records, lost, measured = {}, {}, []
     for spec in config.models:
         model = obtain(config, data, out_dir, spec.name, spec.target, spec.options, plan)
@@ -100,10 +106,14 @@ def run(config: RunConfig, out_dir: Path) -> Result:
         evaluator = ShiftEvaluator(model.graphdef, mode, plan)
         clean_preds = evaluator.predict(kept, data.x_test, zero)[:, 0]
         grid_preds = evaluator.predict(kept, x_grid, offsets)  # (seeds, shifts, examples)
+        reference = evaluator.predict(kept, x_grid, zero)[:, 0]  # (seeds, examples), unshifted
         eval_seconds = time.perf_counter() - start
         clean = accuracy(clean_preds, data.y_test)
         per_shift = accuracy(grid_preds, y_grid)
         cons = np.array([consistency(p, data.n_classes) for p in grid_preds])
+        split = np.array([consistency_by_correctness(p, r, y_grid, data.n_classes)
+                          for p, r in zip(grid_preds, reference)])  # (seeds, 2)
+        robust = np.array([worst_case_robustness(p, offsets, y_grid, radii) for p in grid_preds])
         records[spec.name] = ModelResult(
             **record_fields(model),
             clean_accuracy=MeanStd.of(clean),
@@ -111,6 +121,9 @@ def run(config: RunConfig, out_dir: Path) -> Result:
             grid_mean_accuracy=MeanStd.of(per_shift.mean(axis=1)),
             worst_shift_accuracy=MeanStd.of(per_shift.min(axis=1)),
             consistency=MeanStd.of(cons),
+            consistency_correct=_mean_std_finite(split[:, 0]),
+            consistency_wrong=_mean_std_finite(split[:, 1]),
+            robustness=MeanStdSeries.of(robust),
             per_seed=PerSeed(seeds=model.healthy_seeds(), clean_accuracy=clean.tolist(),
                              grid_mean_accuracy=per_shift.mean(1).tolist(), consistency=cons.tolist()),
             eval_seconds=eval_seconds)
@@ -118,7 +131,14 @@ def run(config: RunConfig, out_dir: Path) -> Result:
                  clean.mean(), per_shift.mean(), cons.mean(), eval_seconds)
 
     return Result(**base_fields(config, data, measured), shift_mode=mode, shifts=offsets.tolist(),
-                  n_eval_shift=int(len(y_grid)), models=records, unmeasured=lost, execution=plan.describe())
+                  n_eval_shift=int(len(y_grid)), robustness_radii=radii, models=records, unmeasured=lost,
+                  execution=plan.describe())
+
+
+def _mean_std_finite(values: np.ndarray) -> MeanStd | None:
+    """Over the seeds where the number exists (a seed right or wrong on every input has no split)."""
+    finite = values[np.isfinite(values)]
+    return MeanStd.of(finite) if len(finite) else None
 
 
 def summary(result: Result) -> str:
@@ -132,6 +152,20 @@ def summary(result: Result) -> str:
         lines.append(f"| {name}{m.seeds_note()} | {m.n_params} | {m.clean_accuracy.text()} | "
                      f"{m.grid_mean_accuracy.text()} | {m.worst_shift_accuracy.text()} | {m.consistency.text()} |")
     lines += result.unmeasured_rows(5, lambda r: [str(r.n_params)])
+    robust = {name: m for name, m in result.models.items() if m.robustness is not None}
+    if robust and result.robustness_radii:
+        radii = result.robustness_radii
+        picks = sorted({1 if len(radii) > 1 else 0, len(radii) - 1})  # the smallest shift, and the whole grid
+        lines += ["", "Consistency among the inputs classified correctly unshifted and among the others, and the "
+                  "worst-case robustness R(r): the share correct under every shift with max |s| <= r.", "",
+                  "| model | consistency (correct) | consistency (wrong) | "
+                  + " | ".join(f"R({radii[i]:g})" for i in picks) + " |",
+                  "|---|---:|---:|" + "---:|" * len(picks)]
+        for name, m in robust.items():
+            split = [v.text() if v is not None else "—" for v in (m.consistency_correct, m.consistency_wrong)]
+            assert m.robustness is not None
+            values = " | ".join(m.robustness.at(i).text() for i in picks)
+            lines.append(f"| {name} | {split[0]} | {split[1]} | {values} |")
     return "\n".join(lines)
 
 
@@ -214,5 +248,27 @@ def plot(result: Result, out_dir: Path) -> list[Path]:
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     written.append(save(fig, out_dir / "consistency.png"))
+    written += _robustness_figure(result, out_dir)
     return written
+
+
+def _robustness_figure(result: Result, out_dir: Path) -> list[Path]:
+    """``robustness.png``: R(r) against the radius r, per model, mean ± std over seeds (with chance)."""
+    robust = {name: m.robustness for name, m in result.models.items() if m.robustness is not None}
+    radii = result.robustness_radii
+    if not robust or len(radii) < 2:
+        return []
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for name, series in robust.items():
+        band(ax, radii, series.mean, series.std, series.n, model_color(name), name, marker="o", ms=3)
+    if result.dataset is not None:
+        draw_chance(ax, 1.0 / result.dataset.n_classes)
+    share_axis(ax, "R(r): correct under every shift within r")
+    ax.set_xlabel(f"radius r (max |shift| per axis, {result.shift_mode} shifts)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    dataset = result.dataset.name if result.dataset else "?"
+    ax.set_title(f"Worst-case shift robustness, {dataset} ({over_seeds(result.n_seeds)})", fontsize=10)
+    fig.tight_layout()
+    return [save(fig, Path(out_dir) / "robustness.png")]
 

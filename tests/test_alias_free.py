@@ -107,3 +107,27 @@ def test_trained_alias_free_model_stays_invariant(tmp_path):
 def test_odd_sizes_cannot_be_downsampled_alias_free():
     with pytest.raises(ConfigError, match="alias-free downsampling needs even sizes"):
         check_model(target("alias_free"), (42, 1), 10, {}, "zoo.alias_free")  # 42 -> 21 cannot halve again
+
+
+@pytest.mark.slow  # trains two small models, about 20 s
+def test_shift_test_on_half_sample_shifts_ranks_the_alias_free_model_exactly_consistent(tmp_path):
+    """On a half-sample Fourier grid the alias-free model is exactly consistent (1.0, correct and wrong inputs
+    alike, R(r) flat in r) and the MLP is not; R(0) is the accuracy of the unshifted grid inputs."""
+    from equivar.run import run_experiment
+
+    raw = compose_raw(["experiment=shift_test", "dataset=synthetic", "n_seeds=2", "train.epochs=2",
+                       "shift.mode=fourier", "shift.step=0.5", "shift.max=2", "models=[mlp,alias_free]",
+                       "zoo.mlp.hidden=[16]", "zoo.alias_free.channels=[8,8]",
+                       "zoo.alias_free.downsample=[true,false]"])
+    result = run_experiment(raw, tmp_path)
+    assert result.robustness_radii == [0.0, 0.5, 1.0, 1.5, 2.0]
+    free, mlp = result.models["alias_free"], result.models["mlp"]
+    assert free.consistency.mean == 1.0 and free.consistency_correct.mean == 1.0
+    assert free.consistency_wrong is None or free.consistency_wrong.mean == 1.0
+    assert len(set(free.robustness.mean)) == 1  # the same inputs are right at every radius
+    assert mlp.consistency.mean < 1.0
+    assert all(a >= b for a, b in zip(mlp.robustness.mean, mlp.robustness.mean[1:]))  # R can only fall with r
+    zero = result.shifts.index([0.0])
+    assert mlp.robustness.mean[0] == pytest.approx(mlp.shift_accuracy.mean[zero])
+    assert (tmp_path / "robustness.png").exists()
+    assert "| alias_free | 1.0000 ± 0.0000 |" in (tmp_path / "summary.md").read_text()

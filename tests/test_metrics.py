@@ -1,6 +1,7 @@
 import itertools
 
 import numpy as np
+import pytest
 
 from equivar.metrics import accuracy, consistency, mean_std
 
@@ -49,3 +50,31 @@ def test_mean_std_of_vectors_counts_seeds_and_keeps_shapes():
 def test_mean_std_sums_in_float64():
     values = np.float32([0.1, 0.2])
     assert mean_std(values)["mean"] == float(np.float64(values).mean())
+
+
+def test_consistency_split_by_correctness_by_hand():
+    from equivar.metrics import consistency_by_correctness
+
+    # 3 inputs x 2 shifts; input 0 right and stable, input 1 right but flips, input 2 wrong and stable
+    predictions = np.array([[0, 1, 2], [0, 2, 2]])
+    reference, labels = np.array([0, 1, 2]), np.array([0, 1, 0])
+    right, wrong = consistency_by_correctness(predictions, reference, labels, n_classes=3)
+    assert right == pytest.approx((1.0 + 0.5) / 2)  # input 1: shares (1/2, 1/2) -> 1/4 + 1/4
+    assert wrong == pytest.approx(1.0)
+    _, none = consistency_by_correctness(predictions, reference, reference, n_classes=3)
+    assert np.isnan(none)  # no wrong input: no number, not a 1
+
+
+def test_worst_case_robustness_by_hand():
+    from equivar.metrics import worst_case_robustness
+
+    offsets = np.array([[0.0], [0.5], [-0.5], [1.0], [-1.0]])
+    labels = np.array([1, 1, 1, 1])
+    predictions = np.array([[1, 1, 1, 0],    # 0
+                            [1, 1, 0, 0],    # +0.5
+                            [1, 1, 1, 0],    # -0.5
+                            [1, 0, 1, 0],    # +1
+                            [1, 1, 1, 0]])   # -1
+    np.testing.assert_allclose(worst_case_robustness(predictions, offsets, labels, [0, 0.5, 1]), [0.75, 0.5, 0.25])
+    with pytest.raises(ValueError, match="no shift of the grid lies within radius"):
+        worst_case_robustness(predictions, offsets + 3, labels, [0])
