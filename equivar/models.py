@@ -241,6 +241,7 @@ class AliasFreeCNN(LayerStack):
 
 
 ALIAS_FREE_ACTIVATIONS = ("poly", "poly_direct", "relu")
+DOWNSAMPLE_MODES = ("aps", "blur", "fourier", "subsample")
 
 
 POOLINGS = ("max", "mean", "blurmax", "aps")
@@ -310,15 +311,19 @@ class CNNGap(LayerStack):
     receptive field to cover the object without any subsampling (a fixed stride would break exact invariance).
     ``downsample`` subsamples after a layer's activation by adaptive polyphase sampling (Chaman & Dokmanic
     2021) instead: the kept phase follows the content, so invariance stays exact while the later layers run
-    at a fraction of the resolution (``cnn_aps`` in the zoo). Global max pooling is the default: global mean
-    pooling underfits at affordable widths (conf/model/cnn_gap.yaml has the measurements).
+    at a fraction of the resolution (``cnn_aps`` in the zoo). ``downsample_mode`` swaps that ingredient to see
+    its share: ``blur`` (a binomial low-pass, then subsampling: Zhang 2019), ``fourier`` (an ideal low-pass, then
+    subsampling) or ``subsample`` (neither). Global max pooling is the default: global mean pooling underfits at
+    affordable widths (conf/model/cnn_gap.yaml has the measurements).
     """
 
     def __init__(self, input_shape: Sequence[int], n_classes: int, *,
                  channels: Sequence[int] = (8, 16, 32), kernel: int | Sequence[int] = 3,
                  dilations: Sequence[int] = (1, 3, 9), padding: str = "CIRCULAR",
                  global_pool: str = "max", activation: str = "relu", downsample: Sequence[int] | None = None,
-                 rngs: nnx.Rngs):
+                 downsample_mode: str = "aps", rngs: nnx.Rngs):
+        if downsample_mode not in DOWNSAMPLE_MODES:
+            raise ValueError(unknown("downsample_mode", downsample_mode, DOWNSAMPLE_MODES))
         if len(channels) != len(dilations):
             raise ValueError(f"channels {list(channels)} and dilations {list(dilations)} "
                              "must have the same length (one per conv layer)")
@@ -331,7 +336,19 @@ class CNNGap(LayerStack):
             b.conv(f"conv{i}", int(width), kernel, dilation=int(dilation), padding=padding)
             b.activation(f"act{i}", activation)
             if stride != 1:
-                b.polyphase(f"aps{i}", stride)
+                if downsample_mode == "aps":
+                    b.polyphase(f"aps{i}", stride)
+                elif downsample_mode == "blur":  # Zhang (2019): a binomial low-pass, then subsampling
+                    b.blur(f"blur{i}", 3, stride, "CIRCULAR")
+                else:  # an ideal low-pass (Fourier) or nothing before subsampling
+                    from equivar import alias_free as af
+
+                    layer = af.FourierDownsample(stride) if downsample_mode == "fourier" else af.Subsample(stride)
+                    if downsample_mode == "fourier" and any(n % stride for n in b.spatial):
+                        raise ValueError(f"layer conv{i}: ideal downsampling by {stride} needs sizes divisible by "
+                                         f"{stride}, got {b.spatial}")
+                    b._add(f"down{i}", layer)
+                    b.spatial = tuple(-(-n // stride) for n in b.spatial)
         b.global_pool("global_pool", global_pool)
         b.dense("logits", n_classes)
         b.finish()

@@ -178,3 +178,15 @@ def test_locally_connected_positions_are_independent():
     local = LocallyConnected(1, 2, (3,), (16,), stride=(1,), dilation=(1,), padding="CIRCULAR", rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(0), (1, 16, 1))
     assert not np.allclose(local(shift(x, (3,))), shift(local(x), (3,)), atol=1e-3)
+
+
+def test_cnn_aps_downsampling_ingredients_can_be_swapped():
+    """downsample_mode swaps cnn_aps's adaptive polyphase sampling for a blur, an ideal low-pass or plain
+    subsampling (to see each ingredient's share); only the adaptive one keeps exact roll invariance."""
+    options = zoo_options("cnn_aps", channels=[4, 4, 8, 8])
+    x = jax.random.normal(jax.random.key(0), (8, 40, 1))
+    for mode, exact in (("aps", True), ("blur", False), ("fourier", False), ("subsample", False)):
+        model = build_model(target("cnn_aps"), (40, 1), 10, dict(options, downsample_mode=mode), nnx.Rngs(0))
+        y = model(x)
+        moved = float(jnp.abs(model(jnp.roll(x, 1, axis=1)) - y).max())
+        assert (moved == 0.0) == exact, mode
