@@ -19,7 +19,7 @@ from equivar.errors import ConfigError
 from equivar.models import build_model, check_model
 from equivar.transforms import fourier_shift
 
-from conftest import compose_raw, target
+from conftest import compose_raw, target, validate_metrics
 
 TOL = 1e-5
 SHAPES = [(40, 1), (16, 12, 1)]
@@ -131,3 +131,26 @@ def test_shift_test_on_half_sample_shifts_ranks_the_alias_free_model_exactly_con
     assert mlp.robustness.mean[0] == pytest.approx(mlp.shift_accuracy.mean[zero])
     assert (tmp_path / "robustness.png").exists()
     assert "| alias_free | 1.0000 ± 0.0000 |" in (tmp_path / "summary.md").read_text()
+
+
+@pytest.mark.slow  # nine small trainings, about a minute
+def test_the_benchmark_ranks_only_the_alias_free_net_exactly_invariant_between_samples(tmp_path):
+    """invariance_benchmark on tiny data: the alias-free net is consistent on the integer and every fractional
+    grid (1.0) with a softmax LEE at float noise; the global-pooling nets are exactly consistent on integers
+    only; augmentation variants are trained and named."""
+    from equivar.run import run_experiment
+
+    raw = compose_raw(["experiment=invariance_benchmark", "dataset=synthetic", "n_seeds=1", "train.epochs=2",
+                       "shift.max=2", "invariance_benchmark.fractional_max=1", "invariance_benchmark.n_examples=16",
+                       "zoo.alias_free.channels=[8,8]", "zoo.alias_free.downsample=[true,false]",
+                       "models=[lenet,cnn_gap,alias_free]", "zoo.lenet.channels=[4,8]", "zoo.lenet.hidden=[16]"])
+    result = run_experiment(raw, tmp_path)
+    assert list(result.models) == ["lenet", "lenet_aug_roll", "lenet_aug_fourier", "cnn_gap", "alias_free"]
+    free, gap = result.models["alias_free"], result.models["cnn_gap"]
+    assert free.integer_consistency.mean == 1.0
+    assert all(v.mean == 1.0 for v in free.fractional_consistency.values())
+    assert free.lee.mean < 1e-10
+    assert gap.integer_consistency.mean == 1.0 and gap.lee.mean > 1e-6
+    assert result.models["lenet_aug_fourier"].augmentation == "fourier"
+    assert (tmp_path / "invariance_benchmark.png").exists()
+    assert validate_metrics(tmp_path)["experiment"] == "invariance_benchmark"

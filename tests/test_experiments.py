@@ -24,7 +24,8 @@ TINY = ["n_seeds=2", "train.epochs=2", "train.batch_size=32", "zoo.mlp.hidden=[3
         "zoo.group_pool.channels=[4,4]", "zoo.group_pool.dilations=[1,2]",
         "train.min_steps=0", "++zoo.lenet_blur.channels=[4,8]", "++zoo.lenet_blur.hidden=[16]",
         "++zoo.lenet_aps.channels=[4,8]", "++zoo.lenet_aps.hidden=[16]", "++zoo.lenet_blur.kernel=3",
-        "++zoo.lenet_aps.kernel=3"]
+        "++zoo.lenet_aps.kernel=3", "zoo.alias_free.channels=[4,4]", "zoo.alias_free.downsample=[true,false]",
+        "++zoo.gap_mean.channels=[4,8]", "++zoo.gap_mean.dilations=[1,2]"]
 # Each experiment's own options, tiny (another experiment's options are refused, so they go per experiment).
 EXPERIMENT_TINY = {
     "anatomy": ["anatomy.n_inputs=8"],
@@ -32,6 +33,8 @@ EXPERIMENT_TINY = {
     "pooling_invariance": ["pooling_invariance.n_examples=16", "pooling_invariance.sizes=[2,4]", "shift.max=3"],
     "padding_leak": ["padding_leak.n_train=64", "padding_leak.n_test=32"],
     "lie_derivative": ["lie_derivative.n_examples=16", "lie_derivative.sawtooth_step=0.5"],
+    "invariance_benchmark": ["invariance_benchmark.n_examples=16", "shift.max=2", "invariance_benchmark.fractional_max=1",
+                             "invariance_benchmark.fractional_steps=[2]"],
 }
 
 
@@ -68,13 +71,13 @@ def _check_shift_test(result, out_dir, rank):
     assert expected <= {p.name for p in out_dir.glob("*.png")}
 
 
-SLOW_TINY = {"shift_test", "anatomy", "equivariance", "sample_efficiency", "antialiased_shift_test", "lie_derivative",
+SLOW_TINY = {"shift_test", "anatomy", "invariance_benchmark", "equivariance", "sample_efficiency", "antialiased_shift_test", "lie_derivative",
              "feature_pooling", "mnist1d_baselines", "padding_leak", "pooling_invariance"}  # 10-20 s each here
 
 
 # Run tiny elsewhere, with their results checked (not only their files): the experiments that train in
 # test_seed_policy.py (one seed poisoned, metrics and plots checked), and in test_defining_facts.py.
-RUN_ELSEWHERE = {"shift_test", "equivariance", "feature_pooling", "lie_derivative", "mnist1d_baselines", "padding_leak",
+RUN_ELSEWHERE = {"invariance_benchmark", "shift_test", "equivariance", "feature_pooling", "lie_derivative", "mnist1d_baselines", "padding_leak",
                  "pooling_invariance", "antialiased_shift_test"}
 
 
