@@ -153,7 +153,7 @@ def test_user_models_train_reload_and_measure_through_the_console_script(tmp_pat
     shutil.copytree(USER_MODELS / "mylab", tmp_path / "mylab")
     zoo = [f"+zoo.{name}._target_=mylab.nets.{cls}" for name, cls in MODELS.items()]
     models = "models=[" + ",".join(MODELS) + "]"
-    small = ["dataset.n_train=600"]
+    small = ["dataset.n_train=300", "shift.max=3", "eval.shift_subset=100"]
 
     def run(*args: str) -> dict:
         proc = subprocess.run([_equivar_script(), *args, *zoo, models, *small], cwd=tmp_path,
