@@ -221,7 +221,7 @@ def test_plot_cli_redraws(tmp_path):
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (["models=[resnet]"], "unknown model 'resnet' in models (did you mean 'lenet'?); valid choices: cnn_aps, cnn_gap, "
+    (["models=[resnet]"], "unknown model 'resnet' in models (did you mean 'lenet'?); valid choices: alias_free, cnn_aps, cnn_gap, "
                           "group_pool, lenet, local, mlp"),
     (["dataset._target_=equivar.data.ImageNet"], "dataset._target_='equivar.data.ImageNet' cannot be imported: "
                                                  "equivar.data has no attribute 'ImageNet'"),
@@ -250,7 +250,8 @@ def _cli(args, tmp_path, env_extra=None):
 def test_cli_unknown_model_is_one_clear_line(tmp_path):
     proc = _cli(["experiment=shift_test", "dataset=synthetic", "models=[resnet]"], tmp_path)
     assert proc.returncode == 2
-    assert "equivar: error: unknown model 'resnet' in models (did you mean 'lenet'?); valid choices: cnn_aps, cnn_gap, group_pool, lenet, local, mlp" in proc.stderr
+    assert ("equivar: error: unknown model 'resnet' in models (did you mean 'lenet'?); valid choices: alias_free, "
+            "cnn_aps, cnn_gap, group_pool, lenet, local, mlp") in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
@@ -295,5 +296,6 @@ def test_every_experiment_is_run_tiny_somewhere():
     from test_seed_policy import TRAINING
 
     defining_facts = {"antialiased_shift_test", "feature_pooling", "pooling_invariance"}
-    assert RUN_ELSEWHERE <= set(TRAINING) | defining_facts
+    alias_free = {"invariance_benchmark"}  # tests/test_alias_free.py runs it tiny and checks its ranking
+    assert RUN_ELSEWHERE <= set(TRAINING) | defining_facts | alias_free
     assert set(EXPERIMENT_NAMES) - RUN_ELSEWHERE  # the rest run in test_every_experiment_composes_and_runs_tiny

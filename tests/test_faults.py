@@ -92,6 +92,14 @@ def test_ctrl_c_exits_130_and_records_the_interruption(tmp_path):
 
 
 @pytest.mark.slow
+def _complete(run_dir: Path) -> bool:
+    """The run's status.json says it finished (written after metrics.json and every plot)."""
+    try:
+        return json.loads((run_dir / "status.json").read_text()).get("status") == "complete"
+    except (OSError, ValueError):  # not there yet, or caught while being replaced
+        return False
+
+
 def test_a_killed_sweep_resumes_and_its_report_lists_each_run_once(tmp_path):
     sweep_dir = tmp_path / "sweep"
     args = ["-m", "experiment=shift_test", "dataset=synthetic", "models=[mlp]", "n_seeds=1", "train.epochs=2",
@@ -99,7 +107,7 @@ def test_a_killed_sweep_resumes_and_its_report_lists_each_run_once(tmp_path):
             f"hydra.sweep.dir={sweep_dir}"]
     proc = _start(args)
     deadline = time.time() + 180
-    while time.time() < deadline and not (sweep_dir / "0" / "metrics.json").exists():
+    while time.time() < deadline and not _complete(sweep_dir / "0"):  # metrics.json comes before the plots
         time.sleep(0.2)
     time.sleep(random.Random(3).uniform(0.0, 2.0))
     proc.send_signal(signal.SIGKILL)  # during the second job (or just after the first)
