@@ -210,8 +210,8 @@ def training_figure(result: Any, out_dir: Path) -> list[Path]:
     ax_acc.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     where = f" on {result.dataset.name}" if result.dataset is not None else ""
     heldout = f"; dashed: {held} held-out test examples after each epoch" if held else ""
-    fig.suptitle(f"training curves{where} ({over_seeds(n_seeds)}; the loss band stops at the lowest seed); solid: "
-                 f"training batches{heldout}", fontsize=10)
+    fig.suptitle(f"Training curves{where} ({over_seeds(n_seeds)})\nsolid: training batches{heldout}; the log-scale "
+                 "loss band is cut at the lowest seed's loss", fontsize=10)
     fig.tight_layout()
     return [save(fig, Path(out_dir) / TRAINING_FIGURE)]
 

@@ -336,7 +336,8 @@ class SeedTrainer:
             log.warning("%s: %s", label, "; ".join(f"seed {i}: {s}" for i, s in enumerate(history.status())
                                                    if s != "ok"))
         log.info("%s: trained %d seed(s) x %d epochs in %.1fs; final loss %s, train accuracy %s", label,
-                 n_seeds, spec.epochs_for(int(y.shape[0])), history.seconds, np.round(history.loss[:, -1], 4),
+                 n_seeds, spec.epochs_for(int(y.shape[0])), history.seconds,
+                 np.array2string(history.loss[:, -1], formatter={"float_kind": lambda v: f"{v:.3g}"}),
                  np.round(history.accuracy[:, -1], 4))
         return states, history
 

@@ -173,9 +173,10 @@ def measure_seed(module, x: jax.Array, gens: tuple[str, ...], per_layer: bool, b
         names, jumps, _ = layer_geometry_of(module, input_shape)
         trace = trace_layers(module, input_shape)
         if not trace.chained:
-            raise NoFixedField(trace.why_not_chained)
+            raise NoFixedField("its forward pass computes between its layers (e.g. a functional nnx.relu or "
+                               "pooling), so the layers' contributions do not add up to the model's derivative")
     except NoFixedField as err:
-        out["per_layer_unavailable"] = str(err)
+        out["per_layer_unavailable"] = str(err).split(", so receptive fields")[0]
         return out
     rank = len(input_shape) - 1
     out["layers"] = {}
@@ -298,6 +299,10 @@ def summary(result: Result) -> str:
             top = f"{layer} ({parts[layer].mean:.3g}, {g})"
         lines.append(f"| {name}{m.seeds_note()} | {m.clean_accuracy.text()} | {m.consistency.text()} | {lee} | {top} |")
     lines += result.unmeasured_rows(len(gens) + 3)
+    without = {name: m.per_layer_unavailable for name, m in result.models.items() if not m.layers}
+    if without:
+        lines += ["", "No per-layer split (—): " + "; ".join(f"{name}: {why or 'not asked for'}"
+                                                         for name, why in without.items())]
     return "\n".join(lines)
 
 
@@ -320,6 +325,14 @@ def plot(result: Result, out_dir: Path) -> list[Path]:
     written = []
 
     layered = {n: m.layers for n, m in models.items() if m.layers}
+    if not layered:  # say so in the figure the docs name, rather than leave it out
+        fig, ax = plt.subplots(figsize=(9, 2.2))
+        ax.axis("off")
+        reasons = [f"{n}: {_short(m.per_layer_unavailable or 'not asked for (lie_derivative.per_layer=false)')}"
+                   for n, m in models.items()]
+        ax.text(0.0, 0.5, "No model has a per-layer split of its translation derivative:\n" + "\n".join(reasons),
+                fontsize=8, va="center", wrap=True)
+        written.append(save(fig, out_dir / "lie_layers.png"))
     if layered:
         fig, axes = plt.subplots(len(layered), 1, figsize=(9, 2.6 * len(layered)), squeeze=False)
         for ax, (name, shares) in zip(axes[:, 0], layered.items()):

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import matplotlib.ticker
 import numpy as np
 
 from equivar.config import RunConfig
@@ -264,7 +265,9 @@ def _robustness_figure(result: Result, out_dir: Path) -> list[Path]:
     if result.dataset is not None:
         draw_chance(ax, 1.0 / result.dataset.n_classes)
     share_axis(ax, "R(r): correct under every shift within r")
-    ax.set_xlabel(f"radius r (max |shift| per axis, {result.shift_mode} shifts)")
+    ax.set_xlabel(f"radius r (the largest |shift| on any axis; {result.shift_mode} shifts)")
+    if all(float(r).is_integer() for r in radii):
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     dataset = result.dataset.name if result.dataset else "?"

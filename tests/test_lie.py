@@ -134,7 +134,7 @@ def test_lie_derivative_experiment_tiny(tmp_path, figures):
     lines = (tmp_path / "summary.md").read_text().splitlines()  # one table row per model under its header
     header = next(i for i, line in enumerate(lines) if line.startswith("| model |"))
     assert lines[header] == ("| model | clean acc | consistency (roll shifts) | LEE translate_x | "
-                             "largest layer contribution (translate) |")
+                             "largest layer contribution (translate_x) |")
     rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in lines[header + 2:]}
     assert set(rows) == {"lenet", "cnn_gap"} and all(len(r) == 5 for r in rows.values())
     top = max(gap["layers"]["translate_x"]["probs"], key=lambda k: gap["layers"]["translate_x"]["probs"][k]["mean"])
