@@ -180,6 +180,7 @@ def test_locally_connected_positions_are_independent():
     assert not np.allclose(local(shift(x, (3,))), shift(local(x), (3,)), atol=1e-3)
 
 
+@pytest.mark.slow  # CI runs it (--slow); the default run stays under 3 minutes
 def test_cnn_aps_downsampling_ingredients_can_be_swapped():
     """downsample_mode swaps cnn_aps's adaptive polyphase sampling for a blur, an ideal low-pass or plain
     subsampling (to see each ingredient's share); only the adaptive one keeps exact roll invariance."""

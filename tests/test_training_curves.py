@@ -60,6 +60,7 @@ def test_heldout_curve_is_the_final_models_test_loss_and_accuracy(data, packing,
         np.testing.assert_allclose(numbers["heldout_accuracy"], history.heldout_accuracy[:, e])
 
 
+@pytest.mark.slow
 def test_a_diverged_seed_has_no_heldout_points_after_it_diverged(data):
     spec = TrainOptions(epochs=3, batch_size=16, optimizer="sgd", learning_rate=1e30)
     _, _, history = _fit(data, "loop", spec, n_seeds=1)
@@ -92,6 +93,7 @@ def test_a_run_records_plots_and_logs_its_curves(tmp_path):
             np.testing.assert_allclose([p.value for p in points], training[key][i], rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_tensorboard_off_writes_no_events(tmp_path):
     raw = compose_raw(["experiment=shift_test", "dataset=synthetic", "n_seeds=1", "train.epochs=1",
                        "shift.max=1", "models=[mlp]", "zoo.mlp.hidden=[8]", "train.tensorboard=false",
