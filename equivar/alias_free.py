@@ -47,10 +47,7 @@ def band_limit(x: jax.Array) -> jax.Array:
         n = x.shape[axis]
         if n % 2:
             continue
-        spectrum = jnp.fft.rfft(out, axis=axis)
-        keep = jnp.ones(spectrum.shape[axis], bool).at[-1].set(False)
-        spectrum = spectrum * _along(keep, axis, x.ndim)
-        out = jnp.fft.irfft(spectrum, n=n, axis=axis)
+        out = jnp.fft.irfft(_without_last_bin(jnp.fft.rfft(out, axis=axis), axis), n=n, axis=axis)
     return out.astype(x.dtype)
 
 
@@ -62,8 +59,7 @@ def fourier_upsample(x: jax.Array, factor: int = 2) -> jax.Array:
         n = x.shape[axis]
         spectrum = jnp.fft.rfft(out, axis=axis)
         if n % 2 == 0:  # the Nyquist bin has no place on the finer grid: it would split into two bins
-            keep = jnp.ones(spectrum.shape[axis], bool).at[-1].set(False)
-            spectrum = spectrum * _along(keep, axis, x.ndim)
+            spectrum = _without_last_bin(spectrum, axis)
         pad = [(0, 0)] * x.ndim
         pad[axis] = (0, (factor * n) // 2 + 1 - spectrum.shape[axis])
         out = jnp.fft.irfft(jnp.pad(spectrum, pad), n=factor * n, axis=axis) * factor
@@ -82,16 +78,17 @@ def fourier_downsample(x: jax.Array, factor: int = 2) -> jax.Array:
         m = n // factor
         spectrum = jax.lax.slice_in_dim(jnp.fft.rfft(out, axis=axis), 0, m // 2 + 1, axis=axis)
         if m % 2 == 0:  # zero the new Nyquist bin: keeping its real part breaks the equivariance
-            keep = jnp.ones(m // 2 + 1, bool).at[-1].set(False)
-            spectrum = spectrum * _along(keep, axis, x.ndim)
+            spectrum = _without_last_bin(spectrum, axis)
         out = jnp.fft.irfft(spectrum, n=m, axis=axis) / factor
     return out.astype(x.dtype)
 
 
-def _along(v: jax.Array, axis: int, ndim: int) -> jax.Array:
-    shape = [1] * ndim
+def _without_last_bin(spectrum: jax.Array, axis: int) -> jax.Array:
+    """``spectrum`` with its last bin along ``axis`` (an even length's Nyquist bin) set to zero."""
+    shape = [1] * spectrum.ndim
     shape[axis] = -1
-    return v.reshape(shape)
+    keep = jnp.ones(spectrum.shape[axis], bool).at[-1].set(False)
+    return spectrum * keep.reshape(shape)
 
 
 class BandLimit(nnx.Module):
