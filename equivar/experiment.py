@@ -161,15 +161,20 @@ def training_record(history: History) -> dict[str, Any]:
 
 
 def obtain(config: RunConfig, data: Dataset, out_dir: Path, name: str, target: str, options: dict[str, Any],
-           plan: ExecutionPlan, where: str | None = None) -> TrainedModel:
+           plan: ExecutionPlan, where: str | None = None, start: TrainedModel | None = None) -> TrainedModel:
     """The trained seeds of one model: loaded from ``config.load_from`` when set (checked against this
-    config), else initialised, trained on ``data`` and saved as a checkpoint in ``out_dir``."""
+    config), else initialised (or, with ``start``, taken from ``start``'s seeds, with a fresh optimizer state),
+    trained on ``data`` and saved as a checkpoint in ``out_dir``."""
     where = where or f"zoo.{name}"
     if config.load_from:
         return trained.load(Path(config.load_from), name, target, options, tuple(data.input_shape),
                             data.n_classes, where)
     check_batch(config.train.batch_size, len(data.y_train))
     graphdef, states = init_seeds(builder(target, options, data, where), config)
+    if start is not None:  # fine-tuning: every seed continues from the same seed of ``start``
+        tx = make_optimizer(config.train)
+        states = states._replace(params=start.params, model_state=start.model_state,
+                                 opt_state=jax.jit(jax.vmap(tx.init))(start.params))
     states, history = train_seeds(graphdef, states, data, config, plan, name, out_dir)
     model = as_trained(name, target, options, data, graphdef, states, config, history)
     trained.save(model, out_dir, data.summary())
