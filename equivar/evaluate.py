@@ -12,7 +12,7 @@ from pydantic import Field
 
 from equivar.schema import Options, PositiveInt
 from equivar.strategy import ExecutionPlan, eval_images_per_call
-from equivar.train import Variables, make_predict, take_seed
+from equivar.train import Variables, make_logits, make_predict, take_seed
 from equivar.transforms import shift_many
 
 
@@ -30,18 +30,29 @@ class EvalOptions(Options):
 
 
 class ShiftEvaluator:
-    """Compiles one call that predicts a chunk of examples under a chunk of shifts, and tiles the grid."""
+    """Compiles one call that predicts a chunk of examples under a chunk of shifts, and tiles the grid.
 
-    def __init__(self, graphdef: nnx.GraphDef, mode: str, plan: ExecutionPlan):
+    With ``probabilities=True`` the call also returns every class's softmax probability, for measures of how
+    much the output moves (not only the argmax): :meth:`predict_with_probabilities`.
+    """
+
+    def __init__(self, graphdef: nnx.GraphDef, mode: str, plan: ExecutionPlan, probabilities: bool = False):
         predict = make_predict(graphdef)
+        logits_fn = make_logits(graphdef)
         self.plan = plan
+        self.probabilities = probabilities
         self._predict = predict
         self._budget: dict[tuple, int] = {}  # images per call, per input shape
 
-        def predict_shifted(variables: Variables, x: jax.Array, offsets: jax.Array) -> jax.Array:
+        def predict_shifted(variables: Variables, x: jax.Array, offsets: jax.Array) -> tuple[jax.Array, ...]:
             shifted = shift_many(x, offsets, mode)  # (S, N, ...)
             flat = shifted.reshape((-1,) + x.shape[1:])
-            return predict(variables, flat).reshape(offsets.shape[0], x.shape[0])
+            grid = (offsets.shape[0], x.shape[0])
+            if not probabilities:
+                return (predict(variables, flat).reshape(grid),)
+            logits = logits_fn(variables, flat)
+            classes = logits.argmax(-1).astype(jnp.int32).reshape(grid)  # the argmax of the logits, as predict
+            return classes, jax.nn.softmax(logits.astype(jnp.float32)).reshape(*grid, logits.shape[-1])
 
         if plan.seed_packing == "vmap":
             self._call = jax.jit(jax.vmap(predict_shifted, in_axes=(0, None, None)))
@@ -51,6 +62,18 @@ class ShiftEvaluator:
     def predict(self, params: Variables, x: np.ndarray, offsets: np.ndarray) -> np.ndarray:
         """Class predictions ``(n_seeds, n_shifts, n_examples)`` for seed-stacked ``(params, model_state)``
         (inference mode)."""
+        return self._run(params, x, offsets)[0]
+
+    def predict_with_probabilities(self, params: Variables, x: np.ndarray, offsets: np.ndarray
+                                   ) -> tuple[np.ndarray, np.ndarray]:
+        """Class predictions ``(n_seeds, n_shifts, n_examples)`` and softmax probabilities
+        ``(n_seeds, n_shifts, n_examples, n_classes)`` (needs ``probabilities=True``)."""
+        if not self.probabilities:
+            raise ValueError("this ShiftEvaluator was built without probabilities=True")
+        classes, probs = self._run(params, x, offsets)
+        return classes, probs
+
+    def _run(self, params: Variables, x: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, ...]:
         n, n_shifts = len(x), len(offsets)
         budget = self._images_per_call(params, x)
         x_chunk = math.ceil(n / math.ceil(n / budget))  # equal chunks: little padding
@@ -68,7 +91,7 @@ class ShiftEvaluator:
                     for s in range(n_seeds)]
         inputs = {device: (jax.device_put(x_pad, device), jax.device_put(off_pad, device)) if device else
                   (jnp.asarray(x_pad), jnp.asarray(off_pad)) for _, device in jobs}
-        blocks: list[list[list[jax.Array]]] = [[] for _ in jobs]  # per job: rows of shift chunks
+        blocks: list[list[list[tuple[jax.Array, ...]]]] = [[] for _ in jobs]  # per job: rows of shift chunks
         for s0 in range(0, len(off_pad), shift_chunk):
             for block in blocks:
                 block.append([])
@@ -76,10 +99,13 @@ class ShiftEvaluator:
                 for j, (p, device) in enumerate(jobs):
                     x_dev, off_dev = inputs[device]
                     blocks[j][-1].append(self._call(p, x_dev[i0:i0 + x_chunk], off_dev[s0:s0 + shift_chunk]))
-        per_job = [np.concatenate([np.concatenate([np.asarray(c) for c in row], axis=-1) for row in block], axis=-2)
-                   for block in blocks]
-        out = per_job[0] if self.plan.seed_packing == "vmap" else np.stack(per_job)
-        return out[:, :n_shifts, :n]
+        outputs = []
+        for k, trailing in enumerate((0, 1)[:len(blocks[0][0][0])]):  # classes, then probabilities (a class axis)
+            per_job = [np.concatenate([np.concatenate([np.asarray(c[k]) for c in row], axis=-1 - trailing)
+                                       for row in block], axis=-2 - trailing) for block in blocks]
+            out = per_job[0] if self.plan.seed_packing == "vmap" else np.stack(per_job)
+            outputs.append(out[:, :n_shifts, :n])
+        return tuple(outputs)
 
     def _images_per_call(self, params: Variables, x: np.ndarray) -> int:
         key = tuple(x.shape[1:])

@@ -79,3 +79,21 @@ def mean_std(values: Sequence[float] | np.ndarray) -> dict[str, float | int | li
     if mean.ndim == 0:
         return {"mean": float(mean), "std": float(std), "n": int(values.shape[0])}
     return {"mean": mean.tolist(), "std": std.tolist(), "n": int(values.shape[0])}
+
+
+def probability_change(probabilities: np.ndarray, reference: np.ndarray) -> float:
+    """Mean absolute change of the predicted class's probability under the grid's shifts.
+
+    For every input the class predicted unshifted, ``c = argmax reference``; the number is the mean over shifts
+    and inputs of ``|p_c(T_s x) - p_c(x)|``. Unlike consistency it sees a wobble that does not flip the argmax
+    (Zhang 2019 and Michaeli et al. 2023 report such probability stability beside consistency). 0 for an
+    exactly invariant model.
+
+    Args:
+        probabilities: ``(n_shifts, N, n_classes)`` softmax probabilities under every shift.
+        reference: ``(N, n_classes)`` the unshifted inputs' probabilities.
+    """
+    probabilities, reference = np.asarray(probabilities), np.asarray(reference)
+    top = reference.argmax(-1)
+    rows = np.arange(len(top))
+    return float(np.abs(probabilities[:, rows, top] - reference[rows, top][None, :]).mean())

@@ -36,6 +36,10 @@ SHIFT_MODES: tuple[str, ...] = get_args(ShiftMode)
 INTEGER_MODES = SHIFT_MODES[:2]
 SUBPIXEL_MODES = SHIFT_MODES[2:]
 Offset = ArrayLike | Sequence[float]  # one translation per spatial axis
+# Crop shifts (Shifman & Weiss 2024): the input placed in a larger canvas and a window of its size cropped at
+# the shifted place; content leaving the window is lost and the canvas shows where it was. A zero canvas is
+# the ``zero`` shift; a reflect canvas is the reflecting shift (``bilinear-reflect`` at integer offsets).
+CROP_CANVASES = {"zero": "zero", "reflect": "bilinear-reflect"}
 MAX_SHIFTS_PER_AXIS = 1001  # a finer grid is a typo (shift.step=0.0001), not a measurement
 
 

@@ -33,13 +33,13 @@ from equivar.data import load_dataset
 from equivar.evaluate import ShiftEvaluator
 from equivar.experiment import base_fields, check_before_data, obtain, record_fields, spec_variants, unmeasured
 from equivar.lie import generators, lie_derivative
-from equivar.metrics import accuracy, consistency, worst_case_robustness
+from equivar.metrics import accuracy, consistency, probability_change, worst_case_robustness
 from equivar.plot import clipped_errors, model_color, nonnegative_log_axis, over_seeds, save, share_axis
 from equivar.results import ExperimentResult, Headline, MeanStd, ModelRecord
 from equivar.schema import Float, PositiveInt
 from equivar.schema import Options as OptionsBase
 from equivar.text import seeds_phrase
-from equivar.transforms import shift_grid
+from equivar.transforms import CROP_CANVASES, shift_grid
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,9 @@ class Technique(ModelRecord):
     robustness_integer: dict[str, MeanStd]  # r -> R(r) on the integer grid
     robustness_half: dict[str, MeanStd]  # r -> R(r) on the half-sample grid
     lee: MeanStd  # softmax LEE, summed over the translations
+    # mean |p_c(T_s x) - p_c(x)| (c: the class predicted unshifted): "integer" grid, and m -> the 1/m grid
+    probability_change: dict[str, MeanStd] = {}
+    crop_consistency: dict[str, MeanStd] = {}  # canvas (zero, reflect) -> consistency under crop shifts
     seconds_per_epoch: float | None = None
 
     @property
@@ -161,17 +164,23 @@ def run(config: RunConfig, out_dir: Path) -> Result:
             lost[name] = diverged
             continue
         kept = model.variables()
-        roll = ShiftEvaluator(model.graphdef, "roll", plan)
-        fourier = ShiftEvaluator(model.graphdef, "fourier", plan)
+        roll = ShiftEvaluator(model.graphdef, "roll", plan, probabilities=True)
+        fourier = ShiftEvaluator(model.graphdef, "fourier", plan, probabilities=True)
         clean = accuracy(roll.predict(kept, data.x_test, zero)[:, 0], data.y_test)
-        int_preds = roll.predict(kept, x_grid, integer)
+        reference = roll.predict_with_probabilities(kept, x_grid, zero)[1][:, 0]  # (seeds, N, classes)
+        int_preds, int_probs = roll.predict_with_probabilities(kept, x_grid, integer)
         int_cons = [consistency(p, data.n_classes) for p in int_preds]
         int_radii = sorted({1.0, float(config.shift.max)})
         int_robust = np.array([worst_case_robustness(p, integer, y_grid, int_radii) for p in int_preds])
+        change = {"integer": MeanStd.of([probability_change(p, r) for p, r in zip(int_probs, reference)])}
+        crop = {canvas: MeanStd.of([consistency(p, data.n_classes) for p in
+                                    ShiftEvaluator(model.graphdef, crop_mode, plan).predict(kept, x_grid, integer)])
+                for canvas, crop_mode in CROP_CANVASES.items()}
         frac = {}
         for m, grid in fractional.items():
-            preds = fourier.predict(kept, x_grid, grid)
+            preds, probs = fourier.predict_with_probabilities(kept, x_grid, grid)
             frac[str(m)] = MeanStd.of([consistency(p, data.n_classes) for p in preds])
+            change[str(m)] = MeanStd.of([probability_change(p, r) for p, r in zip(probs, reference)])
         half_preds = fourier.predict(kept, x_grid, half)
         half_radii = sorted({0.5, float(opts.fractional_max)})
         half_robust = np.array([worst_case_robustness(p, half, y_grid, half_radii) for p in half_preds])
@@ -184,7 +193,7 @@ def run(config: RunConfig, out_dir: Path) -> Result:
             fractional_consistency=frac,
             robustness_integer={f"{r:g}": MeanStd.of(int_robust[:, i]) for i, r in enumerate(int_radii)},
             robustness_half={f"{r:g}": MeanStd.of(half_robust[:, i]) for i, r in enumerate(half_radii)},
-            lee=MeanStd.of(lees),
+            lee=MeanStd.of(lees), probability_change=change, crop_consistency=crop,
             seconds_per_epoch=train_record["seconds"] / epochs if epochs else None)
         log.info("%s: clean %.4f, integer consistency %.4f, fractional %s, LEE %.3g (%.0f s)", name, clean.mean(),
                  np.mean(int_cons), {m: round(v.mean, 4) for m, v in frac.items()}, np.mean(lees),
@@ -217,7 +226,23 @@ def summary(result: Result) -> str:
                  _scientific(t.lee)]
         lines.append(f"| {name}{t.seeds_note()} | {t.n_params} | {seconds} | " + " | ".join(cells) + " |")
     lines += result.unmeasured_rows(6 + len(ms) + len(int_r) + len(half_r))
+    changes = list(dict.fromkeys(k for t in result.models.values() for k in t.probability_change))
+    canvases = list(dict.fromkeys(k for t in result.models.values() for k in t.crop_consistency))
+    if changes or canvases:
+        lines += ["", "Mean absolute change of the predicted class's probability over each grid, and consistency "
+                  "under crop shifts (the integer grid, inside a larger zero or reflect canvas: no wrap-around).",
+                  "", "| technique |" + "".join(f" probability change ({_grid_name(k)}) |" for k in changes)
+                  + "".join(f" crop consistency ({c}) |" for c in canvases),
+                  "|---|" + "---:|" * (len(changes) + len(canvases))]
+        for name, t in result.models.items():
+            cells = [_scientific(t.probability_change[k]) if k in t.probability_change else "—" for k in changes]
+            cells += [t.crop_consistency[c].text() if c in t.crop_consistency else "—" for c in canvases]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _grid_name(key: str) -> str:
+    return "integer" if key == "integer" else f"m = {key}"
 
 
 def _scientific(value: MeanStd) -> str:

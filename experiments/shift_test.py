@@ -28,10 +28,17 @@ from equivar.experiment import (
     spec_variants,
     unmeasured,
 )
-from equivar.metrics import accuracy, consistency, consistency_by_correctness, worst_case_robustness
+from equivar.metrics import (
+    accuracy,
+    consistency,
+    consistency_by_correctness,
+    probability_change,
+    worst_case_robustness,
+)
 from equivar.plot import AXIS_NAMES, band, draw_chance, model_color, over_seeds, save, share_axis
 from equivar.results import ExperimentResult, Headline, MeanStd, MeanStdSeries, ModelRecord, Record
 from equivar.text import seeds_phrase
+from equivar.transforms import CROP_CANVASES
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +67,11 @@ class ModelResult(ModelRecord):
     consistency_correct: MeanStd | None = None
     consistency_wrong: MeanStd | None = None
     robustness: MeanStdSeries | None = None  # R(r) at ``robustness_radii``: correct under every shift within r
+    # mean |p_c(T_s x) - p_c(x)| over the grid, c the class predicted unshifted (metrics.probability_change)
+    probability_change: MeanStd | None = None
+    # consistency under crop shifts (the input moved inside a larger zero or reflect canvas and cropped back:
+    # no wrap-around), on the grid's integer shifts, per canvas
+    crop_consistency: dict[str, MeanStd] = {}
     per_seed: PerSeed
     eval_seconds: float
 
@@ -95,6 +107,7 @@ def run(config: RunConfig, out_dir: Path) -> Result:
              data.name, data.x_train.shape, data.x_test.shape, len(offsets), mode, len(y_grid), plan.describe())
 
     radii = sorted({float(r) for r in np.abs(offsets).max(axis=1)})
+    crop_offsets = offsets[(offsets == np.round(offsets)).all(axis=1)].astype(np.int32)
     records, lost, measured = {}, {}, []
     for spec in config.models:
         model = obtain(config, data, out_dir, spec.name, spec.target, spec.options, plan)
@@ -104,10 +117,13 @@ def run(config: RunConfig, out_dir: Path) -> Result:
             continue
         kept = model.variables()  # diverged seeds are left out
         start = time.perf_counter()
-        evaluator = ShiftEvaluator(model.graphdef, mode, plan)
+        evaluator = ShiftEvaluator(model.graphdef, mode, plan, probabilities=True)
         clean_preds = evaluator.predict(kept, data.x_test, zero)[:, 0]
-        grid_preds = evaluator.predict(kept, x_grid, offsets)  # (seeds, shifts, examples)
-        reference = evaluator.predict(kept, x_grid, zero)[:, 0]  # (seeds, examples), unshifted
+        grid_preds, grid_probs = evaluator.predict_with_probabilities(kept, x_grid, offsets)  # (seeds, shifts, N)
+        reference, reference_probs = (a[:, 0] for a in evaluator.predict_with_probabilities(kept, x_grid, zero))
+        crop = {canvas: [consistency(p, data.n_classes) for p in
+                         ShiftEvaluator(model.graphdef, crop_mode, plan).predict(kept, x_grid, crop_offsets)]
+                for canvas, crop_mode in CROP_CANVASES.items()} if len(crop_offsets) else {}
         eval_seconds = time.perf_counter() - start
         clean = accuracy(clean_preds, data.y_test)
         per_shift = accuracy(grid_preds, y_grid)
@@ -125,6 +141,8 @@ def run(config: RunConfig, out_dir: Path) -> Result:
             consistency_correct=_mean_std_finite(split[:, 0]),
             consistency_wrong=_mean_std_finite(split[:, 1]),
             robustness=MeanStdSeries.of(robust),
+            probability_change=MeanStd.of([probability_change(p, r) for p, r in zip(grid_probs, reference_probs)]),
+            crop_consistency={canvas: MeanStd.of(values) for canvas, values in crop.items()},
             per_seed=PerSeed(seeds=model.healthy_seeds(), clean_accuracy=clean.tolist(),
                              grid_mean_accuracy=per_shift.mean(1).tolist(), consistency=cons.tolist()),
             eval_seconds=eval_seconds)
@@ -157,16 +175,23 @@ def summary(result: Result) -> str:
     if robust and result.robustness_radii:
         radii = result.robustness_radii
         picks = sorted({1 if len(radii) > 1 else 0, len(radii) - 1})  # the smallest shift, and the whole grid
-        lines += ["", "Consistency among the inputs classified correctly unshifted and among the others, and the "
-                  "worst-case robustness R(r): the share correct under every shift with max |s| <= r.", "",
+        canvases = list(dict.fromkeys(c for m in robust.values() for c in m.crop_consistency))
+        lines += ["", "Consistency among the inputs classified correctly unshifted and among the others; the "
+                  "worst-case robustness R(r): the share correct under every shift with max |s| <= r; the mean "
+                  "absolute change of the predicted class's probability over the grid; and consistency under "
+                  "crop shifts (moved inside a larger zero or reflect canvas, no wrap-around).", "",
                   "| model | consistency (correct) | consistency (wrong) | "
-                  + " | ".join(f"R({radii[i]:g})" for i in picks) + " |",
-                  "|---|---:|---:|" + "---:|" * len(picks)]
+                  + " | ".join(f"R({radii[i]:g})" for i in picks) + " | probability change |"
+                  + "".join(f" crop consistency ({c}) |" for c in canvases),
+                  "|---|---:|---:|" + "---:|" * (len(picks) + 1 + len(canvases))]
         for name, m in robust.items():
             split = [v.text() if v is not None else "—" for v in (m.consistency_correct, m.consistency_wrong)]
             assert m.robustness is not None
             values = " | ".join(m.robustness.at(i).text() for i in picks)
-            lines.append(f"| {name} | {split[0]} | {split[1]} | {values} |")
+            change = m.probability_change.text() if m.probability_change is not None else "—"
+            crops = "".join(f" {m.crop_consistency[c].text() if c in m.crop_consistency else '—'} |"
+                            for c in canvases)
+            lines.append(f"| {name} | {split[0]} | {split[1]} | {values} | {change} |{crops}")
     return "\n".join(lines)
 
 

@@ -257,7 +257,7 @@ def summary(result: Result) -> str:
              f"{result.region_start}", "",
              "| model | region k | params | seen accuracy | unseen accuracy | farthest position |",
              "|---|---:|---:|---:|---:|---:|"]
-    for key, r in _by_stage(result, "region").items():
+    for r in _by_stage(result, "region").values():
         lines.append(f"| {r.model}{r.seeds_note()} | {r.region} | {r.n_params} | {_text(r.seen_accuracy)} | "
                      f"{_text(r.unseen_accuracy)} | {_text(r.farthest_accuracy)} |")
     transfer = _by_stage(result, "transfer")
