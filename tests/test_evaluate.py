@@ -64,3 +64,24 @@ def test_predictions_do_not_depend_on_the_call_size(packing):
     assert preds[0].shape == (2, len(offsets), 40)
     np.testing.assert_array_equal(preds[0], preds[1])
     assert ShiftEvaluator(graphdef, "roll", small)._images_per_call(stacked, x) == EVAL_MIN_IMAGES_PER_CALL
+
+
+@pytest.mark.parametrize("packing", [pytest.param("loop", marks=pytest.mark.slow), "vmap"])
+def test_probabilities_are_the_softmax_of_each_shifted_input_in_any_chunking(packing):
+    """With probabilities=True the classes are unchanged and every (shift, input) gets the softmax of the
+    model's logits on that shifted input, however the grid is cut into calls."""
+    graphdef, (params, rest) = _lenet((12, 12, 1), channels=[4, 8], kernel=3, hidden=[16])
+    stacked = jax.tree.map(lambda a: jnp.stack([a, a * 0.5]), (params, rest))
+    x = np.asarray(jax.random.normal(jax.random.key(1), (37, 12, 12, 1)))
+    offsets = shift_grid(1, 2)
+    plan = dataclasses.replace(plan_execution(packing, backend="cpu"), eval_bytes_per_call=1)
+    evaluator = ShiftEvaluator(graphdef, "roll", plan, probabilities=True)
+    classes, probs = evaluator.predict_with_probabilities(stacked, x, offsets)
+    assert probs.shape == (2, len(offsets), 37, 10)
+    np.testing.assert_array_equal(classes, ShiftEvaluator(graphdef, "roll", plan).predict(stacked, x, offsets))
+    model = nnx.merge(graphdef, *jax.tree.map(lambda a: a[1], stacked))
+    for s in (0, 5, len(offsets) - 1):
+        expected = jax.nn.softmax(model(jnp.roll(x, tuple(offsets[s]), axis=(1, 2))))
+        np.testing.assert_allclose(probs[1, s], expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="probabilities=True"):
+        ShiftEvaluator(graphdef, "roll", plan).predict_with_probabilities(stacked, x, offsets)

@@ -78,3 +78,13 @@ def test_worst_case_robustness_by_hand():
     np.testing.assert_allclose(worst_case_robustness(predictions, offsets, labels, [0, 0.5, 1]), [0.75, 0.5, 0.25])
     with pytest.raises(ValueError, match="no shift of the grid lies within radius"):
         worst_case_robustness(predictions, offsets + 3, labels, [0])
+
+
+def test_probability_change_by_hand():
+    from equivar.metrics import probability_change
+
+    reference = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]])  # predicted classes 0 and 2
+    shifted = np.array([[[0.5, 0.4, 0.1], [0.1, 0.3, 0.6]],     # |0.5-0.7|, 0
+                        [[0.7, 0.2, 0.1], [0.6, 0.3, 0.1]]])    # 0, |0.1-0.6| (the argmax flipped)
+    assert probability_change(shifted, reference) == pytest.approx((0.2 + 0 + 0 + 0.5) / 4)
+    assert probability_change(np.stack([reference] * 3), reference) == 0.0
