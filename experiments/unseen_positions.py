@@ -131,7 +131,8 @@ def place(x: np.ndarray, offsets: np.ndarray, margin: int, background: float) ->
     n, *spatial, c = x.shape
     canvas = np.full((n, *(s + margin for s in spatial), c), background, dtype=np.float32)
     for i, offset in enumerate(offsets):
-        canvas[(i, *(slice(o, o + s) for o, s in zip(offset, spatial)))] = x[i]
+        window: tuple[int | slice, ...] = (i, *(slice(int(o), int(o) + s) for o, s in zip(offset, spatial)))
+        canvas[window] = x[i]
     return canvas
 
 
@@ -143,7 +144,7 @@ def draw_offsets(rng: np.random.Generator, n: int, rank: int, start: int, size: 
 def _inside(grid: np.ndarray, start: int, size: int | None) -> np.ndarray:
     if size is None:
         return np.ones(len(grid), dtype=bool)
-    return ((grid >= start) & (grid < start + size)).all(axis=1)
+    return np.asarray(((grid >= start) & (grid < start + size)).all(axis=1))
 
 
 def _distance(grid: np.ndarray, start: int, size: int) -> np.ndarray:
@@ -350,23 +351,23 @@ def _position_figure(result: Result, by_model: dict[str, dict[int, PositionRecor
         for i, k in enumerate(regions):
             for j, m in enumerate(models):
                 ax = axes[i, j]
-                r = by_model[m].get(k)
+                record = by_model[m].get(k)
                 ax.set_xticks([])
                 ax.set_yticks([])
                 if j == 0:
                     ax.set_ylabel(f"trained in k = {k}", fontsize=8)
                 if i == 0:
                     ax.set_title(m, fontsize=9, color=model_color(m))
-                if r is None:
+                if record is None:
                     ax.text(0.5, 0.5, "not measured", ha="center", va="center", fontsize=7, transform=ax.transAxes)
                     continue
-                acc = np.asarray(r.accuracy_by_position.mean).reshape(side)
+                values = np.asarray(record.accuracy_by_position.mean).reshape(side)
                 step0 = axis0[1] - axis0[0] if len(axis0) > 1 else 1
                 step1 = axis1[1] - axis1[0] if len(axis1) > 1 else 1
                 extent = (axis1[0] - step1 / 2, axis1[-1] + step1 / 2, axis0[-1] + step0 / 2, axis0[0] - step0 / 2)
-                image = ax.imshow(acc, vmin=0, vmax=1, cmap="magma", extent=extent, interpolation="nearest")
+                image = ax.imshow(values, vmin=0, vmax=1, cmap="magma", extent=extent, interpolation="nearest")
                 ax.add_patch(Rectangle((start - 0.5, start - 0.5), k, k, fill=False, ec="cyan", lw=1.2))
-                ax.text(0.03, 0.04, f"unseen {_text(r.unseen_accuracy).split(' ')[0]}", color="white", fontsize=7,
+                ax.text(0.03, 0.04, f"unseen {_text(record.unseen_accuracy).split(' ')[0]}", color="white", fontsize=7,
                         transform=ax.transAxes)
         if image is not None:
             fig.colorbar(image, ax=axes, shrink=0.8, label="test accuracy (cyan: training region)")

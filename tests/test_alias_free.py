@@ -153,6 +153,11 @@ def test_the_benchmark_ranks_only_the_alias_free_net_exactly_invariant_between_s
     assert all(v.mean == 1.0 for v in free.fractional_consistency.values())
     assert free.lee.mean < 1e-10
     assert gap.integer_consistency.mean == 1.0 and gap.lee.mean > 1e-6
+    # the predicted class's probability: still under every roll for both, between samples only for alias_free
+    assert free.probability_change["integer"].mean < 1e-6 and gap.probability_change["integer"].mean < 1e-6
+    assert max(free.probability_change[m].mean for m in ("2", "4")) < 1e-5
+    assert min(gap.probability_change[m].mean for m in ("2", "4")) > 1e-4
+    assert set(free.crop_consistency) == {"zero", "reflect"}
     assert result.models["lenet_aug_fourier"].augmentation == "fourier"
     assert (tmp_path / "invariance_benchmark.png").exists()
     assert validate_metrics(tmp_path)["experiment"] == "invariance_benchmark"

@@ -65,6 +65,10 @@ def _check_shift_test(result, out_dir, rank):
     # circular padding, adaptive polyphase downsampling and global pooling under roll: every prediction
     # identical under every shift
     assert on_disk.models["cnn_aps"].consistency.mean == 1.0
+    # ... so is every probability (nothing moves), while crop shifts (no wrap-around) are another matter
+    assert on_disk.models["cnn_aps"].probability_change.mean == 0.0
+    assert all(set(m.crop_consistency) == {"zero", "reflect"} for m in on_disk.models.values())
+    assert on_disk.models["mlp"].probability_change.mean > 0
     cnn = np.asarray(on_disk.models["cnn_aps"].shift_accuracy.mean)
     assert np.ptp(cnn) == 0.0
     expected = {"accuracy_vs_shift.png", "consistency.png"} | ({"accuracy_heatmap.png"} if rank == 2 else set())
@@ -76,8 +80,9 @@ SLOW_TINY = {"shift_test", "anatomy", "invariance_benchmark", "equivariance", "s
 
 
 # Run tiny elsewhere, with their results checked (not only their files): the experiments that train in
-# test_seed_policy.py (one seed poisoned, metrics and plots checked), and in test_defining_facts.py.
-RUN_ELSEWHERE = {"invariance_benchmark", "shift_test", "equivariance", "feature_pooling", "lie_derivative", "mnist1d_baselines", "padding_leak",
+# test_seed_policy.py (one seed poisoned, metrics and plots checked), in test_defining_facts.py, and in their own
+# files (test_alias_free.py, test_unseen_positions.py).
+RUN_ELSEWHERE = {"unseen_positions", "invariance_benchmark", "shift_test", "equivariance", "feature_pooling", "lie_derivative", "mnist1d_baselines", "padding_leak",
                  "pooling_invariance", "antialiased_shift_test"}
 
 
@@ -296,6 +301,5 @@ def test_every_experiment_is_run_tiny_somewhere():
     from test_seed_policy import TRAINING
 
     defining_facts = {"antialiased_shift_test", "feature_pooling", "pooling_invariance"}
-    alias_free = {"invariance_benchmark"}  # tests/test_alias_free.py runs it tiny and checks its ranking
-    assert RUN_ELSEWHERE <= set(TRAINING) | defining_facts | alias_free
+    assert RUN_ELSEWHERE <= set(TRAINING) | defining_facts
     assert set(EXPERIMENT_NAMES) - RUN_ELSEWHERE  # the rest run in test_every_experiment_composes_and_runs_tiny

@@ -91,7 +91,6 @@ def test_ctrl_c_exits_130_and_records_the_interruption(tmp_path):
     assert not (run_dir / "metrics.json").exists()
 
 
-@pytest.mark.slow
 def _complete(run_dir: Path) -> bool:
     """The run's status.json says it finished (written after metrics.json and every plot)."""
     try:
@@ -100,6 +99,7 @@ def _complete(run_dir: Path) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_a_killed_sweep_resumes_and_its_report_lists_each_run_once(tmp_path):
     sweep_dir = tmp_path / "sweep"
     args = ["-m", "experiment=shift_test", "dataset=synthetic", "models=[mlp]", "n_seeds=1", "train.epochs=2",

@@ -183,6 +183,9 @@ TRAINING = {
     "mnist1d_baselines": ["models=[mlp]"],
     "equivariance": ["models=[lenet]"],
     "pooling_invariance": ["pooling_invariance.features=trained"],
+    "invariance_benchmark": ["models=[mlp]", "invariance_benchmark.augmented=[]"],
+    # the transfer stage too: a seed poisoned at its start stays diverged through pretraining and fine-tuning
+    "unseen_positions": ["models=[mlp]", "unseen_positions.regions=[2]", "unseen_positions.n_test=32"],
 }
 
 
