@@ -380,7 +380,7 @@ def _position_figure(result: Result, by_model: dict[str, dict[int, PositionRecor
 
 
 def _region_figure(result: Result, by_model: dict[str, dict[int, PositionRecord]], out_dir: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = plt.subplots(figsize=(7.4, 4.2))
     for m, per_region in by_model.items():
         ks = sorted(k for k, r in per_region.items() if r.unseen_accuracy is not None)
         if not ks:
@@ -401,7 +401,7 @@ def _region_figure(result: Result, by_model: dict[str, dict[int, PositionRecord]
     ax.set_title(f"{dataset}: accuracy at unseen positions (solid) and seen ones (dotted)\n"
                  f"{over_seeds(result.n_seeds)}; test positions 0..{result.margin} per axis", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     return save(fig, out_dir / "unseen_by_region.png")
 
@@ -413,7 +413,7 @@ def _transfer_figure(result: Result, out_dir: Path) -> Path:
             ("scratch: unseen", scratch, "_scratch", "unseen_accuracy", "tab:gray"),
             ("transfer: seen", transfer, "_transfer", "seen_accuracy", "lightgreen"),
             ("transfer: unseen", transfer, "_transfer", "unseen_accuracy", "tab:green")]
-    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(models), 4.2))
+    fig, ax = plt.subplots(figsize=(3.6 + 1.3 * len(models), 4.2))
     width = 0.8 / len(bars)
     for b, (label, records, suffix, field, color) in enumerate(bars):
         for i, m in enumerate(models):
@@ -434,7 +434,7 @@ def _transfer_figure(result: Result, out_dir: Path) -> Path:
     dataset = result.dataset.name if result.dataset else "?"
     ax.set_title(f"{dataset}: does invariance learnt on other classes transfer?\nfine-tuned in a region of "
                  f"{result.transfer_region} per axis ({over_seeds(result.n_seeds)})", fontsize=9)
-    ax.legend(fontsize=7, loc="lower left", ncol=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return save(fig, out_dir / "unseen_transfer.png")
