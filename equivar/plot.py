@@ -39,9 +39,10 @@ MODEL_COLORS = {"mlp": "#1f77b4", "lenet": "#ff7f0e", "local": "#2ca02c", "cnn_g
 CHANCE_STYLE: dict[str, Any] = {"color": "gray", "ls": "--", "lw": 1}
 
 
-# Colours for names outside the zoo: well separated from each other and from the zoo's (tab20's light shades,
-# a few darker ones, black, grey and gold: never a near-copy of a zoo colour), taken in a name's hash order; a name whose preferred colour another name of this process
-# already holds gets the next free one, so two user models of a figure never look alike.
+# Colours for names outside the zoo: well separated from each other and from the zoo's (tab20's light
+# shades, a few darker ones, black, grey and gold: never a near-copy of a zoo colour), taken in a name's
+# hash order; a name whose preferred colour another name of this process already holds gets the next
+# free one, so two user models of a figure never look alike.
 EXTRA_COLORS = ("#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#dbdb8d",
                 "#9edae5", "#8c6d31", "#843c39", "#5254a3", "#000000", "#636363", "#e7ba52", "#756bb1")
 _ASSIGNED: dict[str, str] = {}

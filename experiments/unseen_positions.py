@@ -336,12 +336,18 @@ def _position_figure(result: Result, by_model: dict[str, dict[int, PositionRecor
                                     color=colors[k], alpha=0.2)
             draw_chance(ax, result.chance)
             share_axis(ax, "test accuracy")
-            ax.set_title(m, fontsize=10, color=model_color(m))
+            ax.set_title(m, fontsize=10)
             ax.set_xlabel("position of the pattern (first sample)")
             ax.grid(alpha=0.3)
-        for ax in list(axes.flat)[len(models):]:
+        spare = list(axes.flat)[len(models):]
+        for ax in spare:
             ax.set_visible(False)
-        axes.flat[0].legend(fontsize=7, loc="lower right", title="trained in 0..k-1", title_fontsize=7)
+        handles, labels = axes.flat[0].get_legend_handles_labels()
+        # the legend in the empty panel when there is one, else outside: never over a curve
+        where = "0..k-1" if start == 0 else f"{start}..{start}+k-1"
+        fig.legend(handles, labels, fontsize=8, title=f"trained in {where}", title_fontsize=8,
+                   loc="center" if spare else "upper left",
+                   bbox_to_anchor=spare[0].get_position().bounds if spare else (1.0, 0.9))
     else:
         side = result.grid_shape
         fig, axes = plt.subplots(len(regions), len(models), figsize=(2.3 * len(models) + 1, 2.3 * len(regions) + 0.8),
@@ -428,9 +434,9 @@ def _transfer_figure(result: Result, out_dir: Path) -> Path:
         p = pre.get(f"{m}_pretrain")
         if p is not None and p.seen_accuracy is not None:
             ax.plot([i - 0.4, i + 0.4], [p.seen_accuracy.mean] * 2, color="black", lw=1,
-                    label="pretrained classes, everywhere" if i == 0 else None)
+                    label="pretrained: its own classes, everywhere" if i == 0 else None)
     draw_chance(ax, 1 / max(1, len(next(iter(scratch.values())).classes)) if scratch else result.chance)
-    share_axis(ax, "test accuracy (fine-tuned classes)")
+    share_axis(ax, "test accuracy")
     ax.set_xticks(range(len(models)), models, rotation=30, ha="right", fontsize=8)
     dataset = result.dataset.name if result.dataset else "?"
     ax.set_title(f"{dataset}: does invariance learnt on other classes transfer?\nfine-tuned in a region of "
