@@ -104,7 +104,7 @@ def _margin(opts: Options, spatial: tuple[int, ...]) -> int:
 
 
 def check(config: RunConfig, spatial: tuple[int, ...] | None = None) -> None:
-    """Regions that fit the canvas, and a transfer split that leaves classes on both sides."""
+    """Every training region (and the transfer region) fits the canvas: one line before any training."""
     opts: Options = config.options
     if spatial is None:
         known = config.dataset.shape()
