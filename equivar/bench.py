@@ -1,19 +1,24 @@
 """Benchmarks (not tests): ``python -m equivar.bench [--quick] [--only SECTION ...]``.
 
 In one process: the float32 matmul peak of this device, equivar's own training step and evaluation for
-``lenet`` and ``mlp`` on MNIST-shaped data against a PyTorch eager reference of the same model and optimizer
-(Adam with ``fused=True``; skipped with a note when torch is not installed; section ``torch``), scanned steps
-(``steps``), N-seed training for N = 1, 4, 8 with each seed packing and the shift-grid evaluation (``seeds``),
-every default zoo model's training and evaluation throughput (``zoo``), and the whole real-MNIST study a user
-waits for, ``python -m equivar.run experiment=shift_test dataset=mnist``, end to end in a fresh process with a
-cold compilation cache, split per model (``study``; skipped with a note when MNIST is not in
-``$TFDS_DATA_DIR``). Prints tables and writes ``bench.json`` in the working directory: per case
-(``lenet.train``, ``mlp.eval``, ``lenet.seeds8.vmap``, ``zoo.local.train``, ...) the keys
-``images_per_s``, ``gflops``, ``pct_of_peak`` and ``ratio_to_torch``; per study row (``study.mnist_shift_test``,
-``study.mnist_shift_test.local``, ...) ``seconds`` and the accuracy it reached. Ratios are taken within this one run;
-the equivar/torch pairs are repeated ``--repeat`` times, interleaved, and reported as medians with the range
-of the per-repeat ratios (``ratio_to_torch_range``), because a shared machine's load drifts. Seed-packing
-and steps-per-call cases carry ``ratio_to_lenet_train``: throughput over the single-seed default.
+``lenet`` and ``mlp`` on MNIST-shaped data against what a plain PyTorch user gets for the same model and
+optimizer (``equivar.torch_study``'s loop, in its own process; section ``torch``), scanned steps (``steps``),
+N-seed training for N = 1, 4, 8 with each seed packing and the shift-grid evaluation (``seeds``), every
+default zoo model's training and evaluation throughput (``zoo``), and the whole real-MNIST study a user waits
+for (``study``): ``python -m equivar.run experiment=shift_test dataset=mnist models=[mlp,lenet]`` end to end in
+a fresh process with a cold compilation cache, the same job as a plain PyTorch script
+(``python -m equivar.torch_study``), and the CLI again with the warm cache, with the end-to-end and per-model
+training and evaluation ratios; then the default four-model study with a cold cache. Without torch the
+PyTorch rows are a note; without MNIST in ``$TFDS_DATA_DIR`` the study is.
+
+Prints tables and writes ``bench.json`` in the working directory: per case (``lenet.train``, ``mlp.eval``,
+``lenet.seeds8.vmap``, ``zoo.local.train``, ...) the keys ``images_per_s``, ``gflops``, ``pct_of_peak`` and
+``ratio_to_torch``; per study run ``seconds``, per model its training and evaluation seconds and the accuracy
+it reached, and ``ratio_to_torch`` (PyTorch's seconds over equivar's: above 1, equivar is faster). Ratios are
+taken within this one run; the equivar/torch step pairs are repeated ``--repeat`` times, interleaved, and
+reported as medians with the range of the per-repeat ratios (``ratio_to_torch_range``), because a shared
+machine's load drifts. Seed-packing and steps-per-call cases carry ``ratio_to_lenet_train``: throughput over
+the single-seed default.
 
 FLOPs are counted analytically from the layers (2 per multiply-add; a training step counts 3x the forward
 pass: forward, input gradients and weight gradients), so ``gflops`` is useful work, not what XLA executed.
@@ -52,6 +57,7 @@ BENCH_MODELS = {"lenet": LeNet, "mlp": MLP}  # the bench's rows, by the zoo's na
 ZOO_ROWS = ("mlp", "lenet", "local", "cnn_aps", "cnn_gap")  # the zoo section: the default models and cnn_gap
 SECTIONS = ("torch", "steps", "seeds", "zoo", "study")
 STUDY_COMMAND = ("experiment=shift_test", "dataset=mnist")  # python -m equivar.run ... (the real-MNIST study)
+TORCH_STUDY_MODELS = ("mlp", "lenet")  # the models equivar.torch_study, the plain PyTorch script, writes too
 
 MNIST_SHAPE = (28, 28, 1)
 
@@ -147,65 +153,35 @@ def equivar_eval_ips(kind: str, n_examples: int, min_seconds: float, max_shift: 
 
 def torch_reference(kind: str, batch_size: int, steps: int, eval_examples: int,
                     min_seconds: float) -> dict[str, float] | None:
-    """The same model and Adam in PyTorch eager (fused Adam, channels-first): train and eval images/s."""
+    """What a plain PyTorch user gets for the same model: ``equivar.torch_study``'s loop (default Adam, eager,
+    channels-first, PyTorch's default threads) in its own process, so JAX's threads are not in its way, on the
+    GPU when JAX runs on one; train and eval images/s, or None when torch is not installed."""
     try:
         import torch
-        from torch import nn
     except ImportError:
         return None
-    torch.manual_seed(0)
     device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    if kind == "lenet":
-        model = nn.Sequential(nn.Conv2d(1, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(16, 32, 5), nn.ReLU(),
-                              nn.MaxPool2d(2), nn.Flatten(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))
-    else:
-        model = nn.Sequential(nn.Flatten(), nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(),
-                              nn.Linear(512, 10))
-    model = model.to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
-    n = steps * batch_size
-    x = torch.rand(n, 1, 28, 28, device=device)
-    y = torch.randint(0, 10, (n,), device=device)
-    loss_fn = nn.CrossEntropyLoss()
-
-    def epoch() -> None:
-        perm = torch.randperm(n, device=device)
-        for t in range(steps):
-            idx = perm[t * batch_size:(t + 1) * batch_size]
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x[idx]), y[idx])
-            loss.backward()
-            opt.step()
-        sync()
-
-    train = n / _timed(epoch, min_seconds)
-    xe = torch.rand(eval_examples, 1, 28, 28, device=device)
-
-    def evaluate() -> None:
-        with torch.inference_mode():
-            for i in range(0, eval_examples, 1024):
-                model(xe[i:i + 1024]).argmax(-1)
-        sync()
-
-    return {"train": train, "eval": eval_examples / _timed(evaluate, min_seconds),
-            "version": torch.__version__, "threads": torch.get_num_threads(), "device": device}
+    proc = subprocess.run([sys.executable, "-m", "equivar.torch_study", "--models", kind, "--device", device,
+                           "--throughput", str(batch_size), str(steps), str(eval_examples), str(min_seconds)],
+                          capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def study(command: tuple[str, ...] = STUDY_COMMAND) -> dict[str, Any]:
-    """Runs ``python -m equivar.run COMMAND`` in a fresh process with a cold compilation cache, as a user waits
-    for it; returns its wall time and, per model, training and evaluation seconds and accuracies (None when
-    the run fails, e.g. no MNIST in ``$TFDS_DATA_DIR``: ``{"error": reason}``)."""
+def study(command: tuple[str, ...] = STUDY_COMMAND, cache_dir: Path | None = None) -> dict[str, Any]:
+    """Runs ``python -m equivar.run COMMAND`` in a fresh process, as a user waits for it, with the compilation
+    cache in ``cache_dir`` (default: a fresh, cold one); returns its wall time and, per model, training and
+    evaluation seconds and accuracies, and ``numbers``: every model's measurements without their timings (to
+    check that a warm run measures the same). ``{"error": reason}`` when the run fails (e.g. no MNIST in
+    ``$TFDS_DATA_DIR``)."""
     with tempfile.TemporaryDirectory(prefix="equivar-study-") as tmp:
         out = Path(tmp) / "run"
-        env = {**os.environ, "EQUIVAR_JAX_CACHE": str(Path(tmp) / "jax-cache")}
+        env = {**os.environ, "EQUIVAR_JAX_CACHE": str(cache_dir or Path(tmp) / "jax-cache")}
         start = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "equivar.run", *command, f"hydra.run.dir={out}"], env=env,
                               capture_output=True, text=True)
         seconds = time.perf_counter() - start
         if proc.returncode != 0 or not (out / "metrics.json").exists():
-            lines = [ln for ln in (proc.stderr or proc.stdout).strip().splitlines() if ln.strip()]
-            return {"error": lines[-1] if lines else f"exit code {proc.returncode}"}
+            return {"error": _last_line(proc)}
         metrics = json.loads((out / "metrics.json").read_text())
     models = {}
     for name, record in metrics["models"].items():
@@ -217,7 +193,78 @@ def study(command: tuple[str, ...] = STUDY_COMMAND) -> dict[str, Any]:
             models[name][what] = record.get(what, {}).get("mean")
             models[name][what + "_std"] = record.get(what, {}).get("std")
     return {"command": "python -m equivar.run " + " ".join(command), "seconds": seconds,
-            "n_seeds": len(metrics.get("seeds", [])), "models": models}
+            "n_seeds": len(metrics.get("seeds", [])), "models": models, "numbers": _without_timings(metrics["models"])}
+
+
+def _last_line(proc: subprocess.CompletedProcess) -> str:
+    lines = [ln for ln in (proc.stderr or proc.stdout).strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else f"exit code {proc.returncode}"
+
+
+def _without_timings(tree: Any) -> Any:
+    """``tree`` without the keys that hold seconds (they differ between identical runs)."""
+    if isinstance(tree, dict):
+        return {k: _without_timings(v) for k, v in tree.items() if "seconds" not in k}
+    if isinstance(tree, list):
+        return [_without_timings(v) for v in tree]
+    return tree
+
+
+def torch_study(models: tuple[str, ...] = TORCH_STUDY_MODELS) -> dict[str, Any]:
+    """Runs the plain PyTorch script (``python -m equivar.torch_study``) in a fresh process; its wall time and
+    per-model seconds and numbers, or ``{"error": reason}`` (torch not installed, no MNIST)."""
+    try:
+        import torch  # noqa: F401  # only to say why the rows are missing
+    except ImportError:
+        return {"error": "torch not installed: no PyTorch study (pip install torch)"}
+    with tempfile.TemporaryDirectory(prefix="equivar-torch-study-") as tmp:
+        out = Path(tmp) / "torch_study.json"
+        start = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "equivar.torch_study", "--models", *models, "--out", str(out)],
+                              capture_output=True, text=True)
+        seconds = time.perf_counter() - start
+        if proc.returncode != 0 or not out.exists():
+            return {"error": _last_line(proc)}
+        record = json.loads(out.read_text())
+    record.update(command=f"python -m equivar.torch_study --models {' '.join(models)}", seconds=seconds)
+    return record
+
+
+def study_against_torch(notes: list[str]) -> dict[str, Any]:
+    """The MLP + LeNet real-MNIST study through the equivar CLI with a cold compilation cache, the plain PyTorch
+    script, and the CLI again with the now warm cache, one after the other; per run the wall time, and the
+    ratios ``torch seconds / equivar seconds`` end to end and per model for training and evaluation (above 1:
+    equivar is faster)."""
+    command = (*STUDY_COMMAND, "models=[" + ",".join(TORCH_STUDY_MODELS) + "]")
+    with tempfile.TemporaryDirectory(prefix="equivar-study-cache-") as cache:
+        cold = study(command, Path(cache))
+        if "error" in cold:
+            notes.append(f"study skipped: {' '.join(command)} failed: {cold['error']}")
+            return {}
+        reference = torch_study()
+        warm = study(command, Path(cache))
+    out: dict[str, Any] = {"cold": cold, "warm": warm}
+    if "error" in warm:
+        notes.append(f"warm study failed: {warm['error']}")
+        del out["warm"]
+    else:
+        out["warm_metrics_identical"] = warm.pop("numbers") == cold["numbers"]
+    cold.pop("numbers")
+    if "error" in reference:
+        notes.append(f"no PyTorch study: {reference['error']}")
+        return out
+    out["torch"] = reference
+    for run_name in ("cold", "warm"):
+        if run_name not in out:
+            continue
+        run_record = out[run_name]
+        run_record["ratio_to_torch"] = reference["seconds"] / run_record["seconds"]
+        for name, m in run_record["models"].items():
+            theirs = reference["models"].get(name)
+            if theirs:
+                m["train_ratio_to_torch"] = theirs["train_seconds"] / m["train_seconds"]
+                m["eval_ratio_to_torch"] = theirs["eval_seconds"] / m["eval_seconds"]
+    return out
 
 
 def run(quick: bool = False, seeds: tuple[int, ...] = (1, 4, 8), repeat: int = 1,
@@ -278,12 +325,21 @@ def run(quick: bool = False, seeds: tuple[int, ...] = (1, 4, 8), repeat: int = 1
               "xla_flags": os.environ.get("XLA_FLAGS", ""), "batch_size": batch, "matmul_peak_gflops": peak,
               "plan": plan.describe(), "repeat": repeat, "cases": cases, "date": time.strftime("%Y-%m-%d")}
     if "study" in sections:
-        print(f"study: python -m equivar.run {' '.join(STUDY_COMMAND)} (several minutes)", flush=True)
+        print(f"study: python -m equivar.run {' '.join(STUDY_COMMAND)} models=[{','.join(TORCH_STUDY_MODELS)}] "
+              "cold and warm, and python -m equivar.torch_study (several minutes)", flush=True)
+        pair = study_against_torch(notes)
+        print(f"study: python -m equivar.run {' '.join(STUDY_COMMAND)} (the default models, several minutes)",
+              flush=True)
         record = study()
         if "error" in record:
             notes.append(f"study skipped: python -m equivar.run {' '.join(STUDY_COMMAND)} failed: {record['error']}")
         else:
+            record.pop("numbers")
             result["study"] = {"mnist_shift_test": record}
+            if "torch" in pair:  # the whole default study in units of the PyTorch script's MLP + LeNet job
+                record["ratio_to_torch"] = pair["torch"]["seconds"] / record["seconds"]
+        if pair:
+            result["study_vs_torch"] = pair
     result["notes"] = sorted(set(notes))
     return result
 
@@ -320,8 +376,8 @@ def _torch_pair(kind: str, fwd: int, batch: int, steps: int, eval_n: int, min_s:
                 np.array(samples["train"]) / np.array(samples["unguarded"])))
         if ref:
             torch_case = add(f"{kind}.{what}.torch", theirs, flops, theirs)
-            torch_case["torch"] = f"{ref['version']} eager on {ref['device']}, Adam(fused=True), " \
-                                  f"{ref['threads']} threads"
+            torch_case["torch"] = f"{ref['version']} eager on {ref['device']}, Adam, {ref['threads']} threads, " \
+                                  "python -m equivar.torch_study --throughput"
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -350,8 +406,43 @@ def format_table(result: dict[str, Any]) -> str:
                 _num(m[what], "{:.4f}") + (f" ± {m[what + '_std']:.4f}" if m.get(what + "_std") is not None else "")
                 for what in ("clean_accuracy", "grid_mean_accuracy", "worst_shift_accuracy", "consistency")]
             lines.append(f"| study.{name}.{model} | " + " | ".join(cells) + " |")
+    pair = result.get("study_vs_torch")
+    if pair:
+        lines += _pair_table(pair)
     lines += [f"note: {n}" for n in result["notes"]]
     return "\n".join(lines)
+
+
+def _pair_table(pair: dict[str, Any]) -> list[str]:
+    """The equivar CLI (cold and warm compilation cache) against the plain PyTorch script, end to end and per
+    model; ratios are PyTorch's seconds over equivar's (above 1: equivar is faster)."""
+    cold = pair["cold"]
+    lines = ["", f"study.mnist_mlp_lenet: `{cold['command']}` ({cold['n_seeds']} seeds per model), each run in a "
+             "fresh process: with a cold compilation cache, then again with the warm cache"
+             + (f", against `{pair['torch']['command']}` (PyTorch {pair['torch']['torch']}, "
+                f"{pair['torch']['threads']} threads; it spent {pair['torch']['load_seconds']:.0f} s reading MNIST)"
+                if "torch" in pair else "")
+             + (f"; warm metrics identical to cold: {'yes' if pair['warm_metrics_identical'] else 'NO'}"
+                if "warm_metrics_identical" in pair else ""), "",
+             "| row | end to end s | vs torch | train s | train vs torch | eval s | eval vs torch | clean acc | "
+             "consistency |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for run_name in ("cold", "warm", "torch"):
+        record = pair.get(run_name)
+        if record is None:
+            continue
+        ratio = 1.0 if run_name == "torch" else record.get("ratio_to_torch")
+        lines.append(f"| study.mnist_mlp_lenet.{run_name} | {record['seconds']:.1f} | {_num(ratio, '{:.2f}×')} | "
+                     "| | | | | |")
+        for model, m in record["models"].items():
+            own = run_name == "torch"
+            lines.append(
+                f"| study.mnist_mlp_lenet.{run_name}.{model} | | | {_num(m['train_seconds'], '{:.1f}')} | "
+                f"{'1.00×' if own else _num(m.get('train_ratio_to_torch'), '{:.2f}×')} | "
+                f"{_num(m['eval_seconds'], '{:.1f}')} | "
+                f"{'1.00×' if own else _num(m.get('eval_ratio_to_torch'), '{:.2f}×')} | "
+                f"{_num(m['clean_accuracy'], '{:.4f}')} ± {m['clean_accuracy_std']:.4f} | "
+                f"{_num(m['consistency'], '{:.4f}')} ± {m['consistency_std']:.4f} |")
+    return lines
 
 
 def _num(value: float | None, fmt: str) -> str:
