@@ -139,14 +139,16 @@ def enable_compilation_cache(path: str | None = None) -> str | None:
     """Turns on JAX's persistent compilation cache so repeated runs and sweeps skip recompiling.
 
     Folder: ``path``, else ``$EQUIVAR_JAX_CACHE``, else ``~/.cache/equivar/jax``; ``EQUIVAR_JAX_CACHE=off``
-    disables it. Returns the folder used, or None.
+    disables it. Programs that compiled in under 0.5 s are not stored (JAX's
+    ``JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS`` sets another threshold). Returns the folder used, or None.
     """
     path = path or os.environ.get("EQUIVAR_JAX_CACHE") or os.path.expanduser("~/.cache/equivar/jax")
     if path.lower() in ("0", "off", "false", "no"):
         return None
     os.makedirs(path, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     return path
 
 
