@@ -372,6 +372,11 @@ class SeedTrainer:
                 epoch_keys = jax.vmap(_order_key, in_axes=(0, None))(key, epoch) if key.ndim else \
                     _order_key(key, epoch)
                 orders[i] = self.order(epoch_keys, n, spec.batch_size)
+                if self.plan.seed_packing != "vmap":
+                    # One transfer per epoch: slicing a device array per step would dispatch a computation
+                    # per step; a host slice goes in as the step's argument. Under vmap the order stays where
+                    # the seeds are (sharded over devices with them).
+                    orders[i] = np.asarray(orders[i])
             steps = orders[active[0]].shape[-2]
             step_metrics: dict[int, list] = {i: [] for i in active}
             bar = tqdm(range(steps), desc=f"{label} epoch {epoch + 1}/{epochs}", leave=False,
@@ -383,13 +388,14 @@ class SeedTrainer:
                     _, x, y, _ = groups[i]
                     if chunk == 1:
                         states[i], metrics = self.step(states[i], x, y, orders[i][..., t, :])
-                        step_metrics[i].append(jax.tree.map(lambda m: m[..., None], metrics))
+                        step_metrics[i].append(metrics)
                     else:
                         # Remainder steps at the end of an epoch run as one shorter scan (one more compile).
                         states[i], metrics = self.multi_step(states[i], x, y, orders[i][..., t:t + chunk, :])
                         step_metrics[i].append(metrics)
-            for i in active:
-                stacked = jax.tree.map(lambda *m: jnp.concatenate(m, axis=-1).mean(-1), *step_metrics[i])
+            for i in active:  # per step: scalars (or per seed), or per scanned call: a trailing axis of steps
+                stacked = jax.tree.map(lambda *m: (jnp.stack(m, axis=-1) if chunk == 1 else
+                                                   jnp.concatenate(m, axis=-1)).mean(-1), *step_metrics[i])
                 losses[i].append(np.asarray(stacked["loss"]))
                 accs[i].append(np.asarray(stacked["accuracy"]))
                 helds[i].append(self._heldout(states[i], heldout[i]) if heldout[i] else
