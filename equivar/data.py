@@ -8,7 +8,11 @@ config allows a download; missing data raises :class:`DataUnavailableError` with
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import logging
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +22,8 @@ from pydantic import Field
 from equivar.errors import ConfigError, DataUnavailableError
 from equivar.schema import Float, Int, NonNegativeInt, Options, PositiveInt, check
 from equivar.targets import locate_class
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +116,9 @@ def _read_tfds(o: TFDS) -> Dataset:
     n_classes = int(builder.info.features[label_key].num_classes)
 
     def read(split: str, n: int | None) -> tuple[np.ndarray, np.ndarray]:
+        cached = _split_cache_file(Path(builder.data_dir), tfds_name, split, n, subset_seed)
+        if cached is not None and (hit := _read_cache(cached)) is not None:
+            return _to_unit_float(hit[0]), hit[1]
         source = tfds.data_source(tfds_name, split=split, data_dir=data_dir, download=False)
         count = len(source)
         if n is not None and n < count:
@@ -119,6 +128,8 @@ def _read_tfds(o: TFDS) -> Dataset:
         records = source.__getitems__(idx.tolist())
         images = np.stack([np.asarray(r[image_key]) for r in records])
         labels = np.asarray([int(r[label_key]) for r in records], dtype=np.int32)
+        if cached is not None:
+            _write_cache(cached, images, labels)
         return _to_unit_float(images), labels
 
     def read_checked(split: str, n: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -137,6 +148,46 @@ def _read_tfds(o: TFDS) -> Dataset:
     if x_train.ndim == 3:  # (N, H, W) without a channel axis
         x_train, x_test = x_train[..., None], x_test[..., None]
     return Dataset(tfds_name, x_train, y_train, x_test, y_test, n_classes=n_classes)
+
+
+def data_cache_dir() -> Path | None:
+    """Where decoded TFDS splits are kept: ``$EQUIVAR_DATA_CACHE``, else ``~/.cache/equivar/data``; None when
+    ``EQUIVAR_DATA_CACHE=off``."""
+    value = os.environ.get("EQUIVAR_DATA_CACHE") or os.path.expanduser("~/.cache/equivar/data")
+    return None if value.lower() in ("0", "off", "false", "no") else Path(value)
+
+
+def _split_cache_file(data_dir: Path, name: str, split: str, n: int | None, subset_seed: int) -> Path | None:
+    """The cache file of one decoded split, named by everything its content depends on: the prepared files
+    (path, size and modification time: a re-prepared dataset is read afresh), the split and the subset."""
+    root = data_cache_dir()
+    if root is None:
+        return None
+    stamp = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns)
+             for f in sorted(data_dir.glob(f"{name}-{split}.*"))]
+    key = hashlib.sha256(json.dumps([stamp, split, n, subset_seed]).encode()).hexdigest()[:20]
+    return root / name / f"{split}-{key}.npz"
+
+
+def _read_cache(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """The images and labels kept in ``path``, or None when it is missing or unreadable (then read afresh)."""
+    try:
+        with np.load(path) as kept:
+            return kept["images"], kept["labels"]
+    except Exception:  # missing, truncated by a killed run, written by another numpy: decode again
+        return None
+
+
+def _write_cache(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
+    """Keeps a decoded split (as decoded: uint8 images stay uint8); written to a temporary file and renamed, so
+    a reader never sees half a file. A cache that cannot be written (a read-only home) is skipped."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as f:
+            np.savez(f, images=images, labels=labels)
+        os.replace(f.name, path)
+    except OSError as err:
+        log.info("decoded data not cached in %s: %s", path.parent, err)
 
 
 def _to_unit_float(images: np.ndarray) -> np.ndarray:

@@ -90,3 +90,36 @@ def test_real_mnist_subset():
     assert ds.x_train.dtype == np.float32 and 0.0 <= ds.x_train.min() and ds.x_train.max() <= 1.0
     assert ds.x_train.max() == 1.0 and ds.n_classes == 10 and ds.rank == 2
     assert len(np.unique(ds.y_train)) == 10
+
+
+@requires_mnist
+def test_decoded_splits_are_cached_by_content_and_read_back_identically(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("EQUIVAR_DATA_CACHE", str(cache))
+    options = TFDS(tfds_name="mnist", data_dir=str(mnist_dir()), n_train=300, n_test=100)
+    first = options.load()
+    files = sorted((cache / "mnist").glob("*.npz"))
+    assert [f.name.split("-")[0] for f in files] == ["test", "train"]
+    second = options.load()
+    for field in ("x_train", "y_train", "x_test", "y_test"):
+        np.testing.assert_array_equal(getattr(first, field), getattr(second, field))
+    # the file is what a second load reads: altered labels there come back
+    train = files[1]
+    with np.load(train) as kept:
+        images, labels = kept["images"], kept["labels"]
+    np.savez(train, images=images, labels=(labels + 1) % 10)
+    np.testing.assert_array_equal(options.load().y_train, (first.y_train + 1) % 10)
+    # a truncated file (a killed run) is read afresh and rewritten
+    train.write_bytes(train.read_bytes()[:100])
+    np.testing.assert_array_equal(options.load().y_train, first.y_train)
+    # another subset is another file
+    TFDS(tfds_name="mnist", data_dir=str(mnist_dir()), n_train=200, n_test=100).load()
+    assert len(list((cache / "mnist").glob("*.npz"))) == 3
+
+
+@requires_mnist
+def test_the_data_cache_has_a_switch_off(tmp_path, monkeypatch):
+    monkeypatch.setenv("EQUIVAR_DATA_CACHE", "off")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    TFDS(tfds_name="mnist", data_dir=str(mnist_dir()), n_train=50, n_test=50).load()
+    assert not list(tmp_path.rglob("*.npz"))
