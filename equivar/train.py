@@ -159,13 +159,19 @@ def augmentation_offsets(key: jax.Array, n: int, rank: int, augment_shift: int, 
 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, augment_shift: int = 0,
-                    augment_mode: str = "roll", guard: bool = True
+                    augment_mode: str = "roll", guard: bool = True, check_parameters: bool = True
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """The pure step: ``train_step(state, (x, y)) -> (state, {"loss", "accuracy"})``.
 
-    Divergence guard: when the loss or a gradient is NaN or infinite, the step records its index in
-    ``diverged_at`` and keeps the previous parameters; from then on the seed is frozen (no host sync needed,
-    so it works the same inside a loop, ``vmap`` or ``scan``).
+    Divergence guard: when the loss, a gradient or (``check_parameters``) an updated parameter is NaN or
+    infinite, the step records its index in ``diverged_at`` and keeps the previous parameters; from then on the
+    seed is frozen (no host sync needed, so it works the same inside a loop, ``vmap`` or ``scan``).
+
+    Without ``check_parameters`` the step reads the gradients once more and no parameter twice: the update is
+    masked instead of selecting between old and new parameters. It still freezes on a non-finite loss or
+    gradient, but a parameter made non-finite by the optimizer's own update (finite gradients, e.g. a zero
+    ``eps``) goes through; :class:`SeedTrainer` runs this fast step, finds such a parameter at the end of the
+    epoch and replays the epoch with the full check, so what it returns is the full check's.
     """
 
     def loss_fn(params: nnx.State, model_state: nnx.State, x: jax.Array, y: jax.Array):
@@ -185,18 +191,27 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, au
         (loss, (logits, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params, state.model_state, x, y)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
         accuracy = (logits.argmax(-1) == y).mean()
         if not guard:  # only for measuring what the guard costs (python -m equivar.bench)
+            params = optax.apply_updates(state.params, updates)
             return (TrainState(params, model_state, opt_state, state.step + 1, state.rng, state.diverged_at),
                     {"loss": loss, "accuracy": accuracy})
-        # One reduction each: a NaN or inf anywhere makes the global norm non-finite.
-        finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads)) & jnp.isfinite(
-            optax.global_norm(params))
-        healthy = finite & (state.diverged_at < 0)
+        # A NaN or inf anywhere makes a plain sum non-finite: one read of each array, no squares (a sum of
+        # finite values overflows later than the squared norm did).
+        total = loss + sum(jnp.sum(g) for g in jax.tree.leaves(grads))
+        if check_parameters:
+            params = optax.apply_updates(state.params, updates)
+            finite = jnp.isfinite(total + sum(jnp.sum(p) for p in jax.tree.leaves(params)))
+            healthy = finite & (state.diverged_at < 0)
+            params = jax.tree.map(lambda a, b: jnp.where(healthy, a, b), params, state.params)
+        else:
+            finite = jnp.isfinite(total)
+            healthy = finite & (state.diverged_at < 0)
+            # p + 0 is p: a masked update fuses into the addition, where a select re-reads both parameter sets
+            params = optax.apply_updates(state.params, jax.tree.map(
+                lambda u: jnp.where(healthy, u, jnp.zeros_like(u)), updates))
         # Only the parameters need keeping: once a seed diverges it never updates again, so its optimizer
-        # state may go non-finite unguarded (selecting it too cost the MLP step a further ~3 %).
-        params = jax.tree.map(lambda a, b: jnp.where(healthy, a, b), params, state.params)
+        # state may go non-finite unguarded.
         model_state = jax.tree.map(lambda a, b: jnp.where(healthy, a, b) if jnp.issubdtype(a.dtype, jnp.floating)
                                    else a, model_state, state.model_state)
         diverged_at = jnp.where((state.diverged_at < 0) & ~finite, state.step, state.diverged_at)
@@ -204,6 +219,11 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, au
         return new_state, {"loss": loss, "accuracy": accuracy}
 
     return train_step
+
+
+def parameters_finite(state: TrainState) -> jax.Array:
+    """Whether every parameter of one seed is finite (a scalar)."""
+    return jnp.isfinite(sum(jnp.sum(p) for p in jax.tree.leaves(state.params)))
 
 
 def epoch_order(key: jax.Array, n_examples: int, batch_size: int) -> jax.Array:
@@ -252,10 +272,17 @@ class SeedTrainer:
                  *, max_traces: int | None = None, augment_shift: int = 0, augment_mode: str = "roll",
                  guard: bool = True):
         self.plan = plan
-        train_step = make_train_step(graphdef, tx, augment_shift, augment_mode, guard)
+        self.guard = guard
+        # The fast guard every step (loss and gradients), the full one to replay an epoch that left a
+        # parameter non-finite (make_train_step); without a guard both are the unguarded step.
+        train_step = make_train_step(graphdef, tx, augment_shift, augment_mode, guard, check_parameters=False)
+        full_step = make_train_step(graphdef, tx, augment_shift, augment_mode, guard)
 
         def gather_and_step(state: TrainState, x: jax.Array, y: jax.Array, idx: jax.Array):
             return train_step(state, (x[idx], y[idx]))
+
+        def gather_and_full_step(state: TrainState, x: jax.Array, y: jax.Array, idx: jax.Array):
+            return full_step(state, (x[idx], y[idx]))
 
         if max_traces is not None:
             gather_and_step = chex.assert_max_traces(gather_and_step, n=max_traces)
@@ -275,11 +302,15 @@ class SeedTrainer:
         if plan.seed_packing == "vmap":
             self.heldout = jax.jit(jax.vmap(heldout_sums, in_axes=(0, None, None, None)))
             self.step = jax.jit(jax.vmap(gather_and_step, in_axes=(0, None, None, 0)))
+            self.full_step = jax.jit(jax.vmap(gather_and_full_step, in_axes=(0, None, None, 0)))
+            self.parameters_finite = jax.jit(jax.vmap(parameters_finite))
             self.multi_step = jax.jit(jax.vmap(scan_steps, in_axes=(0, None, None, 0)))
             self.order = jax.jit(jax.vmap(epoch_order, in_axes=(0, None, None)), static_argnums=(1, 2))
         else:
             self.heldout = jax.jit(heldout_sums)
             self.step = jax.jit(gather_and_step)
+            self.full_step = jax.jit(gather_and_full_step)
+            self.parameters_finite = jax.jit(parameters_finite)
             self.multi_step = jax.jit(scan_steps)
             self.order = jax.jit(epoch_order, static_argnums=(1, 2))
 
@@ -365,6 +396,9 @@ class SeedTrainer:
         helds: list[list[np.ndarray]] = [[] for _ in groups]  # per epoch: [loss, accuracy] (seeds first under vmap)
         active = list(range(len(groups)))
         chunk = self.plan.steps_per_call
+        # Per group, whether each seed's parameters were finite when the epoch began: an epoch that ends with a
+        # non-finite parameter is replayed only then (parameters that start non-finite stay so either way).
+        finite = {i: np.asarray(self.parameters_finite(states[i])) for i in active} if self.guard else {}
         for epoch in range(epochs):
             orders = {}
             for i in active:
@@ -378,6 +412,7 @@ class SeedTrainer:
                     # the seeds are (sharded over devices with them).
                     orders[i] = np.asarray(orders[i])
             steps = orders[active[0]].shape[-2]
+            epoch_start = {i: states[i] for i in active}  # arrays are immutable: a reference is a snapshot
             step_metrics: dict[int, list] = {i: [] for i in active}
             bar = tqdm(range(steps), desc=f"{label} epoch {epoch + 1}/{epochs}", leave=False,
                        disable=None, unit="step")
@@ -393,9 +428,25 @@ class SeedTrainer:
                         # Remainder steps at the end of an epoch run as one shorter scan (one more compile).
                         states[i], metrics = self.multi_step(states[i], x, y, orders[i][..., t:t + chunk, :])
                         step_metrics[i].append(metrics)
-            for i in active:  # per step: scalars (or per seed), or per scanned call: a trailing axis of steps
-                stacked = jax.tree.map(lambda *m: (jnp.stack(m, axis=-1) if chunk == 1 else
-                                                   jnp.concatenate(m, axis=-1)).mean(-1), *step_metrics[i])
+            for i in active:
+                per_step = chunk == 1  # metrics per step; per scanned call they have a trailing axis of steps
+                now_finite = np.asarray(self.parameters_finite(states[i])) if self.guard else None
+                if now_finite is not None and np.any(finite[i] & ~now_finite):
+                    # The fast guard let the optimizer's own update make a parameter non-finite (the full
+                    # guard never does): this epoch again, step by step, with the full check.
+                    _, x, y, _ = groups[i]
+                    states[i], step_metrics[i] = epoch_start[i], []
+                    for t in range(steps):
+                        states[i], metrics = self.full_step(states[i], x, y, orders[i][..., t, :])
+                        step_metrics[i].append(metrics)
+                    log.info("%s: a parameter went non-finite in epoch %d; replayed with the full guard", label,
+                             epoch + 1)
+                    per_step = True
+                    now_finite = np.asarray(self.parameters_finite(states[i]))
+                if now_finite is not None:
+                    finite[i] = now_finite
+                stacked = jax.tree.map(lambda *m, join=jnp.stack if per_step else jnp.concatenate:
+                                       join(m, axis=-1).mean(-1), *step_metrics[i])
                 losses[i].append(np.asarray(stacked["loss"]))
                 accs[i].append(np.asarray(stacked["accuracy"]))
                 helds[i].append(self._heldout(states[i], heldout[i]) if heldout[i] else

@@ -18,7 +18,17 @@ from equivar.models import build_model
 from equivar.results import RunStatus, SeedRecord
 from equivar.run import run_experiment
 from equivar.strategy import plan_execution
-from equivar.train import SeedTrainer, TrainOptions, init_states, make_optimizer, make_train_step, seed_keys, take_seed
+from equivar.train import (
+    SeedTrainer,
+    TrainOptions,
+    _order_key,
+    epoch_order,
+    init_states,
+    make_optimizer,
+    make_train_step,
+    seed_keys,
+    take_seed,
+)
 from equivar.transforms import shift_grid
 
 from conftest import compose_raw, target, validate_metrics
@@ -133,6 +143,48 @@ def test_the_guard_is_the_same_under_scanned_steps(data, steps_per_call):
     np.testing.assert_array_equal(history.diverged_at, reference.diverged_at)
     assert (history.diverged_at >= 0).all() and (history.diverged_at < 4).all()
     assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(out.params))
+
+
+def _poisoned_update_at(step: int):
+    """An optax transformation that multiplies the update by inf at one step: finite loss and gradients, a
+    non-finite parameter (the case the fast per-step guard leaves to the end-of-epoch replay)."""
+    import optax
+
+    def update(updates, count, params=None):
+        poisoned = jax.tree.map(lambda u: jnp.where(count == step, u * jnp.inf, u), updates)
+        return poisoned, count + 1
+
+    return optax.GradientTransformation(lambda params: jnp.zeros((), jnp.int32), update)
+
+
+@pytest.mark.parametrize("packing,steps_per_call", [("loop", 1), ("loop", 3), ("vmap", 1)])
+def test_a_non_finite_update_under_finite_gradients_freezes_the_seed_at_that_step(data, packing, steps_per_call):
+    """The optimizer itself makes a parameter non-finite at step 5 (epoch 2 of 4-step epochs): the seed is
+    recorded as diverged at step 5 with the finite parameters of step 4, exactly as the full per-step check
+    (make_train_step with check_parameters) run step by step gives."""
+    import optax
+
+    graphdef, states, _, keys, _ = _mlp(data, n_seeds=2)
+    spec = TrainOptions(epochs=3, batch_size=16)
+    tx = optax.chain(optax.adam(1e-2), _poisoned_update_at(5))
+    _, states = init_states(lambda r: build_model(target("mlp"), data.input_shape, data.n_classes,
+                                                  {"hidden": [8]}, r), tx, keys)
+    x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
+    trainer = SeedTrainer(graphdef, tx, plan_execution(packing, steps_per_call=steps_per_call))
+    out, history = trainer.fit(states, x, y, keys, spec)
+    np.testing.assert_array_equal(history.diverged_at, [5, 5])
+    # the reference: the full check, one step at a time, in the same data order
+    full = jax.jit(make_train_step(graphdef, tx))
+    for s in range(2):
+        state = take_seed(states, s)
+        for epoch in range(3):
+            order = epoch_order(_order_key(keys[s], epoch), len(y), 16)
+            for idx in np.asarray(order):
+                state, _ = full(state, (x[idx], y[idx]))
+        assert int(state.diverged_at) == 5
+        for ours, ref in zip(jax.tree.leaves(take_seed(out.params, s)), jax.tree.leaves(state.params)):
+            assert np.isfinite(np.asarray(ours)).all()
+            np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.slow  # CI runs it (--slow); the default run stays under 3 minutes
