@@ -157,7 +157,8 @@ def _poisoned_update_at(step: int):
     return optax.GradientTransformation(lambda params: jnp.zeros((), jnp.int32), update)
 
 
-@pytest.mark.parametrize("packing,steps_per_call", [("loop", 1), ("loop", 3), ("vmap", 1)])
+@pytest.mark.parametrize("packing,steps_per_call", [  # scan and vmap in CI (--slow): the default run < 3 min
+    ("loop", 1), pytest.param("loop", 3, marks=pytest.mark.slow), pytest.param("vmap", 1, marks=pytest.mark.slow)])
 def test_a_non_finite_update_under_finite_gradients_freezes_the_seed_at_that_step(data, packing, steps_per_call):
     """The optimizer itself makes a parameter non-finite at step 5 (epoch 2 of 4-step epochs): the seed is
     recorded as diverged at step 5 with the finite parameters of step 4, exactly as the full per-step check
