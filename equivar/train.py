@@ -198,10 +198,10 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, au
                     {"loss": loss, "accuracy": accuracy})
         # A NaN or inf anywhere makes a plain sum non-finite: one read of each array, no squares (a sum of
         # finite values overflows later than the squared norm did).
-        total = loss + sum(jnp.sum(g) for g in jax.tree.leaves(grads))
+        total = loss + _tree_sum(grads)
         if check_parameters:
             params = optax.apply_updates(state.params, updates)
-            finite = jnp.isfinite(total + sum(jnp.sum(p) for p in jax.tree.leaves(params)))
+            finite = jnp.isfinite(total + _tree_sum(params))
             healthy = finite & (state.diverged_at < 0)
             params = jax.tree.map(lambda a, b: jnp.where(healthy, a, b), params, state.params)
         else:
@@ -223,7 +223,13 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, au
 
 def parameters_finite(state: TrainState) -> jax.Array:
     """Whether every parameter of one seed is finite (a scalar)."""
-    return jnp.isfinite(sum(jnp.sum(p) for p in jax.tree.leaves(state.params)))
+    return jnp.isfinite(_tree_sum(state.params))
+
+
+def _tree_sum(tree: Any) -> jax.Array:
+    """The sum of every element of every leaf: non-finite exactly when some element is NaN or infinite (or the
+    finite values overflow), at one read of each array."""
+    return sum((jnp.sum(leaf) for leaf in jax.tree.leaves(tree)), start=jnp.zeros((), jnp.float32))
 
 
 def epoch_order(key: jax.Array, n_examples: int, batch_size: int) -> jax.Array:
