@@ -475,8 +475,12 @@ def check_model(target: str | type, input_shape: Sequence[int], n_classes: int, 
     if signature in _CHECKED:
         return
 
+    n_variables = 0
+
     def shapes():
+        nonlocal n_variables
         model = build_model(target, input_shape, n_classes, options, nnx.Rngs(0), where)
+        n_variables = len(jax.tree.leaves(nnx.state(model)))
         return to_inference(model)(jax.numpy.zeros((2, *input_shape), jax.numpy.float32))
 
     try:
@@ -489,6 +493,9 @@ def check_model(target: str | type, input_shape: Sequence[int], n_classes: int, 
     if getattr(out, "shape", None) != (2, n_classes):
         raise ConfigError(f"{where} maps a batch of shape {(2, *input_shape)} to {getattr(out, 'shape', out)}; "
                           f"a classifier must return logits of shape (batch, {n_classes})")
+    if n_variables == 0:  # every seed would be the same function, and the seed axis of its variables is empty
+        raise ConfigError(f"{where} holds no variables (no nnx.Param, no state): there is nothing to train and "
+                          "nothing that differs between seeds; give it at least one parameter")
     _CHECKED.add(signature)
 
 

@@ -20,6 +20,7 @@ import pytest
 from flax import nnx
 
 from equivar.anatomy import anatomy
+from equivar.errors import ConfigError
 from equivar.introspect import split_variables, to_inference, trace_layers
 from equivar.models import build_model, check_model
 from equivar.train import stack_seeds
@@ -70,6 +71,12 @@ def test_every_seed_reloads_exactly(mylab, name, shape, tmp_path):
     x = jax.random.normal(jax.random.key(1), (3, *shape))
     for i, module in enumerate(back.modules()):
         np.testing.assert_array_equal(module(x), to_inference(seeds[i])(x))
+
+
+def test_a_model_without_variables_is_refused_in_one_line(mylab):
+    """A parameter-free model has nothing to train and no seed axis: refused at the check, naming the entry."""
+    with pytest.raises(ConfigError, match=r"^zoo.fixed holds no variables .*give it at least one parameter$"):
+        check_model(mylab + "FixedNet", (24, 1), 10, {}, "zoo.fixed")
 
 
 def test_layers_are_the_leaves_named_by_path(mylab):
