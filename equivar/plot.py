@@ -164,7 +164,9 @@ TRAINING_FIGURE = "training.png"
 def training_figure(result: Any, out_dir: Path) -> list[Path]:
     """``training.png``: per model, the training loss and accuracy (mean over the epoch's steps, solid) and the
     held-out ones (after each epoch, inference mode, dashed) against the epoch, mean ± std over the seeds that
-    stayed finite. Nothing when no model of the run was trained in it.
+    stayed finite. Up to ``FEW_TRAININGS`` trainings share one loss and one accuracy panel; more (a run that
+    trains every model several times) get one accuracy panel each, so every curve stays readable. Nothing
+    when no model of the run was trained in it.
 
     Args:
         result: an experiment's result (``models`` and ``unmeasured`` hold records with ``training``).
@@ -174,17 +176,28 @@ def training_figure(result: Any, out_dir: Path) -> list[Path]:
                if getattr(r, "training", None) is not None}
     if not records:
         return []
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(12.5, 4.2))
-    n_seeds, held = 0, 0
-    for name, record in records.items():
+    many = len(records) > FEW_TRAININGS
+    if many:
+        cols = min(6, len(records))
+        rows = -(-len(records) // cols)
+        fig, grid = plt.subplots(rows, cols, figsize=(2.4 * cols + 0.6, 2.0 * rows + 1.1), sharex=True,
+                                 sharey=True, squeeze=False)
+        for ax in grid.flat[len(records):]:
+            ax.set_visible(False)
+    else:
+        fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(12.5, 4.2))
+    n_seeds, held = 0, set()
+    for i, (name, record) in enumerate(records.items()):
         t = record.training
-        color = model_color(name)
+        color = model_color(getattr(record, "model", name))  # a model trained several times keeps its colour
         curves = [("loss", "accuracy", "-", "train")]
         if t.heldout_loss is not None:
             curves.append(("heldout_loss", "heldout_accuracy", "--", "held-out"))
-            held = t.heldout_examples
+            held.add(int(t.heldout_examples))
+        panels = [(grid.flat[i], "accuracy")] if many else [(ax_loss, "loss"), (ax_acc, "accuracy")]
         for loss_key, acc_key, style, kind in curves:
-            for ax, key in ((ax_loss, loss_key), (ax_acc, acc_key)):
+            for ax, quantity in panels:
+                key = loss_key if quantity == "loss" else acc_key
                 values = np.asarray(getattr(t, key), dtype=float)  # (seeds, epochs); NaN after a divergence
                 finite = np.isfinite(values).any(axis=1)
                 if not finite.any():
@@ -194,27 +207,50 @@ def training_figure(result: Any, out_dir: Path) -> list[Path]:
                 epochs = np.arange(1, kept.shape[1] + 1)
                 with np.errstate(invalid="ignore"):
                     mean, std = np.nanmean(kept, axis=0), np.nanstd(kept, axis=0)
-                ax.plot(epochs, mean, color=color, label=f"{name} ({kind})", ls=style,
+                ax.plot(epochs, mean, color=color, label=kind if many else f"{name} ({kind})", ls=style,
                         marker="o" if len(epochs) < 12 else None, ms=3)
                 if len(kept) > 1:  # ± std; on the log axis the lower edge stops at the lowest seed (> 0)
-                    low = np.maximum(mean - std, np.nanmin(kept, axis=0)) if ax is ax_loss else mean - std
+                    low = np.maximum(mean - std, np.nanmin(kept, axis=0)) if quantity == "loss" else mean - std
                     ax.fill_between(epochs, low, mean + std, color=color, alpha=0.2)
-    ax_loss.set_yscale("log")
-    ax_loss.set_ylabel("cross-entropy loss")
-    share_axis(ax_acc, "accuracy")
-    if result.dataset is not None:
-        draw_chance(ax_acc, 1.0 / result.dataset.n_classes)
-    for ax in (ax_loss, ax_acc):
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-    ax_acc.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+        if many:
+            ax = grid.flat[i]
+            ax.set_title(name, fontsize=8)
+            classes = getattr(record, "classes", None)  # a training on some of the classes: its own chance
+            n_classes = len(classes) if classes else (result.dataset.n_classes if result.dataset else None)
+            draw_chance(ax, 1.0 / n_classes if n_classes else None)
     where = f" on {result.dataset.name}" if result.dataset is not None else ""
-    heldout = f"; dashed: {held} held-out test examples after each epoch" if held else ""
-    fig.suptitle(f"Training curves{where} ({over_seeds(n_seeds)})\nsolid: training batches{heldout}; the log-scale "
-                 "loss band is cut at the lowest seed's loss", fontsize=10)
+    counts = sorted(held)
+    examples = "" if not counts else str(counts[0]) if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
+    heldout = f"; dashed: {examples} held-out test examples after each epoch" if counts else ""
+    if many:
+        for ax in grid.flat[:len(records)]:
+            ax.set_ylim(0, 1.05)
+            ax.grid(alpha=0.3)
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        for ax in grid[-1]:
+            ax.set_xlabel("epoch")
+        for ax in grid[:, 0]:
+            ax.set_ylabel("accuracy")
+        fig.suptitle(f"Training accuracy{where}, {len(records)} trainings ({over_seeds(n_seeds)})\nsolid: "
+                     f"training batches{heldout}; grey: chance; every loss is in metrics.json", fontsize=10)
+    else:
+        ax_loss.set_yscale("log")
+        ax_loss.set_ylabel("cross-entropy loss")
+        share_axis(ax_acc, "accuracy")
+        if result.dataset is not None:
+            draw_chance(ax_acc, 1.0 / result.dataset.n_classes)
+        for ax in (ax_loss, ax_acc):
+            ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+            ax.grid(alpha=0.3)
+        ax_acc.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+        fig.suptitle(f"Training curves{where} ({over_seeds(n_seeds)})\nsolid: training batches{heldout}; the "
+                     "log-scale loss band is cut at the lowest seed's loss", fontsize=10)
     fig.tight_layout()
     return [save(fig, Path(out_dir) / TRAINING_FIGURE)]
+
+
+FEW_TRAININGS = 8  # up to this many trainings share two panels (16 legend entries with the held-out curves)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -103,3 +103,31 @@ def test_tensorboard_off_writes_no_events(tmp_path):
     training = json.loads((tmp_path / "metrics.json").read_text())["models"]["mlp"]["training"]
     assert training["heldout_loss"] is None and training["heldout_examples"] == 0
     assert (tmp_path / "training.png").exists()  # the training curve alone
+
+
+def _fake_result(n_trainings, n_classes=10):
+    from types import SimpleNamespace
+    curve = [[0.5, 0.7, 0.8], [0.4, 0.6, 0.9]]  # 2 seeds x 3 epochs
+    training = SimpleNamespace(loss=curve, accuracy=curve, heldout_loss=curve, heldout_accuracy=curve,
+                               heldout_examples=50, seconds=1.0)
+    models = {f"net{i}": SimpleNamespace(training=training, model="lenet") for i in range(n_trainings)}
+    models["net0"].classes = [5, 6, 7, 8, 9]  # trained on half the classes: chance 1/5 in its panel
+    return SimpleNamespace(models=models, unmeasured={}, dataset=SimpleNamespace(name="toy", n_classes=n_classes))
+
+
+@pytest.mark.parametrize("n_trainings", [2, 12])
+def test_training_figure_stays_readable_for_many_trainings(n_trainings, tmp_path, monkeypatch):
+    """A few trainings share a loss and an accuracy panel (a legend entry per curve); many get one accuracy
+    panel each, titled by the training, with the chance of the classes it was trained on."""
+    from equivar import plot
+    drawn = []
+    monkeypatch.setattr(plot, "save", lambda fig, path: drawn.append(fig) or path)
+    plot.training_figure(_fake_result(n_trainings), tmp_path)
+    axes = [ax for ax in drawn[0].axes if ax.get_visible()]
+    if n_trainings <= plot.FEW_TRAININGS:
+        assert len(axes) == 2 and len(axes[1].get_legend().get_texts()) == 2 * n_trainings + 1  # + chance
+    else:
+        assert [ax.get_title() for ax in axes] == [f"net{i}" for i in range(n_trainings)]
+        chance = [[line.get_ydata()[0] for line in ax.get_lines() if line.get_label() == "chance"] for ax in axes]
+        assert chance[0] == [pytest.approx(0.2)] and chance[1] == [pytest.approx(0.1)]
+        assert all(len([line for line in ax.get_lines() if line.get_label() != "chance"]) == 2 for ax in axes)
