@@ -115,7 +115,7 @@ def _fake_result(n_trainings, n_classes=10):
     return SimpleNamespace(models=models, unmeasured={}, dataset=SimpleNamespace(name="toy", n_classes=n_classes))
 
 
-@pytest.mark.parametrize("n_trainings", [2, 12])
+@pytest.mark.parametrize("n_trainings", [pytest.param(2, marks=pytest.mark.slow), 12])  # 2: the shared panels
 def test_training_figure_stays_readable_for_many_trainings(n_trainings, tmp_path, monkeypatch):
     """A few trainings share a loss and an accuracy panel (a legend entry per curve); many get one accuracy
     panel each, titled by the training, with the chance of the classes it was trained on."""
