@@ -159,6 +159,7 @@ def save(fig: plt.Figure, path: Path) -> Path:
 
 
 TRAINING_FIGURE = "training.png"
+FEW_TRAININGS = 8  # up to this many trainings share two panels (16 legend entries with the held-out curves)
 
 
 def training_figure(result: Any, out_dir: Path) -> list[Path]:
@@ -248,9 +249,6 @@ def training_figure(result: Any, out_dir: Path) -> list[Path]:
                      "log-scale loss band is cut at the lowest seed's loss", fontsize=10)
     fig.tight_layout()
     return [save(fig, Path(out_dir) / TRAINING_FIGURE)]
-
-
-FEW_TRAININGS = 8  # up to this many trainings share two panels (16 legend entries with the held-out curves)
 
 
 def main(argv: list[str] | None = None) -> int:
