@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 import equivar.experiment as common
 from equivar.config import load_experiment
@@ -186,6 +187,42 @@ def test_a_non_finite_update_under_finite_gradients_freezes_the_seed_at_that_ste
         for ours, ref in zip(jax.tree.leaves(take_seed(out.params, s)), jax.tree.leaves(state.params)):
             assert np.isfinite(np.asarray(ours)).all()
             np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-7)
+
+
+class _SqrtAtZero(nnx.Module):
+    """A linear classifier plus ``0 * sqrt(c)`` with ``c = 0``: a finite loss whose gradient for ``c`` is NaN
+    (0 times the infinite slope of sqrt at 0)."""
+
+    def __init__(self, n_in: int, n_classes: int, rngs: nnx.Rngs):
+        self.dense = nnx.Linear(n_in, n_classes, rngs=rngs)
+        self.c = nnx.Param(jnp.zeros(()))
+
+    def __call__(self, x):
+        return self.dense(x.reshape(x.shape[0], -1)) + 0.0 * jnp.sqrt(self.c[...])
+
+
+@pytest.mark.parametrize("packing", ["loop", pytest.param("vmap", marks=pytest.mark.slow)])
+def test_a_non_finite_gradient_the_optimizer_discards_still_freezes_the_seed(data, packing):
+    """The optimizer sets ``c``'s update to zero, so its NaN gradient never reaches a parameter or the loss:
+    the seed still freezes at step 0, its first step with a non-finite gradient, with its initial parameters,
+    as the full per-step check gives."""
+    import optax
+
+    tx = optax.multi_transform({"adam": optax.adam(1e-2), "frozen": optax.set_to_zero()},
+                               lambda params: jax.tree.map_with_path(
+                                   lambda path, _: "frozen" if "c" in jax.tree_util.keystr(path) else "adam",
+                                   params))
+    keys = seed_keys(0, 2)
+    graphdef, states = init_states(lambda r: _SqrtAtZero(int(np.prod(data.input_shape)), data.n_classes, r),
+                                   tx, keys)
+    x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
+    _, loss = jax.jit(make_train_step(graphdef, tx))(take_seed(states, 0), (x[:16], y[:16]))
+    assert np.isfinite(float(loss["loss"]))  # the loss is finite: only the gradient is not
+    out, history = SeedTrainer(graphdef, tx, plan_execution(packing)).fit(
+        states, x, y, keys, TrainOptions(epochs=2, batch_size=16))
+    np.testing.assert_array_equal(history.diverged_at, [0, 0])
+    for ours, start in zip(jax.tree.leaves(out.params), jax.tree.leaves(states.params)):
+        np.testing.assert_array_equal(ours, start)
 
 
 @pytest.mark.slow  # CI runs it (--slow); the default run stays under 3 minutes
