@@ -167,11 +167,12 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, au
     infinite, the step records its index in ``diverged_at`` and keeps the previous parameters; from then on the
     seed is frozen (no host sync needed, so it works the same inside a loop, ``vmap`` or ``scan``).
 
-    Without ``check_parameters`` the step reads the gradients once more and no parameter twice: the update is
-    masked instead of selecting between old and new parameters. It still freezes on a non-finite loss or
-    gradient, but a parameter made non-finite by the optimizer's own update (finite gradients, e.g. a zero
-    ``eps``) goes through; :class:`SeedTrainer` runs this fast step, finds such a parameter at the end of the
-    epoch and replays the epoch with the full check, so what it returns is the full check's.
+    Without ``check_parameters`` the step costs what an unguarded step costs: it freezes a seed on a non-finite
+    loss, and where a gradient element is NaN or infinite it makes that parameter NaN instead of checking every
+    gradient (also in a seed frozen earlier). A parameter made non-finite by the optimizer's own update (finite
+    gradients, e.g. a zero ``eps``) also goes through. :class:`SeedTrainer` runs this fast step and, at the end
+    of each epoch, replays with the full check any epoch in which a seed froze or a parameter went non-finite,
+    and gives a seed frozen before the epoch its parameters back, so what it returns is the full check's.
     """
 
     def loss_fn(params: nnx.State, model_state: nnx.State, x: jax.Array, y: jax.Array):
@@ -196,20 +197,26 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, au
             params = optax.apply_updates(state.params, updates)
             return (TrainState(params, model_state, opt_state, state.step + 1, state.rng, state.diverged_at),
                     {"loss": loss, "accuracy": accuracy})
-        # A NaN or inf anywhere makes a plain sum non-finite: one read of each array, no squares (a sum of
-        # finite values overflows later than the squared norm did).
-        total = loss + _tree_sum(grads)
         if check_parameters:
+            # A NaN or inf anywhere makes a plain sum non-finite: one read of each array, no squares (a sum of
+            # finite values overflows later than the squared norm did).
+            total = loss + _tree_sum(grads)
             params = optax.apply_updates(state.params, updates)
             finite = jnp.isfinite(total + _tree_sum(params))
             healthy = finite & (state.diverged_at < 0)
             params = jax.tree.map(lambda a, b: jnp.where(healthy, a, b), params, state.params)
         else:
-            finite = jnp.isfinite(total)
+            # Only the loss decides here: summing every gradient cost 6-10 % of an MLP step. Where a gradient
+            # element is NaN or infinite, its parameter becomes NaN instead, so the check at the end of the epoch
+            # finds it (and restores a seed frozen before the epoch). The select comes after the update and
+            # reads nothing else: inside the update, or with the seed's frozen flag in it, it changed how XLA
+            # fuses the optimizer's update, and with that the rounding of every trained model.
+            finite = jnp.isfinite(loss)
             healthy = finite & (state.diverged_at < 0)
             # p + 0 is p: a masked update fuses into the addition, where a select re-reads both parameter sets
             params = optax.apply_updates(state.params, jax.tree.map(
                 lambda u: jnp.where(healthy, u, jnp.zeros_like(u)), updates))
+            params = jax.tree.map(lambda p, g: jnp.where(jnp.isfinite(g), p, jnp.nan), params, grads)
         # Only the parameters need keeping: once a seed diverges it never updates again, so its optimizer
         # state may go non-finite unguarded.
         model_state = jax.tree.map(lambda a, b: jnp.where(healthy, a, b) if jnp.issubdtype(a.dtype, jnp.floating)
@@ -279,8 +286,9 @@ class SeedTrainer:
                  guard: bool = True):
         self.plan = plan
         self.guard = guard
-        # The fast guard every step (loss and gradients), the full one to replay an epoch that left a
-        # parameter non-finite (make_train_step); without a guard both are the unguarded step.
+        # The fast step every step (it checks the loss, marks a bad gradient), the full check to replay an epoch
+        # in which a loss or a parameter went non-finite (make_train_step); without a guard both are the
+        # unguarded step.
         train_step = make_train_step(graphdef, tx, augment_shift, augment_mode, guard, check_parameters=False)
         full_step = make_train_step(graphdef, tx, augment_shift, augment_mode, guard)
 
@@ -402,9 +410,6 @@ class SeedTrainer:
         helds: list[list[np.ndarray]] = [[] for _ in groups]  # per epoch: [loss, accuracy] (seeds first under vmap)
         active = list(range(len(groups)))
         chunk = self.plan.steps_per_call
-        # Per group, whether each seed's parameters were finite when the epoch began: an epoch that ends with a
-        # non-finite parameter is replayed only then (parameters that start non-finite stay so either way).
-        finite = {i: np.asarray(self.parameters_finite(states[i])) for i in active} if self.guard else {}
         for epoch in range(epochs):
             orders = {}
             for i in active:
@@ -436,23 +441,21 @@ class SeedTrainer:
                         step_metrics[i].append(metrics)
             for i in active:
                 per_step = chunk == 1  # metrics per step; per scanned call they have a trailing axis of steps
-                now_finite = np.asarray(self.parameters_finite(states[i])) if self.guard else None
-                if now_finite is not None and np.any(finite[i] & ~now_finite):
-                    # The fast guard let the optimizer's own update make a parameter non-finite (the full
-                    # guard never does): this epoch again, step by step, with the full check.
+                stacked = jax.tree.map(lambda *m, join=jnp.stack if per_step else jnp.concatenate:
+                                       join(m, axis=-1).mean(-1), *step_metrics[i])
+                if self.guard:
+                    states[i] = _keep_frozen(epoch_start[i], states[i])
+                if self.guard and np.any(_went_bad(epoch_start[i], states[i], self.parameters_finite)):
+                    # The fast step let a non-finite loss, gradient or update through (it marks a bad gradient
+                    # by a NaN parameter): this epoch again, step by step, with the full check, which freezes
+                    # the seed at its first bad step.
                     _, x, y, _ = groups[i]
                     states[i], step_metrics[i] = epoch_start[i], []
                     for t in range(steps):
                         states[i], metrics = self.full_step(states[i], x, y, orders[i][..., t, :])
                         step_metrics[i].append(metrics)
-                    log.info("%s: a parameter went non-finite in epoch %d; replayed with the full guard", label,
-                             epoch + 1)
-                    per_step = True
-                    now_finite = np.asarray(self.parameters_finite(states[i]))
-                if now_finite is not None:
-                    finite[i] = now_finite
-                stacked = jax.tree.map(lambda *m, join=jnp.stack if per_step else jnp.concatenate:
-                                       join(m, axis=-1).mean(-1), *step_metrics[i])
+                    log.info("%s: a non-finite step in epoch %d; replayed with the full guard", label, epoch + 1)
+                    stacked = jax.tree.map(lambda *m: jnp.stack(m, axis=-1).mean(-1), *step_metrics[i])
                 losses[i].append(np.asarray(stacked["loss"]))
                 accs[i].append(np.asarray(stacked["accuracy"]))
                 helds[i].append(self._heldout(states[i], heldout[i]) if heldout[i] else
@@ -476,6 +479,31 @@ class SeedTrainer:
 
 
 EpochCallback = Callable[[int, dict[str, np.ndarray]], None]
+
+
+def _went_bad(start: TrainState, end: TrainState, parameters_finite: Callable[[TrainState], jax.Array]
+              ) -> np.ndarray:
+    """Per seed, whether an epoch of fast steps needs replaying with the full check: a seed that was not frozen
+    when the epoch began and now is frozen (a non-finite loss) or has a non-finite parameter (a non-finite
+    gradient or update), or both."""
+    alive = np.asarray(start.diverged_at) < 0
+    return alive & ((np.asarray(end.diverged_at) >= 0) | ~np.asarray(parameters_finite(end)))
+
+
+def _keep_frozen(start: TrainState, end: TrainState) -> TrainState:
+    """``end`` with the parameters of every seed frozen before the epoch taken from ``start``: the fast step does
+    not update them but may have marked them NaN (a non-finite gradient at the frozen parameters)."""
+    frozen = np.asarray(start.diverged_at) >= 0
+    if not frozen.any():
+        return end
+    if frozen.ndim == 0:  # one seed
+        return end._replace(params=start.params)
+
+    def keep(now: jax.Array, before: jax.Array) -> jax.Array:
+        mask = jnp.asarray(frozen).reshape(frozen.shape + (1,) * (now.ndim - frozen.ndim))
+        return jnp.where(mask, before, now)
+
+    return end._replace(params=jax.tree.map(keep, end.params, start.params))
 
 
 def _epoch_numbers(losses: list[list[np.ndarray]], accs: list[list[np.ndarray]], helds: list[list[np.ndarray]],

@@ -226,6 +226,38 @@ def test_a_non_finite_gradient_the_optimizer_discards_still_freezes_the_seed(dat
         np.testing.assert_array_equal(ours, start)
 
 
+class _SqrtOfDrawn(nnx.Module):
+    """A linear classifier plus ``0 * sqrt(c)`` with ``c`` drawn 0 or 1 at initialisation: the seeds that draw
+    0 have a finite loss and a NaN gradient for ``c`` at every step, the others train normally."""
+
+    def __init__(self, n_in: int, n_classes: int, rngs: nnx.Rngs):
+        self.dense = nnx.Linear(n_in, n_classes, rngs=rngs)
+        self.c = nnx.Param(jax.random.bernoulli(rngs.params()).astype(jnp.float32))
+
+    def __call__(self, x):
+        return self.dense(x.reshape(x.shape[0], -1)) + 0.0 * jnp.sqrt(self.c[...])
+
+
+def test_a_seed_frozen_beside_healthy_ones_keeps_its_parameters_in_later_epochs(data):
+    """Seeds trained together (vmap): a seed frozen at step 0 keeps its initial parameters through the later
+    epochs its healthy neighbours train, though its gradient is non-finite at every one of their steps."""
+    keys = seed_keys(8, 4)  # base seed 8: two seeds draw c = 0, two draw 1
+    tx = make_optimizer(TrainOptions(learning_rate=1e-2))
+    graphdef, states = init_states(lambda r: _SqrtOfDrawn(int(np.prod(data.input_shape)), data.n_classes, r),
+                                   tx, keys)
+    drawn = np.asarray(states.params["c"][...])
+    assert set(drawn) == {0.0, 1.0}  # both kinds of seed in the group
+    x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
+    out, history = SeedTrainer(graphdef, tx, plan_execution("vmap")).fit(
+        states, x, y, keys, TrainOptions(epochs=3, batch_size=16))
+    np.testing.assert_array_equal(history.diverged_at, np.where(drawn == 0, 0, -1))
+    for ours, start in zip(jax.tree.leaves(out.params), jax.tree.leaves(states.params)):
+        ours, start = np.asarray(ours), np.asarray(start)
+        np.testing.assert_array_equal(ours[drawn == 0], start[drawn == 0])
+        if ours.size > drawn.size:  # the dense weights (``c`` itself never moves: its gradient is zero or NaN)
+            assert not np.array_equal(ours[drawn == 1], start[drawn == 1])
+
+
 @pytest.mark.slow  # CI runs it (--slow); the default run stays under 3 minutes
 def test_vmap_and_loop_draw_the_same_augmentation_per_seed(data):
     """With shift augmentation on, each seed's random offsets follow its own key, whatever the packing."""
