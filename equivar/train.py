@@ -493,11 +493,9 @@ def _went_bad(start: TrainState, end: TrainState, parameters_finite: Callable[[T
 def _keep_frozen(start: TrainState, end: TrainState) -> TrainState:
     """``end`` with the parameters of every seed frozen before the epoch taken from ``start``: the fast step does
     not update them but may have marked them NaN (a non-finite gradient at the frozen parameters)."""
-    frozen = np.asarray(start.diverged_at) >= 0
+    frozen = np.asarray(start.diverged_at) >= 0  # one flag, or one per seed under vmap
     if not frozen.any():
         return end
-    if frozen.ndim == 0:  # one seed
-        return end._replace(params=start.params)
 
     def keep(now: jax.Array, before: jax.Array) -> jax.Array:
         mask = jnp.asarray(frozen).reshape(frozen.shape + (1,) * (now.ndim - frozen.ndim))

@@ -189,13 +189,14 @@ def test_a_non_finite_update_under_finite_gradients_freezes_the_seed_at_that_ste
             np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-7)
 
 
-class _SqrtAtZero(nnx.Module):
-    """A linear classifier plus ``0 * sqrt(c)`` with ``c = 0``: a finite loss whose gradient for ``c`` is NaN
-    (0 times the infinite slope of sqrt at 0)."""
+class _SqrtOfC(nnx.Module):
+    """A linear classifier plus ``0 * sqrt(c)``: at ``c = 0`` a finite loss whose gradient for ``c`` is NaN (0 times
+    the infinite slope of sqrt at 0). ``c`` is 0, or with ``draw`` 0 or 1 at random per seed."""
 
-    def __init__(self, n_in: int, n_classes: int, rngs: nnx.Rngs):
+    def __init__(self, n_in: int, n_classes: int, rngs: nnx.Rngs, draw: bool = False):
         self.dense = nnx.Linear(n_in, n_classes, rngs=rngs)
-        self.c = nnx.Param(jnp.zeros(()))
+        c = jax.random.bernoulli(rngs.params()).astype(jnp.float32) if draw else jnp.zeros(())
+        self.c = nnx.Param(c)
 
     def __call__(self, x):
         return self.dense(x.reshape(x.shape[0], -1)) + 0.0 * jnp.sqrt(self.c[...])
@@ -214,7 +215,7 @@ def test_a_non_finite_gradient_the_optimizer_discards_still_freezes_the_seed(dat
                                    else "adam",
                                    params))
     keys = seed_keys(0, 2)
-    graphdef, states = init_states(lambda r: _SqrtAtZero(int(np.prod(data.input_shape)), data.n_classes, r),
+    graphdef, states = init_states(lambda r: _SqrtOfC(int(np.prod(data.input_shape)), data.n_classes, r),
                                    tx, keys)
     x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
     _, metrics = jax.jit(make_train_step(graphdef, tx))(take_seed(states, 0), (x[:16], y[:16]))
@@ -226,24 +227,12 @@ def test_a_non_finite_gradient_the_optimizer_discards_still_freezes_the_seed(dat
         np.testing.assert_array_equal(ours, start)
 
 
-class _SqrtOfDrawn(nnx.Module):
-    """A linear classifier plus ``0 * sqrt(c)`` with ``c`` drawn 0 or 1 at initialisation: the seeds that draw
-    0 have a finite loss and a NaN gradient for ``c`` at every step, the others train normally."""
-
-    def __init__(self, n_in: int, n_classes: int, rngs: nnx.Rngs):
-        self.dense = nnx.Linear(n_in, n_classes, rngs=rngs)
-        self.c = nnx.Param(jax.random.bernoulli(rngs.params()).astype(jnp.float32))
-
-    def __call__(self, x):
-        return self.dense(x.reshape(x.shape[0], -1)) + 0.0 * jnp.sqrt(self.c[...])
-
-
 def test_a_seed_frozen_beside_healthy_ones_keeps_its_parameters_in_later_epochs(data):
     """Seeds trained together (vmap): a seed frozen at step 0 keeps its initial parameters through the later
     epochs its healthy neighbours train, though its gradient is non-finite at every one of their steps."""
     keys = seed_keys(8, 4)  # base seed 8: two seeds draw c = 0, two draw 1
     tx = make_optimizer(TrainOptions(learning_rate=1e-2))
-    graphdef, states = init_states(lambda r: _SqrtOfDrawn(int(np.prod(data.input_shape)), data.n_classes, r),
+    graphdef, states = init_states(lambda r: _SqrtOfC(int(np.prod(data.input_shape)), data.n_classes, r, draw=True),
                                    tx, keys)
     drawn = np.asarray(states.params["c"][...])
     assert set(drawn) == {0.0, 1.0}  # both kinds of seed in the group
