@@ -396,8 +396,11 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(f"| {name} | {c['images_per_s']:,.0f} | {c['gflops']:.1f} | {c['pct_of_peak']:.0f} % | "
                      f"{ratio} | {seq} |")
     for name, record in result.get("study", {}).items():
+        pair = result.get("study_vs_torch") or {}
+        units = (f" ({record['seconds'] / pair['torch']['seconds']:.2f} times the PyTorch script's MLP + LeNet job "
+                 f"of the same bench run, {pair['torch']['seconds']:.1f} s)") if "torch" in pair else ""
         lines += ["", f"study.{name}: `{record['command']}` ({record['n_seeds']} seeds per model), end to end in "
-                  f"a fresh process with a cold compilation cache: {record['seconds']:.0f} s", "",
+                  f"a fresh process with a cold compilation cache: {record['seconds']:.0f} s{units}", "",
                   "| row | params | train s | eval s | clean acc | grid-mean acc | worst-shift acc | consistency |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for model, m in record["models"].items():

@@ -42,6 +42,24 @@ def test_the_study_ratios_are_pytorch_seconds_over_equivar_seconds(monkeypatch):
     assert "| study.mnist_mlp_lenet.warm.mlp | | | 30.0 | 1.00× | 8.0 | 1.50× |" in table
 
 
+def test_the_default_study_is_reported_in_units_of_the_pytorch_job_of_the_same_run():
+    """The four-model study cannot run in PyTorch; its seconds over the PyTorch MLP + LeNet job's seconds, both
+    from one bench run, is the machine-independent number to compare between versions."""
+    record = _fake_study(400.0, 40.0, 10.0, None)
+    record.pop("numbers")
+    for what in ("grid_mean_accuracy", "worst_shift_accuracy"):
+        record["models"]["mlp"] |= {what: 0.5, what + "_std": 0.01}
+    reference = _fake_study(100.0, 30.0, 12.0, None) | {"command": "python -m equivar.torch_study"}
+    result = {"backend": "cpu", "devices": ["cpu:0"], "jax": "x", "matmul_peak_gflops": 1.0, "batch_size": 128,
+              "repeat": 1, "cases": {}, "notes": [], "study": {"mnist_shift_test": record},
+              "study_vs_torch": {"cold": _fake_study(120.0, 40.0, 10.0, None), "torch": reference | {
+                  "torch": "2", "threads": 2, "load_seconds": 5.0}}}
+    assert "cold compilation cache: 400 s (4.00 times the PyTorch script's MLP + LeNet job of the same bench " \
+           "run, 100.0 s)" in bench.format_table(result)
+    del result["study_vs_torch"]["torch"]
+    assert "cold compilation cache: 400 s\n" in bench.format_table(result)
+
+
 def test_a_warm_run_that_measures_differently_is_flagged_and_a_missing_torch_is_a_note(monkeypatch):
     runs = iter([_fake_study(100.0, 40.0, 10.0, {"a": 1}), _fake_study(80.0, 30.0, 8.0, {"a": 2})])
     monkeypatch.setattr(bench, "study", lambda command, cache_dir=None: next(runs))
