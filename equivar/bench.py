@@ -396,9 +396,14 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(f"| {name} | {c['images_per_s']:,.0f} | {c['gflops']:.1f} | {c['pct_of_peak']:.0f} % | "
                      f"{ratio} | {seq} |")
     for name, record in result.get("study", {}).items():
-        pair = result.get("study_vs_torch") or {}
-        units = (f" ({record['seconds'] / pair['torch']['seconds']:.2f} times the PyTorch script's MLP + LeNet job "
-                 f"of the same bench run, {pair['torch']['seconds']:.1f} s)") if "torch" in pair else ""
+        units = ""
+        if "torch" in (pair := result.get("study_vs_torch") or {}):  # units that survive a change of machine
+            torch_run = pair["torch"]
+            train = sum(m["train_seconds"] for m in record["models"].values())
+            torch_train = sum(m["train_seconds"] for m in torch_run["models"].values())
+            units = (f" ({record['seconds'] / torch_run['seconds']:.2f} times the PyTorch script's MLP + LeNet job "
+                     f"of the same bench run, {torch_run['seconds']:.1f} s; its training {train:.0f} s, "
+                     f"{train / torch_train:.2f} times the script's, {torch_train:.1f} s)")
         lines += ["", f"study.{name}: `{record['command']}` ({record['n_seeds']} seeds per model), end to end in "
                   f"a fresh process with a cold compilation cache: {record['seconds']:.0f} s{units}", "",
                   "| row | params | train s | eval s | clean acc | grid-mean acc | worst-shift acc | consistency |",

@@ -55,7 +55,7 @@ def test_the_default_study_is_reported_in_units_of_the_pytorch_job_of_the_same_r
               "study_vs_torch": {"cold": _fake_study(120.0, 40.0, 10.0, None), "torch": reference | {
                   "torch": "2", "threads": 2, "load_seconds": 5.0}}}
     assert "cold compilation cache: 400 s (4.00 times the PyTorch script's MLP + LeNet job of the same bench " \
-           "run, 100.0 s)" in bench.format_table(result)
+           "run, 100.0 s; its training 40 s, 1.33 times the script's, 30.0 s)" in bench.format_table(result)
     del result["study_vs_torch"]["torch"]
     assert "cold compilation cache: 400 s\n" in bench.format_table(result)
 
