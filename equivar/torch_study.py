@@ -26,9 +26,16 @@ import sys
 import time
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
+
+try:
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+except ImportError as missing:
+    if __name__ == "__main__":  # a user's command: say what to install, not a traceback
+        sys.exit(f"python -m equivar.torch_study needs PyTorch ({missing}): pip install torch (or, in equivar's "
+                 "source folder, pip install '.[torch]')")
+    raise
 
 EVAL_BATCH = 1024
 

@@ -1,6 +1,7 @@
 """The PyTorch baseline of the bench's study: it measures what equivar measures, and without torch the bench's
 PyTorch rows are notes, not crashes."""
 
+import subprocess
 import sys
 
 import jax.numpy as jnp
@@ -16,6 +17,15 @@ def test_without_torch_the_pytorch_rows_are_notes(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)  # import torch now raises ImportError
     assert bench.torch_reference("lenet", 8, 2, 8, 0.01) is None
     assert "torch not installed" in bench.torch_study()["error"]
+
+
+def test_the_script_without_torch_says_what_to_install():
+    """``python -m equivar.torch_study`` where torch cannot be imported: a one-line message, not a traceback."""
+    code = ("import runpy, sys; sys.modules['torch'] = None; "
+            "runpy.run_module('equivar.torch_study', run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", code, "--help"], capture_output=True, text=True)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "needs PyTorch" in proc.stderr and "pip install torch" in proc.stderr
 
 
 def _fake_study(seconds: float, train: float, evaluation: float, numbers: object):
