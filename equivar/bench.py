@@ -395,9 +395,10 @@ def format_table(result: dict[str, Any]) -> str:
             seq = f"guarded = {c['guarded_over_unguarded']:.2f}× this"
         lines.append(f"| {name} | {c['images_per_s']:,.0f} | {c['gflops']:.1f} | {c['pct_of_peak']:.0f} % | "
                      f"{ratio} | {seq} |")
+    pair = result.get("study_vs_torch") or {}
     for name, record in result.get("study", {}).items():
         units = ""
-        if "torch" in (pair := result.get("study_vs_torch") or {}):  # units that survive a change of machine
+        if "torch" in pair:  # units that survive a change of machine
             torch_run = pair["torch"]
             train = sum(m["train_seconds"] for m in record["models"].values())
             torch_train = sum(m["train_seconds"] for m in torch_run["models"].values())
@@ -414,7 +415,6 @@ def format_table(result: dict[str, Any]) -> str:
                 _num(m[what], "{:.4f}") + (f" ± {m[what + '_std']:.4f}" if m.get(what + "_std") is not None else "")
                 for what in ("clean_accuracy", "grid_mean_accuracy", "worst_shift_accuracy", "consistency")]
             lines.append(f"| study.{name}.{model} | " + " | ".join(cells) + " |")
-    pair = result.get("study_vs_torch")
     if pair:
         lines += _pair_table(pair)
     lines += [f"note: {n}" for n in result["notes"]]
