@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -98,11 +98,14 @@ class _Call:
 class _Recording:
     """One capture in progress: every submodule's name by ``id``, and the tree of calls made so far."""
 
-    def __init__(self, names: dict[int, str]):
+    def __init__(self, names: dict[int, str], scoped: bool = False):
         self.names = names
         self.stack: list[_Call] = [_Call("", None, None)]  # the model's own call at the bottom
+        self.scoped = scoped  # each call inside a named scope "@name" (equivar.dataflow reads the jaxpr's)
+        self.kinds: dict[str, str] = {}  # layer name -> its type's name (Conv, relu, Sequential)
 
 
+SCOPE = "@"  # the named-scope prefix of a recorded layer call (read back by equivar.dataflow)
 _ACTIVE = threading.local()  # .recording: this thread's capture in progress, if any
 _PATCH_LOCK = threading.Lock()
 _RECORDED_CLASSES: set[type] = set()
@@ -113,11 +116,24 @@ def _record(recording: _Recording, name: str, layer: Any, call: Any, args: tuple
     node = _Call(name, layer, args[0] if args else None)
     recording.stack[-1].inner.append(node)
     recording.stack.append(node)
+    recording.kinds.setdefault(name, _kind(layer))
     try:
-        node.output = call(*args, **kwargs)
+        if recording.scoped:
+            with jax.named_scope(SCOPE + name):
+                node.output = call(*args, **kwargs)
+        else:
+            node.output = call(*args, **kwargs)
     finally:
         recording.stack.pop()
     return node.output
+
+
+def _kind(layer: Any) -> str:
+    """A layer's type as a user names it: its class, or a plain function's name (``relu``, ``lambda``)."""
+    if isinstance(layer, (nnx.Module, linen.Module)):
+        return type(layer).__name__
+    fn = getattr(layer, "func", layer)  # functools.partial
+    return str(getattr(fn, "__name__", type(fn).__name__)).strip("<>")
 
 
 def _sequential_call(recording: _Recording, name: str, seq: nnx.Sequential, x: Any) -> Any:
@@ -216,18 +232,7 @@ def capture(model: nnx.Module, x: jax.Array) -> tuple[Any, list[LayerCall], bool
             calls.append(LayerCall(name, layer, layer(h), h))
             h = calls[-1].output
         return h, calls, True
-    names = layer_names(model)
-    for _, m in nnx.iter_modules(model):
-        if id(m) in names:
-            _record_calls_of(type(m))
-    recording = _Recording(names)
-    outer = getattr(_ACTIVE, "recording", None)
-    _ACTIVE.recording = recording
-    try:
-        with linen.intercept_methods(functools.partial(_record_linen_call, recording)):
-            out = _sequential_call(recording, "", model, x) if isinstance(model, nnx.Sequential) else model(x)
-    finally:
-        _ACTIVE.recording = outer
+    out, recording = _recorded_call(model, x, scoped=False)
     leaves = _leaves(recording.stack[0].inner)
     counts: dict[str, int] = {}
     calls = []
@@ -236,6 +241,43 @@ def capture(model: nnx.Module, x: jax.Array) -> tuple[Any, list[LayerCall], bool
         calls.append(LayerCall(c.name if counts[c.name] == 1 else f"{c.name}:{counts[c.name]}", c.module, c.output,
                                c.input))
     return out, calls, _is_chain(calls, x, out)
+
+
+def _recorded_call(model: nnx.Module, x: Any, scoped: bool) -> tuple[Any, _Recording]:
+    """``model(x)`` with every submodule call recorded (and, if ``scoped``, inside a named scope)."""
+    names = layer_names(model)
+    for _, m in nnx.iter_modules(model):
+        if id(m) in names:
+            _record_calls_of(type(m))
+    recording = _Recording(names, scoped)
+    outer = getattr(_ACTIVE, "recording", None)
+    _ACTIVE.recording = recording
+    try:
+        with linen.intercept_methods(functools.partial(_record_linen_call, recording)):
+            out = _sequential_call(recording, "", model, x) if isinstance(model, nnx.Sequential) else model(x)
+    finally:
+        _ACTIVE.recording = outer
+    return out, recording
+
+
+def scoped_forward(model: nnx.Module) -> tuple[Callable[[jax.Array], Any], dict[str, str]]:
+    """``x -> model(x)`` with every layer call inside a named scope ``@name`` (what ``equivar.dataflow`` cuts
+    the traced forward pass by), and the layers' types by name (filled in as the function is traced)."""
+    kinds: dict[str, str] = {}
+    if isinstance(model, LayerStack):
+        def stack_forward(x):
+            for name, layer in model.layers():
+                kinds.setdefault(name, _kind(layer))
+                with jax.named_scope(SCOPE + name):
+                    x = layer(x)
+            return x
+        return stack_forward, kinds
+
+    def forward(x):
+        out, recording = _recorded_call(model, x, scoped=True)
+        kinds.update(recording.kinds)
+        return out
+    return forward, kinds
 
 
 def layer_outputs(model: nnx.Module, x: jax.Array) -> dict[str, jax.Array]:

@@ -8,9 +8,10 @@ spatial axis (and, in 2D, rotation and scaling about the centre), computed exact
 ``mean_abs``, the mean absolute entry (what their code averages). Units: per pixel of translation, per radian
 of rotation, per unit of log-scale.
 
-Layer by layer (translations, for models whose layers form an exact chain): each layer's own Lie derivative,
-pushed through the rest of the network, is its contribution to the output's derivative; the contributions sum
-to it exactly. Beside them: clean accuracy and the shift consistency over the ``shift.*`` grid (by default
+Layer by layer (translations, any model): the forward pass is cut into rows, each layer's own computation and
+the computation between layers (a functional max, a residual sum, an attention's softmax) as rows of their own
+(``equivar.dataflow``); each row's own Lie derivative, pushed through the rest of the network, is its
+contribution to the output's derivative, and the contributions sum to it exactly. Beside them: clean accuracy and the shift consistency over the ``shift.*`` grid (by default
 every integer roll up to ``shift.max``; for the scatter of LEE against consistency), and the predicted class's
 probability of a few inputs as they slide by sub-pixel Fourier shifts (the saw-tooth of aliasing).
 """
@@ -27,15 +28,13 @@ import matplotlib.pyplot as plt
 import numpy as np
 from pydantic import Field
 
-from equivar.anatomy import NoFixedField
 from equivar.config import RunConfig
 from equivar.data import load_dataset
-from equivar.equivariance import layer_geometry_of
 from equivar.errors import ConfigError
 from equivar.evaluate import ShiftEvaluator
 from equivar.experiment import base_fields, check_before_data, obtain, record_fields, spec_variants, unmeasured
-from equivar.introspect import trace_layers
-from equivar.lie import generators, layer_contributions, lie_derivative
+from equivar.dataflow import contributions, model_split
+from equivar.lie import generators, lie_derivative
 from equivar.metrics import accuracy, consistency
 from equivar.plot import clipped_errors, model_color, nonnegative_log_axis, over_seeds, save
 from equivar.results import ExperimentResult, Headline, MeanStd, ModelRecord, Record
@@ -122,7 +121,7 @@ class ModelResult(ModelRecord):
     grid_mean_accuracy: MeanStd
     lee: dict[str, OutputLEE]  # per generator
     per_seed: PerSeed
-    layers: dict[str, LayerShares] | None = None  # per translation generator, where the layers form a chain
+    layers: dict[str, LayerShares] | None = None  # per translation generator: rows of the forward pass
     layer_sum_residual: float | None = None  # how far the contributions' sum is from the derivative (relative)
     per_layer_unavailable: str | None = None  # why there is no per-layer split
     sawtooth: Sawtooth | None = None
@@ -169,31 +168,27 @@ def measure_seed(module, x: jax.Array, gens: tuple[str, ...], per_layer: bool, b
         out["lee"][gen] = {"logits": _lee(d_logits), "probs": _lee(d_probs)}
     if not per_layer:
         return out
-    try:
-        names, jumps, _ = layer_geometry_of(module, input_shape)
-        trace = trace_layers(module, input_shape)
-        if not trace.chained:
-            raise NoFixedField("its forward pass computes between its layers (e.g. a functional nnx.relu or "
-                               "pooling), so the layers' contributions do not add up to the model's derivative")
-    except NoFixedField as err:
-        out["per_layer_unavailable"] = str(err).split(", so receptive fields")[0]
-        return out
     rank = len(input_shape) - 1
+    try:  # the rows of any forward pass: its layers and the computation between them (equivar.dataflow)
+        order = [row.name for row in model_split(module, x[:1]).rows]
+    except Exception as err:  # a forward pass that is not one array to one array: said, not hidden
+        out["per_layer_unavailable"] = f"its forward pass cannot be traced as one function of the input " \
+                                       f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+        return out
     out["layers"] = {}
     for gen in gens:
         if not gen.startswith("translate_"):
             continue
         axis = rank - 1 if gen == "translate_x" else 0
 
-        def contributions(v, axis=axis):
-            total, parts = layer_contributions(trace.layers, [jumps[n] for n in names], v, axis)
+        def split(v, axis=axis):
+            total, parts = contributions(model_split(module, v), v, axis)
             logits = module(v)
             to_probs = lambda d: jax.jvp(jax.nn.softmax, (logits,), (d,))[1]  # noqa: E731
             return total, parts, {k: to_probs(p) for k, p in parts.items()}
 
-        total, parts, parts_probs = _batched(jax.jit(contributions), x, batch)
+        total, parts, parts_probs = _batched(jax.jit(split), x, batch)
         residual = float(jnp.max(jnp.abs(sum(parts.values()) - total)) / jnp.maximum(jnp.max(jnp.abs(total)), 1e-30))
-        order = [n for n, _ in trace.layers]  # call order (pytree maps sort dict keys)
         out["layers"][gen] = {"logits": {k: _lee(parts[k])["mse"] for k in order},
                               "probs": {k: _lee(parts_probs[k])["mse"] for k in order},
                               "sum_residual": residual}
@@ -334,7 +329,9 @@ def plot(result: Result, out_dir: Path) -> list[Path]:
                 fontsize=8, va="center", wrap=True)
         written.append(save(fig, out_dir / "lie_layers.png"))
     if layered:
-        fig, axes = plt.subplots(len(layered), 1, figsize=(9, 2.6 * len(layered)), squeeze=False)
+        n_rows = max(len(next(iter(shares.values())).probs) for shares in layered.values())
+        fig, axes = plt.subplots(len(layered), 1, figsize=(max(9.0, 0.3 * n_rows), 2.9 * len(layered)),
+                                 squeeze=False)
         for ax, (name, shares) in zip(axes[:, 0], layered.items()):
             width = 0.8 / len(shares)
             drawn: list[float] = []

@@ -1,6 +1,8 @@
 """Lie derivatives (float32, stated tolerances): exact jvp against finite differences on smooth models, zero
 for equivariant pieces, the per-layer split summing to the whole, and the experiment end to end."""
 
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -111,6 +113,33 @@ def test_layer_contributions_sum_to_the_end_to_end_derivative(kind, shape, optio
         assert all(float(jnp.abs(parts[n]).max()) < 1e-5 for n in parts if n.startswith("conv"))
 
 
+@pytest.mark.parametrize("name,shape,between", [
+    ("ListSeqNet", (16, 1), "model: add+reduce max"),  # nnx.List blocks, functional max, nnx.Sequential head
+    ("LinenSeq", (16, 1), "net (Sequential): relu+reshape"),  # Linen nn.Sequential: nn.relu, a reshaping lambda
+    pytest.param("ListSeqNet", (8, 8, 1), "model: add+reduce max", marks=pytest.mark.slow),
+])
+def test_any_model_splits_into_rows_that_sum_to_its_derivative(name, shape, between):
+    """Models whose forward pass computes between their layers: the computation between layers is a row of its
+    own, named by what it does, and the rows' contributions add up to the model's derivative (float32)."""
+    import sys
+
+    from equivar.dataflow import contributions, model_split
+
+    sys.path.insert(0, str(Path(__file__).parent / "user_models"))
+    model = to_inference(build_model(f"mylab.nets.{name}", shape, 5, {}, nnx.Rngs(4)))
+    x = jax.random.normal(jax.random.key(5), (6, *shape))
+    rows = [r.name for r in model_split(model, x).rows]
+    assert between in rows
+    for axis in range(len(shape) - 1):
+        total, parts = jax.jit(lambda v, a=axis: contributions(model_split(model, v), v, a))(x)
+        assert set(parts) == set(rows)  # (a jitted dict comes back in key order)
+        gen = "translate_x" if axis == len(shape) - 2 else "translate_y"
+        np.testing.assert_allclose(total, lie_derivative(model, x, gen), atol=1e-5)
+        assert _rel(sum(parts.values()), total) < 1e-4
+        without = sum(p for k, p in parts.items() if k != between)  # the row between layers carries part of it
+        assert _rel(without, total) > 1e-2
+
+
 @pytest.mark.slow
 def test_lie_derivative_experiment_tiny(tmp_path, figures):
     from equivar.run import run_experiment
@@ -128,7 +157,7 @@ def test_lie_derivative_experiment_tiny(tmp_path, figures):
     assert lee["n"] == 2 and lee["mean"] == pytest.approx(
         np.mean([s["translate_x"]["probs"]["mse"] for s in gap["per_seed"]["lee"]])) and lee["mean"] > 1e-6
     assert gap["layer_sum_residual"] < 1e-4 and metrics["models"]["lenet"]["layer_sum_residual"] < 1e-4
-    assert list(gap["layers"]["translate_x"]["logits"])[:2] == ["conv1", "act1"]  # call order
+    assert list(gap["layers"]["translate_x"]["logits"])[:2] == ["conv1 (Conv)", "act1 (Activation)"]  # call order
     assert len(gap["sawtooth"]["probability"]) == 2 and len(gap["sawtooth"]["shifts"]) == 9
     assert {"lie_layers.png", "lie_sawtooth.png", "lie_vs_consistency.png"} <= {p.name for p in tmp_path.glob("*.png")}
     lines = (tmp_path / "summary.md").read_text().splitlines()  # one table row per model under its header

@@ -179,8 +179,12 @@ def test_user_models_train_reload_and_measure_through_the_console_script(tmp_pat
         assert lie["models"][name]["source"].endswith("train")
     for name in ("chain", "pad"):  # leaves in a chain: per-layer Lie derivatives
         assert lie["models"][name]["per_layer_unavailable"] is None
-        assert set(lie["models"][name]["layers"]["translate_x"]["logits"]) >= {"net.0", "net.2"}
-    assert lie["models"]["seq"]["per_layer_unavailable"]  # computes between its layers: said, not hidden
+        assert set(lie["models"][name]["layers"]["translate_x"]["logits"]) >= {"net.0 (Conv)", "net.2 (Conv)"}
+    # Computing between its layers (functional ReLU, a mean) costs no split: those computations are rows too.
+    assert lie["models"]["seq"]["per_layer_unavailable"] is None
+    assert list(lie["models"]["seq"]["layers"]["translate_x"]["logits"]) == [
+        "features.0 (Conv)", "features.1 (relu)", "features.2 (Conv)", "features.3 (relu)", "model: mean",
+        "head (Linear)"]
     # Circular padding and global mean pooling: the Linen CNN is exactly invariant to rolls.
     assert trained["models"]["lin"]["consistency"]["mean"] == 1.0
     layers = eq["models"]["lin"]["stages"]["trained"]["shift"]["roll"]
@@ -189,9 +193,9 @@ def test_user_models_train_reload_and_measure_through_the_console_script(tmp_pat
 
 @pytest.mark.slow  # a 2D lie_derivative run, about 40 s
 def test_lie_figures_name_every_model_and_every_generator(mylab, tmp_path, figures):
-    """2D data: lie_generators.png draws rotation and scaling beside the translations; a model without a
-    per-layer split is named on lie_layers.png with the reason; the summary's layer column names the
-    translation the plots use."""
+    """2D data: lie_generators.png draws rotation and scaling beside the translations; a model that computes
+    between its layers gets its panel on lie_layers.png, the computation between layers among its bars; the
+    summary's layer column names the translation the plots use."""
     from equivar.run import run_experiment
 
     from conftest import compose_raw
@@ -202,6 +206,7 @@ def test_lie_figures_name_every_model_and_every_generator(mylab, tmp_path, figur
     run_experiment(raw, tmp_path)
     panels = [ax.get_title() for ax in figures["lie_generators.png"].axes]
     assert panels == ["translate_y", "translate_x", "rotate", "scale"]
-    notes = " ".join(t.get_text() for t in figures["lie_layers.png"].texts)
-    assert "no per-layer split: seq:" in notes
+    panels = {ax.get_title().split(":")[0]: [t.get_text() for t in ax.get_xticklabels()]
+              for ax in figures["lie_layers.png"].axes}
+    assert set(panels) == {"mlp", "seq"} and "model: mean" in panels["seq"]
     assert "largest layer contribution (translate_x)" in (tmp_path / "summary.md").read_text()

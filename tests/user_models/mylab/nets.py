@@ -124,3 +124,34 @@ class FixedNet(nnx.Module):
     def __call__(self, x):
         peak = x.max(axis=tuple(range(1, x.ndim - 1)))
         return jnp.tile(peak, (1, self.n_classes))[:, :self.n_classes]
+
+
+class ListSeqNet(nnx.Module):
+    """Blocks in an nnx.List, a functional global max between them and an nnx.Sequential head."""
+
+    def __init__(self, input_shape, n_classes, *, width=8, depth=2, rngs: nnx.Rngs):
+        rank = len(input_shape) - 1
+        chans = [input_shape[-1]] + [width] * depth
+        self.blocks = nnx.List([Block(a, b, rank, rngs) for a, b in zip(chans, chans[1:])])
+        self.head = nnx.Sequential(nnx.Linear(width, width, rngs=rngs), nnx.relu,
+                                   nnx.Linear(width, n_classes, rngs=rngs))
+
+    def __call__(self, x):
+        for block in self.blocks:
+            x = block(x) + x if x.shape[-1] == block.conv.out_features else block(x)  # a residual sum
+        return self.head(x.max(axis=tuple(range(1, x.ndim - 1))))
+
+
+class LinenSeq(nn.Module):
+    """A Linen nn.Sequential built in setup: a convolution, nn.relu and a reshaping lambda between layers."""
+
+    num_classes: int
+    width: int = 8
+
+    def setup(self):
+        self.net = nn.Sequential([nn.Conv(self.width, (3,), padding="CIRCULAR"), nn.relu,
+                                  lambda x: x.reshape(x.shape[0], -1), nn.Dense(16), nn.relu,
+                                  nn.Dense(self.num_classes)])
+
+    def __call__(self, x):
+        return self.net(x)
