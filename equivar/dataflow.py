@@ -54,6 +54,7 @@ class Row:
     name: str
     eqns: tuple[Any, ...]
     is_layer: bool
+    kind: str = "other"  # what the row is (KINDS): the unit in which shares of the derivative are compared
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +116,29 @@ def model_split(model: Any, x: jax.Array) -> Split:
     return dataclasses.replace(split, rows=rows)
 
 
+def softmax_lee_split(module: Any, x: jax.Array, axis: int, batch: int = 64
+                      ) -> tuple[float, dict[str, float], dict[str, str], float]:
+    """The softmax LEE along spatial ``axis`` (mean over ``x`` of the squared norm of the probabilities' Lie
+    derivative) and each row's part of it (the same mean of its contribution's squared norm), in call order,
+    with each row's kind and the relative residual of the rows' sum (float rounding only)."""
+    rows = model_split(module, x[:1]).rows
+
+    def measure(v):
+        total, parts = contributions(model_split(module, v), v, axis)
+        logits = module(v)
+        to_probs = lambda d: jax.jvp(jax.nn.softmax, (logits,), (d,))[1]  # noqa: E731
+        probs = {k: to_probs(p) for k, p in parts.items()}
+        sq = lambda d: jnp.sum(jnp.square(d), axis=-1)  # noqa: E731
+        residual = jnp.max(jnp.abs(sum(parts.values()) - total)) / jnp.maximum(jnp.max(jnp.abs(total)), 1e-30)
+        return sq(to_probs(total)), {k: sq(p) for k, p in probs.items()}, residual
+
+    fn = jax.jit(measure)
+    chunks = [fn(x[i:i + batch]) for i in range(0, x.shape[0], batch)]
+    total = float(jnp.concatenate([c[0] for c in chunks]).mean())
+    parts = {r.name: float(jnp.concatenate([c[1][r.name] for c in chunks]).mean()) for r in rows}
+    return total, parts, {r.name: r.kind for r in rows}, max(float(c[2]) for c in chunks)
+
+
 # ---- rows ----------------------------------------------------------------------------------------------------
 
 def _scopes(eqn: Any) -> list[str]:
@@ -140,8 +164,56 @@ def _rows(eqns: Sequence[Any], layer_types: dict[str, str]) -> list[Row]:
         where = "model" if key is None else _typed(key, layer_types)
         name = where if is_layer else f"{where}: {_what(run)}"
         counts[name] = counts.get(name, 0) + 1
-        rows.append(Row(name if counts[name] == 1 else f"{name}:{counts[name]}", tuple(run), is_layer))
+        kind = row_kind(layer_types.get(key, "") if is_layer and key else "", [_op_name(e) for e in run])
+        strided = any(e.primitive.name == "conv_general_dilated" and max(e.params["window_strides"]) > 1
+                      for e in run)
+        kind = "pooling" if kind == "linear" and strided else kind  # a strided convolution subsamples
+        rows.append(Row(name if counts[name] == 1 else f"{name}:{counts[name]}", tuple(run), is_layer, kind))
     return rows
+
+
+KINDS = ("non-linearity", "normalisation", "attention", "pooling", "linear", "position", "residual/reshape",
+         "other")
+_NONLINEAR_OPS = {"relu", "gelu", "maximum", "minimum", "tanh", "logistic", "silu", "elu", "softplus", "pow",
+                  "relu6", "leaky_relu", "sigmoid", "exp", "log", "abs", "sign"}
+_RESHAPING_OPS = {"add", "reshape", "transpose", "slice", "concatenate", "squeeze", "sub", "broadcast_in_dim",
+                  "convert_element_type", "copy", "copy_p", "stop_gradient", "pad", "mul"}
+
+
+def row_kind(layer_type: str, ops: Sequence[str]) -> str:
+    """A row's kind from its layer's type (a leaf layer) or from its operations (the computation between
+    layers): pointwise non-linearities, normalisations, attention (softmax over token similarities, any mixing
+    by a data-dependent matrix), pooling and downsampling (strided convolutions included), linear maps,
+    position embeddings, residual sums and reshapes."""
+    t = layer_type.lower()
+    if t:
+        if "flatten" in t or "reshape" in t:
+            return "residual/reshape"
+        if "norm" in t:
+            return "normalisation"
+        if "attention" in t or "mixing" in t:
+            return "attention"
+        if any(k in t for k in ("pool", "polyphase", "downsample", "subsample", "blur")):
+            return "pooling"
+        if "position" in t or "token" in t or "embed" in t and "patch" not in t:
+            return "position"
+        if any(k in t for k in ("conv", "linear", "dense", "locally", "einsum")):
+            return "linear"
+        if t in _NONLINEAR_OPS or any(k in t for k in ("activation", "relu", "gelu", "tanh", "sigmoid")):
+            return "non-linearity"
+        if "bandlimit" in t:
+            return "linear"
+        return "other"
+    names = set(ops)
+    if "softmax" in names or "matmul" in names:
+        return "attention"
+    if names & {"reduce max", "reduce min", "mean", "sum", "max pool", "sum pool", "argmax"}:
+        return "pooling"
+    if names & _NONLINEAR_OPS:
+        return "non-linearity"
+    if names <= _RESHAPING_OPS:
+        return "residual/reshape"
+    return "other"
 
 
 def _typed(name: str, layer_types: dict[str, str]) -> str:
@@ -172,6 +244,8 @@ def _op_name(eqn: Any) -> str:
 def _what(eqns: Sequence[Any]) -> str:
     """A short name for what a run of equations computes: its operations in order, the softmax recognised."""
     names = [_op_name(e) for e in eqns]
+    if {"pow", "mul", "add", "tanh"} == set(names):  # jax.nn.gelu's tanh approximation, written out
+        names = ["gelu"]
     if {"exp", "sum", "div"} <= set(names) and "reduce max" in names:
         first = names.index("reduce max")
         last = max(i for i, n in enumerate(names) if n == "div")
@@ -227,7 +301,7 @@ def _rule(eqn: Any, ins: list[tuple[Tag, ...]]) -> list[tuple[Tag, ...]]:
     p = eqn.params
     out_shapes = [_shape(v) for v in eqn.outvars]
     in_shapes = [_shape(v) for v in eqn.invars]
-    none = [(None,) * len(s) for s in out_shapes]
+    none: list[tuple[Tag, ...]] = [(None,) * len(s) for s in out_shapes]
     if prim == "jit" and str(p.get("name", "")) in ("_pad", "pad"):  # jnp.pad: the padded axes keep their input
         return [tuple(_resized(t, n) for t, n in zip(ins[0], out_shapes[0]))]
     sub = _subjaxpr(eqn)
@@ -240,7 +314,7 @@ def _rule(eqn: Any, ins: list[tuple[Tag, ...]]) -> list[tuple[Tag, ...]]:
     if prim == "transpose":
         return [tuple(ins[0][d] for d in p["permutation"])]
     if prim == "broadcast_in_dim":
-        out = [None] * len(out_shapes[0])
+        out: list[Tag] = [None] * len(out_shapes[0])
         for i, d in enumerate(p["broadcast_dimensions"]):
             if in_shapes[0][i] == out_shapes[0][d]:
                 out[d] = ins[0][i]
@@ -282,8 +356,11 @@ def _rule(eqn: Any, ins: list[tuple[Tag, ...]]) -> list[tuple[Tag, ...]]:
             if i != d:
                 out.append(next((t[i] for t in ins if t[i] is not None), None))
             else:
+                # pieces of one spatial axis joined (a hand-written circular pad) stay spatial; an axis extended
+                # by something else (a class token before the patch tokens) is not a spatial axis any more
                 tagged = [(s[d], t[d]) for s, t in zip(in_shapes, ins) if t[d] is not None]
-                out.append(_resized(max(tagged, key=lambda st: st[0])[1], n) if tagged else None)
+                whole = len(tagged) == len(ins)
+                out.append(_resized(max(tagged, key=lambda st: st[0])[1], n) if tagged and whole else None)
         return [tuple(out)]
     if prim == "fft":
         return [_fft(ins[0], in_shapes[0], out_shapes[0], p)]
@@ -349,10 +426,10 @@ def _reshape(tag: tuple[Tag, ...], src: tuple[int, ...], dst: tuple[int, ...]) -
             continue
         ins = [tag[k] for k in gi]
         if len(gj) == 1:
-            if all(t is not None for t in ins):
-                parts = tuple(pt for t in ins for pt in t)  # type: ignore[union-attr]
-                out[gj[0]] = tuple(dataclasses.replace(pt, size=src[k]) if len(t) == 1 else pt  # type: ignore
-                                   for k, t in zip(gi, ins) for pt in t) if len(parts) == len(gi) else parts
+            tagged = [t for t in ins if t is not None]
+            if len(tagged) == len(ins):  # a single-part axis is recorded at its size here (a grid's side)
+                out[gj[0]] = tuple(dataclasses.replace(pt, size=src[k]) if len(t) == 1 else pt
+                                   for k, t in zip(gi, tagged) for pt in t)
             continue
         if len(gi) == 1 and ins[0] is not None:
             t = ins[0]
@@ -442,7 +519,7 @@ def contributions(split: Split, x: jax.Array, axis: int) -> tuple[jax.Array, dic
         outs, pushed = jax.vmap(push, out_axes=(None, 0))(*batch)
         _run(row.eqns, env)  # the primal values, every intermediate included (for the next rows' actions)
         new_tangents = {}
-        for v, value, t in zip([v for v in after if _is_float(v)], outs, pushed):
+        for v, _, t in zip([v for v in after if _is_float(v)], outs, pushed):
             own = t[-1] - action(v)
             new_tangents[v] = t[:-1].at[k + 1].add(own)
         for v in after:

@@ -11,9 +11,10 @@ of rotation, per unit of log-scale.
 Layer by layer (translations, any model): the forward pass is cut into rows, each layer's own computation and
 the computation between layers (a functional max, a residual sum, an attention's softmax) as rows of their own
 (``equivar.dataflow``); each row's own Lie derivative, pushed through the rest of the network, is its
-contribution to the output's derivative, and the contributions sum to it exactly. Beside them: clean accuracy and the shift consistency over the ``shift.*`` grid (by default
-every integer roll up to ``shift.max``; for the scatter of LEE against consistency), and the predicted class's
-probability of a few inputs as they slide by sub-pixel Fourier shifts (the saw-tooth of aliasing).
+contribution to the output's derivative, and the contributions sum to it exactly. Beside them: clean accuracy
+and the shift consistency over the ``shift.*`` grid (by default every integer roll up to ``shift.max``; for
+the scatter of LEE against consistency), and the predicted class's probability of a few inputs as they slide
+by sub-pixel Fourier shifts (the saw-tooth of aliasing).
 """
 
 from __future__ import annotations
@@ -30,10 +31,10 @@ from pydantic import Field
 
 from equivar.config import RunConfig
 from equivar.data import load_dataset
+from equivar.dataflow import contributions, model_split
 from equivar.errors import ConfigError
 from equivar.evaluate import ShiftEvaluator
 from equivar.experiment import base_fields, check_before_data, obtain, record_fields, spec_variants, unmeasured
-from equivar.dataflow import contributions, model_split
 from equivar.lie import generators, lie_derivative
 from equivar.metrics import accuracy, consistency
 from equivar.plot import clipped_errors, model_color, nonnegative_log_axis, over_seeds, save
