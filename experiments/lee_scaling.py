@@ -45,8 +45,9 @@ class Options(OptionsBase):
     """``lee_scaling.*``: the sizes of every family and the augmentations each is trained with."""
 
     sizes: dict[str, list[dict[str, Any]]] = Field(
-        {}, description="per model in models (a family), the option overrides of each size, smallest first; a "
-                        "model without an entry is trained at its zoo size only")
+        {}, description="per zoo model (a family), the option overrides of each size, smallest first; a model in "
+                        "models without an entry is trained at its zoo size only, entries of models not in models "
+                        "are not trained")
     augment: list[NonNegativeInt | None] = Field(
         [0, None], min_length=1, description="shift augmentation ranges each size is trained with (integer rolls; "
                                              "0: none; null: shift.max)")
@@ -107,11 +108,10 @@ def check(config: RunConfig) -> None:
     from equivar.errors import ConfigError
 
     opts: Options = config.options
-    names = [s.name for s in config.models]
-    unknown = sorted(set(opts.sizes) - set(names))
-    if unknown:
-        raise ConfigError(f"lee_scaling.sizes names {', '.join(unknown)}, not in models {names}; give sizes for "
-                          "the models the run trains")
+    unknown = sorted(set(opts.sizes) - set(config.zoo))
+    if unknown:  # sizes of zoo models the run does not train are kept for another run (models=[lenet,vit])
+        raise ConfigError(f"lee_scaling.sizes names {', '.join(unknown)}, not a zoo model; zoo models: "
+                          f"{', '.join(sorted(config.zoo))}")
     seen: dict[str, int] = {}
     for name, *_ in _variants(config):
         seen[name] = seen.get(name, 0) + 1

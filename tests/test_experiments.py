@@ -82,7 +82,7 @@ SLOW_TINY = {"shift_test", "anatomy", "invariance_benchmark", "equivariance", "s
 # Run tiny elsewhere, with their results checked (not only their files): the experiments that train in
 # test_seed_policy.py (one seed poisoned, metrics and plots checked), in test_defining_facts.py, and in their own
 # files (test_alias_free.py, test_unseen_positions.py).
-RUN_ELSEWHERE = {"unseen_positions", "invariance_benchmark", "shift_test", "equivariance", "feature_pooling", "lie_derivative", "mnist1d_baselines", "padding_leak",
+RUN_ELSEWHERE = {"lee_scaling", "unseen_positions", "invariance_benchmark", "shift_test", "equivariance", "feature_pooling", "lie_derivative", "mnist1d_baselines", "padding_leak",
                  "pooling_invariance", "antialiased_shift_test"}
 
 

@@ -117,6 +117,8 @@ def test_layer_contributions_sum_to_the_end_to_end_derivative(kind, shape, optio
     ("ListSeqNet", (16, 1), "model: add+reduce max"),  # nnx.List blocks, functional max, nnx.Sequential head
     ("LinenSeq", (16, 1), "net (Sequential): relu+reshape"),  # Linen nn.Sequential: nn.relu, a reshaping lambda
     pytest.param("ListSeqNet", (8, 8, 1), "model: add+reduce max", marks=pytest.mark.slow),
+    ("equivar.attention.ViT", (16, 1), "softmax"),  # reshapes into heads, softmax, residual sums: between layers
+    pytest.param("equivar.attention.ViT", (8, 8, 1), "softmax", marks=pytest.mark.slow),
 ])
 def test_any_model_splits_into_rows_that_sum_to_its_derivative(name, shape, between):
     """Models whose forward pass computes between their layers: the computation between layers is a row of its
@@ -126,10 +128,12 @@ def test_any_model_splits_into_rows_that_sum_to_its_derivative(name, shape, betw
     from equivar.dataflow import contributions, model_split
 
     sys.path.insert(0, str(Path(__file__).parent / "user_models"))
-    model = to_inference(build_model(f"mylab.nets.{name}", shape, 5, {}, nnx.Rngs(4)))
+    options = {"patch": 2, "dim": 8, "depth": 2, "heads": 2} if name.endswith("ViT") else {}
+    model = to_inference(build_model(name if "." in name else f"mylab.nets.{name}", shape, 5, options,
+                                     nnx.Rngs(4)))
     x = jax.random.normal(jax.random.key(5), (6, *shape))
     rows = [r.name for r in model_split(model, x).rows]
-    assert between in rows
+    between = next(r for r in rows if between in r and not r.endswith(")"))  # a row between layers
     for axis in range(len(shape) - 1):
         total, parts = jax.jit(lambda v, a=axis: contributions(model_split(model, v), v, a))(x)
         assert set(parts) == set(rows)  # (a jitted dict comes back in key order)
