@@ -226,8 +226,8 @@ def test_plot_cli_redraws(tmp_path):
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (["models=[resnet]"], "unknown model 'resnet' in models (did you mean 'lenet'?); valid choices: alias_free, cnn_aps, cnn_gap, "
-                          "group_pool, lenet, local, mlp"),
+    (["models=[resnet]"], "unknown model 'resnet' in models (did you mean 'lenet'?); valid choices: alias_free, alias_free_vit, "
+                          "circular_transformer, cnn_aps, cnn_gap, group_pool, lenet, local, mixer, mlp, vit"),
     (["dataset._target_=equivar.data.ImageNet"], "dataset._target_='equivar.data.ImageNet' cannot be imported: "
                                                  "equivar.data has no attribute 'ImageNet'"),
     (["zoo.lenet.padding=REFLECT", "models=[lenet]"], "unknown padding 'REFLECT'"),
@@ -256,7 +256,7 @@ def test_cli_unknown_model_is_one_clear_line(tmp_path):
     proc = _cli(["experiment=shift_test", "dataset=synthetic", "models=[resnet]"], tmp_path)
     assert proc.returncode == 2
     assert ("equivar: error: unknown model 'resnet' in models (did you mean 'lenet'?); valid choices: alias_free, "
-            "cnn_aps, cnn_gap, group_pool, lenet, local, mlp") in proc.stderr
+            "alias_free_vit, circular_transformer, cnn_aps, cnn_gap, group_pool, lenet, local, mixer, mlp, vit") in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
