@@ -344,7 +344,8 @@ def plot(result: Result, out_dir: Path) -> list[Path]:
                 ax.bar(x, means, width, label=g, color=model_color(name), alpha=1.0 - 0.4 * i,
                        yerr=clipped_errors(means, stds, parts[layers[0]].n), capsize=2)
                 drawn += means + [m + sd for m, sd in zip(means, stds)]
-                ax.set_xticks(np.arange(len(layers)), layers, rotation=30, fontsize=8)
+                ax.set_xticks(np.arange(len(layers)), [_short(k, 38) for k in layers], rotation=30, fontsize=8,
+                              ha="right")
             total = models[name].lee[translate[-1]].probs.mse.mean
             ax.set_title(f"{name}: end-to-end LEE {total:.3g} ({translate[-1]})", fontsize=9)
             ax.set_ylabel("contribution\n(mean ||·||², softmax)", fontsize=8)

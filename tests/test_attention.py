@@ -214,3 +214,31 @@ def test_vit_class_token_pooling():
     assert _logits(model)(jnp.ones((2, 40, 1))).shape == (2, 10)
     with pytest.raises(ConfigError, match="unknown pool 'max'"):
         _build("vit", (40, 1), pool="max")
+
+
+@pytest.mark.slow
+def test_every_instrument_takes_the_attention_family(tmp_path):
+    """Trained once (tiny), reloaded by the layer-wise instruments: every model gets its per-layer Lie split,
+    summing to its derivative, with the attention between its projections as a row; the exactly invariant ones
+    stay exactly consistent."""
+    from equivar.run import run_experiment
+
+    from conftest import compose_raw
+
+    small = [f"zoo.{m}.{k}={v}" for m in NAMES for k, v in (("dim", 8), ("depth", 1))]
+    common = ["dataset=synthetic", f"models=[{','.join(NAMES)}]", *small]
+    trained = run_experiment(compose_raw(["experiment=shift_test", "n_seeds=1", "train.epochs=1", *common]),
+                             tmp_path / "train")
+    assert trained.models["circular_transformer"].consistency.mean == 1.0
+    assert trained.models["alias_free_vit"].consistency.mean == 1.0
+    load = [*common, f"load_from={tmp_path / 'train'}"]
+    lie = run_experiment(compose_raw(["experiment=lie_derivative", *load, "lie_derivative.n_examples=8",
+                                      "lie_derivative.sawtooth_inputs=0"]), tmp_path / "lie")
+    for name, m in lie.models.items():
+        assert m.per_layer_unavailable is None and m.layer_sum_residual < 1e-4, name
+        rows = list(m.layers["translate_x"].probs)
+        assert any("softmax" in r or "TokenMixing" in r for r in rows), (name, rows)
+    assert lie.models["alias_free_vit"].lee["translate_x"].probs.mse.mean < 1e-8  # invariant to Fourier shifts
+    eq = run_experiment(compose_raw(["experiment=equivariance", *load, "equivariance.n_examples=8", "shift.max=2"]),
+                        tmp_path / "eq")
+    assert set(eq.models) == set(NAMES)
