@@ -33,6 +33,7 @@ EXPERIMENT_TINY = {
     "pooling_invariance": ["pooling_invariance.n_examples=16", "pooling_invariance.sizes=[2,4]", "shift.max=3"],
     "padding_leak": ["padding_leak.n_train=64", "padding_leak.n_test=32"],
     "lie_derivative": ["lie_derivative.n_examples=16", "lie_derivative.sawtooth_step=0.5"],
+    "lee_scaling": ["lee_scaling.n_examples=8"],
     "invariance_benchmark": ["invariance_benchmark.n_examples=16", "shift.max=2", "invariance_benchmark.fractional_max=1",
                              "invariance_benchmark.fractional_steps=[2]"],
 }

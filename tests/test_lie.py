@@ -118,6 +118,7 @@ def test_layer_contributions_sum_to_the_end_to_end_derivative(kind, shape, optio
     ("LinenSeq", (16, 1), "net (Sequential): relu+reshape"),  # Linen nn.Sequential: nn.relu, a reshaping lambda
     pytest.param("ListSeqNet", (8, 8, 1), "model: add+reduce max", marks=pytest.mark.slow),
     ("equivar.attention.ViT", (16, 1), "softmax"),  # reshapes into heads, softmax, residual sums: between layers
+    ("LinenViT", (16, 1), "softmax"),  # Linen: nn.MultiHeadDotProductAttention, residual sums in the model's body
     pytest.param("equivar.attention.ViT", (8, 8, 1), "softmax", marks=pytest.mark.slow),
 ])
 def test_any_model_splits_into_rows_that_sum_to_its_derivative(name, shape, between):

@@ -83,6 +83,8 @@ def test_per_layer_contributions_match_finite_differences_of_a_chain_written_her
     x = jax.random.normal(jax.random.key(0), (4, *shape))
     gens = ("translate_x",) if len(shape) == 2 else ("translate_y", "translate_x")
     measured = measure_seed(model, x, gens, per_layer=True, batch=64, input_shape=shape)["layers"]
+    for g in gens:  # rows are named with their layer's type: conv1 (Conv)
+        measured[g]["logits"] = {k.split(" (")[0]: v for k, v in measured[g]["logits"].items()}
     total_scale = max(measured[g]["logits"][n] for g in gens for n in JUMPS)
     for gen in gens:
         axis = len(shape) - 2 if gen == "translate_x" else 0

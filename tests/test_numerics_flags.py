@@ -81,9 +81,13 @@ def test_speed_flags_leave_every_zoo_models_gradients_unchanged():
     for case, a in with_flags["grads"].items():
         b = without["grads"][case]
         assert abs(a["loss"] - b["loss"]) <= TOLERANCE * abs(b["loss"]), case
+        # A parameter whose exact gradient is zero (MLP-Mixer's token-mixing output bias: every later use of
+        # the residual stream goes through a LayerNorm over channels, which removes a per-token constant)
+        # holds rounding only; it is compared against the model's whole gradient instead of itself.
+        whole = np.sqrt(sum(np.linalg.norm(np.asarray(g)) ** 2 for g in b["grads"]))
         for ga, gb in zip(a["grads"], b["grads"]):
             ga, gb = np.asarray(ga), np.asarray(gb)
-            error = np.linalg.norm(ga - gb) / max(np.linalg.norm(gb), 1e-12)
+            error = np.linalg.norm(ga - gb) / max(np.linalg.norm(gb), 1e-3 * whole, 1e-12)
             worst = max(worst, error)
             assert error <= TOLERANCE, f"{case}: relative gradient difference {error:.2e}"
     print(f"largest relative gradient difference with the flags: {worst:.2e}")

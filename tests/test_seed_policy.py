@@ -296,6 +296,7 @@ TRAINING = {
     "equivariance": ["models=[lenet]"],
     "pooling_invariance": ["pooling_invariance.features=trained"],
     "invariance_benchmark": ["models=[mlp]", "invariance_benchmark.augmented=[]"],
+    "lee_scaling": ["models=[mlp]", "lee_scaling.augment=[0]"],
     # the transfer stage too: a seed poisoned at its start stays diverged through pretraining and fine-tuning
     "unseen_positions": ["models=[mlp]", "unseen_positions.regions=[2]", "unseen_positions.n_test=32"],
 }

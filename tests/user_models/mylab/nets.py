@@ -155,3 +155,28 @@ class LinenSeq(nn.Module):
 
     def __call__(self, x):
         return self.net(x)
+
+
+class LinenViT(nn.Module):
+    """A Linen vision transformer as people write one: strided nn.Conv patches, a learned position embedding
+    (self.param), blocks of nn.LayerNorm, nn.MultiHeadDotProductAttention and a GELU MLP with residual sums,
+    a mean over tokens, nn.Dense."""
+
+    num_classes: int
+    dim: int = 16
+    depth: int = 2
+    heads: int = 2
+    patch: int = 2
+
+    @nn.compact
+    def __call__(self, x):
+        rank = x.ndim - 2
+        x = nn.Conv(self.dim, (self.patch,) * rank, strides=(self.patch,) * rank)(x)
+        x = x.reshape(x.shape[0], -1, self.dim)
+        x = x + self.param("pos", nn.initializers.normal(0.02), (1, x.shape[1], self.dim))
+        for _ in range(self.depth):
+            h = nn.LayerNorm()(x)
+            x = x + nn.MultiHeadDotProductAttention(num_heads=self.heads)(h, h)
+            h = nn.LayerNorm()(x)
+            x = x + nn.Dense(self.dim)(nn.gelu(nn.Dense(2 * self.dim)(h)))
+        return nn.Dense(self.num_classes)(nn.LayerNorm()(x).mean(axis=1))
