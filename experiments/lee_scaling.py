@@ -205,11 +205,11 @@ def summary(result: Result) -> str:
         top = max(v.shares, key=lambda k: v.shares[k].mean) if v.shares else None
         nonlin = v.shares.get("non-linearity")
         cells = [f"{name}{v.seeds_note()}", v.family, str(v.n_params), str(v.augmentation or "none"),
-                 v.clean_accuracy.text(), f"{v.lee.mean:.3g} ± {v.lee.std:.2g}",
+                 v.clean_accuracy.text(), f"{v.lee.mean:.3g}" + (f" ± {v.lee.std:.2g}" if v.lee.n > 1 else ""),
                  f"{nonlin.mean:.2f}" if nonlin else "—", f"{top} ({v.shares[top].mean:.2f})" if top else "—"]
         lines.append("| " + " | ".join(cells) + " |")
     lines += result.unmeasured_rows(7)
-    lines += ["", "Spearman rank correlation, one point per trained seed:", "",
+    lines += ["", "Spearman rank correlation, one point per trained seed (—: fewer than 3 points, or all equal):", "",
               "| models | accuracy vs log LEE | parameters vs LEE |", "|---|---|---|"]
     for g, c in result.accuracy_vs_lee.items():
         lines.append(f"| {g} | {_rho(c)} | {_rho(result.params_vs_lee[g])} |")

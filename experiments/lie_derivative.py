@@ -331,7 +331,8 @@ def plot(result: Result, out_dir: Path) -> list[Path]:
         written.append(save(fig, out_dir / "lie_layers.png"))
     if layered:
         n_rows = max(len(next(iter(shares.values())).probs) for shares in layered.values())
-        fig, axes = plt.subplots(len(layered), 1, figsize=(max(9.0, 0.3 * n_rows), 2.9 * len(layered)),
+        height = 2.9 if n_rows <= 15 else 4.4  # room for the long rotated names of a transformer's rows
+        fig, axes = plt.subplots(len(layered), 1, figsize=(max(9.0, 0.34 * n_rows), height * len(layered)),
                                  squeeze=False)
         for ax, (name, shares) in zip(axes[:, 0], layered.items()):
             width = 0.8 / len(shares)
@@ -344,8 +345,8 @@ def plot(result: Result, out_dir: Path) -> list[Path]:
                 ax.bar(x, means, width, label=g, color=model_color(name), alpha=1.0 - 0.4 * i,
                        yerr=clipped_errors(means, stds, parts[layers[0]].n), capsize=2)
                 drawn += means + [m + sd for m, sd in zip(means, stds)]
-                ax.set_xticks(np.arange(len(layers)), [_short(k, 38) for k in layers], rotation=30, fontsize=8,
-                              ha="right")
+                ax.set_xticks(np.arange(len(layers)), [_row_label(k) for k in layers], rotation=30,
+                              fontsize=8 if len(layers) <= 15 else 6.5, ha="right", rotation_mode="anchor")
             total = models[name].lee[translate[-1]].probs.mse.mean
             ax.set_title(f"{name}: end-to-end LEE {total:.3g} ({translate[-1]})", fontsize=9)
             ax.set_ylabel("contribution\n(mean ||·||², softmax)", fontsize=8)
@@ -402,6 +403,16 @@ def plot(result: Result, out_dir: Path) -> list[Path]:
     fig.tight_layout()
     written.append(save(fig, out_dir / "lie_vs_consistency.png"))
     return written
+
+
+def _row_label(name: str, limit: int = 40) -> str:
+    """A row's name short enough for a tick: where it sits, and of what it computes the last operation
+    (``blocks.0.attn (SelfAttention): …softmax``)."""
+    if len(name) <= limit or ": " not in name:
+        return _short(name, limit)
+    where, what = name.split(": ", 1)
+    last = what.split("+")[-1]
+    return _short(f"{where}: {'…' if last != what else ''}{last}", limit)
 
 
 def _short(reason: str, limit: int = 90) -> str:
