@@ -70,11 +70,10 @@ class Split:
     tags: dict[Any, tuple[Tag, ...]]
 
 
-
-
 def trace_split(forward: Callable[[jax.Array], Any], x: jax.Array,
                 layer_types: dict[str, str] | None = None) -> Split:
-    """Traces ``forward(x)`` (layer calls inside ``@name`` scopes) and cuts it into rows."""
+    """Traces ``forward(x)`` (layer calls inside ``@name`` scopes) and cuts it into rows; ``layer_types`` is
+    read after the trace (a dict the forward pass fills in as it runs may be given)."""
     closed = jax.make_jaxpr(forward)(x)
     jaxpr = closed.jaxpr
     if len(jaxpr.invars) != 1 or len(jaxpr.outvars) != 1:
@@ -103,17 +102,8 @@ def trace_split(forward: Callable[[jax.Array], Any], x: jax.Array,
 def model_split(model: Any, x: jax.Array) -> Split:
     """``trace_split`` of an NNX model (Linen through ``equivar.linen.LinenModel``), rows named by its layers'
     attribute paths and types."""
-    forward, kinds = scoped_forward(model)
-    closed_kinds: dict[str, str] = {}
-
-    def traced(v):
-        out = forward(v)
-        closed_kinds.update(kinds)
-        return out
-
-    split = trace_split(traced, x)
-    rows = _rows([e for r in split.rows for e in r.eqns], closed_kinds)
-    return dataclasses.replace(split, rows=rows)
+    forward, kinds = scoped_forward(model)  # kinds: filled in while trace_split traces forward
+    return trace_split(forward, x, kinds)
 
 
 def softmax_lee_split(module: Any, x: jax.Array, axis: int, batch: int = 64
@@ -301,7 +291,6 @@ def _rule(eqn: Any, ins: list[tuple[Tag, ...]]) -> list[tuple[Tag, ...]]:
     p = eqn.params
     out_shapes = [_shape(v) for v in eqn.outvars]
     in_shapes = [_shape(v) for v in eqn.invars]
-    none: list[tuple[Tag, ...]] = [(None,) * len(s) for s in out_shapes]
     if prim == "jit" and str(p.get("name", "")) in ("_pad", "pad"):  # jnp.pad: the padded axes keep their input
         return [tuple(_resized(t, n) for t, n in zip(ins[0], out_shapes[0]))]
     sub = _subjaxpr(eqn)
@@ -364,8 +353,6 @@ def _rule(eqn: Any, ins: list[tuple[Tag, ...]]) -> list[tuple[Tag, ...]]:
         return [tuple(out)]
     if prim == "fft":
         return [_fft(ins[0], in_shapes[0], out_shapes[0], p)]
-    if prim in ("iota",):
-        return none
     # Elementwise and everything else: an operand of the output's shape lends its layout axis by axis.
     result = []
     for s in out_shapes:

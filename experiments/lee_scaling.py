@@ -102,8 +102,8 @@ class Result(ExperimentResult[Variant]):
     params_vs_lee: dict[str, Correlation]
 
 
-def _variants(config: RunConfig) -> list[tuple[str, Any, int, dict[str, Any], int]]:
-    """(name, spec, size index, options, augmentation) of every training, in order."""
+def _variants(config: RunConfig) -> list[tuple[str, Any, int, dict[str, Any], dict[str, Any], int]]:
+    """(name, spec, size index, the size's overrides, options, augmentation) of every training, in order."""
     opts: Options = config.options
     out = []
     for spec in config.models:
@@ -112,7 +112,7 @@ def _variants(config: RunConfig) -> list[tuple[str, Any, int, dict[str, Any], in
             for aug in opts.augment:
                 reach = int(config.shift.max if aug is None else aug)
                 name = f"{spec.name}_s{i}" + (f"_aug{reach}" if reach else "")
-                out.append((name, spec, i, {**spec.options, **size}, reach))
+                out.append((name, spec, i, size, {**spec.options, **size}, reach))
     return out
 
 
@@ -142,7 +142,7 @@ def run(config: RunConfig, out_dir: Path) -> Result:
     opts: Options = config.options
     check(config)
     variants = _variants(config)
-    check_before_data(config, [(spec.target, options, spec.where) for _, spec, _, options, _ in variants])
+    check_before_data(config, [(spec.target, options, spec.where) for _, spec, _, _, options, _ in variants])
     data = load_dataset(config.dataset)
     plan = config.plan()
     axis = data.rank - 1
@@ -151,7 +151,7 @@ def run(config: RunConfig, out_dir: Path) -> Result:
     records: dict[str, Variant] = {}
     lost: dict[str, ModelRecord] = {}
     measured = []
-    for name, spec, size, options, reach in variants:
+    for name, spec, size, overrides, options, reach in variants:
         train = config.train.model_copy(update={"augment_shift": reach, "augment_mode": "roll"})
         model = obtain(dataclasses.replace(config, train=train), data, out_dir, name, spec.target, options, plan,
                        spec.where)
@@ -171,8 +171,8 @@ def run(config: RunConfig, out_dir: Path) -> Result:
             residual = max(residual, res)
         kinds_present = list(dict.fromkeys(k for s in shares for k in s))
         records[name] = Variant(
-            **record_fields(model), family=spec.name, size=size, options=opts.sizes.get(spec.name, [{}])[size]
-            if opts.sizes.get(spec.name) else {}, augmentation=reach, clean_accuracy=MeanStd.of(clean),
+            **record_fields(model), family=spec.name, size=size, options=overrides, augmentation=reach,
+            clean_accuracy=MeanStd.of(clean),
             lee=MeanStd.of(lees), shares={k: MeanStd.of([s.get(k, 0.0) for s in shares]) for k in kinds_present},
             layer_sum_residual=residual,
             per_seed=PerSeed(clean_accuracy=clean.tolist(), lee=lees, shares=shares))
