@@ -206,15 +206,25 @@ TRANSFORMS: dict[str, Callable[[jax.Array], jax.Array]] = {
 }
 
 
+def accepts(fn: Callable[[jax.Array], Any], x: jax.Array) -> bool:
+    """Whether ``fn`` runs on an input of ``x``'s shape, checked abstractly (no computation). A model refuses a
+    shape it was not built for in its own way (NNX: TypeError or ValueError from a dense layer; Linen:
+    ``ScopeParamShapeError``; a user's own check: anything), so any exception while tracing means no."""
+    try:
+        jax.eval_shape(fn, jax.ShapeDtypeStruct(x.shape, x.dtype))
+    except Exception:  # noqa: BLE001  (see above: the refusal's type is the model's own)
+        return False
+    return True
+
+
 def transform_errors(model: nnx.Module, x: jax.Array, name: str) -> dict[str, float]:
     """``||f(R x) - R f(x)|| / ||f(x)||`` per spatial layer for a transform R that convolutions do NOT
     commute with (rotation, reflection, scaling); outputs are cropped to a common size where R changes it."""
     transform = TRANSFORMS[name]
     base = spatial_features(model, x)
-    try:
-        moved = spatial_features(model, transform(x))
-    except (TypeError, ValueError):  # a model that only takes its own input size (e.g. dense layers inside)
-        return {}
+    if not accepts(lambda v: spatial_features(model, v), transform(x)):
+        return {}  # a model that only takes its own input size (e.g. dense layers inside)
+    moved = spatial_features(model, transform(x))
     errors = {}
     for layer, fx in base.items():
         if layer not in moved:

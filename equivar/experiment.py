@@ -51,15 +51,14 @@ def execute(config: RunConfig, out_dir: Path) -> ExperimentResult:
 
 
 def publish(result: ExperimentResult, module: ModuleType, out_dir: Path) -> ExperimentResult:
-    """Sets the run's status and environment, writes metrics.json (atomically) and summary.md, draws the plots
-    and prints the summary."""
+    """Sets the run's status and environment, writes metrics.json (atomically) and summary.md, and draws the
+    plots (the caller prints summary.md once the run's status is recorded: printing is not the work)."""
     result.finish(Environment.model_validate(environment()))
     write_json(Path(out_dir) / METRICS, result.model_dump(mode="json"))
     text = module.summary(result)
     (Path(out_dir) / SUMMARY).write_text(text + "\n")
     module.plot(result, Path(out_dir))
     training_figure(result, Path(out_dir))
-    print(text)
     return result
 
 

@@ -114,3 +114,42 @@ def help_page(conf_dir: Path, defaults: dict[str, Any]) -> str:
         "flags: --help, --version, --hydra-help (Hydra's own flags: --cfg, --multirun, --info, ...)",
     ]
     return "\n".join(lines)
+
+
+def experiment_help(conf_dir: Path, name: str, defaults: dict[str, Any]) -> str:
+    """The text ``equivar experiment=NAME --help`` prints: the experiment's YAML header (its command, question,
+    expected result and plots), its own options from its ``Options`` model with the defaults the run composes,
+    and the models it measures by default; ``defaults`` is the config ``experiment=NAME`` composes."""
+    from equivar.config import BUILTIN_EXPERIMENTS, load_experiment
+
+    path = conf_dir / "experiment" / f"{name}.yaml"
+    command, question, about = "", "", []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        if not line.startswith("#"):
+            break
+        text = line.lstrip("#").strip()
+        if text.startswith("python -m") and not command:
+            command = text
+        elif text.startswith("Question:"):
+            question = text[len("Question:"):].strip()
+        elif text and not text.startswith("@package"):
+            about.append(text)
+    module_name = str(defaults.get("experiment_module") or f"{BUILTIN_EXPERIMENTS}.{name}")
+    options = getattr(load_experiment(module_name), "Options", None)
+    lines = [f"equivar experiment={name}: {question or '(its YAML header has no # Question: line)'}", "",
+             f"  {command or f'python -m equivar.run experiment={name}'}", ""]
+    lines += ["  " + line for line in textwrap.wrap(" ".join(about), WIDTH - 2)] if about else [
+        f"  (module {module_name})"]
+    lines += ["", f"options of {name} ({name}.KEY=VALUE, defaults as this experiment runs them):"]
+    if options is None:
+        lines.append("  none (the run's options below apply)")
+    else:
+        for key, text in _options(name, options, tuple(options.model_fields), defaults):
+            lines.append(f"  {key}")
+            lines += [" " * 6 + part for part in textwrap.wrap(text, WIDTH - 6)]
+    models = defaults.get("models")
+    lines += ["", f"models measured (models=...): {', '.join(map(str, models)) if models else 'none'}; "
+                  f"seeds: n_seeds={defaults.get('n_seeds')}",
+              "every run option (models, dataset, train.*, shift.*): equivar --help; all of them with their rules: "
+              "docs/configuration.md"]
+    return "\n".join(lines)

@@ -182,7 +182,19 @@ def _record_linen_call(recording: _Recording, call: Any, args: tuple, kwargs: di
     prefix = f"{owner.name}." if owner is not None and owner.name else ""
     layer = module.clone(parent=None)
     object.__setattr__(layer, "equivar_parameter_counts", _linen_parameter_counts(module))
-    return _record(recording, prefix + ".".join(path), layer, call, args, kwargs)
+    name = prefix + ".".join(path)
+    if isinstance(module, linen.Sequential) and len(args) == 1 and not kwargs and hasattr(args[0], "shape"):
+        return _record(recording, name, layer, lambda x: _linen_sequential_call(recording, name, module, x), args, {})
+    return _record(recording, name, layer, call, args, kwargs)
+
+
+def _linen_sequential_call(recording: _Recording, name: str, seq: linen.Sequential, x: Any) -> Any:
+    """A bound Linen ``nn.Sequential`` on one array, its plain functions (``nn.relu``, a reshaping lambda)
+    recorded as layers too, named as Linen names its submodules (``net.layers_1``), so a chain of Linen layers
+    and functions is read layer by layer as ``nnx.Sequential`` is (its Linen submodules record themselves)."""
+    for i, f in enumerate(seq.layers):
+        x = f(x) if isinstance(f, linen.Module) else _record(recording, f"{name}.layers_{i}", f, f, (x,), {})
+    return x
 
 
 def _linen_parameter_counts(module: Any) -> tuple[int, int]:

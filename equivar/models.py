@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -16,7 +17,7 @@ import jax
 from flax import linen, nnx
 
 from equivar.errors import ConfigError
-from equivar.introspect import to_inference
+from equivar.introspect import capture, to_inference
 from equivar.layers import (
     PADDINGS,
     Activation,
@@ -458,10 +459,48 @@ def build_model(target: str | type, input_shape: Sequence[int], n_classes: int, 
         else:
             model = cls(tuple(int(n) for n in input_shape), int(n_classes), rngs=rngs, **options)
     except (ValueError, TypeError, RuntimeError) as err:  # bad option values and impossible shapes
-        raise ConfigError(f"{where} ({cls.__name__}) on input {tuple(input_shape)}: {err}") from err
+        raise ConfigError(f"{where} ({cls.__name__}) on input {tuple(input_shape)}: {construction_message(err)}"
+                          ) from err
     if not isinstance(model, nnx.Module):
         raise ConfigError(f"{where}: {cls.__name__}(...) built a {type(model).__name__}, not a flax.nnx.Module")
     return model
+
+
+_STATIC_DATA = re.compile(r"Found data on value of type '<class '(\w+)'>' assigned to static attribute '(\w+)'")
+_CONTAINERS = {"list": "nnx.List([...])", "tuple": "nnx.List([...])", "dict": "nnx.Dict({...})"}
+
+
+def construction_message(err: BaseException) -> str:
+    """One line for an error a model's constructor raised, with the fix where flax's message puts it on later
+    lines (flax refuses modules kept in a plain list or dict, and lists its options below the first line)."""
+    text = str(err).strip()
+    if match := _STATIC_DATA.search(text):
+        kind, attribute = match.groups()
+        wrap = _CONTAINERS.get(kind, "nnx.data(...)")
+        return (f"attribute {attribute!r} holds modules or arrays in a plain {kind}, which flax.nnx does not track; "
+                f"wrap it on assignment: self.{attribute} = {wrap}")
+    first, _, rest = text.partition("\n")
+    if "following options" in first and rest.strip():  # a flax error whose fixes follow: keep the first one
+        option = next((line.strip() for line in rest.splitlines() if line.strip()), "")
+        return f"{first} {option}"
+    return first
+
+
+def check_kernel_ranks(calls: Sequence[Any], where: str) -> None:
+    """Every convolution's kernel has as many axes as its input has spatial axes. flax's ``Conv`` treats the
+    extra leading axes of its input as batch axes, so a 1D kernel on images trains without a word while
+    never mixing the rows: refused here, before training."""
+    for call in calls:
+        kernel = getattr(call.module, "kernel_size", None)
+        x = call.input
+        if not isinstance(kernel, (tuple, list)) or not hasattr(x, "ndim") or x.ndim - 2 <= len(kernel):
+            continue
+        spatial = tuple(x.shape[1:-1])
+        raise ConfigError(
+            f"{where}: layer {call.name!r} ({type(call.module).__name__}) has a {len(kernel)}D kernel "
+            f"{tuple(kernel)} but gets {len(spatial)}D input {spatial} (channels last); flax would treat the "
+            f"extra axes as batch axes and never mix them; give it {len(spatial)} kernel sizes, e.g. "
+            f"kernel_size=(k,) * (len(input_shape) - 1)")
 
 
 def check_model(target: str | type, input_shape: Sequence[int], n_classes: int, options: dict[str, Any],
@@ -481,7 +520,9 @@ def check_model(target: str | type, input_shape: Sequence[int], n_classes: int, 
         nonlocal n_variables
         model = build_model(target, input_shape, n_classes, options, nnx.Rngs(0), where)
         n_variables = len(jax.tree.leaves(nnx.state(model)))
-        return to_inference(model)(jax.numpy.zeros((2, *input_shape), jax.numpy.float32))
+        out, calls, _ = capture(to_inference(model), jax.numpy.zeros((2, *input_shape), jax.numpy.float32))
+        check_kernel_ranks(calls, where)
+        return out
 
     try:
         out = nnx.eval_shape(shapes)

@@ -19,8 +19,8 @@ from omegaconf import DictConfig
 
 from equivar.config import RunConfig, as_dict, parse_config, register_defaults
 from equivar.errors import ConfigError, UserError
-from equivar.experiment import execute, read_result
-from equivar.front import help_page, version_line
+from equivar.experiment import SUMMARY, execute, read_result
+from equivar.front import experiment_help, help_page, version_line
 from equivar.io import read_json, write_json
 from equivar.results import EVERY_SEED_DIVERGED, ExperimentResult, RunStatus
 from equivar.schema import nearest
@@ -73,7 +73,44 @@ def run_experiment(raw: dict[str, Any], out_dir: Path) -> ExperimentResult:
         raise
     final = "diverged" if result.status is RunStatus.DIVERGED else "complete"
     write_json(status_path, {**record, "status": final, "seconds": time.time() - started})
+    print((out_dir / SUMMARY).read_text().rstrip("\n"))  # after the status: the run is done whoever reads this
     return result
+
+
+class ReaderMayLeave:
+    """The CLI's standard output: a reader that stops reading (``equivar ... | head -1``) is not a failure of
+    the run. The first write that finds the pipe closed points the stream at the null device, so later prints
+    and log lines go nowhere instead of raising BrokenPipeError, and the run's status and exit code are those
+    of its work."""
+
+    def __init__(self, stream: Any):
+        self.stream = stream
+        self.reader_left = False
+
+    def write(self, text: str) -> int:
+        if not self.reader_left:
+            try:
+                return int(self.stream.write(text))
+            except BrokenPipeError:
+                self._left()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.reader_left:
+            try:
+                self.stream.flush()
+            except BrokenPipeError:
+                self._left()
+
+    def _left(self) -> None:
+        self.reader_left = True
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self.stream.fileno())  # Python's own flush at exit
+        except (OSError, ValueError):
+            pass
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
 
 
 def _comparable(raw: dict[str, Any]) -> dict[str, Any]:
@@ -134,9 +171,11 @@ def compose_config(overrides: list[str], with_hydra: bool = False, resolve: bool
         raise
     except Exception as err:  # Hydra's and OmegaConf's composition errors: one line, naming the key
         message = hydra_message(err)
-        key = _unknown_key(err)
+        key = _unknown_key(err) or _unmatched_group(err)
     finally:
         GlobalHydra.instance().clear()
+    if key and (plain := _without_plus(overrides, key)) is not None:  # model=lenet, zoo.mine._target_=...
+        raise ConfigError(_as_added(overrides, plain, key))
     if key:  # a misspelt key: the nearest key beside it in the config composed without it
         parent, _, name = key.rpartition(".")
         rest = [o for o in overrides if not o.split("=", 1)[0].lstrip("+~").startswith(key)]
@@ -154,6 +193,35 @@ def compose_config(overrides: list[str], with_hydra: bool = False, resolve: bool
         else:  # a checked node: its keys are all the options there are
             message += f"; valid options: {', '.join(k for k in node if not k.startswith('_'))}"
     raise ConfigError(message)
+
+
+def _unmatched_group(err: BaseException) -> str | None:
+    """The group an override names that the config's defaults list lacks (``model=lenet``: Hydra's "Could not
+    override 'model'")."""
+    import re
+
+    match = re.match(r"Could not override '([\w.@/]+)'", str(err))
+    return match.group(1) if match else None
+
+
+def _without_plus(overrides: list[str], key: str) -> str | None:
+    """The override that sets ``key`` (or a key under it) without ``+``, if that is what was refused."""
+    return next((o for o in overrides if not o.startswith(("+", "~")) and "=" in o
+                 and (o.split("=", 1)[0] == key or o.split("=", 1)[0].startswith(key + "."))), None)
+
+
+def _as_added(overrides: list[str], plain: str, key: str) -> str:
+    """The message for an override that sets a key the config lacks without ``+``: the message the ``+`` form
+    gets when that form is wrong too (another experiment's options, ``model`` for ``models``), else how to add
+    the key."""
+    added = [f"+{o}" if o == plain else o for o in overrides]
+    fix = f"{plain.split('=', 1)[0]} is not a key of the config yet; to add a key, write +{plain}"
+    try:
+        validate(added)
+    except UserError as err:
+        text = str(err).splitlines()[0]
+        return text if "is not an option" in text else f"{fix}; then: {text}"  # a key no + makes valid: that
+    return fix
 
 
 def _unknown_key(err: BaseException) -> str | None:
@@ -175,6 +243,11 @@ def _check_grammar(overrides: list[str]) -> None:
     parser = OverridesParser.create()
     for override in overrides:
         key = override.split("=", 1)[0].lstrip("+~")
+        if "=" not in override and not override.startswith("~"):
+            named = Path(CONFIG_DIR, "experiment", f"{override}.yaml").is_file()
+            raise ConfigError(f"{override!r} is not an override (key=value)" + (
+                f"; to run that experiment: experiment={override}" if named else
+                "; every argument is key=value, e.g. experiment=shift_test n_seeds=2 (equivar --help lists them)"))
         try:
             parsed = parser.parse_override(override)
         except Exception as err:
@@ -231,13 +304,41 @@ def validate(overrides: list[str], multirun: bool = False) -> list[RunConfig]:
 
     configs = []
     for job in job_overrides(overrides, multirun):
-        config = parse_config(compose_config(job))
+        raw = compose_config(job)
+        config = parse_config(raw)
+        _check_zoo_entries_used(job, raw, config)
         known = None if config.load_from else config.dataset.shape()
         if known is not None:
             for spec in config.models:
                 check_model(spec.target, known[0], known[1], spec.options, spec.where)  # once per process
         configs.append(config)
     return configs
+
+
+def _check_zoo_entries_used(overrides: list[str], raw: dict[str, Any], config: RunConfig) -> None:
+    """A zoo entry set on the command line is measured, or named by some option of the run: otherwise the
+    override does nothing, which is never what was meant (``+zoo.mine.width=3`` without ``models=[mine]``)."""
+    set_here = {o.lstrip("+~").split("=", 1)[0].split(".")[1] for o in overrides
+                if o.lstrip("+~").startswith("zoo.") and o.count(".") >= 1 and "=" in o}
+    if not set_here:
+        return
+    used = {spec.name for spec in config.models} | set(_strings({k: v for k, v in raw.items() if k != "zoo"}))
+    unused = sorted(set_here - used)
+    if unused:
+        names = ",".join(s.name for s in config.models)
+        raise ConfigError(f"zoo.{unused[0]} is set on the command line but this run does not measure it (models="
+                          f"[{names}]): add it, e.g. models=[{names + ',' if names else ''}{unused[0]}]")
+
+
+def _strings(value: Any) -> list[str]:
+    """Every string inside a nested dict/list (the names options refer to)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, (list, tuple)):
+        return [s for v in value for s in _strings(v)]
+    return []
 
 
 def check_run_folder(overrides: list[str], multirun: bool = False) -> None:
@@ -269,11 +370,19 @@ def main() -> None:
     from hydra._internal.utils import get_args_parser
 
     _working_directory_importable()
+    if not isinstance(sys.stdout, ReaderMayLeave):
+        sys.stdout = ReaderMayLeave(sys.stdout)  # type: ignore[assignment]  # a text stream in all it is used for
     if any(a in ("--version", "-V") for a in sys.argv[1:]):
         print(version_line())
         return
     if any(a in ("--help", "-h") for a in sys.argv[1:]):
-        print(help_page(Path(CONFIG_DIR), compose_config([])))
+        chosen = [a for a in sys.argv[1:] if a.lstrip("+").startswith("experiment=")]
+        try:
+            print(experiment_help(Path(CONFIG_DIR), chosen[-1].split("=", 1)[1], compose_config(chosen))
+                  if chosen else help_page(Path(CONFIG_DIR), compose_config([])))
+        except UserError as err:
+            print(report_error(err), file=sys.stderr)
+            sys.exit(2)
         return
     try:
         args = get_args_parser().parse_args(sys.argv[1:])
