@@ -205,7 +205,7 @@ def _parse(raw: Mapping[str, Any]) -> RunConfig:
     if top.load_from and not Path(top.load_from).expanduser().is_dir():
         raise ConfigError(f"load_from={top.load_from!r} is not a folder; give the run folder of an earlier run "
                           "(it holds checkpoints/)")
-    if top.load_from:  # every requested model's checkpoint, before any work (not after the first model's)
+    if top.load_from and not hasattr(module, "checkpoints"):  # every model's checkpoint, before any work
         held = available(Path(top.load_from).expanduser())
         missing = [name for name in top.models if name not in held]
         if missing:
@@ -224,6 +224,15 @@ def _parse(raw: Mapping[str, Any]) -> RunConfig:
                        options=options, load_from=top.load_from)
     if hasattr(module, "check"):  # what the experiment itself asks of the config (before any data is read)
         module.check(config)
+    if top.load_from and hasattr(module, "checkpoints"):  # an experiment that trains models of its own making
+        held = available(Path(top.load_from).expanduser())
+        wanted = module.checkpoints(config)
+        missing = [name for name in wanted if name not in held]
+        if missing:
+            raise ConfigError(
+                f"experiment={experiment} measures models it trains itself ({', '.join(wanted)}), so load_from must "
+                f"be an earlier {experiment} run with these models and options; {top.load_from!r} holds "
+                f"{', '.join(held) if held else 'no checkpoints'}: drop load_from to train them here")
     return config
 
 

@@ -29,7 +29,7 @@ from equivar import trained
 from equivar.config import METRICS, ModelSpec, RunConfig, load_experiment, read_result  # noqa: F401  (re-exported)
 from equivar.data import Dataset
 from equivar.errors import ConfigError
-from equivar.io import environment, write_json
+from equivar.io import environment, read_json, write_json
 from equivar.models import build_model, check_model
 from equivar.plot import training_figure
 from equivar.results import DatasetSummary, Environment, ExperimentResult, ModelRecord, SeedRecord, Training
@@ -60,6 +60,16 @@ def publish(result: ExperimentResult, module: ModuleType, out_dir: Path) -> Expe
     module.plot(result, Path(out_dir))
     training_figure(result, Path(out_dir))
     return result
+
+
+STATUS = "status.json"
+
+
+def resuming(out_dir: Path) -> bool:
+    """Whether this run continues an interrupted attempt of the same config in the same folder (its status
+    says so): models whose checkpoints that attempt completed are loaded, not trained again."""
+    path = Path(out_dir) / STATUS
+    return path.is_file() and bool(read_json(path).get("resumes"))
 
 
 def base_fields(config: RunConfig, data: Dataset | None, models: Sequence[TrainedModel] = ()) -> dict[str, Any]:
@@ -152,7 +162,9 @@ def as_trained(name: str, target: str, options: dict[str, Any], data: Dataset, g
 def training_record(history: History) -> dict[str, Any]:
     """What metrics.json keeps of a training: the curves per seed and epoch, and the seconds it took."""
     record: dict[str, Any] = {"loss": history.loss.tolist(), "accuracy": history.accuracy.tolist(),
-                              "seconds": history.seconds, "heldout_examples": history.heldout_examples}
+                              "seconds": history.seconds, "heldout_examples": history.heldout_examples,
+                              "epoch_seconds": history.epoch_seconds,
+                              "steady_epoch_seconds": history.steady_epoch_seconds()}
     if history.heldout_loss is not None and history.heldout_accuracy is not None:
         record |= {"heldout_loss": history.heldout_loss.tolist(),
                    "heldout_accuracy": history.heldout_accuracy.tolist()}
@@ -168,6 +180,10 @@ def obtain(config: RunConfig, data: Dataset, out_dir: Path, name: str, target: s
     if config.load_from:
         return trained.load(Path(config.load_from), name, target, options, tuple(data.input_shape),
                             data.n_classes, where)
+    if resuming(out_dir) and name in trained.available(out_dir):  # saved before this run was interrupted
+        log.info("%s: its checkpoint from the interrupted attempt is complete; not trained again", name)
+        return trained.load(out_dir, name, target, options, tuple(data.input_shape), data.n_classes, where,
+                            resumed=True)
     check_batch(config.train.batch_size, len(data.y_train))
     graphdef, states = init_seeds(builder(target, options, data, where), config)
     if start is not None:  # fine-tuning: every seed continues from the same seed of ``start``

@@ -92,4 +92,42 @@ def environment() -> dict[str, Any]:
         "packages": versions,
         "jax_backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()],
+        "processor": processor_name(),
+        "vector_isa": vector_isa(),
     }
+
+
+# XLA:CPU's instruction-set caps (``--xla_cpu_max_isa``), widest first, with the /proc/cpuinfo flag of each.
+ISA_FLAGS = (("AVX512", "avx512f"), ("AVX2", "avx2"), ("AVX", "avx"), ("SSE4_2", "sse4_2"))
+
+
+def _cpu_info() -> dict[str, str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    info: dict[str, str] = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        info.setdefault(key.strip(), value.strip())
+    return info
+
+
+def processor_name() -> str | None:
+    """The CPU's model name (``/proc/cpuinfo``; elsewhere Python's ``platform.processor()``), or None."""
+    return _cpu_info().get("model name") or platform.processor() or None
+
+
+def supported_isas() -> list[str]:
+    """The XLA:CPU instruction-set caps this CPU supports, widest first (empty where it cannot tell)."""
+    flags = set(_cpu_info().get("flags", "").split())
+    return [isa for isa, flag in ISA_FLAGS if flag in flags]
+
+
+def vector_isa() -> str | None:
+    """The widest instruction set XLA:CPU uses here: the CPU's, or the cap ``XLA_FLAGS`` sets."""
+    for flag in os.environ.get("XLA_FLAGS", "").split():
+        if flag.startswith("--xla_cpu_max_isa="):
+            return flag.split("=", 1)[1]
+    isas = supported_isas()
+    return isas[0] if isas else None

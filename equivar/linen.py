@@ -9,9 +9,11 @@ with ``apply``, so the pure training step, checkpoints and every measurement see
   example's shape; the variables are initialised on one example.
 * **Training and inference.** A ``__call__`` argument named ``train``, ``training`` or ``is_training`` gets
   True in training and False in inference; one named ``deterministic``, ``eval``, ``inference`` or
-  ``use_running_average`` gets the opposite. In training the mutable collections (BatchNorm's
-  ``batch_stats``) are updated, and Dropout draws from a key kept in the model's state and advanced each
-  call; inference touches no state (no key drawn), so it may be traced, differentiated and vmapped freely.
+  ``use_running_average`` gets the opposite. A class whose ``__call__`` takes none of them but has a field of
+  one of these names is switched through the field (a copy of the module with it set). In training the mutable
+  collections (BatchNorm's ``batch_stats``) are updated, and Dropout draws from a key kept in the model's state
+  and advanced each call; inference touches no state (no key drawn), so it may be traced, differentiated and
+  vmapped freely.
 * **Layers.** Layer-wise experiments read the Linen submodules' outputs (``Conv_0``, ``Dense_0``), captured
   with ``flax.linen.intercept_methods`` (``equivar.introspect``).
 
@@ -47,12 +49,21 @@ def linen_options(cls: type) -> list[str]:
 
 def mode_argument(cls: type) -> tuple[str, bool] | None:
     """``(name, value in training)`` of the ``__call__`` argument that switches training and inference."""
-    params = inspect.signature(cls.__call__).parameters
+    return _mode_in(inspect.signature(cls.__call__).parameters)
+
+
+def mode_field(cls: type) -> tuple[str, bool] | None:
+    """``(name, value in training)`` of the dataclass field that switches training and inference, for a class
+    whose ``__call__`` takes no such argument (``deterministic: bool = False`` passed on to ``nn.Dropout``)."""
+    return _mode_in([f.name for f in dataclasses.fields(cls) if f.init])
+
+
+def _mode_in(names: Any) -> tuple[str, bool] | None:
     for name in TRAIN_FLAGS:
-        if name in params:
+        if name in names:
             return name, True
     for name in EVAL_FLAGS:
-        if name in params:
+        if name in names:
             return name, False
     return None
 
@@ -71,10 +82,11 @@ class LinenModel(nnx.Module):
     def __init__(self, module: linen.Module, input_shape: Sequence[int], rngs: nnx.Rngs):
         self.module = module
         self.mode = mode_argument(type(module))
+        self.field = None if self.mode is not None else mode_field(type(module))
         example = jnp.zeros((1, *input_shape), jnp.float32)
         key = rngs.params()
-        variables = module.init({"params": key, "dropout": jax.random.fold_in(key, 1)}, example,
-                                **self._mode_kwargs(train=False))
+        variables = self._moded(train=False).init({"params": key, "dropout": jax.random.fold_in(key, 1)}, example,
+                                                  **self._mode_kwargs(train=False))
         variables = dict(variables)
         self.params = nnx.data(jax.tree.map(nnx.Param, dict(variables.pop("params", {}))))
         self.collections = nnx.data({name: jax.tree.map(nnx.BatchStat, dict(tree))
@@ -86,6 +98,14 @@ class LinenModel(nnx.Module):
         """``nnx.view(model, deterministic=True)``: inference mode (Dropout off, BatchNorm's running averages)."""
         if deterministic is not None:
             self.deterministic = deterministic
+
+    def _moded(self, train: bool) -> linen.Module:
+        """The module in training or inference mode when a field switches it (a copy with the field set)."""
+        if self.field is None:
+            return self.module
+        name, value_in_training = self.field
+        changes: dict[str, Any] = {name: value_in_training if train else not value_in_training}
+        return self.module.clone(**changes)
 
     def _mode_kwargs(self, train: bool) -> dict[str, Any]:
         if self.mode is None:
@@ -102,11 +122,12 @@ class LinenModel(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         if self.deterministic:
-            return cast(jax.Array, self.module.apply(self.variables(), x, **self._mode_kwargs(train=False)))
+            return cast(jax.Array, self._moded(train=False).apply(self.variables(), x,
+                                                                  **self._mode_kwargs(train=False)))
         key, draw = jax.random.split(self.dropout_key[...])
         self.dropout_key[...] = key
-        out, updates = self.module.apply(self.variables(), x, rngs={"dropout": draw},
-                                         mutable=list(self.collections), **self._mode_kwargs(train=True))
+        out, updates = self._moded(train=True).apply(self.variables(), x, rngs={"dropout": draw},
+                                                     mutable=list(self.collections), **self._mode_kwargs(train=True))
         for name, tree in updates.items():
             if name in self.collections:
                 jax.tree.map(_assign, self.collections[name], dict(tree), is_leaf=_is_variable)

@@ -138,6 +138,8 @@ class Training(Record):
     heldout_examples: int = 0  # the first test examples, evaluated in inference mode after every epoch
     heldout_loss: list[list[Number]] | None = None
     heldout_accuracy: list[list[Number]] | None = None
+    epoch_seconds: list[float] | None = None  # per epoch: the training steps (the first compiles), no evaluation
+    steady_epoch_seconds: float | None = None  # the median epoch after the first: an epoch's cost once compiled
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,6 +231,8 @@ class Environment(Record):
     packages: dict[str, str | None]
     jax_backend: str
     devices: list[str]
+    processor: str | None = None  # the CPU's model name: float results of training depend on it
+    vector_isa: str | None = None  # the widest vector instruction set XLA:CPU may use here (AVX512, AVX2, ...)
 
 
 R = TypeVar("R", bound=ModelRecord)

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from omegaconf import DictConfig
 
 from equivar.config import RunConfig, as_dict, parse_config, register_defaults
 from equivar.errors import ConfigError, UserError
-from equivar.experiment import SUMMARY, execute, read_result
+from equivar.experiment import STATUS, SUMMARY, execute, read_result
 from equivar.front import experiment_help, help_page, version_line
 from equivar.io import read_json, write_json
 from equivar.results import EVERY_SEED_DIVERGED, ExperimentResult, RunStatus
@@ -52,14 +53,15 @@ def run_experiment(raw: dict[str, Any], out_dir: Path) -> ExperimentResult:
     """
     config = parse_config(raw)
     out_dir = Path(out_dir)
-    status_path = out_dir / "status.json"
+    status_path = out_dir / STATUS
     previous = _previous_run(out_dir, raw)
     if previous is not None:
         return previous
+    resumes = _unfinished_same_config(out_dir, raw)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
     record = {"experiment": config.experiment, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-              "config": _comparable(raw)}
+              "config": _comparable(raw), **({"resumes": resumes} if resumes else {})}
     write_json(status_path, {**record, "status": "running"})
     try:
         result = execute(config, out_dir)
@@ -111,6 +113,18 @@ class ReaderMayLeave:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.stream, name)
+
+
+def _unfinished_same_config(out_dir: Path, raw: dict[str, Any]) -> str | None:
+    """The status an earlier attempt of this very config in ``out_dir`` ended with, when it did not finish
+    (``interrupted``, ``failed``, or ``running`` when the process was killed): its complete checkpoints are
+    kept. None otherwise (and always with ``overwrite: true``)."""
+    path = out_dir / STATUS
+    if raw.get("overwrite") or not path.is_file():
+        return None
+    status = read_json(path)
+    same = status.get("config") == json.loads(json.dumps(_comparable(raw)))
+    return str(status.get("status")) if same and status.get("status") not in ("complete", "diverged") else None
 
 
 def _comparable(raw: dict[str, Any]) -> dict[str, Any]:
@@ -356,6 +370,11 @@ def check_run_folder(overrides: list[str], multirun: bool = False) -> None:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"the run folder {folder} cannot be created: no permission to write in {existing}; "
                           f"choose another {key}=...")
+    try:  # permissions are not the whole story (/proc, /sys, a read-only mount): try, and leave nothing behind
+        os.rmdir(tempfile.mkdtemp(prefix=".equivar-probe-", dir=existing))
+    except OSError as err:
+        raise ConfigError(f"the run folder {folder} cannot be created: {existing} refuses new folders "
+                          f"({err.strerror}); choose another {key}=...") from None
 
 
 def report_error(err: BaseException) -> str:
@@ -371,7 +390,7 @@ def main() -> None:
 
     _working_directory_importable()
     if not isinstance(sys.stdout, ReaderMayLeave):
-        sys.stdout = ReaderMayLeave(sys.stdout)  # type: ignore[assignment]  # a text stream in all it is used for
+        sys.stdout = ReaderMayLeave(sys.stdout)  # a text stream in all it is used for
     if any(a in ("--version", "-V") for a in sys.argv[1:]):
         print(version_line())
         return

@@ -49,6 +49,11 @@ def locate(target: str, key: str) -> Any:
                     continue
                 except ModuleNotFoundError:
                     pass
+            if not hasattr(obj, attr) and module_name == "__main__":
+                raise ConfigError(f"{key}={target!r} was defined in a script or notebook (module __main__), which no "
+                                  f"other process can import: move the class into a module file (e.g. "
+                                  f"mylab/nets.py) and name it by that path (+{key}=mylab.nets.{parts[-1]}); "
+                                  "checkpoints saved under __main__ load with the moved class")
             if not hasattr(obj, attr):
                 near = nearest(attr, [a for a in dir(obj) if not a.startswith("_")])
                 raise ConfigError(f"{key}={target!r} cannot be imported: {getattr(obj, '__name__', obj)} "

@@ -265,6 +265,13 @@ class History:
     heldout_loss: np.ndarray | None = None  # (n_seeds, epochs) on the held-out examples, inference mode
     heldout_accuracy: np.ndarray | None = None
     heldout_examples: int = 0
+    epoch_seconds: list[float] = dataclasses.field(default_factory=list)  # per epoch: the training steps only
+
+    def steady_epoch_seconds(self) -> float | None:
+        """Seconds per epoch of training steps once compiled: the median epoch after the first (which compiles
+        the step), or the only one; held-out evaluation is not counted."""
+        times = self.epoch_seconds[1:] or self.epoch_seconds
+        return float(np.median(times)) if times else None
 
     def status(self) -> list[str]:
         """Per seed: ``ok`` or ``diverged at step S (epoch E)``."""
@@ -347,8 +354,8 @@ class SeedTrainer:
             states, keys = shard_seeds((states, keys), mesh)
             x, y = replicate((x, y), mesh)
             chunks = [replicate(c, mesh) for c in chunks]
-            (states, loss, acc, held), = self._fit_groups([(states, x, y, keys)], spec, label,
-                                                          [chunks], on_epoch)
+            [(states, loss, acc, held)], epoch_seconds = self._fit_groups([(states, x, y, keys)], spec, label,
+                                                                         [chunks], on_epoch)
         else:  # one group per seed, each on its device; their steps interleave so the devices work side by side
             n = int(y.shape[0])
             calls = spec.epochs_for(n) * -(-(n // spec.batch_size) // self.plan.steps_per_call)
@@ -361,8 +368,8 @@ class SeedTrainer:
                 groups.append((jax.device_put(take_seed(states, s), device), *data[device],
                                jax.device_put(keys[s], device)))
                 group_chunks.append(held_data[device])
-            results = self._fit_groups(groups, spec, label if n_seeds == 1 else f"{label} {n_seeds} seeds",
-                                       group_chunks, on_epoch)
+            results, epoch_seconds = self._fit_groups(groups, spec, label if n_seeds == 1 else
+                                                      f"{label} {n_seeds} seeds", group_chunks, on_epoch)
             home = devices[0]
             states = stack_seeds([jax.device_put(r[0], home) for r in results])
             loss = np.stack([r[1] for r in results])
@@ -376,7 +383,8 @@ class SeedTrainer:
                           steps_per_epoch=int(y.shape[0]) // spec.batch_size,
                           heldout_loss=held[:, 0] if heldout is not None else None,
                           heldout_accuracy=held[:, 1] if heldout is not None else None,
-                          heldout_examples=0 if heldout is None else int(len(heldout[1])))
+                          heldout_examples=0 if heldout is None else int(len(heldout[1])),
+                          epoch_seconds=epoch_seconds)
         if (history.diverged_at >= 0).any():
             log.warning("%s: %s", label, "; ".join(f"seed {i}: {s}" for i, s in enumerate(history.status())
                                                    if s != "ok"))
@@ -398,10 +406,12 @@ class SeedTrainer:
 
     def _fit_groups(self, groups: list[tuple[TrainState, jax.Array, jax.Array, jax.Array]], spec: TrainOptions,
                     label: str, heldout: list[list[tuple[jax.Array, jax.Array, jax.Array]]],
-                    on_epoch: EpochCallback | None) -> list[tuple[TrainState, np.ndarray, np.ndarray, np.ndarray]]:
+                    on_epoch: EpochCallback | None
+                    ) -> tuple[list[tuple[TrainState, np.ndarray, np.ndarray, np.ndarray]], list[float]]:
         """Trains groups of seeds step by step, each group's step dispatched in turn: one group per seed (loop
         packing, each on its device) or a single group holding every seed (vmap packing, a leading seed axis
-        everywhere). A group whose seeds have all diverged stops at the end of that epoch."""
+        everywhere). A group whose seeds have all diverged stops at the end of that epoch. Also returns each
+        epoch's seconds of training steps (the held-out evaluation after it not counted)."""
         n = int(groups[0][2].shape[0])
         epochs = spec.epochs_for(n)
         states = [g[0] for g in groups]
@@ -410,7 +420,9 @@ class SeedTrainer:
         helds: list[list[np.ndarray]] = [[] for _ in groups]  # per epoch: [loss, accuracy] (seeds first under vmap)
         active = list(range(len(groups)))
         chunk = self.plan.steps_per_call
+        epoch_seconds: list[float] = []
         for epoch in range(epochs):
+            epoch_started, held_seconds = time.perf_counter(), 0.0
             orders = {}
             for i in active:
                 key = groups[i][3]
@@ -458,8 +470,11 @@ class SeedTrainer:
                     stacked = jax.tree.map(lambda *m: jnp.stack(m, axis=-1).mean(-1), *step_metrics[i])
                 losses[i].append(np.asarray(stacked["loss"]))
                 accs[i].append(np.asarray(stacked["accuracy"]))
+                held_started = time.perf_counter()
                 helds[i].append(self._heldout(states[i], heldout[i]) if heldout[i] else
                                 np.full((*np.shape(losses[i][-1]), 2), np.nan))
+                held_seconds += time.perf_counter() - held_started
+            epoch_seconds.append(time.perf_counter() - epoch_started - held_seconds)
             if on_epoch is not None:
                 on_epoch(epoch, _epoch_numbers(losses, accs, helds, active, bool(heldout[active[0]])))
             bar.set_postfix(loss=float(np.mean([losses[i][-1] for i in active])),
@@ -475,7 +490,7 @@ class SeedTrainer:
             if not active:
                 break
         return [(states[i], np.stack(losses[i], axis=-1), np.stack(accs[i], axis=-1),
-                 np.stack(helds[i], axis=-1)) for i in range(len(groups))]
+                 np.stack(helds[i], axis=-1)) for i in range(len(groups))], epoch_seconds
 
 
 EpochCallback = Callable[[int, dict[str, np.ndarray]], None]

@@ -71,6 +71,11 @@ class TrainedModel:
     source: str = "trained"
     train_record: dict[str, Any] | None = None
 
+    def __repr__(self) -> str:  # what identifies it, not every weight of every seed
+        return (f"TrainedModel(name={self.name!r}, target={self.target!r}, options={self.options!r}, "
+                f"input_shape={self.input_shape}, n_classes={self.n_classes}, seeds={self.seeds}, "
+                f"status={self.status}, n_params={self.n_params:,}, source={self.source!r})")
+
     @property
     def n_params(self) -> int:
         """Parameters of one seed's model."""
@@ -147,7 +152,7 @@ def _keys_like(template: Any, saved: Any, path: str = "") -> Any:
 def manifest_of(model: TrainedModel, dataset: dict[str, Any]) -> dict[str, Any]:
     return {"name": model.name, "target": model.target, "options": model.options,
             "input_shape": list(model.input_shape), "n_classes": model.n_classes, "seeds": model.seeds,
-            "status": model.status, "dataset": dataset}
+            "status": model.status, "dataset": dataset, "train_record": model.train_record}
 
 
 def save(model: TrainedModel, run_dir: Path, dataset: dict[str, Any]) -> Path:
@@ -162,7 +167,18 @@ def save(model: TrainedModel, run_dir: Path, dataset: dict[str, Any]) -> Path:
         checkpointer.save(folder, arrays, force=True)
         checkpointer.wait_until_finished()
     write_json(folder.parent / f"{model.name}.json", manifest_of(model, dataset))
+    if model.target.startswith("__main__."):
+        log.warning("%s: its class %s is defined in a script or notebook (__main__): this process can reload it, "
+                    "another cannot; move the class into a module file (e.g. mylab/nets.py) and load the checkpoint "
+                    "with +zoo.%s._target_=mylab.nets.%s", model.name, model.target, model.name,
+                    model.target.rsplit(".", 1)[-1])
     return folder
+
+
+def moved_from_main(saved: str, target: str) -> bool:
+    """Whether ``target`` is the class a checkpoint saved from a script or notebook (``__main__.Net``) names,
+    moved into an importable module (``mylab.nets.Net``): the only way such a checkpoint can load elsewhere."""
+    return saved.startswith("__main__.") and target.rsplit(".", 1)[-1] == saved.rsplit(".", 1)[-1]
 
 
 def available(run_dir: Path) -> list[str]:
@@ -177,7 +193,8 @@ def record_path(run_dir: Path, name: str) -> Path:
 
 
 def load(run_dir: Path, name: str, target: str | None, options: dict[str, Any] | None,
-         input_shape: tuple[int, ...], n_classes: int, where: str | None = None) -> TrainedModel:
+         input_shape: tuple[int, ...], n_classes: int, where: str | None = None, resumed: bool = False
+         ) -> TrainedModel:
     """Restores model ``name`` from ``run_dir``, after checking it against the config.
 
     Args:
@@ -186,6 +203,8 @@ def load(run_dir: Path, name: str, target: str | None, options: dict[str, Any] |
         target, options: the config's ``_target_`` and options for it (None: take the checkpoint's).
         input_shape, n_classes: the data this run measures on.
         where: how errors name the model (default ``zoo.<name>``).
+        resumed: the checkpoint is this very run's, saved before it was interrupted: the model counts as
+            trained here, with its training curves.
     """
     import orbax.checkpoint as ocp
 
@@ -205,7 +224,7 @@ def load(run_dir: Path, name: str, target: str | None, options: dict[str, Any] |
     target = manifest["target"] if target is None else target
     options = dict(manifest["options"]) if options is None else dict(options)
     where = where or f"zoo.{name}"
-    if target != manifest["target"]:
+    if target != manifest["target"] and not moved_from_main(manifest["target"], target):
         raise ConfigError(f"{where}._target_={target!r} does not match the checkpoint in {run_dir} "
                           f"({manifest['target']!r})")
     for key in sorted(set(options) | set(manifest["options"])):
@@ -239,7 +258,8 @@ def load(run_dir: Path, name: str, target: str | None, options: dict[str, Any] |
     log.info("%s: %d seed(s) loaded from %s", name, len(seeds), run_dir)
     return TrainedModel(name=name, target=target, options=options, input_shape=tuple(input_shape),
                         n_classes=n_classes, graphdef=graphdef, params=params, model_state=model_state,
-                        seeds=seeds, status=list(manifest["status"]), source=str(run_dir))
+                        seeds=seeds, status=list(manifest["status"]), source="trained" if resumed else str(run_dir),
+                        train_record=manifest.get("train_record") if resumed else None)
 
 
 class _EchoFilter(logging.Filter):

@@ -34,7 +34,7 @@ from equivar.evaluate import ShiftEvaluator
 from equivar.experiment import base_fields, check_before_data, obtain, record_fields, spec_variants, unmeasured
 from equivar.lie import generators, lie_derivative
 from equivar.metrics import accuracy, consistency, probability_change, worst_case_robustness
-from equivar.plot import clipped_errors, model_color, nonnegative_log_axis, over_seeds, save, share_axis
+from equivar.plot import clipped_errors, dot_chart, model_color, over_seeds, save, share_axis
 from equivar.results import ExperimentResult, Headline, MeanStd, ModelRecord
 from equivar.schema import Float, PositiveInt
 from equivar.schema import Options as OptionsBase
@@ -76,7 +76,7 @@ class Technique(ModelRecord):
     # mean |p_c(T_s x) - p_c(x)| (c: the class predicted unshifted): "integer" grid, and m -> the 1/m grid
     probability_change: dict[str, MeanStd] = {}
     crop_consistency: dict[str, MeanStd] = {}  # canvas (zero, reflect) -> consistency under crop shifts
-    seconds_per_epoch: float | None = None
+    seconds_per_epoch: float | None = None  # training steps once compiled (the median epoch after the first)
 
     @property
     def fractional_consistency_2(self) -> MeanStd | None:
@@ -194,7 +194,8 @@ def run(config: RunConfig, out_dir: Path) -> Result:
             robustness_integer={f"{r:g}": MeanStd.of(int_robust[:, i]) for i, r in enumerate(int_radii)},
             robustness_half={f"{r:g}": MeanStd.of(half_robust[:, i]) for i, r in enumerate(half_radii)},
             lee=MeanStd.of(lees), probability_change=change, crop_consistency=crop,
-            seconds_per_epoch=train_record["seconds"] / epochs if epochs else None)
+            seconds_per_epoch=train_record.get("steady_epoch_seconds") or (
+                train_record["seconds"] / epochs if epochs else None))
         log.info("%s: clean %.4f, integer consistency %.4f, fractional %s, LEE %.3g (%.0f s)", name, clean.mean(),
                  np.mean(int_cons), {m: round(v.mean, 4) for m, v in frac.items()}, np.mean(lees),
                  time.perf_counter() - started)
@@ -251,8 +252,8 @@ def _scientific(value: MeanStd) -> str:
 
 
 def plot(result: Result, out_dir: Path) -> list[Path]:
-    """``invariance_benchmark.png``: clean accuracy, integer and fractional consistency (shares, 0 to 1) and the
-    softmax LEE (log axis) per technique, mean ± std over seeds."""
+    """``invariance_benchmark.png``: clean accuracy, integer and fractional consistency (shares, 0 to 1: bars) and
+    the softmax LEE (a dot per technique on a log axis) per technique, mean ± std over seeds."""
     if not result.models:
         return []
     names = list(result.models)
@@ -261,20 +262,23 @@ def plot(result: Result, out_dir: Path) -> list[Path]:
               *[(f"fractional consistency (m = {m})", lambda t, m=m: t.fractional_consistency[str(m)], True)
                 for m in result.fractional_steps],
               ("softmax LEE (per pixel)", lambda t: t.lee, False)]
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(3.3, 1.0 + 0.22 * len(names)) * len(panels), 4.4),
+                             squeeze=False, layout="constrained")
     for ax, (title, get, share) in zip(axes[0], panels):
         values = [get(result.models[n]) for n in names]
         means, stds = [v.mean for v in values], [v.std for v in values]
-        ax.bar(np.arange(len(names)), means, color=[model_color(n) for n in names],
-               yerr=clipped_errors(means, stds, values[0].n), capsize=2)
-        ax.set_xticks(np.arange(len(names)), names, rotation=45, ha="right", fontsize=7)
-        ax.set_title(title, fontsize=9)
-        if share:
+        if share:  # a share from 0 to 1: bars
+            ax.bar(np.arange(len(names)), means, color=[model_color(n) for n in names],
+                   yerr=clipped_errors(means, stds, values[0].n), capsize=2)
+            ax.set_xticks(np.arange(len(names)), names, rotation=45, ha="right", fontsize=7,
+                          rotation_mode="anchor")
             share_axis(ax, "")
-        else:
-            nonnegative_log_axis(ax, means + [m + s for m, s in zip(means, stds)])
-        ax.grid(axis="y", alpha=0.3)
+            ax.grid(axis="y", alpha=0.3)
+        else:  # the LEE spans decades: dots on a log axis (a bar there would start at an arbitrary floor)
+            dot_chart(ax, names, values, fontsize=7)
+            ax.set_xticks(np.arange(len(names)), names, rotation=45, ha="right", fontsize=7,
+                          rotation_mode="anchor")
+        ax.set_title(title, fontsize=9)
     dataset = result.dataset.name if result.dataset else "?"
     fig.suptitle(f"Shift-invariance techniques on {dataset} ({over_seeds(result.n_seeds)})", fontsize=10)
-    fig.tight_layout()
     return [save(fig, Path(out_dir) / "invariance_benchmark.png")]

@@ -38,7 +38,7 @@ from equivar.evaluate import ShiftEvaluator
 from equivar.experiment import base_fields, obtain, record_fields, unmeasured
 from equivar.metrics import accuracy
 from equivar.models import check_model
-from equivar.plot import draw_chance, error_bars, model_color, over_seeds, save, share_axis
+from equivar.plot import draw_chance, error_bars, model_color, model_text_color, over_seeds, save, share_axis
 from equivar.results import ExperimentResult, Headline, MeanStd, MeanStdSeries, ModelRecord
 from equivar.schema import Float, NonNegativeInt, PositiveInt
 from equivar.schema import Options as OptionsBase
@@ -101,6 +101,16 @@ class Result(ExperimentResult[PositionRecord]):
 
 def _margin(opts: Options, spatial: tuple[int, ...]) -> int:
     return opts.margin if opts.margin is not None else min(spatial)
+
+
+def checkpoints(config: RunConfig) -> list[str]:
+    """The models this experiment trains (and, with ``load_from``, loads): one per model and training region,
+    and with ``transfer`` its pretrained, scratch and transferred twins."""
+    opts: Options = config.options
+    names = [f"{spec.name}_region{size}" for size in opts.regions for spec in config.models]
+    if opts.transfer:
+        names += [f"{spec.name}_{stage}" for spec in config.models for stage in ("pretrain", "scratch", "transfer")]
+    return names
 
 
 def check(config: RunConfig, spatial: tuple[int, ...] | None = None) -> None:
@@ -323,7 +333,8 @@ def _position_figure(result: Result, by_model: dict[str, dict[int, PositionRecor
     if rank == 1:
         cols = min(3, len(models))
         rows = -(-len(models) // cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False, sharey=True)
+        fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols + 1.6, 3.2 * rows + 0.6), squeeze=False,
+                                 sharey=True, layout="constrained")
         colors = _region_colors(regions)
         for ax, m in zip(axes.flat, models):
             for k in regions[::-1]:  # the largest region's span at the back
@@ -340,18 +351,22 @@ def _position_figure(result: Result, by_model: dict[str, dict[int, PositionRecor
             ax.set_xlabel("position of the pattern (first sample)")
             ax.grid(alpha=0.3)
         spare = list(axes.flat)[len(models):]
-        for ax in spare:
+        for ax in spare[1:]:
             ax.set_visible(False)
         handles, labels = axes.flat[0].get_legend_handles_labels()
-        # the legend in the empty panel when there is one, else outside: never over a curve
+        # the legend in the empty panel when there is one, else right of the panels: never over a curve
         where = "0..k-1" if start == 0 else f"{start}..{start}+k-1"
-        fig.legend(handles, labels, fontsize=8, title=f"trained in {where}", title_fontsize=8,
-                   loc="center" if spare else "upper left",
-                   bbox_to_anchor=spare[0].get_position().bounds if spare else (1.0, 0.9))
+        style = {"fontsize": 8, "title": f"trained in {where}", "title_fontsize": 8}
+        if spare:
+            spare[0].axis("off")
+            spare[0].legend(handles, labels, loc="center", **style)
+        else:
+            fig.legend(handles, labels, loc="outside right center", **style)
     else:
         side = result.grid_shape
-        fig, axes = plt.subplots(len(regions), len(models), figsize=(2.3 * len(models) + 1, 2.3 * len(regions) + 0.8),
-                                 squeeze=False)
+        fig, axes = plt.subplots(len(regions), len(models), figsize=(max(2.3 * len(models) + 1.6, 5.5),
+                                                                     2.3 * len(regions) + 1.0),
+                                 squeeze=False, layout="constrained")
         axis0 = sorted(set(grid[:, 0].tolist()))
         axis1 = sorted(set(grid[:, 1].tolist()))
         image = None
@@ -364,7 +379,7 @@ def _position_figure(result: Result, by_model: dict[str, dict[int, PositionRecor
                 if j == 0:
                     ax.set_ylabel(f"trained in k = {k}", fontsize=8)
                 if i == 0:
-                    ax.set_title(m, fontsize=9, color=model_color(m))
+                    ax.set_title(m, fontsize=9, color=model_text_color(m))
                 if record is None:
                     ax.text(0.5, 0.5, "not measured", ha="center", va="center", fontsize=7, transform=ax.transAxes)
                     continue
@@ -375,19 +390,17 @@ def _position_figure(result: Result, by_model: dict[str, dict[int, PositionRecor
                 image = ax.imshow(values, vmin=0, vmax=1, cmap="magma", extent=extent, interpolation="nearest")
                 ax.add_patch(Rectangle((start - 0.5, start - 0.5), k, k, fill=False, ec="cyan", lw=1.2))
                 ax.text(0.03, 0.04, f"unseen {_text(record.unseen_accuracy).split(' ')[0]}", color="white", fontsize=7,
-                        transform=ax.transAxes)
+                        transform=ax.transAxes, bbox={"facecolor": "black", "alpha": 0.6, "lw": 0, "pad": 1.5})
         if image is not None:
             fig.colorbar(image, ax=axes, shrink=0.8, label="test accuracy (cyan: training region)")
     fig.suptitle(f"Accuracy by the pattern's position on {dataset} ({over_seeds(result.n_seeds)}; "
                  f"patterns of {'x'.join(map(str, result.pattern_shape))} on a canvas of "
                  f"{'x'.join(map(str, result.canvas_shape))})", fontsize=10)
-    if rank == 1:
-        fig.tight_layout()
     return save(fig, out_dir / "unseen_positions.png")
 
 
 def _region_figure(result: Result, by_model: dict[str, dict[int, PositionRecord]], out_dir: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(7.4, 4.2))
+    fig, ax = plt.subplots(figsize=(7.4, 4.2), layout="constrained")
     for m, per_region in by_model.items():
         ks = sorted(k for k, r in per_region.items() if r.unseen_accuracy is not None)
         if not ks:
@@ -409,7 +422,6 @@ def _region_figure(result: Result, by_model: dict[str, dict[int, PositionRecord]
                  f"{over_seeds(result.n_seeds)}; test positions 0..{result.margin} per axis", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
     return save(fig, out_dir / "unseen_by_region.png")
 
 
@@ -420,7 +432,7 @@ def _transfer_figure(result: Result, out_dir: Path) -> Path:
             ("scratch: unseen", scratch, "_scratch", "unseen_accuracy", "tab:gray"),
             ("transfer: seen", transfer, "_transfer", "seen_accuracy", "lightgreen"),
             ("transfer: unseen", transfer, "_transfer", "unseen_accuracy", "tab:green")]
-    fig, ax = plt.subplots(figsize=(3.6 + 1.3 * len(models), 4.2))
+    fig, ax = plt.subplots(figsize=(max(3.6 + 1.3 * len(models), 6.5), 4.4), layout="constrained")
     width = 0.8 / len(bars)
     for b, (label, records, suffix, field, color) in enumerate(bars):
         for i, m in enumerate(models):
@@ -443,5 +455,4 @@ def _transfer_figure(result: Result, out_dir: Path) -> Path:
                  f"{result.transfer_region} per axis ({over_seeds(result.n_seeds)})", fontsize=9)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
     return save(fig, out_dir / "unseen_transfer.png")
