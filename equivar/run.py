@@ -234,7 +234,8 @@ def _as_added(overrides: list[str], plain: str, key: str) -> str:
         validate(added)
     except UserError as err:
         text = str(err).splitlines()[0]
-        return text if "is not an option" in text else f"{fix}; then: {text}"  # a key no + makes valid: that
+        refused = "is not an option" in text or "has no option" in text  # the key itself: no + makes it valid
+        return text if refused else f"{fix}; then: {text}"
     return fix
 
 
