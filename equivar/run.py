@@ -331,10 +331,12 @@ def validate(overrides: list[str], multirun: bool = False) -> list[RunConfig]:
 
 
 def _check_zoo_entries_used(overrides: list[str], raw: dict[str, Any], config: RunConfig) -> None:
-    """A zoo entry set on the command line is measured, or named by some option of the run: otherwise the
-    override does nothing, which is never what was meant (``+zoo.mine.width=3`` without ``models=[mine]``)."""
-    set_here = {o.lstrip("+~").split("=", 1)[0].split(".")[1] for o in overrides
-                if o.lstrip("+~").startswith("zoo.") and o.count(".") >= 1 and "=" in o}
+    """A zoo key added on the command line (``+zoo.mine...``) belongs to a model the run measures, or that some
+    option of the run names: otherwise the override does nothing, which is never what was meant
+    (``+zoo.mine.width=3`` without ``models=[mine]``). ``++zoo...`` (set whether or not it exists, the form of an
+    override list shared by several runs) and changes to existing keys are not checked."""
+    set_here = {o[1:].split("=", 1)[0].split(".")[1] for o in overrides
+                if o.startswith("+zoo.") and "=" in o and "." in o.split("=", 1)[0][5:] + "."}
     if not set_here:
         return
     used = {spec.name for spec in config.models} | set(_strings({k: v for k, v in raw.items() if k != "zoo"}))
