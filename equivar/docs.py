@@ -2,7 +2,7 @@
 
 A results block in README.md or docs/*.md names the command whose output it holds::
 
-    <!-- results of: python -m equivar.run experiment=shift_test | tables 1 | figure accuracy_vs_shift.png as figures/x.png -->
+    <!-- results of: python -m equivar.run experiment=shift_test | tables 1 | figure a.png as figures/b.png -->
     ...
     <!-- end of results -->
 
@@ -118,7 +118,7 @@ def update(paths: list[Path], runs: list[Path]) -> list[str]:
     for path in paths:
         text = path.read_text()
 
-        def replace(match: re.Match) -> str:
+        def replace(match: re.Match, path: Path = path) -> str:
             spec = parse_spec(match.group("spec"))
             run = by_command.get(spec.command)
             if run is None:
@@ -145,7 +145,7 @@ def update_spreads(paths: list[Path], spreads: list[Path]) -> list[str]:
     for path in paths:
         text = path.read_text()
 
-        def replace(match: re.Match) -> str:
+        def replace(match: re.Match, path: Path = path) -> str:
             command = " ".join(match.group("command").split())
             folder = by_command.get(command)
             if folder is None:

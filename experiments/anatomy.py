@@ -170,7 +170,8 @@ def plot(result: Result, out_dir: Path) -> list[Path]:
         cols = min(5, len(rows))
         n_rows = -(-len(rows) // cols)
         width = max(3.1 * cols, 6.5)  # room for the title, however few the panels
-        fig, axes = plt.subplots(n_rows, cols, figsize=(width, 2.9 * n_rows + 0.5), squeeze=False)
+        fig, axes = plt.subplots(n_rows, cols, figsize=(width, 2.9 * n_rows + 0.5), squeeze=False,
+                                 layout="constrained")
         for ax, row in zip(axes.ravel(), rows):
             m = np.asarray(model.gradient_maps.get(row.layer, []))
             if row.rf_forward is not None and row.support_size is not None and row.support_range is not None:
@@ -204,6 +205,5 @@ def plot(result: Result, out_dir: Path) -> list[Path]:
                  f"(mean |∂unit/∂input| over {result.n_inputs} inputs; box/band: analytic extent, or the "
                  "gradient's where the model has no analytic field)")
         fig.suptitle(textwrap.fill(title, width=int(width * 13)), fontsize=10)
-        fig.tight_layout()
         written.append(save(fig, Path(out_dir) / f"erf_{name}.png"))
     return written

@@ -290,7 +290,7 @@ def summary(result: Result) -> str:
     for label, t in result.toeplitz.items():
         lines.append(f"| {label} | {t.matrix_shape[0]}×{t.matrix_shape[1]} | {t.max_abs_error:.1e} | "
                      f"{100 * t.weights_zeroed_fraction:.1f} % | {t.fully_connected_params} / {t.conv_params} |")
-    lines += [f"note: {n}" for n in result.notes]
+    lines += [""] * bool(result.notes) + [f"note: {n}" for n in result.notes]  # a paragraph, not a table row
     return "\n".join(lines)
 
 
@@ -299,7 +299,7 @@ def plot(result: Result, out_dir: Path) -> list[Path]:
     Right: the 1D layer matrices (Toeplitz for VALID and SAME, circulant for CIRCULAR)."""
     rows = list(result.models.items())
     colours = {"convolution": "tab:blue", "cross-correlation": "tab:red", "other": "tab:gray"}
-    fig = plt.figure(figsize=(14, 0.42 * len(rows) + 2.2))
+    fig = plt.figure(figsize=(14, max(0.42 * len(rows) + 2.2, 6.0)), layout="constrained")  # 3 matrices
     grid = fig.add_gridspec(3, 2, width_ratios=[1.5, 1])
     ax = fig.add_subplot(grid[:, 0])
     longest = max(r.lecture_output_length for _, r in rows)
@@ -332,7 +332,6 @@ def plot(result: Result, out_dir: Path) -> list[Path]:
                       fontsize=9)
         axm.set_xticks([])
         axm.set_yticks([])
-    fig.tight_layout()
     return [save(fig, Path(out_dir) / "conv_compare.png")]
 
 

@@ -28,7 +28,7 @@ from equivar.experiment import as_trained, base_fields, builder, check_before_da
 from equivar.layers import Padding
 from equivar.metrics import accuracy
 from equivar.models import model_options, resolve_target
-from equivar.plot import FLOAT32_EPS, LOG_FLOOR, model_color, over_seeds, save
+from equivar.plot import FLOAT32_EPS, LOG_FLOOR, model_text_color, over_seeds, save
 from equivar.results import ExperimentResult, Headline, MeanStd, MeanStdGrid, MeanStdSeries, ModelRecord, Record
 from equivar.schema import Options as OptionsBase
 from equivar.schema import PositiveInt
@@ -233,9 +233,9 @@ def plot(result: Result, out_dir: Path) -> list[Path]:
     written = []
     for stage in stages:
         shown_variants = {n: v for n, v in variants.items() if stage in v.stages}
-        fig, axes = plt.subplots(len(shown_variants), len(modes), figsize=(6.2 * len(modes),
-                                                                           2.9 * len(shown_variants)),
-                                 squeeze=False, sharey=True)
+        fig, axes = plt.subplots(len(shown_variants), len(modes), figsize=(6.2 * len(modes) + 1.2,
+                                                                           2.9 * len(shown_variants) + 0.8),
+                                 squeeze=False, sharey=True, layout="constrained")
         for row, (name, v) in enumerate(shown_variants.items()):
             for col, mode in enumerate(modes):
                 ax = axes[row, col]
@@ -259,7 +259,7 @@ def plot(result: Result, out_dir: Path) -> list[Path]:
                 ax.axhline(FLOAT32_EPS, color="gray", lw=0.8, ls="--")
                 ax.set_yscale("log")
                 ax.set_ylim(LOG_FLOOR / 2, 3)
-                ax.set_title(f"{name}{v.seeds_note()}, {mode} shift", fontsize=10, color=model_color(v.model))
+                ax.set_title(f"{name}{v.seeds_note()}, {mode} shift", fontsize=10, color=model_text_color(v.model))
                 ax.grid(alpha=0.3, which="both", axis="y")
                 if row == len(shown_variants) - 1:
                     ax.set_xlabel("shift (pixels, every axis)")
@@ -272,7 +272,6 @@ def plot(result: Result, out_dir: Path) -> list[Path]:
                      f"hollow marks: the jump J does not divide s; dashed grey: float32 precision; "
                      f"exact zeros drawn at {LOG_FLOOR:g}",
                      fontsize=9)
-        fig.tight_layout(rect=(0, 0, 1, 0.97))
         written.append(save(fig, out_dir / f"equivariance_{stage}.png"))
 
     for stage in stages:
@@ -282,7 +281,8 @@ def plot(result: Result, out_dir: Path) -> list[Path]:
 
     stage = stages[-1]
     transforms = list(next(v for v in variants.values() if stage in v.stages).stages[stage].transforms)
-    fig, ax = plt.subplots(figsize=(1.6 + 1.5 * len(variants) * len(transforms) / 2, 3.8))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 + 0.75 * len(variants) * len(transforms)), 4.2),
+                           layout="constrained")
     width = 0.8 / len(transforms)
     for t_i, t in enumerate(transforms):
         means, stds = [], []
@@ -299,15 +299,14 @@ def plot(result: Result, out_dir: Path) -> list[Path]:
         # Greys, not C0, C1, ...: those are the colours of models (model_color), and these bars are transforms.
         ax.bar(x, means, width, yerr=stds, capsize=3, label=t,
                color=plt.cm.Greys(0.35 + 0.45 * t_i / max(len(transforms) - 1, 1)))
-    ax.set_xticks(np.arange(len(variants)), list(variants), rotation=20, fontsize=8)
+    ax.set_xticks(np.arange(len(variants)), list(variants), fontsize=8)  # save() rotates them where crowded
     for tick, v in zip(ax.get_xticklabels(), variants.values()):  # bars are transforms; labels name the model
-        tick.set_color(model_color(v.model))
+        tick.set_color(model_text_color(v.model))
     ax.set_ylabel("relative error, last spatial layer")
     ax.set_title(f"{stage}: transforms convolutions do not commute with ({over_seeds(result.n_seeds)})",
                  fontsize=9)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
     written.append(save(fig, out_dir / "transforms.png"))
     return written
 
@@ -339,7 +338,7 @@ def _plot_grid(result: Result, stage: str, out_dir: Path) -> Path | None:
             grid = np.maximum(np.asarray(r.grid.mean, dtype=float), LOG_FLOOR)
             image = ax.imshow(np.log10(grid), vmin=-9, vmax=0.5, cmap="magma", origin="upper")
             ax.set_title(f"{name}, {mode}: {layer} (J={r.jump[0]})", fontsize=8,
-                         color=model_color(variants[name].model))
+                         color=model_text_color(variants[name].model))
             ax.set_xlabel("dx")
             ax.set_ylabel("dy")
     if image is not None:

@@ -25,7 +25,16 @@ from equivar.equivariance import relative_error
 from equivar.errors import ConfigError
 from equivar.experiment import base_fields, check_before_data, obtain, record_fields, unmeasured
 from equivar.metrics import accuracy
-from equivar.plot import FLOAT32_EPS, LOG_FLOOR, draw_chance, error_bars, model_color, over_seeds, save
+from equivar.plot import (
+    FLOAT32_EPS,
+    LOG_FLOOR,
+    draw_chance,
+    error_bars,
+    legend_columns,
+    model_color,
+    over_seeds,
+    save,
+)
 from equivar.results import EVERY_SEED_DIVERGED, ExperimentResult, Headline, MeanStd, ModelRecord
 from equivar.text import seeds_phrase
 from equivar.train import make_logits
@@ -120,13 +129,15 @@ def summary(result: Result) -> str:
 
 
 def plot(result: Result, out_dir: Path) -> list[Path]:
-    """Accuracy on each transformed test set per variant (mean ± std over seeds), and the logits' change."""
+    """Accuracy on each transformed test set per variant (bars, mean ± std over seeds), and the logits' change
+    (dots on a log axis: a bar there would start at an arbitrary floor); one legend under both panels."""
     names = result.transforms
     variants: dict[str, Variant | None] = {**result.models, **{v: None for v in result.unmeasured}}
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 3.8 + 0.12 * len(variants)), layout="constrained")
     width = 0.8 / len(variants)
     # Every variant is the same zoo model (group_pool): its colour, with hatching for all but the first variant.
     color = model_color("group_pool")
+    markers = ("o", "s", "D", "^", "v", "P", "X", "*")
     for i, (variant, r) in enumerate(variants.items()):
         x = np.arange(len(names)) + (i - (len(variants) - 1) / 2) * width
         if r is None:  # every seed diverged: named in the legend, nothing to draw
@@ -138,13 +149,17 @@ def plot(result: Result, out_dir: Path) -> list[Path]:
         ax.bar(x, [r.accuracy[t].mean for t in names], width, yerr=error_bars([r.accuracy[t].std for t in names], n),
                capsize=3, label=f"{variant} ({r.n_params:,} params){r.seeds_note()}", **style)
         change = np.maximum([r.logit_change[t].mean for t in names], LOG_FLOOR)
-        ax2.bar(x, change, width, yerr=error_bars([r.logit_change[t].std for t in names], n),
-                capsize=3, label=variant, **style)
+        spread = np.asarray([r.logit_change[t].std for t in names], dtype=float)
+        low = change - np.maximum(change - spread, LOG_FLOOR)  # the lower bar stops at the floor
+        ax2.errorbar(x, change, yerr=np.stack([low, spread]) if n > 1 else None, fmt=markers[i % len(markers)],
+                     color=color, mfc=color if i == 0 else "white", capsize=3, ms=6, label=variant)
     draw_chance(ax, result.chance)
     for a in (ax, ax2):
         a.set_xticks(range(len(names)), names)
         a.grid(axis="y", alpha=0.3)
-        a.legend(fontsize=8)
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", fontsize=8,
+               ncol=legend_columns(len(labels), 10.5, max(len(label) for label in labels)))
     ax.set_ylabel("test accuracy")
     ax.set_ylim(0, 1.05)
     ax.set_title("accuracy on transformed test inputs (trained upright)", fontsize=9)
@@ -154,7 +169,4 @@ def plot(result: Result, out_dir: Path) -> list[Path]:
     ax2.set_title(f"change of the logits (grey: float32 precision; zeros drawn at {LOG_FLOOR:g})", fontsize=9)
     dataset = result.dataset.name if result.dataset else "?"
     fig.suptitle(f"pooling across rotated feature maps on {dataset} ({over_seeds(result.n_seeds)})", fontsize=10)
-    fig.tight_layout()
     return [save(fig, Path(out_dir) / "feature_pooling.png")]
-
-

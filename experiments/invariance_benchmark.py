@@ -270,14 +270,11 @@ def plot(result: Result, out_dir: Path) -> list[Path]:
         if share:  # a share from 0 to 1: bars
             ax.bar(np.arange(len(names)), means, color=[model_color(n) for n in names],
                    yerr=clipped_errors(means, stds, values[0].n), capsize=2)
-            ax.set_xticks(np.arange(len(names)), names, rotation=45, ha="right", fontsize=7,
-                          rotation_mode="anchor")
+            ax.set_xticks(np.arange(len(names)), names, fontsize=7)  # save() rotates them where crowded
             share_axis(ax, "")
             ax.grid(axis="y", alpha=0.3)
         else:  # the LEE spans decades: dots on a log axis (a bar there would start at an arbitrary floor)
             dot_chart(ax, names, values, fontsize=7)
-            ax.set_xticks(np.arange(len(names)), names, rotation=45, ha="right", fontsize=7,
-                          rotation_mode="anchor")
         ax.set_title(title, fontsize=9)
     dataset = result.dataset.name if result.dataset else "?"
     fig.suptitle(f"Shift-invariance techniques on {dataset} ({over_seeds(result.n_seeds)})", fontsize=10)

@@ -231,7 +231,7 @@ def plot(result: Result, out_dir: Path) -> list[Path]:
     families = list(dict.fromkeys(v.family for v in models.values()))
     params = [float(v.n_params or 1) for v in models.values()]
     lo, hi = np.log10(min(params)), np.log10(max(params))
-    fig, ax = plt.subplots(figsize=(7, 4.8))
+    fig, ax = plt.subplots(figsize=(8.2, 4.8), layout="constrained")
     for v in models.values():
         f = families.index(v.family)
         size = 30 + 120 * ((np.log10(v.n_params or 1) - lo) / (hi - lo) if hi > lo else 0.5)
@@ -245,15 +245,14 @@ def plot(result: Result, out_dir: Path) -> list[Path]:
     ax.set_xlabel("clean test accuracy")
     ax.set_ylabel(f"softmax LEE ({result.generator}, per pixel)")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8, loc="best")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the points, never over them
     ax.set_title(f"LEE against accuracy, {dataset}: one point per trained seed, size ~ parameters\n"
                  f"Spearman (accuracy, log LEE): {_rho(result.accuracy_vs_lee['all'])}", fontsize=9)
-    fig.tight_layout()
     written = [save(fig, out_dir / "lee_vs_accuracy.png")]
 
     kinds = [k for k in KINDS if any(k in v.shares for v in models.values())]
     names = list(models)
-    fig, ax = plt.subplots(figsize=(9.5, 0.32 * len(names) + 1.4))
+    fig, ax = plt.subplots(figsize=(9.5, 0.32 * len(names) + 1.6), layout="constrained")
     left = np.zeros(len(names))
     cmap = plt.get_cmap("tab10")
     for i, k in enumerate(kinds):
@@ -268,6 +267,5 @@ def plot(result: Result, out_dir: Path) -> list[Path]:
     ax.set_title(f"Which kind of row breaks translation equivariance, {dataset} (mean over "
                  f"{seeds_phrase(result.n_seeds)})",
                  fontsize=9)
-    fig.tight_layout(rect=(0, 0, 0.84, 1))
     written.append(save(fig, out_dir / "lee_shares.png"))
     return written

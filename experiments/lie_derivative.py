@@ -37,7 +37,15 @@ from equivar.evaluate import ShiftEvaluator
 from equivar.experiment import base_fields, check_before_data, obtain, record_fields, spec_variants, unmeasured
 from equivar.lie import generators, lie_derivative
 from equivar.metrics import accuracy, consistency
-from equivar.plot import clipped_errors, model_color, nonnegative_log_axis, over_seeds, save
+from equivar.plot import (
+    clipped_errors,
+    dot_chart,
+    legend_columns,
+    model_color,
+    nonnegative_log_axis,
+    over_seeds,
+    save,
+)
 from equivar.results import ExperimentResult, Headline, MeanStd, ModelRecord, Record
 from equivar.schema import Float, NonNegativeInt, PositiveInt
 from equivar.schema import Options as OptionsBase
@@ -322,7 +330,7 @@ def plot(result: Result, out_dir: Path) -> list[Path]:
 
     layered = {n: m.layers for n, m in models.items() if m.layers}
     if not layered:  # say so in the figure the docs name, rather than leave it out
-        fig, ax = plt.subplots(figsize=(9, 2.2))
+        fig, ax = plt.subplots(figsize=(9, 2.2), layout="constrained")
         ax.axis("off")
         reasons = [f"{n}: {_short(m.per_layer_unavailable or 'not asked for (lie_derivative.per_layer=false)')}"
                    for n, m in models.items()]
@@ -332,8 +340,8 @@ def plot(result: Result, out_dir: Path) -> list[Path]:
     if layered:
         n_rows = max(len(next(iter(shares.values())).probs) for shares in layered.values())
         height = 2.9 if n_rows <= 15 else 4.4  # room for the long rotated names of a transformer's rows
-        fig, axes = plt.subplots(len(layered), 1, figsize=(max(9.0, 0.34 * n_rows), height * len(layered)),
-                                 squeeze=False)
+        fig, axes = plt.subplots(len(layered), 1, figsize=(max(9.0, 0.34 * n_rows), height * len(layered) + 0.6),
+                                 squeeze=False, layout="constrained")
         for ax, (name, shares) in zip(axes[:, 0], layered.items()):
             width = 0.8 / len(shares)
             drawn: list[float] = []
@@ -358,31 +366,36 @@ def plot(result: Result, out_dir: Path) -> list[Path]:
                      fontsize=10)
         without = [f"{n}: {_short(m.per_layer_unavailable or 'no per-layer split')}" for n, m in models.items()
                    if not m.layers]
-        if without:  # said on the figure, not silently left out
-            fig.text(0.01, 0.005, "no per-layer split: " + "; ".join(without), fontsize=7, va="bottom",
-                     wrap=True)
-        fig.tight_layout(rect=(0, 0.04 if without else 0, 1, 1))
+        if without:  # said on the figure, not silently left out (save() wraps it to the canvas)
+            fig.supxlabel("no per-layer split: " + "; ".join(without), fontsize=7, x=0.01, ha="left")
         written.append(save(fig, out_dir / "lie_layers.png"))
     written += _generators_figure(result, out_dir)
 
     saw = {n: m.sawtooth for n, m in models.items() if m.sawtooth is not None}
     if saw:
-        fig, axes = plt.subplots(1, len(saw), figsize=(3.6 * len(saw), 3.2), squeeze=False, sharey=True)
-        for ax, (name, s) in zip(axes[0], saw.items()):
+        cols = min(4, len(saw))  # many models: rows of 4 panels
+        rows = -(-len(saw) // cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(max(3.6 * cols, 5.0), 3.0 * rows + 0.5), squeeze=False,
+                                 sharey=True, layout="constrained")
+        for ax, (name, s) in zip(axes.flat, saw.items()):
             for curve in s.probability:
                 ax.plot(s.shifts, curve, color=model_color(name), alpha=0.8, lw=1)
             ax.set_title(name, fontsize=9)
-            ax.set_xlabel("Fourier shift (pixels)")
             ax.set_ylim(0, 1.02)
             ax.grid(alpha=0.3)
-        axes[0, 0].set_ylabel("p(clean predicted class)")
+        for i, ax in enumerate(axes.flat):
+            if i >= len(saw):
+                ax.set_visible(False)
+            elif i + cols >= len(saw):  # the lowest panel of its column
+                ax.set_xlabel("Fourier shift (pixels)")
+        for ax in axes[:, 0]:
+            ax.set_ylabel("p(clean predicted class)")
         fig.suptitle("Predicted-class probability of a few test inputs under sub-pixel shifts (first seed)",
                      fontsize=10)
-        fig.tight_layout()
         written.append(save(fig, out_dir / "lie_sawtooth.png"))
 
     gen = translate[-1]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4 + 0.1 * len(models)), layout="constrained")
     lees: list[float] = []
     for name, m in models.items():
         lee = m.lee[gen].probs.mse
@@ -397,10 +410,11 @@ def plot(result: Result, out_dir: Path) -> list[Path]:
         ax.set_ylabel(f"LEE ({gen}, softmax, per pixel)")
         nonnegative_log_axis(ax, lees)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()  # one legend under both panels: no point covered
+    fig.legend(handles, labels, loc="outside lower center", fontsize=8,
+               ncol=legend_columns(len(labels), 9.5, max(len(label) for label in labels)))
     fig.suptitle(f"Local equivariance error against shift consistency and accuracy, {dataset} "
                  f"({over_seeds(n_seeds)})", fontsize=10)
-    fig.tight_layout()
     written.append(save(fig, out_dir / "lie_vs_consistency.png"))
     return written
 
@@ -420,26 +434,21 @@ def _short(reason: str, limit: int = 90) -> str:
 
 
 def _generators_figure(result: Result, out_dir: Path) -> list[Path]:
-    """``lie_generators.png`` (2D data: more than one generator): each model's LEE per generator, log axis,
-    ± std over seeds; rotation is per radian and scaling per log-unit, so only bars of one generator compare
-    across models."""
+    """``lie_generators.png`` (2D data: more than one generator): each model's LEE per generator, a dot with its
+    ± std over seeds on a log axis; rotation is per radian and scaling per log-unit, so only the dots of one
+    generator compare across models."""
     gens = result.generators
     if len(gens) < 2 or not result.models:
         return []
     names = list(result.models)
-    fig, axes = plt.subplots(1, len(gens), figsize=(3.4 * len(gens), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(gens), figsize=(max(3.4, 1.2 + 0.3 * len(names)) * len(gens), 3.9),
+                             squeeze=False, layout="constrained")
     for ax, gen in zip(axes[0], gens):
         values = [result.models[n].lee[gen].probs.mse for n in names]
-        means, stds = [v.mean for v in values], [v.std for v in values]
-        ax.bar(np.arange(len(names)), means, color=[model_color(n) for n in names],
-               yerr=clipped_errors(means, stds, values[0].n), capsize=3)
-        ax.set_xticks(np.arange(len(names)), names, rotation=30, fontsize=8)
+        dot_chart(ax, names, values)  # a dot per model on a log axis: bars there would start at an arbitrary floor
         ax.set_title(gen, fontsize=9)
-        nonnegative_log_axis(ax, means + [m + sd for m, sd in zip(means, stds)])
-        ax.grid(axis="y", alpha=0.3)
     axes[0, 0].set_ylabel("LEE (softmax, mean ||·||²)")
     dataset = result.dataset.name if result.dataset else "?"
     fig.suptitle(f"Local equivariance error per transformation, {dataset} ({over_seeds(result.n_seeds)}; "
                  "translations per pixel, rotation per radian, scaling per log-unit)", fontsize=9)
-    fig.tight_layout()
     return [save(fig, Path(out_dir) / "lie_generators.png")]

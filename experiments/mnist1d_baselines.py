@@ -97,7 +97,7 @@ def plot(result: Result, out_dir: Path) -> list[Path]:
     models = result.models
     if not models:
         return []
-    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(models), 4))
+    fig, ax = plt.subplots(figsize=(max(5.0, 2.6 + 1.3 * len(models)), 4), layout="constrained")
     x = np.arange(len(models))
     ours = [m.test_accuracy.mean for m in models.values()]
     spread = [m.test_accuracy.std if m.test_accuracy.n > 1 else 0 for m in models.values()]
@@ -110,11 +110,10 @@ def plot(result: Result, out_dir: Path) -> list[Path]:
     ax.set_xticks(x, [n + m.seeds_note() for n, m in models.items()])
     ax.set_ylim(0, 1.1)
     ax.set_ylabel("test accuracy")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars, never over one
     p = result.protocol
     ax.set_title(f"MNIST-1D baselines ({over_seeds(result.n_seeds)}; {p.optimizer} {p.learning_rate:g}, "
                  f"batch {p.batch_size}, {p.steps} steps)", fontsize=9)
-    fig.tight_layout()
     return [save(fig, Path(out_dir) / "mnist1d_baselines.png")]
 
 

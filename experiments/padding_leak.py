@@ -146,7 +146,7 @@ def summary(result: Result) -> str:
 def plot(result: Result, out_dir: Path) -> list[Path]:
     """Test accuracy per padding (mean ± std over seeds, seeds as dots) against chance."""
     paddings: dict[str, PaddingResult | None] = {**result.models, **{p: None for p in result.unmeasured}}
-    fig, ax = plt.subplots(figsize=(1.8 + 1.4 * len(paddings), 3.6))
+    fig, ax = plt.subplots(figsize=(max(4.5, 2.8 + 1.2 * len(paddings)), 3.8), layout="constrained")
     for i, r in enumerate(paddings.values()):
         if r is None:  # every seed diverged
             ax.text(i, 0.05, EVERY_SEED_DIVERGED.replace(" diverged", "\ndiverged"), ha="center", fontsize=8)
@@ -163,8 +163,7 @@ def plot(result: Result, out_dir: Path) -> list[Path]:
     ax.set_ylabel("test accuracy: which corner?")
     ax.set_title(f"padding leak on {result.source} patches\n(red: the two corners get identical logits)",
                  fontsize=9)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars, never over one
     return [save(fig, Path(out_dir) / "padding_leak.png")]
 
 

@@ -35,7 +35,7 @@ from equivar.equivariance import relative_error
 from equivar.errors import ConfigError
 from equivar.experiment import base_fields, obtain, record_fields
 from equivar.layers import Blur, GlobalPool, PolyphaseDownsample, Pool
-from equivar.plot import band, over_seeds, save
+from equivar.plot import band, legend_below, over_seeds, save
 from equivar.results import (
     ExperimentResult,
     Headline,
@@ -223,7 +223,8 @@ def plot(result: Result, out_dir: Path) -> list[Path]:
         return []
     shifts = np.asarray(result.shifts)
     types = list(dict.fromkeys(r.type for r in pools.values() if r.size is not None))
-    fig, axes = plt.subplots(1, len(types) + 1, figsize=(3.6 * (len(types) + 1), 3.4), sharey=True)
+    fig, axes = plt.subplots(1, len(types) + 1, figsize=(max(3.6 * (len(types) + 1), 7.5), 3.9), sharey=True,
+                             layout="constrained")
     colours = plt.cm.plasma(np.linspace(0, 0.8, len(result.sizes)))
     for ax, t in zip(axes, types):
         for colour, r in zip(colours, [r for r in pools.values() if r.type == t]):
@@ -233,7 +234,7 @@ def plot(result: Result, out_dir: Path) -> list[Path]:
         ax.set_title(f"{t} pooling" + (" (dotted: after undoing the shift)" if t == "aps" else ""), fontsize=9)
         ax.set_xlabel("circular shift (every axis)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+    legend_below(axes[0], fontsize=7)  # the sizes, the same in every panel: once, under the curves
     ax = axes[-1]
     for name, r in pools.items():
         if r.size is None:
@@ -241,16 +242,16 @@ def plot(result: Result, out_dir: Path) -> list[Path]:
     ax.set_title("global pooling", fontsize=9)
     ax.set_xlabel("circular shift (every axis)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    legend_below(ax, fontsize=7)
     axes[0].set_ylabel("‖g(Tₛx) − g(x)‖ / ‖g(x)‖")
     dataset = result.dataset.name if result.dataset else "?"
     fig.suptitle(f"pooling invariance on {dataset}: {result.shift_mode} shifts of circular conv + ReLU features, "
                  f"{over_seeds(result.n_seeds)}", fontsize=10)
-    fig.tight_layout()
     written = [save(fig, out_dir / "pooling_invariance.png")]
 
     picks = [s for s in (1, 2, 4) if s in set(shifts.tolist())]
-    fig, axes = plt.subplots(1, len(picks), figsize=(4.2 * len(picks), 3.4), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(picks), figsize=(max(4.2 * len(picks), 5.5), 3.6), sharey=True, squeeze=False,
+                             layout="constrained")
     for ax, s in zip(axes[0], picks):
         at = list(shifts).index(s)
         for t in types:
@@ -266,7 +267,6 @@ def plot(result: Result, out_dir: Path) -> list[Path]:
         ax.legend(fontsize=7)
     axes[0, 0].set_ylabel("invariance error")
     fig.suptitle("larger pooling regions: invariance to larger displacements", fontsize=10)
-    fig.tight_layout()
     written.append(save(fig, out_dir / "pooling_size.png"))
     return written
 

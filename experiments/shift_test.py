@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-import matplotlib.ticker
 import numpy as np
 
 from equivar.config import RunConfig
@@ -35,7 +34,17 @@ from equivar.metrics import (
     probability_change,
     worst_case_robustness,
 )
-from equivar.plot import AXIS_NAMES, band, draw_chance, model_color, over_seeds, save, share_axis
+from equivar.plot import (
+    AXIS_NAMES,
+    band,
+    draw_chance,
+    integer_ticks,
+    legend_below,
+    model_color,
+    over_seeds,
+    save,
+    share_axis,
+)
 from equivar.results import ExperimentResult, Headline, MeanStd, MeanStdSeries, ModelRecord, Record
 from equivar.text import seeds_phrase
 from equivar.transforms import CROP_CANVASES
@@ -215,7 +224,8 @@ def plot(result: Result, out_dir: Path) -> list[Path]:
     dataset = result.dataset.name if result.dataset else "?"
     written = []
 
-    fig, axes = plt.subplots(1, rank, figsize=(6 * rank, 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, rank, figsize=(6 * rank, 4.2 + 0.12 * len(models)), squeeze=False,
+                             layout="constrained")
     for axis in range(rank):
         ax = axes[0, axis]
         rows = _axis_slice(shifts, axis)
@@ -230,18 +240,21 @@ def plot(result: Result, out_dir: Path) -> list[Path]:
         ax.grid(alpha=0.3)
         if rank > 1:
             ax.set_title(f"shift along {AXIS_NAMES[rank][axis]}, other axis 0")
-    axes[0, 0].legend(loc="lower center")
+    legend_below(axes[0, 0])  # below the axes: however many models, no curve is covered
     fig.suptitle(f"Accuracy vs shift on {dataset} ({over_seeds(result.n_seeds)})")
-    fig.tight_layout()
     written.append(save(fig, out_dir / "accuracy_vs_shift.png"))
 
     if rank == 2:
         side = int(round(np.sqrt(len(shifts))))
         lo = min(float(np.min(m.shift_accuracy.mean)) for _, m in models.values())
-        fig, axes = plt.subplots(1, len(models), figsize=(4.6 * len(models) + 1.0, 4.4), squeeze=False,
+        cols = min(4, len(models))  # many models: rows of 4 maps
+        n_rows = -(-len(models) // cols)
+        fig, axes = plt.subplots(n_rows, cols, figsize=(4.2 * cols + 1.0, 3.9 * n_rows + 0.6), squeeze=False,
                                  layout="constrained")
+        for ax in axes.flat[len(models):]:
+            ax.set_visible(False)
         image = None
-        for i, (ax, (label, (_, m))) in enumerate(zip(axes[0], models.items())):
+        for i, (ax, (label, (_, m))) in enumerate(zip(axes.flat, models.items())):
             grid = np.asarray(m.shift_accuracy.mean).reshape(side, side)
             values = np.unique(shifts[:, 1])
             half = (values[1] - values[0]) / 2 if len(values) > 1 else 0.5  # half a grid step (sub-pixel too)
@@ -250,29 +263,30 @@ def plot(result: Result, out_dir: Path) -> list[Path]:
             image = ax.imshow(grid, vmin=lo, vmax=1.0, cmap="viridis", extent=extent)
             ax.set_title(f"{label}: mean {grid.mean():.3f}, min {grid.min():.3f}")
             ax.set_xlabel("dx (columns)")
-            if i == 0:
+            if i % cols == 0:
                 ax.set_ylabel("dy (rows)")
         assert image is not None
-        fig.colorbar(image, ax=axes[0].tolist(), label="test accuracy", shrink=0.85)
+        fig.colorbar(image, ax=list(axes.flat[:len(models)]), label="test accuracy", shrink=0.85)
         fig.suptitle(f"Accuracy over (dy, dx) shifts on {dataset}, mode={mode}, "
                      f"{over_seeds(result.n_seeds, 'mean')}")
         written.append(save(fig, out_dir / "accuracy_heatmap.png"))
 
     # At least 4.5 inches: the title's two lines must fit above a single bar too.
-    fig, ax = plt.subplots(figsize=(max(4.5, 1.6 + 1.4 * len(models)), 4))
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.6 + 1.1 * len(models)), 4), layout="constrained")
     labels = list(models)
     cons = [models[k][1].consistency for k in labels]
     means = [c.mean for c in cons]
     # No error bar where a model has one seed left: a std of 0 would claim a precision it does not have.
     stds = [np.nan if c.n == 1 else c.std for c in cons]
     bars = ax.bar(labels, means, yerr=stds, capsize=5, color=[model_color(models[k][0]) for k in labels])
-    for bar, mean in zip(bars, means):
-        ax.text(bar.get_x() + bar.get_width() / 2, min(mean, 1.0) + 0.02, f"{mean:.3f}", ha="center")
+    for bar, mean, std in zip(bars, means, stds):  # above the error bar
+        top = mean + (0.0 if np.isnan(std) else std)
+        ax.text(bar.get_x() + bar.get_width() / 2, min(top, 1.0) + 0.02, f"{mean:.3f}", ha="center",
+                fontsize=9 if len(models) < 8 else 7)
     ax.set_ylim(0, 1.1)
     ax.set_ylabel("consistency (same class under two random shifts)")
     ax.set_title(f"Shift consistency, {dataset}, mode={mode}\n({over_seeds(result.n_seeds)})")
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
     written.append(save(fig, out_dir / "consistency.png"))
     written += _robustness_figure(result, out_dir)
     return written
@@ -284,19 +298,20 @@ def _robustness_figure(result: Result, out_dir: Path) -> list[Path]:
     radii = result.robustness_radii
     if not robust or len(radii) < 2:
         return []
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = plt.subplots(figsize=(6.5, 4 + 0.12 * len(robust)), layout="constrained")
     for name, series in robust.items():
-        band(ax, radii, series.mean, series.std, series.n, model_color(name), name, marker="o", ms=3)
+        band(ax, radii, series.mean, series.std, series.n, model_color(name), name, marker="o", ms=3,
+             clip_on=False)  # the end markers sit on the frame, whole
     if result.dataset is not None:
         draw_chance(ax, 1.0 / result.dataset.n_classes)
     share_axis(ax, "R(r): correct under every shift within r")
     ax.set_xlabel(f"radius r (the largest |shift| on any axis; {result.shift_mode} shifts)")
+    ax.set_xlim(min(radii), max(radii))  # the measured radii, no axis past them
     if all(float(r).is_integer() for r in radii):
-        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        integer_ticks(ax.xaxis, min(radii), max(radii))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    legend_below(ax)
     dataset = result.dataset.name if result.dataset else "?"
     ax.set_title(f"Worst-case shift robustness, {dataset} ({over_seeds(result.n_seeds)})", fontsize=10)
-    fig.tight_layout()
     return [save(fig, Path(out_dir) / "robustness.png")]
 
