@@ -170,6 +170,10 @@ def main(argv: list[str] | None = None) -> None:
                         "and python -m equivar.spread folders (spread.json, spread.md)")
     parser.add_argument("--root", type=Path, default=Path("."), help="the folder holding README.md and docs/")
     args = parser.parse_args(argv)
+    unknown = [str(r) for r in args.runs if not ((r / "spread.json").is_file()
+                                                 or (r / ".hydra" / "overrides.yaml").is_file())]
+    if unknown:
+        parser.error(f"not a run folder (no .hydra/overrides.yaml) nor an equivar.spread folder: {', '.join(unknown)}")
     spreads = [r for r in args.runs if (r / "spread.json").is_file()]
     runs = [r for r in args.runs if r not in spreads]
     done = update(doc_files(args.root), runs) + update_spreads(doc_files(args.root), spreads)
