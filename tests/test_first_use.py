@@ -205,6 +205,7 @@ def test_piping_the_cli_into_head_exits_0_with_the_run_complete(tmp_path):
     assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == "complete"
 
 
+@pytest.mark.slow  # two tiny runs: about 15 s
 def test_an_interrupted_run_keeps_its_complete_models_and_a_model_prints_short(tmp_path, caplog):
     """Run again in the same folder after an interruption: the models whose checkpoints were complete load
     (with their curves), the others train; the result is the one an uninterrupted run gives."""
