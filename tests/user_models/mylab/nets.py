@@ -180,3 +180,27 @@ class LinenViT(nn.Module):
             h = nn.LayerNorm()(x)
             x = x + nn.Dense(self.dim)(nn.gelu(nn.Dense(2 * self.dim)(h)))
         return nn.Dense(self.num_classes)(nn.LayerNorm()(x).mean(axis=1))
+
+
+class LinenDropDet(nn.Module):
+    """Dropout switched by a ``deterministic`` argument (True in inference), on the input's first values."""
+
+    num_classes: int
+    rate: float = 0.5
+
+    @nn.compact
+    def __call__(self, x, deterministic: bool = True):
+        h = x.reshape(x.shape[0], -1)[:, :self.num_classes] * self.param("scale", nn.initializers.ones, ())
+        return nn.Dropout(self.rate, deterministic=deterministic)(h)
+
+
+class LinenBNRunning(nn.Module):
+    """BatchNorm switched by a ``use_running_average`` argument (True in inference), on the input's first values."""
+
+    num_classes: int
+    momentum: float = 0.5
+
+    @nn.compact
+    def __call__(self, x, use_running_average: bool = True):
+        h = nn.BatchNorm(use_running_average=use_running_average, momentum=self.momentum)(x)
+        return h.reshape(h.shape[0], -1)[:, :self.num_classes]
