@@ -73,7 +73,7 @@ def _mean_std(values) -> tuple[float, float]:
     return float(values.mean()), float(values.std(ddof=1))
 
 
-def test_shift_test_every_measure_by_hand_on_seeds_that_differ(tmp_path):
+def test_shift_test_every_measure_by_hand_on_seeds_that_differ(tmp_path, figures):
     """Two seeds with different biases under a roll grid of -3..3 on 40 of 128 test inputs."""
     from equivar.trained import load
 
@@ -143,6 +143,16 @@ def test_shift_test_every_measure_by_hand_on_seeds_that_differ(tmp_path):
     np.testing.assert_allclose(probe.per_seed.grid_mean_accuracy, grid_mean, rtol=0, atol=1e-12)
     np.testing.assert_allclose(probe.per_seed.clean_accuracy, clean, rtol=0, atol=1e-12)
     np.testing.assert_allclose(probe.per_seed.consistency, cons, rtol=0, atol=1e-9)
+    # the figures draw these numbers: a marker per measured shift, R(r) with its end markers whole on the frame,
+    # consistency bars on a fixed 0..1.1 axis (room for the values written above them)
+    (line,) = [ln for ln in figures["accuracy_vs_shift.png"].axes[0].get_lines() if ln.get_label() == "probe"]
+    np.testing.assert_allclose(line.get_xdata(), shifts)
+    np.testing.assert_allclose(line.get_ydata(), per_shift.mean(0), rtol=1e-12)
+    assert line.get_marker() == "o"
+    (line,) = [ln for ln in figures["robustness.png"].axes[0].get_lines() if ln.get_label() == "probe"]
+    np.testing.assert_allclose(line.get_ydata(), np.mean(robust, 0), rtol=1e-12)
+    assert line.get_clip_on() is False
+    assert figures["consistency.png"].axes[0].get_ylim() == (0, 1.1)
     lines = (tmp_path / "summary.md").read_text().splitlines()
     header = ("| model | consistency (correct) | consistency (wrong) | R(1) | R(3) | probability change | "
               "crop consistency (zero) | crop consistency (reflect) |")
@@ -532,6 +542,7 @@ def test_training_figure_draws_the_mean_and_spread_of_the_seeds(tmp_path, monkey
         mean, std, lowest = _by_hand(rows)
         low = np.maximum(mean - std, lowest) if is_loss else mean - std
         assert any(np.allclose(b[0], low) and np.allclose(b[1], mean + std) for b in bands)
+        assert all(0 < c.get_alpha() < 1 for c in ax.collections)  # a band never hides the curves under it
         assert ax.get_xlabel() == "epoch" and [t for t in ax.get_xticks() if 1 <= t <= 3] == [1, 2, 3]
     assert ax_loss.get_yscale() == "log" and ax_loss.get_ylabel() == "cross-entropy loss"
     assert "dashed: 20 held-out test examples after each epoch" in drawn[0].get_suptitle()
@@ -674,3 +685,87 @@ def test_invariance_benchmark_reports_a_model_whose_every_seed_diverged(tmp_path
     assert result.models == {} and set(result.unmeasured) == {"broken"}
     assert [s.text() for s in result.unmeasured["broken"].seeds] == ["diverged at step 0 (epoch 1)"] * 2
     assert result.status.value == "diverged"
+
+
+def test_training_figure_without_a_dataset_draws_no_chance_line(tmp_path, monkeypatch):
+    """A result that names no dataset (read back from an older run) still draws; no panel gets a chance line."""
+    from equivar import plot
+
+    drawn = []
+    monkeypatch.setattr(plot, "save", lambda fig, path: drawn.append(fig) or path)
+    for n in (2, plot.FEW_TRAININGS + 1):
+        result = _curves(n)
+        result.dataset = None
+        plot.training_figure(result, tmp_path)
+        assert not [line for ax in drawn[-1].axes for line in ax.get_lines() if line.get_label() == "chance"]
+        assert drawn[-1].get_suptitle().startswith("Training accuracy, " if n > 2 else "Training curves (")
+
+
+def test_upsampling_drops_the_nyquist_bin_of_even_lengths_only():
+    """An odd length has no Nyquist bin: ideal 2x interpolation keeps every sample of any signal. An even
+    length's Nyquist bin has no place on the finer grid: the alternating signal (all Nyquist) upsamples to 0."""
+    from equivar.alias_free import fourier_upsample
+
+    x = jax.random.normal(jax.random.key(0), (2, 15, 1))
+    up = fourier_upsample(x, 2)
+    assert up.shape == (2, 30, 1)
+    np.testing.assert_allclose(up[:, ::2], x, atol=1e-5)
+    alternating = jnp.asarray(np.tile([1.0, -1.0], 4)[None, :, None], jnp.float32)
+    np.testing.assert_allclose(fourier_upsample(alternating, 2), np.zeros((1, 16, 1)), atol=1e-6)
+
+
+@pytest.mark.parametrize("packing", ["loop", "vmap"])
+def test_a_seed_frozen_at_finite_parameters_has_no_heldout_points(packing):
+    """A NaN in the training data makes the first step's loss NaN: the seed is frozen at its (finite) initial
+    parameters, on which the clean held-out examples would give finite numbers; the curve has none (NaN) from
+    that epoch on, per seed alone (loop) and under vmap."""
+    from equivar.models import build_model
+    from equivar.strategy import plan_execution
+    from equivar.train import SeedTrainer, TrainOptions, init_states, make_optimizer, seed_keys
+
+    from conftest import target
+
+    data = Synthetic(rank=1, size=8, n_classes=3, n_train=32, n_test=16, seed=2).load()
+    x_train = np.array(data.x_train)
+    x_train[:, 0, 0] = np.nan
+    spec = TrainOptions(epochs=2, batch_size=16, optimizer="sgd", learning_rate=0.1)
+    build = lambda rngs: build_model(target("mlp"), data.input_shape, data.n_classes, {"hidden": [4]}, rngs)
+    tx = make_optimizer(spec)
+    keys = seed_keys(0, 2)
+    graphdef, states = init_states(build, tx, keys)
+    trainer = SeedTrainer(graphdef, tx, plan_execution(packing))
+    _, history = trainer.fit(states, jnp.asarray(x_train), jnp.asarray(data.y_train), keys, spec,
+                             heldout=(data.x_test, data.y_test))
+    assert history.diverged_at.tolist() == [0, 0]
+    assert history.heldout_loss.shape == (2, 2) and np.isnan(history.heldout_loss).all()
+    assert np.isnan(history.heldout_accuracy).all()
+
+
+def test_training_figure_of_two_epochs_ticks_both(tmp_path, monkeypatch):
+    from equivar import plot
+
+    drawn = []
+    monkeypatch.setattr(plot, "save", lambda fig, path: drawn.append(fig) or path)
+    for n in (2, plot.FEW_TRAININGS + 1):  # shared panels, and one panel per training
+        result = _curves(n)
+        for record in result.models.values():
+            t = record.training
+            for key in ("loss", "accuracy", "heldout_loss", "heldout_accuracy"):
+                setattr(t, key, [row[:2] for row in getattr(t, key)])
+        plot.training_figure(result, tmp_path)
+        for ax in [a for a in drawn[-1].axes if a.get_visible()]:
+            assert [t for t in ax.get_xticks() if 0.5 <= t <= 2.5] == [1, 2]
+
+
+def test_shift_heatmap_says_it_shows_the_mean(tmp_path, figures):
+    from equivar.experiments import shift_test
+
+    from conftest import fake_shift_record, fake_shift_result
+
+    grid = [(a, b) for a in (-1, 0, 1) for b in (-1, 0, 1)]
+    dataset = {"name": "synthetic2d", "rank": 2, "n_train": 64, "n_test": 32, "input_shape": [8, 8, 1],
+               "n_classes": 4}
+    result = fake_shift_result({"mlp": fake_shift_record("mlp", 0.5, n_seeds=2, n_shifts=9)}, n_seeds=2,
+                               shifts=grid, dataset=dataset)
+    shift_test.plot(result, tmp_path)
+    assert "mode=roll, mean over 2 seeds" in figures["accuracy_heatmap.png"].get_suptitle().replace("\n", " ")
