@@ -80,11 +80,13 @@ def model_color(name: str) -> str:
         color = EXTRA_COLORS[(digest + k) % len(EXTRA_COLORS)]
         if color not in taken:
             break
-    else:
-        hue = (digest % 48) / 48
-        lightness = (0.38, 0.48, 0.58)[(digest // 48) % 3]
-        r, g, b = colorsys.hls_to_rgb(hue, lightness, 0.75)
-        color = "#{:02x}{:02x}{:02x}".format(*(round(255 * c) for c in (r, g, b)))
+    else:  # a hue and lightness from the hash, moved on to the next free one (144 in all)
+        for k in range(144):
+            step = digest + k
+            r, g, b = colorsys.hls_to_rgb((step % 48) / 48, (0.38, 0.48, 0.58)[(step // 48) % 3], 0.75)
+            color = "#{:02x}{:02x}{:02x}".format(*(round(255 * c) for c in (r, g, b)))
+            if color not in taken and color not in MODEL_COLORS.values():
+                break
     _ASSIGNED[name] = color
     return color
 

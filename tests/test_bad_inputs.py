@@ -95,8 +95,8 @@ def test_truncated_array_record_file_names_the_file(tmp_path):
     pytest.param(["experiment=nosuch"], "experiment=nosuch is not one of anatomy, antialiased_shift_test,",
                  marks=pytest.mark.slow),
     pytest.param([], "no experiment chosen: add experiment=NAME", marks=pytest.mark.slow),
-    pytest.param(["experiment=shift_test", "zoo.lenet.width=3"], "zoo.lenet.width is not an option; to add a new key, write +zoo.lenet.width=VALUE",
-                 marks=pytest.mark.slow),
+    pytest.param(["experiment=shift_test", "zoo.lenet.width=3"],
+                 "zoo.lenet (LeNet) has no option 'width'; valid options: channels", marks=pytest.mark.slow),
     pytest.param(["experiment=shift_test", "+n_seed=2"], "n_seed is not an option (did you mean n_seeds?)",
                  marks=pytest.mark.slow),
     (["-m", "experiment=shift_test", "n_seeds=1,0"], "n_seeds must be >= 1, got 0"),  # a sweep's bad job

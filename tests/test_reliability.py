@@ -53,7 +53,8 @@ def _numbers(metrics):
     out.pop("environment")
     for model in out["models"].values():
         model.pop("eval_seconds", None)
-        model["training"].pop("seconds")
+        for timing in ("seconds", "epoch_seconds", "steady_epoch_seconds"):
+            model["training"].pop(timing, None)
     return out
 
 
