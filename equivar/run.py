@@ -335,8 +335,7 @@ def _check_zoo_entries_used(overrides: list[str], raw: dict[str, Any], config: R
     option of the run names: otherwise the override does nothing, which is never what was meant
     (``+zoo.mine.width=3`` without ``models=[mine]``). ``++zoo...`` (set whether or not it exists, the form of an
     override list shared by several runs) and changes to existing keys are not checked."""
-    set_here = {o[1:].split("=", 1)[0].split(".")[1] for o in overrides
-                if o.startswith("+zoo.") and "=" in o and "." in o.split("=", 1)[0][5:] + "."}
+    set_here = {o[1:].split("=", 1)[0].split(".")[1] for o in overrides if o.startswith("+zoo.") and "=" in o}
     if not set_here:
         return
     used = {spec.name for spec in config.models} | set(_strings({k: v for k, v in raw.items() if k != "zoo"}))
