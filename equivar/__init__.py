@@ -4,7 +4,7 @@ from equivar.quiet import quiet_missing_tpu as _quiet_missing_tpu
 
 _quiet_missing_tpu()  # before JAX starts a backend: that is when it logs the failed TPU probe
 
-from equivar.strategy import configure_xla_flags as _configure_xla_flags  # noqa: E402  (after the quieting)
+from equivar.execution import configure_xla_flags as _configure_xla_flags  # noqa: E402  (after the quieting)
 from equivar.version import __version__  # noqa: E402,F401
 
 _configure_xla_flags()

@@ -132,28 +132,28 @@ def load_models(run_dir: str | Path, names: Sequence[str] | None = None) -> Load
     """
     import warnings
 
-    from equivar import trained
+    from equivar import checkpoints
     from equivar.errors import UserError
     from equivar.io import read_json
 
     run_dir = Path(run_dir)
-    saved = trained.available(run_dir)
+    saved = checkpoints.available(run_dir)
     if names is None and not saved:
-        raise ConfigError(f"{run_dir} holds no trained models (no {trained.CHECKPOINTS}/ with a record and a "
+        raise ConfigError(f"{run_dir} holds no trained models (no {checkpoints.CHECKPOINTS}/ with a record and a "
                           "checkpoint per model); give the folder of a run that trained them")
     out, unloadable = {}, {}
     for name in names or saved:
         try:
             try:
-                record = read_json(trained.record_path(run_dir, name))
+                record = read_json(checkpoints.record_path(run_dir, name))
                 shape, n_classes = tuple(record["input_shape"]), int(record["n_classes"])
             except FileNotFoundError:
                 raise ConfigError(f"{run_dir} holds no checkpoint of model {name!r}; it holds "
                                   f"{', '.join(saved) or 'none'}") from None
             except (OSError, ValueError, KeyError, TypeError) as err:
-                raise ConfigError(f"the record {trained.record_path(run_dir, name)} of model {name!r} cannot be "
+                raise ConfigError(f"the record {checkpoints.record_path(run_dir, name)} of model {name!r} cannot be "
                                   f"read: {type(err).__name__}: {err}") from None
-            out[name] = trained.load(run_dir, name, None, None, shape, n_classes)
+            out[name] = checkpoints.load(run_dir, name, None, None, shape, n_classes)
         except UserError as err:
             if names is not None:
                 raise

@@ -2,7 +2,7 @@
 
 Every node has one options model (:mod:`equivar.schema`): the top level (:class:`RunOptions`), ``train``
 (:class:`equivar.train.TrainOptions`), ``shift`` (:class:`equivar.transforms.ShiftGrid`), ``eval``
-(:class:`equivar.evaluate.EvalOptions`), ``execution`` (:class:`equivar.strategy.ExecutionOptions`), the
+(:class:`equivar.evaluate.EvalOptions`), ``execution`` (:class:`equivar.execution.ExecutionOptions`), the
 dataset (the class its ``_target_`` names) and the experiment's own ``<name>.*`` (its module's ``Options``).
 Models are checked by their constructors. Nothing here reads Hydra itself.
 """
@@ -21,16 +21,16 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from equivar.checkpoints import available, record_path
 from equivar.data import DatasetOptions, dataset_options
 from equivar.errors import ConfigError
 from equivar.evaluate import EvalOptions
+from equivar.execution import ExecutionOptions, ExecutionPlan
 from equivar.io import read_json
 from equivar.results import ExperimentResult
 from equivar.schema import NonNegativeInt, Options, PositiveInt, check, nearest
-from equivar.strategy import ExecutionOptions, ExecutionPlan
 from equivar.targets import locate_module
 from equivar.train import TrainOptions
-from equivar.trained import available, record_path
 from equivar.transforms import ShiftGrid
 
 BUILTIN_EXPERIMENTS = "equivar.experiments"  # experiment NAME is the module equivar.experiments.NAME by default

@@ -10,8 +10,8 @@ import numpy as np
 from flax import nnx
 from pydantic import Field
 
+from equivar.execution import ExecutionPlan, eval_images_per_call
 from equivar.schema import Options, PositiveInt
-from equivar.strategy import ExecutionPlan, eval_images_per_call
 from equivar.train import Variables, make_logits, make_predict, take_seed
 from equivar.transforms import shift_many
 

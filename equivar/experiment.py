@@ -25,18 +25,18 @@ from typing import Any
 import jax
 from flax import nnx
 
-from equivar import trained
+from equivar import checkpoints
+from equivar.checkpoints import TrainedModel
 from equivar.config import METRICS, ModelSpec, RunConfig, load_experiment, read_result  # noqa: F401  (re-exported)
 from equivar.data import Dataset
 from equivar.errors import ConfigError
+from equivar.execution import ExecutionPlan
 from equivar.io import environment, read_json, write_json
 from equivar.models import build_model, check_model
 from equivar.plot import training_figure
 from equivar.results import DatasetSummary, Environment, ExperimentResult, ModelRecord, SeedRecord, Training
-from equivar.strategy import ExecutionPlan
-from equivar.tracking import EpochWriter
+from equivar.tensorboard import EpochWriter
 from equivar.train import History, SeedTrainer, TrainState, init_states, make_optimizer, seed_keys
-from equivar.trained import TrainedModel
 
 log = logging.getLogger(__name__)
 
@@ -178,11 +178,11 @@ def obtain(config: RunConfig, data: Dataset, out_dir: Path, name: str, target: s
     trained on ``data`` and saved as a checkpoint in ``out_dir``."""
     where = where or f"zoo.{name}"
     if config.load_from:
-        return trained.load(Path(config.load_from), name, target, options, tuple(data.input_shape),
+        return checkpoints.load(Path(config.load_from), name, target, options, tuple(data.input_shape),
                             data.n_classes, where)
-    if resuming(out_dir) and name in trained.available(out_dir):  # saved before this run was interrupted
+    if resuming(out_dir) and name in checkpoints.available(out_dir):  # saved before this run was interrupted
         log.info("%s: its checkpoint from the interrupted attempt is complete; not trained again", name)
-        return trained.load(out_dir, name, target, options, tuple(data.input_shape), data.n_classes, where,
+        return checkpoints.load(out_dir, name, target, options, tuple(data.input_shape), data.n_classes, where,
                             resumed=True)
     check_batch(config.train.batch_size, len(data.y_train))
     graphdef, states = init_seeds(builder(target, options, data, where), config)
@@ -192,5 +192,5 @@ def obtain(config: RunConfig, data: Dataset, out_dir: Path, name: str, target: s
                                  opt_state=jax.jit(jax.vmap(tx.init))(start.params))
     states, history = train_seeds(graphdef, states, data, config, plan, name, out_dir)
     model = as_trained(name, target, options, data, graphdef, states, config, history)
-    trained.save(model, out_dir, data.summary())
+    checkpoints.save(model, out_dir, data.summary())
     return model

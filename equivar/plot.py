@@ -34,7 +34,7 @@ import matplotlib.transforms  # noqa: E402
 import numpy as np  # noqa: E402
 from numpy.typing import ArrayLike  # noqa: E402
 
-from equivar.text import seeds_phrase  # noqa: E402
+from equivar.results import seeds_phrase  # noqa: E402
 
 AXIS_NAMES = {1: ("shift",), 2: ("dy (rows)", "dx (columns)")}
 FLOAT32_EPS = 1.2e-7  # relative rounding of float32: errors below this are "exact"

@@ -36,8 +36,7 @@ from equivar.config import as_dict  # noqa: E402
 from equivar.errors import UserError  # noqa: E402
 from equivar.experiment import read_result  # noqa: E402
 from equivar.plot import draw_chance, model_color, over_seeds  # noqa: E402
-from equivar.results import EVERY_SEED_DIVERGED, ExperimentResult, Headline  # noqa: E402
-from equivar.text import mean_std_text, seeds_phrase  # noqa: E402
+from equivar.results import EVERY_SEED_DIVERGED, ExperimentResult, Headline, mean_std_text, seeds_phrase  # noqa: E402  # noqa: E402
 
 log = logging.getLogger(__name__)
 

@@ -20,12 +20,12 @@ from omegaconf import DictConfig
 
 from equivar.config import RunConfig, as_dict, parse_config, register_defaults
 from equivar.errors import ConfigError, UserError
+from equivar.execution import enable_compilation_cache
 from equivar.experiment import STATUS, SUMMARY, execute, read_result
-from equivar.front import experiment_help, help_page, version_line
+from equivar.help_page import experiment_help, help_page, version_line
 from equivar.io import read_json, write_json
 from equivar.results import EVERY_SEED_DIVERGED, ExperimentResult, RunStatus
 from equivar.schema import nearest
-from equivar.strategy import enable_compilation_cache
 
 log = logging.getLogger("equivar")
 

@@ -2,7 +2,7 @@
 
 Seed ``i`` of a run with base seed ``b`` uses the key ``jax.random.key(b + i)`` for both its initialisation and
 its data order, so seed ``i`` of an ``n_seeds=N`` run equals a single-seed run with ``seed=b+i``. How the seeds
-are packed on the device (a loop or ``vmap``) comes from :mod:`equivar.strategy`; both give the same models up
+are packed on the device (a loop or ``vmap``) comes from :mod:`equivar.execution`; both give the same models up
 to float rounding.
 """
 
@@ -24,9 +24,9 @@ from pydantic import Field
 from tqdm.auto import tqdm
 
 from equivar.errors import ConfigError
+from equivar.execution import ExecutionPlan, replicate, shard_seeds
 from equivar.introspect import split_variables, to_inference
 from equivar.schema import Float, NonNegativeInt, Options, PositiveInt, check_keywords
-from equivar.strategy import ExecutionPlan, replicate, shard_seeds
 from equivar.transforms import INTEGER_MODES, ShiftMode, shift_each
 
 log = logging.getLogger(__name__)
@@ -193,7 +193,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, au
             state.params, state.model_state, x, y)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         accuracy = (logits.argmax(-1) == y).mean()
-        if not guard:  # only for measuring what the guard costs (python -m equivar.bench)
+        if not guard:  # only for measuring what the guard costs (python -m equivar.tools.bench)
             params = optax.apply_updates(state.params, updates)
             return (TrainState(params, model_state, opt_state, state.step + 1, state.rng, state.diverged_at),
                     {"loss": loss, "accuracy": accuracy})

@@ -19,7 +19,7 @@ import numpy as np
 from flax import nnx
 from pydantic import Field
 
-from equivar import trained
+from equivar import checkpoints
 from equivar.anatomy import anatomy
 from equivar.config import RunConfig
 from equivar.data import load_dataset
@@ -105,7 +105,7 @@ def run(config: RunConfig, out_dir: Path) -> Result:
     records = {}
     for i, spec in enumerate(config.models):
         if config.load_from:  # a trained model: its first healthy seed's weights give the maps
-            loaded = trained.load(Path(config.load_from), spec.name, spec.target, spec.options, shape, n_classes,
+            loaded = checkpoints.load(Path(config.load_from), spec.name, spec.target, spec.options, shape, n_classes,
                                   spec.where)
             model, origin = loaded.modules()[0], loaded.source
         else:

@@ -20,6 +20,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from pydantic import Field
 
+from equivar.checkpoints import TrainedModel
 from equivar.config import ModelSpec, RunConfig
 from equivar.data import load_dataset
 from equivar.equivariance import layer_shift_errors, transform_errors
@@ -29,11 +30,18 @@ from equivar.layers import Padding
 from equivar.metrics import accuracy
 from equivar.models import model_options, resolve_target
 from equivar.plot import FLOAT32_EPS, LOG_FLOOR, model_text_color, over_seeds, save
-from equivar.results import ExperimentResult, Headline, MeanStd, MeanStdGrid, MeanStdSeries, ModelRecord, Record
+from equivar.results import (
+    ExperimentResult,
+    Headline,
+    MeanStd,
+    MeanStdGrid,
+    MeanStdSeries,
+    ModelRecord,
+    Record,
+    seeds_phrase,
+)
 from equivar.schema import Options as OptionsBase
 from equivar.schema import PositiveInt
-from equivar.text import seeds_phrase
-from equivar.trained import TrainedModel
 
 log = logging.getLogger(__name__)
 

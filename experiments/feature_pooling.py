@@ -35,8 +35,7 @@ from equivar.plot import (
     over_seeds,
     save,
 )
-from equivar.results import EVERY_SEED_DIVERGED, ExperimentResult, Headline, MeanStd, ModelRecord
-from equivar.text import seeds_phrase
+from equivar.results import EVERY_SEED_DIVERGED, ExperimentResult, Headline, MeanStd, ModelRecord, seeds_phrase
 from equivar.train import make_logits
 
 log = logging.getLogger(__name__)

@@ -35,10 +35,9 @@ from equivar.experiment import base_fields, check_before_data, obtain, record_fi
 from equivar.lie import generators, lie_derivative
 from equivar.metrics import accuracy, consistency, probability_change, worst_case_robustness
 from equivar.plot import clipped_errors, dot_chart, model_color, over_seeds, save, share_axis
-from equivar.results import ExperimentResult, Headline, MeanStd, ModelRecord
+from equivar.results import ExperimentResult, Headline, MeanStd, ModelRecord, seeds_phrase
 from equivar.schema import Float, PositiveInt
 from equivar.schema import Options as OptionsBase
-from equivar.text import seeds_phrase
 from equivar.transforms import CROP_CANVASES, shift_grid
 
 log = logging.getLogger(__name__)

@@ -33,10 +33,9 @@ from equivar.evaluate import ShiftEvaluator
 from equivar.experiment import base_fields, check_before_data, obtain, record_fields, unmeasured
 from equivar.metrics import accuracy
 from equivar.plot import save
-from equivar.results import ExperimentResult, Headline, MeanStd, ModelRecord, Record
+from equivar.results import ExperimentResult, Headline, MeanStd, ModelRecord, Record, seeds_phrase
 from equivar.schema import NonNegativeInt, PositiveInt
 from equivar.schema import Options as OptionsBase
-from equivar.text import seeds_phrase
 
 log = logging.getLogger(__name__)
 

@@ -46,10 +46,9 @@ from equivar.plot import (
     over_seeds,
     save,
 )
-from equivar.results import ExperimentResult, Headline, MeanStd, ModelRecord, Record
+from equivar.results import ExperimentResult, Headline, MeanStd, ModelRecord, Record, seeds_phrase
 from equivar.schema import Float, NonNegativeInt, PositiveInt
 from equivar.schema import Options as OptionsBase
-from equivar.text import seeds_phrase
 from equivar.transforms import fourier_shift
 
 log = logging.getLogger(__name__)

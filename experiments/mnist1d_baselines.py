@@ -19,8 +19,7 @@ from equivar.data import load_dataset
 from equivar.experiment import base_fields, check_before_data, obtain, record_fields, spec_variants, unmeasured
 from equivar.metrics import accuracy
 from equivar.plot import draw_chance, model_color, over_seeds, save
-from equivar.results import ExperimentResult, Headline, MeanStd, ModelRecord, Record
-from equivar.text import seeds_phrase
+from equivar.results import ExperimentResult, Headline, MeanStd, ModelRecord, Record, seeds_phrase
 from equivar.train import make_predict
 
 log = logging.getLogger(__name__)

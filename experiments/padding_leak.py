@@ -27,10 +27,9 @@ from equivar.experiment import base_fields, obtain, record_fields, unmeasured
 from equivar.layers import Padding
 from equivar.metrics import accuracy
 from equivar.plot import draw_chance, error_bars, save
-from equivar.results import EVERY_SEED_DIVERGED, ExperimentResult, Headline, MeanStd, ModelRecord, Record
+from equivar.results import EVERY_SEED_DIVERGED, ExperimentResult, Headline, MeanStd, ModelRecord, Record, seeds_phrase
 from equivar.schema import Float, PositiveInt
 from equivar.schema import Options as OptionsBase
-from equivar.text import seeds_phrase
 from equivar.train import make_logits
 
 log = logging.getLogger(__name__)

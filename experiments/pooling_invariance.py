@@ -29,6 +29,7 @@ import numpy as np
 from flax import nnx
 from pydantic import Field
 
+from equivar.checkpoints import TrainedModel
 from equivar.config import RunConfig
 from equivar.data import Dataset, load_dataset
 from equivar.equivariance import relative_error
@@ -45,11 +46,10 @@ from equivar.results import (
     Record,
     SeedRecord,
     SeedStatus,
+    seeds_phrase,
 )
 from equivar.schema import Options as OptionsBase
 from equivar.schema import PositiveInt
-from equivar.text import seeds_phrase
-from equivar.trained import TrainedModel
 from equivar.transforms import shift
 
 log = logging.getLogger(__name__)

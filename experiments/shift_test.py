@@ -45,8 +45,7 @@ from equivar.plot import (
     save,
     share_axis,
 )
-from equivar.results import ExperimentResult, Headline, MeanStd, MeanStdSeries, ModelRecord, Record
-from equivar.text import seeds_phrase
+from equivar.results import ExperimentResult, Headline, MeanStd, MeanStdSeries, ModelRecord, Record, seeds_phrase
 from equivar.transforms import CROP_CANVASES
 
 log = logging.getLogger(__name__)
@@ -90,7 +89,7 @@ class Result(ExperimentResult[ModelResult]):
     shifts: list[list[float]]  # the grid: (n_shifts, rank) offsets
     n_eval_shift: int  # test examples under the grid
     robustness_radii: list[float] = []  # the radii r of every model's R(r): each distinct max |s| of the grid
-    execution: dict[str, object]  # how the work was laid out (equivar.strategy.ExecutionPlan)
+    execution: dict[str, object]  # how the work was laid out (equivar.execution.ExecutionPlan)
 
 
 def check(config: RunConfig) -> None:

@@ -31,6 +31,7 @@ import numpy as np
 from matplotlib.patches import Rectangle
 from pydantic import Field
 
+from equivar.checkpoints import TrainedModel
 from equivar.config import RunConfig
 from equivar.data import Dataset, load_dataset
 from equivar.errors import ConfigError
@@ -39,11 +40,9 @@ from equivar.experiment import base_fields, obtain, record_fields, unmeasured
 from equivar.metrics import accuracy
 from equivar.models import check_model
 from equivar.plot import draw_chance, error_bars, model_color, model_text_color, over_seeds, save, share_axis
-from equivar.results import ExperimentResult, Headline, MeanStd, MeanStdSeries, ModelRecord
+from equivar.results import ExperimentResult, Headline, MeanStd, MeanStdSeries, ModelRecord, seeds_phrase
 from equivar.schema import Float, NonNegativeInt, PositiveInt
 from equivar.schema import Options as OptionsBase
-from equivar.text import seeds_phrase
-from equivar.trained import TrainedModel
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import pytest
 from flax import nnx
 
 import equivar
-from equivar import trained
+from equivar import checkpoints
 from equivar.errors import ConfigError
 from equivar.introspect import capture, trace_layers
 
@@ -143,8 +143,8 @@ def test_checkpoint_round_trip_is_exact_for_every_variable(user_module, tmp_path
         seed, n_seeds, seeds = 7, 3, [7, 8, 9]
     data = type("D", (), {"input_shape": (12, 2), "n_classes": 3})()
     model = as_trained("net", "mynets.BNNet", {"width": 4}, data, graphdef, states, Cfg, None)
-    trained.save(model, tmp_path, {"name": "test"})
-    back = trained.load(tmp_path, "net", "mynets.BNNet", {"width": 4}, (12, 2), 3)
+    checkpoints.save(model, tmp_path, {"name": "test"})
+    back = checkpoints.load(tmp_path, "net", "mynets.BNNet", {"width": 4}, (12, 2), 3)
     for a, b in zip(jax.tree.leaves((model.params, model.model_state)), jax.tree.leaves((back.params, back.model_state))):
         if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
             a, b = jax.random.key_data(a), jax.random.key_data(b)
@@ -167,7 +167,7 @@ def test_a_checkpoint_that_does_not_match_the_config_names_the_mismatch(tmp_path
     lenet = dict(json.loads((run_dir / "checkpoints" / "lenet.json").read_text()))
     with pytest.raises(ConfigError, match=r"zoo.lenet._target_='equivar.models.CNNGap' does not match the checkpoint "
                                           rf"in .* \('{lenet['target']}'\)"):
-        trained.load(run_dir, "lenet", "equivar.models.CNNGap", lenet["options"], (24, 1), 4)
+        checkpoints.load(run_dir, "lenet", "equivar.models.CNNGap", lenet["options"], (24, 1), 4)
     with pytest.raises(ConfigError, match=r"trained on inputs \(24, 1\) with 4 classes; this dataset has \(30, 1\)"):
         equivar.measure("shift_test", SMALL + ["models=[lenet]", "dataset.size=30"] + TINY[3:7],
                         out_dir=tmp_path / "d", load_from=run_dir)

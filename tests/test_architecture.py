@@ -22,18 +22,17 @@ from equivar.introspect import capture
 
 from conftest import ROOT
 
-LIBRARY, EXPERIMENTS = ROOT / "equivar", ROOT / "experiments"
+LIBRARY, EXPERIMENTS, TOOLS = ROOT / "equivar", ROOT / "experiments", ROOT / "equivar" / "tools"
 
 
 def _module_name(path: Path) -> str:
-    if path.parent == EXPERIMENTS:
-        return "equivar.experiments" if path.stem == "__init__" else f"equivar.experiments.{path.stem}"
-    return "equivar" if path.stem == "__init__" else f"equivar.{path.stem}"
+    package = {EXPERIMENTS: "equivar.experiments", TOOLS: "equivar.tools"}.get(path.parent, "equivar")
+    return package if path.stem == "__init__" else f"{package}.{path.stem}"
 
 
 def _import_graph() -> dict[str, set[str]]:
     """Module -> the project modules it imports anywhere (at the top or inside functions)."""
-    files = [*LIBRARY.glob("*.py"), *EXPERIMENTS.glob("*.py")]
+    files = [*LIBRARY.glob("*.py"), *TOOLS.glob("*.py"), *EXPERIMENTS.glob("*.py")]
     names = {_module_name(p) for p in files}
     graph: dict[str, set[str]] = {}
     for path in files:
@@ -88,6 +87,17 @@ def test_the_library_never_imports_an_experiment_and_experiments_never_import_ea
     for module, edges in graph.items():
         experiments = {e for e in edges if e.startswith("equivar.experiments")}
         assert not experiments, f"{module} imports {sorted(experiments)}"
+
+
+def test_only_tools_import_tools():
+    """The tools (benchmarks, the documentation generators) work on the library; the library and the
+    experiments never need them."""
+    graph = _import_graph()
+    assert "equivar.tools.bench" in graph and "equivar.tools.reference_docs" in graph
+    for module, edges in graph.items():
+        if not module.startswith("equivar.tools"):
+            tools = {e for e in edges if e.startswith("equivar.tools")}
+            assert not tools, f"{module} imports {sorted(tools)}"
 
 
 EXPERIMENT_NAMES = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))

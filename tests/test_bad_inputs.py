@@ -191,7 +191,7 @@ def test_load_models_returns_what_it_can_and_names_what_it_cannot(tmp_path):
 
 
 def test_the_unreadable_array_is_named_from_either_wording():
-    from equivar.trained import _unreadable
+    from equivar.checkpoints import _unreadable
 
     assert _unreadable(ValueError('Error opening "zarr" driver: Error reading "params.logits.bias/.zarray" in OCDBT '
                                   'database at local file "/run/checkpoints/mlp/"')) == " (array params.logits.bias)"

@@ -3,7 +3,7 @@
 import pytest
 from flax import nnx
 
-from equivar.bench import _builder, format_table, forward_flops, study
+from equivar.tools.bench import _builder, format_table, forward_flops, study
 
 from test_experiments import TINY
 

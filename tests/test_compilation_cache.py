@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from equivar.bench import _without_timings
-from equivar.strategy import enable_compilation_cache
+from equivar.execution import enable_compilation_cache
+from equivar.tools.bench import _without_timings
 
 from test_experiments import TINY
 

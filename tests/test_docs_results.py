@@ -1,4 +1,4 @@
-"""The docs' result tables are generated from runs (``python -m equivar.docs``), and README command 1 prints
+"""The docs' result tables are generated from runs (``python -m equivar.tools.results_docs``), and README command 1 prints
 the README's table on the processor the README names."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import re
 
 import pytest
 
-from equivar.docs import blocks, doc_files, parse_spec, run_command, summary_tables, update
 from equivar.io import environment
-from equivar.reference import message_for
+from equivar.tools.reference_docs import message_for
+from equivar.tools.results_docs import blocks, doc_files, parse_spec, run_command, summary_tables, update
 
 from conftest import ROOT, compose_raw
 
@@ -45,7 +45,7 @@ def test_every_results_block_names_a_command_that_runs_and_holds_its_output():
         for spec, body in blocks(path.read_text()):
             found += 1
             assert message_for(spec.overrides) == (0, ""), (path.name, spec.command)
-            assert body.strip(), f"{path.name}: the block of {spec.command} is empty: run python -m equivar.docs"
+            assert body.strip(), f"{path.name}: the block of {spec.command} is empty: run python -m equivar.tools.results_docs"
             assert body.rstrip().splitlines()[-1].startswith(f"*`{spec.command}`: "), (path.name, spec.command)
             for _, target in spec.figures:
                 assert (path.parent / target).is_file(), target

@@ -9,8 +9,8 @@ import pytest
 from flax import nnx
 
 from equivar.evaluate import ShiftEvaluator, largest_activation_bytes
+from equivar.execution import EVAL_MIN_IMAGES_PER_CALL, eval_images_per_call, plan_execution
 from equivar.models import build_model
-from equivar.strategy import EVAL_MIN_IMAGES_PER_CALL, eval_images_per_call, plan_execution
 from equivar.train import make_predict
 from equivar.transforms import shift_grid
 

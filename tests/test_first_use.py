@@ -19,7 +19,7 @@ from flax import nnx
 
 from equivar.errors import ConfigError
 from equivar.models import build_model, check_model
-from equivar.reference import message_for
+from equivar.tools.reference_docs import message_for
 
 from conftest import ROOT, compose_raw
 
@@ -148,8 +148,8 @@ def test_load_from_a_run_without_an_experiments_own_models_says_it_trains_them(t
 
 
 def test_a_class_from_main_says_how_to_make_it_loadable():
+    from equivar.checkpoints import moved_from_main
     from equivar.targets import locate
-    from equivar.trained import moved_from_main
 
     with pytest.raises(ConfigError, match="script or notebook .* mylab/nets.py"):
         locate("__main__.NetFromANotebook", "zoo.mine._target_")
@@ -158,7 +158,7 @@ def test_a_class_from_main_says_how_to_make_it_loadable():
 
 
 def test_each_experiment_has_its_own_help_page():
-    from equivar.front import experiment_help
+    from equivar.help_page import experiment_help
     from equivar.run import CONFIG_DIR, compose_config
 
     lie = experiment_help(Path(CONFIG_DIR), "lie_derivative", compose_config(["experiment=lie_derivative"]))
@@ -245,7 +245,7 @@ def test_seconds_per_epoch_leaves_out_compilation_and_evaluation():
 
 
 def test_training_records_each_epochs_steps_without_the_heldout_evaluation():
-    from equivar.strategy import plan_execution
+    from equivar.execution import plan_execution
     from equivar.train import SeedTrainer, TrainOptions, init_states, make_optimizer, seed_keys
 
     tx = make_optimizer(TrainOptions(epochs=3, batch_size=16, learning_rate=1e-3, min_steps=0))

@@ -24,8 +24,8 @@ from hypothesis import strategies as st
 
 from equivar.config import builtin_experiments
 from equivar.errors import UserError
-from equivar.reference import _misspelt, bad_values, option_sites
 from equivar.run import compose_config, report_error, run_experiment, validate
+from equivar.tools.reference_docs import _misspelt, bad_values, option_sites
 
 from test_experiments import tiny
 

@@ -145,7 +145,7 @@ def test_unknown_model_and_option():
 
 def test_bench_counts_the_lenet_forward_flops_from_its_layers():
     """2 FLOPs per multiply-add: conv1 24*24*25*1*16, conv2 8*8*25*16*32, dense 512*512 and 512*10."""
-    from equivar.bench import forward_flops
+    from equivar.tools.bench import forward_flops
     model = build_model(target("lenet"), (28, 28, 1), 10, {}, nnx.Rngs(0))
     expected = 2 * (24 * 24 * 25 * 16 + 8 * 8 * 25 * 16 * 32 + 512 * 512 + 512 * 10)
     assert forward_flops(model, (28, 28, 1)) == expected

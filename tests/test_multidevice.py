@@ -13,7 +13,7 @@ import sys
 import jax, jax.numpy as jnp, numpy as np
 from equivar.data import Synthetic
 from equivar.models import build_model
-from equivar.strategy import plan_execution
+from equivar.execution import plan_execution
 from equivar.train import SeedTrainer, TrainOptions, init_states, make_optimizer, seed_keys
 
 data = Synthetic(rank=2, size=10, n_classes=3, n_train=64, n_test=8, seed=2).load()

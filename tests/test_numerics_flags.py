@@ -1,4 +1,4 @@
-"""The XLA:CPU speed flags equivar turns on (equivar.strategy.XLA_CPU_FLAGS) must not change the numbers.
+"""The XLA:CPU speed flags equivar turns on (equivar.execution.XLA_CPU_FLAGS) must not change the numbers.
 
 Two subprocesses compute the loss gradients of every zoo model but the MNIST-1D paper's (their dense and
 strided conv layers are covered by the others), on a 1D and a 2D input, with the same
@@ -69,12 +69,12 @@ def _result(proc: subprocess.Popen) -> dict:
 
 @pytest.mark.slow
 def test_speed_flags_leave_every_zoo_models_gradients_unchanged():
-    from equivar.strategy import XLA_CPU_FLAGS
+    from equivar.execution import XLA_CPU_FLAGS
 
     both = _start(True), _start(False)  # side by side: one process per core
     with_flags, without = _result(both[0]), _result(both[1])
     if not all(f in with_flags["xla_flags"] for f in XLA_CPU_FLAGS):
-        pytest.skip("this jaxlib is not one equivar turns the flags on for (equivar.strategy)")
+        pytest.skip("this jaxlib is not one equivar turns the flags on for (equivar.execution)")
     assert not any(f.split("=")[0] in without["xla_flags"] for f in XLA_CPU_FLAGS)
     assert with_flags["grads"].keys() == without["grads"].keys() and len(with_flags["grads"]) == 2 * len(CHECKED)
     worst = 0.0

@@ -75,7 +75,7 @@ def _mean_std(values) -> tuple[float, float]:
 
 def test_shift_test_every_measure_by_hand_on_seeds_that_differ(tmp_path, figures):
     """Two seeds with different biases under a roll grid of -3..3 on 40 of 128 test inputs."""
-    from equivar.trained import load
+    from equivar.checkpoints import load
 
     raw = compose_raw(["experiment=shift_test", "dataset=synthetic", "dataset.size=12", "n_seeds=2",
                        "train.epochs=1", "train.batch_size=64", "train.min_steps=0", "shift.max=3",
@@ -364,9 +364,9 @@ def test_a_block_is_flattened_only_when_its_layers_carry_its_input_to_its_output
 
 
 def _tiny_trained(name: str):
+    from equivar.checkpoints import TrainedModel
     from equivar.introspect import split_variables
     from equivar.train import stack_seeds
-    from equivar.trained import TrainedModel
 
     seeds = [nnx.Linear(3, 2, rngs=nnx.Rngs(s)) for s in (0, 1)]
     graphdef, _, _ = split_variables(seeds[0])
@@ -380,7 +380,7 @@ def test_the_manifest_is_written_after_the_checkpoint(tmp_path, monkeypatch):
     manifest (so no run lists a model it cannot load)."""
     import orbax.checkpoint as ocp
 
-    import equivar.trained as trained
+    import equivar.checkpoints as trained
 
     seen = {}
     original = trained.write_json
@@ -586,7 +586,7 @@ def _fourier_shift(x: np.ndarray, t: float) -> np.ndarray:
 
 @pytest.mark.slow  # about 5 s: four evaluation grids and a Lie derivative
 def test_invariance_benchmark_numbers_by_hand_on_a_probe(tmp_path):
-    from equivar.trained import load
+    from equivar.checkpoints import load
 
     raw = compose_raw(["experiment=invariance_benchmark", "dataset=synthetic", "dataset.size=12", "n_seeds=2",
                        "train.epochs=1", "train.batch_size=64", "train.min_steps=0", "train.tensorboard=false",
@@ -719,8 +719,8 @@ def test_a_seed_frozen_at_finite_parameters_has_no_heldout_points(packing):
     """A NaN in the training data makes the first step's loss NaN: the seed is frozen at its (finite) initial
     parameters, on which the clean held-out examples would give finite numbers; the curve has none (NaN) from
     that epoch on, per seed alone (loop) and under vmap."""
+    from equivar.execution import plan_execution
     from equivar.models import build_model
-    from equivar.strategy import plan_execution
     from equivar.train import SeedTrainer, TrainOptions, init_states, make_optimizer, seed_keys
 
     from conftest import target

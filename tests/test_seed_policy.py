@@ -14,11 +14,11 @@ import equivar.experiment as common
 from equivar.config import load_experiment
 from equivar.data import Synthetic
 from equivar.evaluate import ShiftEvaluator
+from equivar.execution import plan_execution
 from equivar.experiment import read_result
 from equivar.models import build_model
 from equivar.results import RunStatus, SeedRecord
 from equivar.run import run_experiment
-from equivar.strategy import plan_execution
 from equivar.train import (
     SeedTrainer,
     TrainOptions,

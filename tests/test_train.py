@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from equivar.data import Synthetic
+from equivar.execution import plan_execution
 from equivar.models import build_model
-from equivar.strategy import plan_execution
 from equivar.train import SeedTrainer, TrainOptions, init_states, make_optimizer, seed_keys, take_seed
 
 from conftest import target

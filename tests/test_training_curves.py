@@ -12,9 +12,9 @@ import pytest
 
 from equivar import train as train_module
 from equivar.data import Synthetic
+from equivar.execution import plan_execution
 from equivar.models import build_model
 from equivar.run import run_experiment
-from equivar.strategy import plan_execution
 from equivar.train import SeedTrainer, TrainOptions, init_states, make_logits, make_optimizer, seed_keys, take_seed
 
 from conftest import compose_raw, target

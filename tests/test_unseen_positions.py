@@ -74,7 +74,7 @@ def test_tiny_2d_run_with_transfer_draws_maps_and_starts_from_the_pretrained_see
     assert {p.name for p in tmp_path.glob("*.png")} >= {"unseen_positions.png", "unseen_by_region.png",
                                                          "unseen_transfer.png"}
     # the fine-tuned checkpoint differs from a model trained from scratch on the same data
-    from equivar.trained import load
+    from equivar.checkpoints import load
 
     transfer = load(tmp_path, "lenet_transfer", None, None, (16, 16, 1), 4)
     scratch = load(tmp_path, "lenet_scratch", None, None, (16, 16, 1), 4)

@@ -20,11 +20,11 @@ import pytest
 from flax import nnx
 
 from equivar.anatomy import anatomy
+from equivar.checkpoints import TrainedModel, load, save
 from equivar.errors import ConfigError
 from equivar.introspect import split_variables, to_inference, trace_layers
 from equivar.models import build_model, check_model
 from equivar.train import stack_seeds
-from equivar.trained import TrainedModel, load, save
 
 from conftest import ROOT
 

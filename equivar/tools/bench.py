@@ -1,13 +1,13 @@
-"""Benchmarks (not tests): ``python -m equivar.bench [--quick] [--only SECTION ...]``.
+"""Benchmarks (not tests): ``python -m equivar.tools.bench [--quick] [--only SECTION ...]``.
 
 In one process: the float32 matmul peak of this device, equivar's own training step and evaluation for
 ``lenet`` and ``mlp`` on MNIST-shaped data against what a plain PyTorch user gets for the same model and
-optimizer (``equivar.torch_study``'s loop, in its own process; section ``torch``), scanned steps (``steps``),
+optimizer (``equivar.tools.torch_baseline``'s loop, in its own process; section ``torch``), scanned steps (``steps``),
 N-seed training for N = 1, 4, 8 with each seed packing and the shift-grid evaluation (``seeds``), every
 default zoo model's training and evaluation throughput (``zoo``), and the whole real-MNIST study a user waits
 for (``study``): ``python -m equivar.run experiment=shift_test dataset=mnist models=[mlp,lenet]`` end to end in
 a fresh process with a cold compilation cache, the same job as a plain PyTorch script
-(``python -m equivar.torch_study``), and the CLI again with the warm cache, with the end-to-end and per-model
+(``python -m equivar.tools.torch_baseline``), and the CLI again with the warm cache, with the end-to-end and per-model
 training and evaluation ratios; then the default four-model study with a cold cache. Without torch the
 PyTorch rows are a note; without MNIST in ``$TFDS_DATA_DIR`` the study is.
 
@@ -46,10 +46,10 @@ import numpy as np
 from flax import nnx
 
 from equivar.evaluate import ShiftEvaluator
+from equivar.execution import plan_execution
 from equivar.introspect import layer_outputs
 from equivar.layers import LocallyConnected, conv_geometry
 from equivar.models import MLP, LayerStack, LeNet, build_model
-from equivar.strategy import plan_execution
 from equivar.train import SeedTrainer, TrainOptions, init_states, make_optimizer, seed_keys
 from equivar.transforms import shift_grid
 
@@ -57,7 +57,7 @@ BENCH_MODELS = {"lenet": LeNet, "mlp": MLP}  # the bench's rows, by the zoo's na
 ZOO_ROWS = ("mlp", "lenet", "local", "cnn_aps", "cnn_gap")  # the zoo section: the default models and cnn_gap
 SECTIONS = ("torch", "steps", "seeds", "zoo", "study")
 STUDY_COMMAND = ("experiment=shift_test", "dataset=mnist")  # python -m equivar.run ... (the real-MNIST study)
-TORCH_STUDY_MODELS = ("mlp", "lenet")  # the models equivar.torch_study, the plain PyTorch script, writes too
+TORCH_STUDY_MODELS = ("mlp", "lenet")  # the models equivar.tools.torch_baseline, the plain PyTorch script, writes too
 
 MNIST_SHAPE = (28, 28, 1)
 
@@ -153,7 +153,7 @@ def equivar_eval_ips(kind: str, n_examples: int, min_seconds: float, max_shift: 
 
 def torch_reference(kind: str, batch_size: int, steps: int, eval_examples: int,
                     min_seconds: float) -> dict[str, float] | None:
-    """What a plain PyTorch user gets for the same model: ``equivar.torch_study``'s loop (default Adam, eager,
+    """What a plain PyTorch user gets for the same model: ``equivar.tools.torch_baseline``'s loop (default Adam, eager,
     channels-first, PyTorch's default threads) in its own process, so JAX's threads are not in its way, on the
     GPU when JAX runs on one; train and eval images/s, or None when torch is not installed."""
     try:
@@ -161,7 +161,7 @@ def torch_reference(kind: str, batch_size: int, steps: int, eval_examples: int,
     except ImportError:
         return None
     device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
-    proc = subprocess.run([sys.executable, "-m", "equivar.torch_study", "--models", kind, "--device", device,
+    proc = subprocess.run([sys.executable, "-m", "equivar.tools.torch_baseline", "--models", kind, "--device", device,
                            "--throughput", str(batch_size), str(steps), str(eval_examples), str(min_seconds)],
                           capture_output=True, text=True, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -211,7 +211,7 @@ def _without_timings(tree: Any) -> Any:
 
 
 def torch_study(models: tuple[str, ...] = TORCH_STUDY_MODELS) -> dict[str, Any]:
-    """Runs the plain PyTorch script (``python -m equivar.torch_study``) in a fresh process; its wall time and
+    """Runs the plain PyTorch script (``python -m equivar.tools.torch_baseline``) in a fresh process; its wall time and
     per-model seconds and numbers, or ``{"error": reason}`` (torch not installed, no MNIST)."""
     try:
         import torch  # noqa: F401  # only to say why the rows are missing
@@ -220,13 +220,13 @@ def torch_study(models: tuple[str, ...] = TORCH_STUDY_MODELS) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="equivar-torch-study-") as tmp:
         out = Path(tmp) / "torch_study.json"
         start = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "equivar.torch_study", "--models", *models, "--out", str(out)],
-                              capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, "-m", "equivar.tools.torch_baseline", "--models", *models,
+                               "--out", str(out)], capture_output=True, text=True)
         seconds = time.perf_counter() - start
         if proc.returncode != 0 or not out.exists():
             return {"error": _last_line(proc)}
         record = json.loads(out.read_text())
-    record.update(command=f"python -m equivar.torch_study --models {' '.join(models)}", seconds=seconds)
+    record.update(command=f"python -m equivar.tools.torch_baseline --models {' '.join(models)}", seconds=seconds)
     return record
 
 
@@ -326,7 +326,7 @@ def run(quick: bool = False, seeds: tuple[int, ...] = (1, 4, 8), repeat: int = 1
               "plan": plan.describe(), "repeat": repeat, "cases": cases, "date": time.strftime("%Y-%m-%d")}
     if "study" in sections:
         print(f"study: python -m equivar.run {' '.join(STUDY_COMMAND)} models=[{','.join(TORCH_STUDY_MODELS)}] "
-              "cold and warm, and python -m equivar.torch_study (several minutes)", flush=True)
+              "cold and warm, and python -m equivar.tools.torch_baseline (several minutes)", flush=True)
         pair = study_against_torch(notes)
         print(f"study: python -m equivar.run {' '.join(STUDY_COMMAND)} (the default models, several minutes)",
               flush=True)
@@ -377,7 +377,7 @@ def _torch_pair(kind: str, fwd: int, batch: int, steps: int, eval_n: int, min_s:
         if ref:
             torch_case = add(f"{kind}.{what}.torch", theirs, flops, theirs)
             torch_case["torch"] = f"{ref['version']} eager on {ref['device']}, Adam, {ref['threads']} threads, " \
-                                  "python -m equivar.torch_study --throughput"
+                                  "python -m equivar.tools.torch_baseline --throughput"
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -458,7 +458,7 @@ def _num(value: float | None, fmt: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m equivar.bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m equivar.tools.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="shorter timings (noisier)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 4, 8],

@@ -1,9 +1,9 @@
 """The option schemas are the one source of the rules: every rule is enforced with one line naming the key, and
-the docs' option and bad-input tables are what the code generates (python -m equivar.reference)."""
+the docs' option and bad-input tables are what the code generates (python -m equivar.tools.reference_docs)."""
 
 import pytest
 
-from equivar.reference import MISTAKES, bad_values, generated_docs, message_for, option_sites
+from equivar.tools.reference_docs import MISTAKES, bad_values, generated_docs, message_for, option_sites
 
 from conftest import ROOT
 
@@ -42,4 +42,4 @@ def test_docs_are_generated_from_the_rules():
     for path, text in generated_docs(ROOT / "docs").items():
         if path.suffix == ".md":
             assert "accepted" not in text.split("<!-- generated", 1)[1], "a broken rule or a mistake was accepted"
-        assert path.read_text() == text, f"{path.name} is stale: run python -m equivar.reference"
+        assert path.read_text() == text, f"{path.name} is stale: run python -m equivar.tools.reference_docs"

@@ -1,6 +1,6 @@
 """The real-MNIST shift study as a plain PyTorch user would write it: the baseline of the bench's ``study`` rows.
 
-``python -m equivar.torch_study --models mlp lenet`` does the job of
+``python -m equivar.tools.torch_baseline --models mlp lenet`` does the job of
 ``python -m equivar.run experiment=shift_test dataset=mnist models=[mlp,lenet]`` the idiomatic PyTorch way, and
 nothing else: MNIST read from ``$TFDS_DATA_DIR`` with ``tfds.data_source`` (the same files and decoding as
 equivar), channels-first ``nn.Sequential`` models with PyTorch's default initialisation, ``torch.optim.Adam``
@@ -33,8 +33,8 @@ try:
     from torch import nn
 except ImportError as missing:
     if __name__ == "__main__":  # a user's command: say what to install, not a traceback
-        sys.exit(f"python -m equivar.torch_study needs PyTorch ({missing}): pip install torch (or, in equivar's "
-                 "source folder, pip install '.[torch]')")
+        sys.exit(f"python -m equivar.tools.torch_baseline needs PyTorch ({missing}): pip install torch (or, in "
+                 "equivar's source folder, pip install '.[torch]')")
     raise
 
 EVAL_BATCH = 1024
@@ -181,7 +181,7 @@ def throughput(name: str, batch_size: int, steps: int, eval_examples: int, min_s
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m equivar.torch_study", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m equivar.tools.torch_baseline", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["mlp", "lenet"], choices=["mlp", "lenet"])
     parser.add_argument("--seeds", type=int, default=3)

@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from equivar import bench
 from equivar.metrics import consistency
+from equivar.tools import bench
 from equivar.transforms import shift
 
 
@@ -20,9 +20,9 @@ def test_without_torch_the_pytorch_rows_are_notes(monkeypatch):
 
 
 def test_the_script_without_torch_says_what_to_install():
-    """``python -m equivar.torch_study`` where torch cannot be imported: a one-line message, not a traceback."""
+    """``python -m equivar.tools.torch_baseline`` where torch cannot be imported: a one-line message, not a traceback."""
     code = ("import runpy, sys; sys.modules['torch'] = None; "
-            "runpy.run_module('equivar.torch_study', run_name='__main__')")
+            "runpy.run_module('equivar.tools.torch_baseline', run_name='__main__')")
     proc = subprocess.run([sys.executable, "-c", code, "--help"], capture_output=True, text=True)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert "needs PyTorch" in proc.stderr and "pip install torch" in proc.stderr
@@ -38,7 +38,7 @@ def _fake_study(seconds: float, train: float, evaluation: float, numbers: object
 def test_the_study_ratios_are_pytorch_seconds_over_equivar_seconds(monkeypatch):
     runs = iter([_fake_study(100.0, 40.0, 10.0, {"a": 1}), _fake_study(80.0, 30.0, 8.0, {"a": 1})])
     monkeypatch.setattr(bench, "study", lambda command, cache_dir=None: next(runs))
-    reference = _fake_study(60.0, 30.0, 12.0, None) | {"command": "python -m equivar.torch_study", "torch": "2",
+    reference = _fake_study(60.0, 30.0, 12.0, None) | {"command": "python -m equivar.tools.torch_baseline", "torch": "2",
                                                        "threads": 2, "load_seconds": 5.0}
     monkeypatch.setattr(bench, "torch_study", lambda: reference)
     notes: list[str] = []
@@ -59,7 +59,7 @@ def test_the_default_study_is_reported_in_units_of_the_pytorch_job_of_the_same_r
     record.pop("numbers")
     for what in ("grid_mean_accuracy", "worst_shift_accuracy"):
         record["models"]["mlp"] |= {what: 0.5, what + "_std": 0.01}
-    reference = _fake_study(100.0, 30.0, 12.0, None) | {"command": "python -m equivar.torch_study"}
+    reference = _fake_study(100.0, 30.0, 12.0, None) | {"command": "python -m equivar.tools.torch_baseline"}
     result = {"backend": "cpu", "devices": ["cpu:0"], "jax": "x", "matmul_peak_gflops": 1.0, "batch_size": 128,
               "repeat": 1, "cases": {}, "notes": [], "study": {"mnist_shift_test": record},
               "study_vs_torch": {"cold": _fake_study(120.0, 40.0, 10.0, None), "torch": reference | {
@@ -85,8 +85,8 @@ def test_the_scripts_shifts_and_consistency_are_equivars():
     """The baseline's roll, zero-canvas and reflect-canvas crops (channels-first) equal equivar's ``roll``,
     ``zero`` and ``bilinear-reflect`` shifts at integer offsets, and its consistency equals equivar's."""
     torch = pytest.importorskip("torch")
-    from equivar.torch_study import consistency as torch_consistency
-    from equivar.torch_study import crop_shift
+    from equivar.tools.torch_baseline import consistency as torch_consistency
+    from equivar.tools.torch_baseline import crop_shift
 
     x = np.random.default_rng(0).random((3, 7, 6, 1), dtype=np.float32)  # channels-last, as equivar
     xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())

@@ -1,6 +1,6 @@
 """The one place that decides how work is laid out on the device, per backend.
 
-Measured (see docs/performance.md and ``python -m equivar.bench``):
+Measured (see docs/performance.md and ``python -m equivar.tools.bench``):
 
 * CPU (2 cores): ``vmap`` over 8 LeNet seeds runs at 0.4x the speed of a Python loop over them, because
   XLA:CPU lowers a batched-weights convolution poorly; a loop over seeds wins. ``lax.scan`` over an epoch of
@@ -78,7 +78,7 @@ def configure_xla_flags() -> list[str]:
 
 SeedPacking = Literal["auto", "loop", "vmap"]
 SEED_PACKINGS: tuple[str, ...] = get_args(SeedPacking)
-# Measured defaults only; `python -m equivar.bench` reports `lenet.train.steps_per_call*` cases to decide.
+# Measured defaults only; `python -m equivar.tools.bench` reports `lenet.train.steps_per_call*` cases to decide.
 DEFAULT_STEPS_PER_CALL: dict[str, int] = {"cpu": 1}
 
 

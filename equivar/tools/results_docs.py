@@ -1,4 +1,4 @@
-"""Docs tables generated from runs: ``python -m equivar.docs RUN_DIR [RUN_DIR ...]``.
+"""Docs tables generated from runs: ``python -m equivar.tools.results_docs RUN_DIR [RUN_DIR ...]``.
 
 A results block in README.md or docs/*.md names the command whose output it holds::
 
@@ -138,8 +138,8 @@ SPREAD_BLOCK = re.compile(r"<!-- spread of: (?P<command>.+?) -->\n(?P<body>.*?)<
 
 
 def update_spreads(paths: list[Path], spreads: list[Path]) -> list[str]:
-    """Rewrites every spread block (``<!-- spread of: python -m equivar.spread ... -->``) whose command one
-    of the ``python -m equivar.spread`` output folders holds, with that folder's spread.md."""
+    """Rewrites every spread block (``<!-- spread of: python -m equivar.tools.spread ... -->``) whose command one
+    of the ``python -m equivar.tools.spread`` output folders holds, with that folder's spread.md."""
     by_command = {" ".join(str(read_json(d / "spread.json")["command"]).split()): d for d in spreads}
     done = []
     for path in paths:
@@ -165,15 +165,16 @@ def doc_files(root: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m equivar.docs", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m equivar.tools.results_docs", description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run folders (each holds .hydra/, summary.md, ...) "
-                        "and python -m equivar.spread folders (spread.json, spread.md)")
+                        "and python -m equivar.tools.spread folders (spread.json, spread.md)")
     parser.add_argument("--root", type=Path, default=Path("."), help="the folder holding README.md and docs/")
     args = parser.parse_args(argv)
     unknown = [str(r) for r in args.runs if not ((r / "spread.json").is_file()
                                                  or (r / ".hydra" / "overrides.yaml").is_file())]
     if unknown:
-        parser.error(f"not a run folder (no .hydra/overrides.yaml) nor an equivar.spread folder: {', '.join(unknown)}")
+        parser.error("not a run folder (no .hydra/overrides.yaml) nor an equivar.tools.spread folder: "
+                     + ", ".join(map(str, unknown)))
     spreads = [r for r in args.runs if (r / "spread.json").is_file()]
     runs = [r for r in args.runs if r not in spreads]
     done = update(doc_files(args.root), runs) + update_spreads(doc_files(args.root), spreads)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import equivar
-from equivar.front import experiment_questions
+from equivar.help_page import experiment_questions
 
 ROOT = Path(__file__).resolve().parent.parent
 CONSOLE_SCRIPT = Path(sys.executable).parent / "equivar"

@@ -1,4 +1,4 @@
-"""How far a run's numbers move between processors: ``python -m equivar.spread [--isas A,B] OVERRIDES``.
+"""How far a run's numbers move between processors: ``python -m equivar.tools.spread [--isas A,B] OVERRIDES``.
 
 Training in float32 rounds differently on processors with different vector instruction sets (XLA:CPU picks
 its kernels, and so its summation order, by the instruction set), and training amplifies a last-bit
@@ -59,7 +59,7 @@ def spread_table(rows: list[dict[str, Any]], isas: list[str]) -> str:
 def main(argv: list[str] | None = None) -> None:
     from equivar.experiment import read_result
 
-    parser = argparse.ArgumentParser(prog="python -m equivar.spread", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m equivar.tools.spread", description=__doc__.split("\n\n")[0])
     parser.add_argument("--isas", default=None, help="comma-separated XLA:CPU instruction sets (default: every "
                         "one this CPU supports, widest first: " + ",".join(supported_isas() or ["none found"]) + ")")
     parser.add_argument("--out", type=Path, default=None, help="folder (default outputs/spread/<date_time>)")
@@ -77,10 +77,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{isa}: {' '.join(command[1:])}", flush=True)
         done = subprocess.run(command, env=env, stdout=subprocess.DEVNULL)
         if done.returncode != 0:
-            sys.exit(f"equivar.spread: the run capped at {isa} failed (exit {done.returncode}); see {out / isa}")
+            sys.exit(f"equivar.tools.spread: the run capped at {isa} failed (exit {done.returncode}); see {out / isa}")
     results = {isa: read_result(out / isa) for isa in isas}
     rows = spread_rows(results)
-    line = "python -m equivar.spread " + " ".join(args.overrides)
+    line = "python -m equivar.tools.spread " + " ".join(args.overrides)
     environment = results[isas[0]].environment
     text = (f"{line}: the same run under each XLA:CPU instruction set ({', '.join(isas)}) on "
             f"{environment.processor if environment and environment.processor else 'this CPU'}, "
