@@ -19,7 +19,7 @@ from conftest import compose_raw, mnist_dir, requires_mnist
 from test_experiments import _cli
 
 # Errors found after the config is valid: against the data's real size, or by the data loader. (Every option's
-# rule and the other config mistakes are generated into docs/reliability.md and tested in test_reference.py.)
+# rule and the other config mistakes are generated into docs/reliability.md and tested in test_reference_docs.py.)
 ROWS = [  # (overrides, error class, words the one-line message must contain)
     (["dataset=mnist", "dataset.data_dir=/nonexistent", "shift.max=1"], DataUnavailableError,
      "TFDS dataset 'mnist' is not prepared under /nonexistent"),

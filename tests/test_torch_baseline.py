@@ -16,7 +16,7 @@ from equivar.transforms import shift
 def test_without_torch_the_pytorch_rows_are_notes(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)  # import torch now raises ImportError
     assert bench.torch_reference("lenet", 8, 2, 8, 0.01) is None
-    assert "torch not installed" in bench.torch_study()["error"]
+    assert "torch not installed" in bench.torch_baseline()["error"]
 
 
 def test_the_script_without_torch_says_what_to_install():
@@ -40,7 +40,7 @@ def test_the_study_ratios_are_pytorch_seconds_over_equivar_seconds(monkeypatch):
     monkeypatch.setattr(bench, "study", lambda command, cache_dir=None: next(runs))
     reference = _fake_study(60.0, 30.0, 12.0, None) | {"command": "python -m equivar.tools.torch_baseline", "torch": "2",
                                                        "threads": 2, "load_seconds": 5.0}
-    monkeypatch.setattr(bench, "torch_study", lambda: reference)
+    monkeypatch.setattr(bench, "torch_baseline", lambda: reference)
     notes: list[str] = []
     pair = bench.study_against_torch(notes)
     assert not notes and pair["warm_metrics_identical"] is True
@@ -73,7 +73,7 @@ def test_the_default_study_is_reported_in_units_of_the_pytorch_job_of_the_same_r
 def test_a_warm_run_that_measures_differently_is_flagged_and_a_missing_torch_is_a_note(monkeypatch):
     runs = iter([_fake_study(100.0, 40.0, 10.0, {"a": 1}), _fake_study(80.0, 30.0, 8.0, {"a": 2})])
     monkeypatch.setattr(bench, "study", lambda command, cache_dir=None: next(runs))
-    monkeypatch.setattr(bench, "torch_study", lambda: {"error": "torch not installed"})
+    monkeypatch.setattr(bench, "torch_baseline", lambda: {"error": "torch not installed"})
     notes: list[str] = []
     pair = bench.study_against_torch(notes)
     assert pair["warm_metrics_identical"] is False and "torch" not in pair

@@ -57,7 +57,7 @@ BENCH_MODELS = {"lenet": LeNet, "mlp": MLP}  # the bench's rows, by the zoo's na
 ZOO_ROWS = ("mlp", "lenet", "local", "cnn_aps", "cnn_gap")  # the zoo section: the default models and cnn_gap
 SECTIONS = ("torch", "steps", "seeds", "zoo", "study")
 STUDY_COMMAND = ("experiment=shift_test", "dataset=mnist")  # python -m equivar.run ... (the real-MNIST study)
-TORCH_STUDY_MODELS = ("mlp", "lenet")  # the models equivar.tools.torch_baseline, the plain PyTorch script, writes too
+TORCH_BASELINE_MODELS = ("mlp", "lenet")  # the models equivar.tools.torch_baseline, the plain PyTorch script, writes too
 
 MNIST_SHAPE = (28, 28, 1)
 
@@ -210,7 +210,7 @@ def _without_timings(tree: Any) -> Any:
     return tree
 
 
-def torch_study(models: tuple[str, ...] = TORCH_STUDY_MODELS) -> dict[str, Any]:
+def torch_baseline(models: tuple[str, ...] = TORCH_BASELINE_MODELS) -> dict[str, Any]:
     """Runs the plain PyTorch script (``python -m equivar.tools.torch_baseline``) in a fresh process; its wall time and
     per-model seconds and numbers, or ``{"error": reason}`` (torch not installed, no MNIST)."""
     try:
@@ -218,7 +218,7 @@ def torch_study(models: tuple[str, ...] = TORCH_STUDY_MODELS) -> dict[str, Any]:
     except ImportError:
         return {"error": "torch not installed: no PyTorch study (pip install torch)"}
     with tempfile.TemporaryDirectory(prefix="equivar-torch-study-") as tmp:
-        out = Path(tmp) / "torch_study.json"
+        out = Path(tmp) / "torch_baseline.json"
         start = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "equivar.tools.torch_baseline", "--models", *models,
                                "--out", str(out)], capture_output=True, text=True)
@@ -235,13 +235,13 @@ def study_against_torch(notes: list[str]) -> dict[str, Any]:
     script, and the CLI again with the now warm cache, one after the other; per run the wall time, and the
     ratios ``torch seconds / equivar seconds`` end to end and per model for training and evaluation (above 1:
     equivar is faster)."""
-    command = (*STUDY_COMMAND, "models=[" + ",".join(TORCH_STUDY_MODELS) + "]")
+    command = (*STUDY_COMMAND, "models=[" + ",".join(TORCH_BASELINE_MODELS) + "]")
     with tempfile.TemporaryDirectory(prefix="equivar-study-cache-") as cache:
         cold = study(command, Path(cache))
         if "error" in cold:
             notes.append(f"study skipped: {' '.join(command)} failed: {cold['error']}")
             return {}
-        reference = torch_study()
+        reference = torch_baseline()
         warm = study(command, Path(cache))
     out: dict[str, Any] = {"cold": cold, "warm": warm}
     if "error" in warm:
@@ -325,7 +325,7 @@ def run(quick: bool = False, seeds: tuple[int, ...] = (1, 4, 8), repeat: int = 1
               "xla_flags": os.environ.get("XLA_FLAGS", ""), "batch_size": batch, "matmul_peak_gflops": peak,
               "plan": plan.describe(), "repeat": repeat, "cases": cases, "date": time.strftime("%Y-%m-%d")}
     if "study" in sections:
-        print(f"study: python -m equivar.run {' '.join(STUDY_COMMAND)} models=[{','.join(TORCH_STUDY_MODELS)}] "
+        print(f"study: python -m equivar.run {' '.join(STUDY_COMMAND)} models=[{','.join(TORCH_BASELINE_MODELS)}] "
               "cold and warm, and python -m equivar.tools.torch_baseline (several minutes)", flush=True)
         pair = study_against_torch(notes)
         print(f"study: python -m equivar.run {' '.join(STUDY_COMMAND)} (the default models, several minutes)",
