@@ -1,14 +1,10 @@
-"""equivar: what convolution and pooling buy a model, measured."""
+"""equivar: what convolution and pooling buy a model, measured.
 
-from equivar.quiet import quiet_missing_tpu as _quiet_missing_tpu
+Importing equivar changes nothing outside it: the XLA flags and the log filter it relies on are set by its
+entry points (the CLI, the tools and the Python API), through :func:`equivar.execution.set_up_process`.
+"""
 
-_quiet_missing_tpu()  # before JAX starts a backend: that is when it logs the failed TPU probe
-
-from equivar.execution import configure_xla_flags as _configure_xla_flags  # noqa: E402  (after the quieting)
-from equivar.version import __version__  # noqa: E402,F401
-
-_configure_xla_flags()
-
+from equivar.version import __version__  # noqa: F401
 
 _API = ("measure", "load_models", "load_data", "compose", "read_result")
 

@@ -51,7 +51,9 @@ def load_data(dataset: str = "mnist1d", overrides: Sequence[str] = ()) -> Any:
     (``["dataset.n_train=1000"]``). Missing data is one line saying how to get it, as in a run.
     """
     from equivar.data import dataset_options, load_dataset
+    from equivar.execution import set_up_process
 
+    set_up_process()
     config = compose("shift_test", [f"dataset={dataset}", *overrides])
     return load_dataset(dataset_options(config["dataset"]))
 
@@ -94,8 +96,10 @@ def measure(experiment: str, overrides: Sequence[str] = (), *, out_dir: str | Pa
             (they replace ``models=[...]``).
         load_from: an earlier run folder whose saved models are measured instead of training.
     """
+    from equivar.execution import set_up_process
     from equivar.run import run_experiment
 
+    set_up_process()
     overrides = list(overrides) + _model_overrides(models or {})
     if load_from is not None:
         overrides.append(f"load_from={Path(load_from).expanduser().resolve()}")
@@ -133,6 +137,9 @@ def load_models(run_dir: str | Path, names: Sequence[str] | None = None) -> Load
     import warnings
 
     from equivar import checkpoints
+    from equivar.execution import set_up_process
+
+    set_up_process()
     from equivar.errors import UserError
     from equivar.io import read_json
 

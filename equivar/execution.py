@@ -9,8 +9,9 @@ Measured (see docs/performance.md and ``python -m equivar.tools.bench``):
   an empty list). jaxlib 0.10's default fusions make a ``cnn_aps`` step 1.6x slower and a LeNet step 1.3x
   slower than none; the dot/eltwise/reduce fusions an earlier equivar chose make the locally connected
   ``local`` step 1.4x slower than none, and every other zoo model's within 7 % of none.
-  :func:`configure_xla_flags` sets it when ``equivar`` is imported (``EQUIVAR_XLA_CPU_FLAGS=off`` leaves
-  XLA's defaults; a value already in ``XLA_FLAGS`` wins). It only affects the CPU backend.
+  :func:`configure_xla_flags` sets it when an entry point starts (:func:`set_up_process`;
+  ``EQUIVAR_XLA_CPU_FLAGS=off`` leaves XLA's defaults; a value already in ``XLA_FLAGS`` wins). It only
+  affects the CPU backend.
 * CPU: evaluation runs fastest when a call's largest activation stays near the caches: at 128 images per call
   a 28x28 ``cnn_gap`` predicts 4x faster than at 4096 and ``local`` 3.4x faster, while the MLP prefers big
   calls. :func:`eval_images_per_call` sizes calls by the model's largest activation per image.
@@ -31,6 +32,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from pydantic import Field
 
+from equivar.quiet import quiet_missing_tpu
 from equivar.schema import Options, PositiveInt
 
 # Verified (speed and numerics) on these jaxlib versions; an unknown flag is fatal to XLA, so other versions
@@ -74,6 +76,21 @@ def configure_xla_flags() -> list[str]:
     if added:
         os.environ["XLA_FLAGS"] = " ".join([current, *added]).strip()
     return added
+
+
+def set_up_process() -> list[str]:
+    """What equivar's entry points (``python -m equivar.run``, the ``equivar`` command, the tools and the Python
+    API: ``equivar.measure``, ``load_models``, ``load_data``) set up, and importing equivar does not: the
+    XLA:CPU flags and host device count of :func:`configure_xla_flags`, and the filter that drops JAX's "no
+    TPU" log line (:mod:`equivar.quiet`). Both act only before JAX starts a backend; once one has started (a
+    library user's own JAX code ran first), ``XLA_FLAGS`` is left as it is, since XLA would not read it again.
+    Returns the flags added."""
+    from jax._src import xla_bridge
+
+    quiet_missing_tpu()
+    if xla_bridge.backends_are_initialized():
+        return []
+    return configure_xla_flags()
 
 
 SeedPacking = Literal["auto", "loop", "vmap"]

@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 
 from equivar.config import RunConfig, as_dict, parse_config, register_defaults
 from equivar.errors import ConfigError, UserError
-from equivar.execution import enable_compilation_cache
+from equivar.execution import enable_compilation_cache, set_up_process
 from equivar.experiment import STATUS, SUMMARY, execute, read_result
 from equivar.help_page import experiment_help, help_page, version_line
 from equivar.io import read_json, write_json
@@ -390,6 +390,7 @@ def main() -> None:
     code 2 for a bad one, whatever part of the config or the command line is wrong), then Hydra runs them."""
     from hydra._internal.utils import get_args_parser
 
+    set_up_process()
     _working_directory_importable()
     if not isinstance(sys.stdout, ReaderMayLeave):
         sys.stdout = ReaderMayLeave(sys.stdout)  # a text stream in all it is used for
@@ -433,6 +434,7 @@ def _working_directory_importable() -> None:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def _hydra_main(cfg: DictConfig) -> None:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
+    set_up_process()  # again in a launcher's job process (joblib, submitit), before its backend starts
     enable_compilation_cache()
     try:
         result = run_experiment(as_dict(cfg), out_dir)

@@ -1,109 +1,57 @@
-"""Shared test helpers: Hydra composition of the real configs, and where real MNIST lives (if anywhere)."""
+"""The pytest hooks and fixtures: compilation settings for the test processes, ``--slow``, the figures a test
+saved, and the tiny zoo trained once per test process. Plain helpers live in support.py."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-import matplotlib.figure
-import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
-import equivar.run  # noqa: F401  registers the experiments' typed options with Hydra before any compose
-
-ROOT = Path(__file__).resolve().parent.parent
-CONF = ROOT / "conf"  # the same folder equivar.run.config_dir() finds in an editable install
-
-
-def compose_raw(overrides: list[str]) -> dict:
-    """The resolved config dict that ``python -m equivar.run OVERRIDES`` would run."""
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
-    return OmegaConf.to_container(cfg, resolve=True)
+def _test_compilation_cache() -> None:
+    """Compilation is most of a tiny run's time (a tiny shift_test: about 75 % of its CPU time), so the test
+    processes keep what they compile between runs: JAX's persistent cache, every program stored however fast it
+    compiled, in ``$EQUIVAR_TEST_JAX_CACHE``, else ``~/.cache/equivar/jax-tests`` (``off``: none). Set in the
+    environment before JAX starts, so the CLI processes a test starts use it too."""
+    cache = os.environ.get("EQUIVAR_TEST_JAX_CACHE", os.path.expanduser("~/.cache/equivar/jax-tests"))
+    os.environ.setdefault("EQUIVAR_JAX_CACHE", cache)
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 
-def mnist_dir() -> Path | None:
-    """A TFDS data dir holding prepared MNIST: $TFDS_DATA_DIR, or the shared folder beside the checkout."""
-    candidates = [os.environ.get("TFDS_DATA_DIR"), ROOT.parent / "shared" / "data" / "tensorflow_datasets"]
-    for c in candidates:
-        if c and (Path(c) / "mnist" / "3.0.1" / "dataset_info.json").is_file():
-            return Path(c)
-    return None
+_test_compilation_cache()
+
+import jax  # noqa: E402
+import matplotlib.figure  # noqa: E402
+import pytest  # noqa: E402
+
+from equivar.execution import enable_compilation_cache, set_up_process  # noqa: E402
+
+set_up_process()  # what the CLI and the API set up before JAX starts a backend (XLA flags, quiet TPU probe)
+enable_compilation_cache()
 
 
-requires_mnist = pytest.mark.skipif(mnist_dir() is None, reason="prepared TFDS MNIST not found "
-                                    "(set TFDS_DATA_DIR to a folder holding mnist/3.0.1)")
+def optimized(item: pytest.Item) -> bool:
+    """Whether a test compiles with XLA's optimisations: the slow ones (they train long enough that unoptimised
+    programs cost more than compiling does; the digit-for-digit checks are among them) and those marked
+    ``optimized``. The others compile with ``jax_disable_most_optimizations``: a third less CPU time, and none
+    of them pins digits. ``EQUIVAR_TEST_COMPILE=default`` optimises every test."""
+    if os.environ.get("EQUIVAR_TEST_COMPILE") == "default":
+        return True
+    return item.get_closest_marker("slow") is not None or item.get_closest_marker("optimized") is not None
 
 
-ZOO_NAMES = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
-# The MNIST-1D paper's models are checked in full only with --slow (the default run stays under 3 minutes).
-ZOO_PARAMS = [pytest.param(n, marks=pytest.mark.slow) if n.startswith("paper_") or n == "alias_free" else n
-              for n in ZOO_NAMES]  # alias_free's FFT layers compile for 15-20 s: tests/test_alias_free.py covers it
+_compile_mode: dict[str, bool] = {}
 
 
-def target(name: str) -> str:
-    """The ``_target_`` of the zoo model ``name``, read from its conf/model YAML (the one declaration)."""
-    return str(OmegaConf.load(CONF / "model" / f"{name}.yaml")["_target_"])
-
-
-def zoo_options(name: str, **changes) -> dict:
-    """The options conf/model/NAME.yaml gives the zoo model ``name`` (without ``_target_``), with ``changes``."""
-    entry = OmegaConf.to_container(OmegaConf.load(CONF / "model" / f"{name}.yaml"))
-    entry.pop("_target_")
-    return entry | changes
-
-
-def validate_metrics(run_dir: Path) -> dict:
-    """A run's metrics.json, checked against its experiment's published JSON Schema (docs/schemas/)."""
-    import json
-
-    import jsonschema
-
-    data = json.loads((Path(run_dir) / "metrics.json").read_text())
-    name = data["module"].rsplit(".", 1)[-1]
-    schema = json.loads((ROOT / "docs" / "schemas" / f"{name}.json").read_text())
-    jsonschema.validate(data, schema)
-    return data
-
-
-def fake_stat(mean, std, n_seeds, length=None):
-    """A mean ± std over ``n_seeds`` as results hold it (a series of ``length`` when given)."""
-    std = std if n_seeds > 1 else 0.0
-    if length is None:
-        return {"mean": mean, "std": std, "n": n_seeds}
-    return {"mean": [mean] * length, "std": [std] * length, "n": n_seeds}
-
-
-def fake_seeds(status):
-    """Seed records from status texts (``ok``, ``diverged at step 3 (epoch 1)``)."""
-    from equivar.results import SeedRecord
-
-    return [SeedRecord.from_text(i, text).model_dump() for i, text in enumerate(status)]
-
-
-def fake_shift_record(name, acc, n_seeds=2, n_shifts=1, status=None, consistency=0.5):
-    """A shift_test model record with made-up numbers (for plot and report tests)."""
-    status = status or ["ok"] * n_seeds
-    healthy = sum(s == "ok" for s in status)
-    return {"target": f"zoo.{name}", "n_params": 100, "seeds": fake_seeds(status),
-            "clean_accuracy": fake_stat(acc, 0.01, healthy), "shift_accuracy": fake_stat(acc, 0.02, healthy, n_shifts),
-            "consistency": fake_stat(consistency, 0.0, healthy), "grid_mean_accuracy": fake_stat(acc, 0.02, healthy),
-            "worst_shift_accuracy": fake_stat(acc - 0.1, 0.02, healthy), "eval_seconds": 0.1,
-            "per_seed": {"seeds": list(range(healthy)), "clean_accuracy": [acc] * healthy,
-                         "grid_mean_accuracy": [acc] * healthy, "consistency": [consistency] * healthy}}
-
-
-def fake_shift_result(models, n_seeds=2, shifts=((0,),), dataset=None, unmeasured=None):
-    """A shift_test result holding ``models`` (records), as metrics.json would."""
-    from equivar.experiments import shift_test
-
-    dataset = dataset if dataset is not None else {"name": "synthetic1d", "rank": 1, "n_train": 64, "n_test": 32,
-                                                   "input_shape": [12, 1], "n_classes": 10}
-    return shift_test.Result.model_validate({
-        "experiment": "shift_test", "module": shift_test.__name__, "dataset": dataset or None,
-        "seeds": list(range(n_seeds)), "shift_mode": "roll", "shifts": [list(s) for s in shifts],
-        "n_eval_shift": 32, "execution": {}, "models": models, "unmeasured": unmeasured or {}})
+@pytest.fixture(autouse=True)
+def compilation_mode(request, monkeypatch):
+    """Sets the test's compilation mode (:func:`optimized`) in this process and for the processes it starts.
+    The flag is process-wide and not part of JAX's in-memory cache key, so a change clears that cache."""
+    cheap = not optimized(request.node)
+    if _compile_mode.get("cheap") != cheap:
+        jax.config.update("jax_disable_most_optimizations", cheap)
+        jax.clear_caches()
+        _compile_mode["cheap"] = cheap
+    monkeypatch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "1" if cheap else "0")
 
 
 @pytest.fixture
@@ -122,7 +70,7 @@ def figures(monkeypatch):
 
 def pytest_addoption(parser):
     parser.addoption("--slow", action="store_true", default=False,
-                     help="also run the tests marked slow (CI runs them; the default run stays under 3 minutes)")
+                     help="also run the tests marked slow (CI runs them; the default run stays under 90 s)")
 
 
 def pytest_configure(config):
@@ -139,6 +87,8 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
+    # optimised tests first: the compilation mode changes once per process, and the long tests do not end the run
+    items.sort(key=lambda item: not optimized(item))
     if config.getoption("--slow"):
         return
     skip = pytest.mark.skip(reason="slow: run with --slow (CI does)")

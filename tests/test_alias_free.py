@@ -19,7 +19,7 @@ from equivar.errors import ConfigError
 from equivar.models import build_model, check_model
 from equivar.transforms import fourier_shift
 
-from conftest import compose_raw, target, validate_metrics
+from support import compose_raw, target, validate_metrics
 
 TOL = 1e-5
 SHAPES = [(40, 1), (16, 12, 1)]
@@ -38,7 +38,7 @@ def _band_limited(shape, channels=3, n=4, seed=0):
     return af.band_limit(jax.random.normal(jax.random.key(seed), (n, *shape[:-1], channels)))
 
 
-@pytest.mark.slow  # CI runs it (--slow); the default run stays under 3 minutes
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", SHAPES)
 def test_each_alias_free_layer_commutes_with_fractional_shifts(shape):
     x = _band_limited(shape)

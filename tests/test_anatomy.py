@@ -9,7 +9,7 @@ from equivar.anatomy import anatomy, exact_support, layer_steps
 from equivar.errors import ConfigError
 from equivar.models import build_model
 
-from conftest import ZOO_PARAMS, target
+from support import ZOO_PARAMS, target
 
 PADDINGS = ["VALID", "SAME", "CIRCULAR"]
 
@@ -51,7 +51,7 @@ def test_analytic_field_equals_gradient_support_on_random_stacks(rank):
         checked += 1
 
 
-@pytest.mark.slow  # CI runs it (--slow); the default run stays under 3 minutes
+@pytest.mark.slow
 def test_the_lectures_problem_1_answers():
     """28x28x1, two [5x5 conv, ReLU, 2x2 max-pool] blocks with 16 and 32 channels, dense 512, dense 10."""
     model = build_model(target("lenet"), (28, 28, 1), 10, {}, nnx.Rngs(0))
@@ -72,7 +72,7 @@ def test_the_lectures_problem_1_answers():
         assert row["jump"] == (None if jump is None else [jump, jump]), row
 
 
-@pytest.mark.slow  # CI runs it (--slow); the default run stays under 3 minutes
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ZOO_PARAMS)
 @pytest.mark.parametrize("shape", [(28, 28, 1), (40, 1)])
 def test_parameter_counts_equal_the_models_own_totals(kind, shape):
@@ -88,7 +88,7 @@ def test_parameter_counts_equal_the_models_own_totals(kind, shape):
         assert result["forward_equals_backward"]
 
 
-@pytest.mark.slow  # CI runs it (--slow); the default run stays under 3 minutes
+@pytest.mark.slow
 def test_local_model_has_lenets_fields_without_sharing():
     lenet = anatomy(build_model(target("lenet"), (28, 28, 1), 10, {}, nnx.Rngs(0)), (28, 28, 1))
     local = anatomy(build_model(target("local"), (28, 28, 1), 10, {}, nnx.Rngs(0)), (28, 28, 1))

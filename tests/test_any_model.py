@@ -21,7 +21,7 @@ from equivar import checkpoints
 from equivar.errors import ConfigError
 from equivar.introspect import capture, trace_layers
 
-from test_experiments import TINY, _cli
+from support import TINY, cli
 
 USER_MODULE = textwrap.dedent('''
     """A user's models: nothing from equivar but the constructor contract."""
@@ -125,7 +125,7 @@ def test_user_model_with_batchnorm_trains_checkpoints_and_reloads_identically(us
     assert not (tmp_path / "again" / "checkpoints").exists()  # nothing was trained
 
 
-@pytest.mark.slow  # CI runs it (--slow); the default run stays under 3 minutes
+@pytest.mark.slow
 def test_checkpoint_round_trip_is_exact_for_every_variable(user_module, tmp_path):
     import functools
 
@@ -155,9 +155,9 @@ def test_checkpoint_round_trip_is_exact_for_every_variable(user_module, tmp_path
 @pytest.mark.slow
 def test_a_checkpoint_that_does_not_match_the_config_names_the_mismatch(tmp_path):
     run_dir = tmp_path / "run"
-    equivar.measure("shift_test", SMALL + ["models=[lenet]"] + TINY[3:7], out_dir=run_dir)
+    equivar.measure("shift_test", SMALL + ["models=[lenet]"] + TINY, out_dir=run_dir)
     with pytest.raises(ConfigError, match=r"zoo.lenet.channels=\[2, 8\] does not match the checkpoint .*\(\[4, 8\]\)"):
-        equivar.measure("shift_test", SMALL + ["models=[lenet]"] + TINY[3:7] + ["zoo.lenet.channels=[2,8]"],
+        equivar.measure("shift_test", SMALL + ["models=[lenet]"] + TINY + ["zoo.lenet.channels=[2,8]"],
                         out_dir=tmp_path / "b", load_from=run_dir)
     with pytest.raises(ConfigError, match=r"holds no checkpoint of 'mlp', 'cnn_gap'; it holds lenet: choose with "
                                           r"models=\[lenet\] or a subset"):  # every missing model, before any work
@@ -169,7 +169,7 @@ def test_a_checkpoint_that_does_not_match_the_config_names_the_mismatch(tmp_path
                                           rf"in .* \('{lenet['target']}'\)"):
         checkpoints.load(run_dir, "lenet", "equivar.models.CNNGap", lenet["options"], (24, 1), 4)
     with pytest.raises(ConfigError, match=r"trained on inputs \(24, 1\) with 4 classes; this dataset has \(30, 1\)"):
-        equivar.measure("shift_test", SMALL + ["models=[lenet]", "dataset.size=30"] + TINY[3:7],
+        equivar.measure("shift_test", SMALL + ["models=[lenet]", "dataset.size=30"] + TINY,
                         out_dir=tmp_path / "d", load_from=run_dir)
 
 
@@ -248,15 +248,15 @@ def _package(folder, source=USER_MODULE):
 @pytest.mark.slow
 def test_cli_takes_a_model_from_the_working_directory(tmp_path):
     _package(tmp_path)
-    proc = _cli(["experiment=shift_test", "+zoo.mine._target_=mylab.nets.BNNet", "+zoo.mine.width=4",
-                 "models=[mlp,mine]"] + SMALL + TINY[3:4], tmp_path)
+    proc = cli(["experiment=shift_test", "+zoo.mine._target_=mylab.nets.BNNet", "+zoo.mine.width=4",
+                 "models=[mlp,mine]"] + SMALL + TINY, tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert set(metrics["models"]) == {"mlp", "mine"}
     assert (tmp_path / "run" / "checkpoints" / "mine.json").is_file()
 
 
-@pytest.mark.slow  # CI runs it (--slow); the default run stays under 3 minutes
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides,words", [
     (["+zoo.mine._target_=mylab.nets.BNNet", "+zoo.mine.widht=4"], "has no option 'widht' (did you mean 'width'?)"),
     (["+zoo.mine._target_=mylab.nets.BNNett"], "zoo.mine._target_='mylab.nets.BNNett' cannot be imported: mylab.nets "
@@ -271,7 +271,7 @@ def test_cli_takes_a_model_from_the_working_directory(tmp_path):
 def test_cli_user_model_mistakes_are_one_line(overrides, words, tmp_path):
     _package(tmp_path)
     (tmp_path / "mylab" / "broken.py").write_text("x = undefined_name\n")
-    proc = _cli(["experiment=shift_test", "models=[mine]"] + SMALL + overrides, tmp_path)
+    proc = cli(["experiment=shift_test", "models=[mine]"] + SMALL + overrides, tmp_path)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert words in proc.stderr and "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
 
@@ -280,7 +280,7 @@ def test_cli_user_model_mistakes_are_one_line(overrides, words, tmp_path):
 def test_wheel_installs_and_runs_from_another_folder(tmp_path):
     """``pip install`` of the built wheel (not editable) into a fresh venv: the CLI finds its configs and
     experiments from any folder, and nothing installs under a generic top-level name."""
-    from conftest import ROOT
+    from support import ROOT
     wheels = tmp_path / "wheels"
     subprocess.run([sys.executable, "-m", "build", "--wheel", "-o", str(wheels), str(ROOT)], check=True,
                    capture_output=True, timeout=600)

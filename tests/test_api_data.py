@@ -7,7 +7,7 @@ import equivar
 from equivar.data import dataset_options, load_dataset
 from equivar.errors import ConfigError
 
-from conftest import compose_raw, mnist_dir
+from support import compose_raw, mnist_dir
 
 
 def test_load_data_gives_what_a_run_trains_on():

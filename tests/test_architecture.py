@@ -20,7 +20,7 @@ from flax import nnx
 
 from equivar.introspect import capture
 
-from conftest import ROOT
+from support import ROOT
 
 LIBRARY, EXPERIMENTS, TOOLS = ROOT / "equivar", ROOT / "experiments", ROOT / "equivar" / "tools"
 

@@ -25,7 +25,7 @@ from equivar.errors import ConfigError
 from equivar.models import build_model, check_model
 from equivar.transforms import fourier_shift, shift, shift_grid
 
-from conftest import target, zoo_options
+from support import target, zoo_options
 
 NAMES = ["vit", "circular_transformer", "alias_free_vit", "mixer"]
 SHAPES = {"1d": (40, 1), "2d": (12, 12, 1)}
@@ -223,7 +223,7 @@ def test_every_instrument_takes_the_attention_family(tmp_path):
     stay exactly consistent."""
     from equivar.run import run_experiment
 
-    from conftest import compose_raw
+    from support import compose_raw
 
     small = [f"zoo.{m}.{k}={v}" for m in NAMES for k, v in (("dim", 8), ("depth", 1))]
     common = ["dataset=synthetic", f"models=[{','.join(NAMES)}]", *small]

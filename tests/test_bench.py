@@ -5,7 +5,7 @@ from flax import nnx
 
 from equivar.tools.bench import _builder, format_table, forward_flops, study
 
-from test_experiments import TINY
+from support import TINY
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ import pytest
 from equivar.execution import enable_compilation_cache
 from equivar.tools.bench import _without_timings
 
-from test_experiments import TINY
+from support import TINY
 
 
 def _cli(args: list[str], env: dict[str, str]) -> dict:

@@ -4,7 +4,7 @@ import pytest
 from equivar.data import MNIST1D, TFDS, Synthetic, dataset_options, load_dataset
 from equivar.errors import ConfigError, DataUnavailableError
 
-from conftest import mnist_dir, requires_mnist
+from support import mnist_dir, requires_mnist
 
 
 def test_mnist1d_generated_offline():

@@ -9,16 +9,15 @@ from equivar.anatomy import anatomy
 from equivar.models import build_model
 from equivar.run import run_experiment
 
-from conftest import compose_raw, target, zoo_options
-from test_experiments import tiny
+from support import TINY, compose_raw, target, zoo_options
 
 
-@pytest.mark.slow  # CI runs it (--slow); the default run stays under 3 minutes
+@pytest.mark.slow
 def test_pooling_invariance_global_pooling_and_aligned_aps_are_exact(tmp_path):
     """Global max pooling of circular feature maps is exactly invariant to every circular shift; global mean
     up to float32 summation order; APS is exactly the same after undoing the shift; strided max is not."""
     metrics = run_experiment(compose_raw(["experiment=pooling_invariance", "dataset=synthetic"]
-                                         + tiny("pooling_invariance")), tmp_path).model_dump(mode="json")
+                                         + TINY), tmp_path).model_dump(mode="json")
     pools = metrics["models"]
     assert pools["global_max"]["error"]["mean"] == [0.0] * len(metrics["shifts"])
     assert max(pools["global_mean"]["error"]["mean"]) < 1e-6
@@ -33,7 +32,7 @@ def test_feature_pooling_over_transformed_copies_is_exactly_invariant(rank, tmp_
     """Pooled over the group's copies: the same prediction under every transform (reversal in 1D, the four
     rotations in 2D) for every test input, logits unchanged up to rounding; without the pooling, not."""
     metrics = run_experiment(compose_raw(["experiment=feature_pooling", "dataset=synthetic", f"dataset.rank={rank}",
-                                          "dataset.size=12"] + tiny("feature_pooling")), tmp_path).model_dump()
+                                          "dataset.size=12"] + TINY), tmp_path).model_dump()
     pooled, unpooled = metrics["models"]["pooled"], metrics["models"]["unpooled"]
     assert pooled["same_prediction_under_all"]["mean"] == 1.0
     assert max(v["mean"] for v in pooled["logit_change"].values()) < 1e-5
@@ -50,7 +49,7 @@ def test_antialiased_shift_test_compares_lenets_that_differ_only_in_pooling(tmp_
         assert {k: v for k, v in default["zoo"][variant].items() if k != "pool"} == \
             {k: v for k, v in default["zoo"]["lenet"].items() if k != "pool"}
     raw = compose_raw(["experiment=antialiased_shift_test", "dataset=synthetic", "dataset.size=14"]
-                      + tiny("antialiased_shift_test"))
+                      + TINY)
     metrics = run_experiment(raw, tmp_path).model_dump()
     params = {m: metrics["models"][m]["n_params"] for m in raw["models"]}
     # Blurring adds no parameters and keeps the sizes; APS's stride-1 max loses a position per pooling
@@ -66,7 +65,7 @@ def _rows(kind, shape):
     return result, {r["layer"]: r for r in result["layers"]}
 
 
-@pytest.mark.slow  # CI runs it (--slow); the default run stays under 3 minutes
+@pytest.mark.slow
 def test_cnn_gap_field_is_27_before_the_global_pool():
     """Dilations 1, 3, 9 with 3-wide kernels: 1 + 2 * (1 + 3 + 9) = 27 positions, along every axis."""
     for shape in ((40, 1), (28, 28, 1)):
@@ -75,7 +74,7 @@ def test_cnn_gap_field_is_27_before_the_global_pool():
             [[3] * (len(shape) - 1), [9] * (len(shape) - 1), [27] * (len(shape) - 1)]
 
 
-@pytest.mark.slow  # CI runs it (--slow); the default run stays under 3 minutes
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", [(40, 1), (28, 28, 1)])
 def test_zoo_parameter_totals(shape):
     """Closed forms from the default options (conf/model/*.yaml), 10 classes."""

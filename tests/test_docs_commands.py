@@ -16,23 +16,13 @@ import pytest
 
 from equivar.run import run_experiment
 
-from conftest import ROOT, compose_raw, mnist_dir
+from support import ROOT, TINY, compose_raw, mnist_dir
 
 DOCS = ROOT / "docs"
 README_DEFAULT = ("experiment=shift_test",)
-# Overrides that keep each run small; the command's own overrides (models, dataset, modes) are kept.
-TINY_TRAIN = ["n_seeds=1", "train.epochs=1", "eval.shift_subset=64"]
-# Small zoo models, given to the training run and to the re-measuring run alike (a checkpoint is checked
-# against the options it was trained with).
-TINY_ZOO = ["zoo.mlp.hidden=[16]", "zoo.lenet.channels=[4,8]", "zoo.lenet.kernel=3", "zoo.lenet.hidden=[16]",
-            "zoo.local.channels=[4,8]", "zoo.local.kernel=3", "zoo.local.hidden=[16]", "zoo.cnn_gap.channels=[4,8]",
-            "zoo.cnn_gap.dilations=[1,2]", "zoo.cnn_aps.channels=[4,4,8,8]"]
-TINY_DATA = {"mnist1d": ["dataset.n_train=300"], "tfds": ["dataset.n_train=300", "dataset.n_test=100"]}
-TINY_MEASURE = {"lie_derivative": ["lie_derivative.n_examples=16", "lie_derivative.sawtooth_step=0.25"],
-                "equivariance": ["equivariance.n_examples=8", "shift.max=2"],
-                "anatomy": ["anatomy.n_inputs=8"],
-                "shift_test": ["eval.shift_subset=64"],
-                "pooling_invariance": ["pooling_invariance.n_examples=32"]}
+# Each run small (the tiny preset, for training and re-measuring alike: a checkpoint is checked against the
+# options it was trained with); the command's own overrides (models, dataset, modes) are kept.
+TINY_TRAIN = [*TINY, "n_seeds=1", "train.epochs=1"]
 
 
 def docs_commands(text: str) -> list[tuple[str, ...]]:
@@ -93,12 +83,10 @@ def test_every_docs_load_from_command_runs_on_the_run_it_names(tmp_path, monkeyp
             monkeypatch.setenv("TFDS_DATA_DIR", str(mnist_dir()))
         if train not in trained:
             folder = tmp_path / f"train{len(trained)}"
-            run_experiment(compose_raw([*train, *TINY_TRAIN, *TINY_DATA[kind], *TINY_ZOO]), folder)
+            run_experiment(compose_raw([*train, *TINY_TRAIN]), folder)
             trained[train] = folder
-        experiment = next(a.split("=", 1)[1] for a in command if a.startswith("experiment="))
         overrides = [a for a in command if not a.startswith("load_from=")]
-        overrides += [f"load_from={trained[train]}", *TINY_DATA[_dataset_kind(tuple(overrides))],
-                      *TINY_MEASURE.get(experiment, []), *TINY_ZOO]
+        overrides += [f"load_from={trained[train]}", *TINY]
         try:
             run_experiment(compose_raw(overrides), tmp_path / f"measure{i}")
         except Exception as err:  # collect them all: one test names every broken command

@@ -12,7 +12,7 @@ from equivar.io import environment
 from equivar.tools.reference_docs import message_for
 from equivar.tools.results_docs import blocks, doc_files, parse_spec, run_command, summary_tables, update
 
-from conftest import ROOT, compose_raw
+from support import ROOT, compose_raw
 
 SUMMARY = """shift_test on mnist1d (3 seeds, 41 shifts, mode roll)
 

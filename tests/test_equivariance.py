@@ -11,7 +11,7 @@ from equivar.equivariance import interior_mask, layer_shift_errors, transform_er
 from equivar.models import build_model
 from equivar.transforms import shift
 
-from conftest import target
+from support import target
 
 TOL = 1e-5  # relative error float32 stacks must stay under where the theory says "exact"
 
@@ -20,7 +20,7 @@ def _stack(layers, shape, seed=0):
     return build_model(target("stack"), shape, 3, {"layers": layers}, nnx.Rngs(seed))
 
 
-@pytest.mark.slow  # CI runs it (--slow); the default run stays under 3 minutes
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", [(20, 2), (12, 10, 1)])
 def test_circular_conv_stacks_commute_with_every_roll(shape):
     rng = np.random.default_rng(0)
@@ -74,7 +74,7 @@ def test_global_pooling_over_a_circular_net_is_invariant_to_every_roll():
             np.testing.assert_allclose(model(shift(x, (dy, dx))), base, rtol=TOL, atol=TOL)
 
 
-@pytest.mark.slow  # CI runs it (--slow); the default run stays under 3 minutes
+@pytest.mark.slow
 @pytest.mark.parametrize("shape,transforms", [((16, 16, 1), ["rotate90", "scale2"]), ((32, 1), ["flip", "scale2"])])
 def test_rotation_reflection_and_scaling_are_not_equivariances(shape, transforms):
     model = _stack([{"type": "conv", "features": 4, "kernel": 3, "padding": "CIRCULAR"}], shape)
@@ -86,7 +86,7 @@ def test_rotation_reflection_and_scaling_are_not_equivariances(shape, transforms
     assert transform_errors(model, x, transforms[0])["conv1"] <= TOL
 
 
-@pytest.mark.slow  # CI runs it (--slow); the default run stays under 3 minutes
+@pytest.mark.slow
 @pytest.mark.parametrize("shape,transform", [((12, 12, 1), lambda x: jnp.rot90(x, 1, axes=(1, 2))),
                                              ((20, 1), lambda x: jnp.flip(x, 1))])
 def test_pooling_over_rotated_copies_is_invariant_and_its_absence_is_not(shape, transform):

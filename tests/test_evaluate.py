@@ -14,7 +14,7 @@ from equivar.models import build_model
 from equivar.train import make_predict
 from equivar.transforms import shift_grid
 
-from conftest import target
+from support import target
 
 
 def _lenet(shape, **options):
@@ -49,7 +49,7 @@ def test_largest_activation_looks_inside_nested_programs():
     assert largest_activation_bytes(jax.checkpoint(wide), example) == 512 * 4
 
 
-@pytest.mark.slow  # CI runs it (--slow); the default run stays under 3 minutes
+@pytest.mark.slow
 @pytest.mark.parametrize("packing", ["loop", "vmap"])
 def test_predictions_do_not_depend_on_the_call_size(packing):
     """The grid cut into 32-image calls (with padding) gives exactly the predictions of larger calls."""

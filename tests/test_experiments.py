@@ -1,9 +1,6 @@
 """Every experiment config composed through Hydra and run tiny into a temp dir; the CLI's error paths."""
 
-import os
 import re
-import subprocess
-import sys
 
 import jax.numpy as jnp
 import numpy as np
@@ -15,36 +12,7 @@ from equivar.experiment import read_result
 from equivar.plot import main as plot_main
 from equivar.run import run_experiment
 
-from conftest import ROOT, compose_raw, mnist_dir, requires_mnist, validate_metrics
-
-TINY = ["n_seeds=2", "train.epochs=2", "train.batch_size=32", "zoo.mlp.hidden=[32]",
-        "zoo.lenet.channels=[4,8]", "zoo.lenet.kernel=3", "zoo.lenet.hidden=[16]",
-        "zoo.local.channels=[4,8]", "zoo.local.kernel=3", "zoo.local.hidden=[16]",
-        "zoo.cnn_gap.channels=[4,8]", "zoo.cnn_gap.dilations=[1,2]", "zoo.cnn_aps.channels=[4,4,8,8]",
-        "zoo.group_pool.channels=[4,4]", "zoo.group_pool.dilations=[1,2]",
-        "train.min_steps=0", "++zoo.lenet_blur.channels=[4,8]", "++zoo.lenet_blur.hidden=[16]",
-        "++zoo.lenet_aps.channels=[4,8]", "++zoo.lenet_aps.hidden=[16]", "++zoo.lenet_blur.kernel=3",
-        "++zoo.lenet_aps.kernel=3", "zoo.alias_free.channels=[4,4]", "zoo.alias_free.downsample=[true,false]",
-        "++zoo.gap_mean.channels=[4,8]", "++zoo.gap_mean.dilations=[1,2]"]
-# Each experiment's own options, tiny (another experiment's options are refused, so they go per experiment).
-EXPERIMENT_TINY = {
-    "anatomy": ["anatomy.n_inputs=8"],
-    "equivariance": ["equivariance.n_examples=16", "shift.max=3", "equivariance.paddings=[CIRCULAR]"],
-    "pooling_invariance": ["pooling_invariance.n_examples=16", "pooling_invariance.sizes=[2,4]", "shift.max=3"],
-    "padding_leak": ["padding_leak.n_train=64", "padding_leak.n_test=32"],
-    "lie_derivative": ["lie_derivative.n_examples=16", "lie_derivative.sawtooth_step=0.5"],
-    "lee_scaling": ["lee_scaling.n_examples=8"],
-    "invariance_benchmark": ["invariance_benchmark.n_examples=16", "shift.max=2", "invariance_benchmark.fractional_max=1",
-                             "invariance_benchmark.fractional_steps=[2]"],
-}
-
-
-def tiny(name: str) -> list[str]:
-    """The tiny overrides for experiment ``name`` (a conf/experiment YAML's name)."""
-    return TINY + EXPERIMENT_TINY.get(name, [])
-
-
-EXPERIMENT_NAMES = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
+from support import EXPERIMENT_NAMES, RUN_ELSEWHERE, TINY, cli, compose_raw, mnist_dir, requires_mnist, validate_metrics
 
 
 def _check_shift_test(result, out_dir, rank):
@@ -80,17 +48,10 @@ SLOW_TINY = {"shift_test", "anatomy", "invariance_benchmark", "equivariance", "s
              "feature_pooling", "mnist1d_baselines", "padding_leak", "pooling_invariance"}  # 10-20 s each here
 
 
-# Run tiny elsewhere, with their results checked (not only their files): the experiments that train in
-# test_seed_policy.py (one seed poisoned, metrics and plots checked), in test_defining_facts.py, and in their own
-# files (test_alias_free.py, test_unseen_positions.py).
-RUN_ELSEWHERE = {"lee_scaling", "unseen_positions", "invariance_benchmark", "shift_test", "equivariance", "feature_pooling", "lie_derivative", "mnist1d_baselines", "padding_leak",
-                 "pooling_invariance", "antialiased_shift_test"}
-
-
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_TINY else n
                                   for n in EXPERIMENT_NAMES if n not in RUN_ELSEWHERE])
 def test_every_experiment_composes_and_runs_tiny(name, tmp_path):
-    raw = compose_raw([f"experiment={name}", "dataset=synthetic"] + tiny(name))
+    raw = compose_raw([f"experiment={name}", "dataset=synthetic"] + TINY)
     result = run_experiment(raw, tmp_path)
     assert result.experiment == raw["experiment_name"]
     assert read_result(tmp_path).model_dump_json() == result.model_dump_json()
@@ -245,16 +206,9 @@ def test_config_errors(overrides, message, tmp_path):
         run_experiment(raw, tmp_path)
 
 
-def _cli(args, tmp_path, env_extra=None):
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    env.update(env_extra or {})
-    return subprocess.run([sys.executable, "-m", "equivar.run", *args, f"hydra.run.dir={tmp_path}/run"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-
-
-@pytest.mark.slow  # CI runs it (--slow); the default run stays under 3 minutes
+@pytest.mark.slow
 def test_cli_unknown_model_is_one_clear_line(tmp_path):
-    proc = _cli(["experiment=shift_test", "dataset=synthetic", "models=[resnet]"], tmp_path)
+    proc = cli(["experiment=shift_test", "dataset=synthetic", "models=[resnet]"], tmp_path)
     assert proc.returncode == 2
     assert ("equivar: error: unknown model 'resnet' in models (did you mean 'lenet'?); valid choices: alias_free, "
             "alias_free_vit, circular_transformer, cnn_aps, cnn_gap, group_pool, lenet, local, mixer, mlp, vit") in proc.stderr
@@ -265,23 +219,23 @@ def test_cli_unknown_model_is_one_clear_line(tmp_path):
 def test_cli_missing_data_fails_before_training(tmp_path):
     empty = tmp_path / "no_data"
     empty.mkdir()
-    proc = _cli(["experiment=shift_test", "dataset=mnist"], tmp_path, {"TFDS_DATA_DIR": str(empty)})
+    proc = cli(["experiment=shift_test", "dataset=mnist"], tmp_path, {"TFDS_DATA_DIR": str(empty)})
     assert proc.returncode == 2
     assert "is not prepared" in proc.stderr and "TFDS_DATA_DIR" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 
-@pytest.mark.slow  # CI runs it (--slow); the default run stays under 3 minutes
+@pytest.mark.slow
 def test_cli_unknown_dataset_lists_choices(tmp_path):
-    proc = _cli(["experiment=shift_test", "dataset=imagenet"], tmp_path)
+    proc = cli(["experiment=shift_test", "dataset=imagenet"], tmp_path)
     assert proc.returncode != 0
     assert "mnist1d" in proc.stderr and "synthetic" in proc.stderr
 
 
 @pytest.mark.slow
 def test_cli_runs_tiny(tmp_path):
-    proc = _cli(["experiment=shift_test", "dataset=synthetic", "shift.max=2"] + TINY, tmp_path)
+    proc = cli(["experiment=shift_test", "dataset=synthetic", "shift.max=2"] + TINY, tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "run" / "metrics.json").is_file()
     assert (tmp_path / "run" / ".hydra" / "config.yaml").is_file()
@@ -296,11 +250,3 @@ def test_shift_test_on_real_mnist_subset(tmp_path):
     result = run_experiment(raw, tmp_path)
     _check_shift_test(result, tmp_path, 2)
     assert result.dataset.name == "mnist" and result.dataset.n_train == 512
-
-
-def test_every_experiment_is_run_tiny_somewhere():
-    from test_seed_policy import TRAINING
-
-    defining_facts = {"antialiased_shift_test", "feature_pooling", "pooling_invariance"}
-    assert RUN_ELSEWHERE <= set(TRAINING) | defining_facts
-    assert set(EXPERIMENT_NAMES) - RUN_ELSEWHERE  # the rest run in test_every_experiment_composes_and_runs_tiny

@@ -19,7 +19,7 @@ import yaml
 
 from equivar.report import write_report
 
-from conftest import ROOT
+from support import ROOT
 
 RUN = ["experiment=shift_test", "dataset=synthetic", "models=[mlp,lenet]", "n_seeds=2", "train.epochs=6",
        "train.batch_size=32", "zoo.mlp.hidden=[16]", "zoo.lenet.channels=[4,8]", "zoo.lenet.hidden=[16]",

@@ -386,7 +386,7 @@ def test_sweep_report_figure_fits(n, saved, tmp_path):
     """report.png of a sweep (equivar.report draws it, without save()): one line per model."""
     from equivar.report import write_report
 
-    from conftest import fake_shift_record, fake_shift_result
+    from support import fake_shift_record, fake_shift_result
 
     for i, n_train in enumerate((100, 200, 400)):
         run = tmp_path / str(i)

@@ -21,12 +21,10 @@ from equivar.errors import ConfigError
 from equivar.models import build_model, check_model
 from equivar.tools.reference_docs import message_for
 
-from conftest import ROOT, compose_raw
+from support import ROOT, TINY, compose_raw
 
 sys.path.insert(0, str(Path(__file__).parent / "user_models"))
-TINY = ["n_seeds=1", "train.epochs=2", "train.batch_size=32", "train.min_steps=0", "zoo.mlp.hidden=[16]",
-        "zoo.lenet.channels=[4,8]", "zoo.lenet.kernel=3", "zoo.lenet.hidden=[16]", "dataset=synthetic",
-        "shift.max=2"]
+SMALL = [*TINY, "n_seeds=1", "dataset=synthetic", "shift.max=2"]
 
 
 class Block(nnx.Module):
@@ -186,7 +184,7 @@ def test_a_reader_that_leaves_does_not_fail_a_finished_run(tmp_path, monkeypatch
     from equivar.run import ReaderMayLeave, run_experiment
 
     monkeypatch.setattr(sys, "stdout", ReaderMayLeave(_ClosedPipe()))
-    run_experiment(compose_raw(["experiment=shift_test", "models=[mlp]", *TINY]), tmp_path)
+    run_experiment(compose_raw(["experiment=shift_test", "models=[mlp]", *SMALL]), tmp_path)
     assert json.loads((tmp_path / "status.json").read_text())["status"] == "complete"
     assert sys.stdout.reader_left
 
@@ -194,7 +192,7 @@ def test_a_reader_that_leaves_does_not_fail_a_finished_run(tmp_path, monkeypatch
 @pytest.mark.slow  # a CLI process: about 15 s
 def test_piping_the_cli_into_head_exits_0_with_the_run_complete(tmp_path):
     env = {**os.environ, "EQUIVAR_JAX_CACHE": "off"}
-    proc = subprocess.Popen([sys.executable, "-m", "equivar.run", "experiment=shift_test", "models=[mlp]", *TINY,
+    proc = subprocess.Popen([sys.executable, "-m", "equivar.run", "experiment=shift_test", "models=[mlp]", *SMALL,
                              f"hydra.run.dir={tmp_path / 'run'}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             cwd=ROOT, env=env)
     assert proc.stdout is not None and proc.stdout.readline()  # the first line, as `| head -1` reads it
@@ -212,7 +210,7 @@ def test_an_interrupted_run_keeps_its_complete_models_and_a_model_prints_short(t
     from equivar.api import load_models
     from equivar.run import run_experiment
 
-    raw = compose_raw(["experiment=shift_test", "models=[mlp,lenet]", *TINY])
+    raw = compose_raw(["experiment=shift_test", "models=[mlp,lenet]", *SMALL])
     first = run_experiment(raw, tmp_path)
     status = json.loads((tmp_path / "status.json").read_text())
     (tmp_path / "status.json").write_text(json.dumps({**status, "status": "interrupted"}))

@@ -27,12 +27,12 @@ from equivar.errors import UserError
 from equivar.run import compose_config, report_error, run_experiment, validate
 from equivar.tools.reference_docs import _misspelt, bad_values, option_sites
 
-from test_experiments import tiny
+from support import TINY
 
 # Experiments cheap enough to run tiny many times (the others share their code paths).
 EXPERIMENTS = ["shift_test", "conv_compare", "pooling_invariance", "anatomy", "padding_leak", "equivariance"]
 BASE = {name: [f"experiment={name}", "dataset=synthetic", "dataset.size=12", "n_seeds=1", "train.epochs=1",
-               "models=[mlp,cnn_gap]"] + [o for o in tiny(name) if not o.startswith(("n_seeds", "train.epochs"))]
+               "models=[mlp,cnn_gap]"] + TINY
         for name in EXPERIMENTS}
 SITES = [s for s in option_sites() if not s.key.startswith("dataset.") or "dataset=synthetic" in s.context]
 SITES = [s for s in SITES if s.key not in ("load_from", "overwrite")]  # folders: tested on their own

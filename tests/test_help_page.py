@@ -33,7 +33,7 @@ def test_a_header_without_a_question_says_so(tmp_path):
     assert "no '# Question:' line" in experiment_questions(tmp_path)["mine"]
 
 
-@pytest.mark.slow  # CI runs it (--slow); the default run stays under 3 minutes
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["console script", "python -m"])
 def test_help_is_equivars_own_page(how, tmp_path):
     command = [str(CONSOLE_SCRIPT)] if how == "console script" else [sys.executable, "-m", "equivar.run"]
@@ -53,7 +53,7 @@ def test_help_is_equivars_own_page(how, tmp_path):
     assert not list(tmp_path.iterdir()), "--help must not start a run"
 
 
-@pytest.mark.slow  # CI runs it (--slow); the default run stays under 3 minutes
+@pytest.mark.slow
 def test_version_is_equivars():
     result = _run([sys.executable, "-m", "equivar.run", "--version"], cwd=ROOT)
     assert result.returncode == 0

@@ -8,17 +8,16 @@ from scipy import stats
 from equivar.errors import ConfigError
 from equivar.run import run_experiment
 
-from conftest import compose_raw, validate_metrics
+from support import TINY, compose_raw, validate_metrics
 
-TINY = ["experiment=lee_scaling", "dataset=synthetic", "n_seeds=2", "train.epochs=1", "train.batch_size=32",
-        "train.min_steps=0", "models=[lenet,vit]", "lee_scaling.n_examples=8", "shift.max=2",
+SMALL = ["experiment=lee_scaling", "dataset=synthetic", *TINY, "train.epochs=1", "models=[lenet,vit]", "shift.max=2",
         "lee_scaling.sizes={lenet:[{channels:[2,4],hidden:[8]},{channels:[4,4],hidden:[8]}],"
         "vit:[{dim:8,depth:1,heads:2}]}"]
 
 
 @pytest.mark.slow
 def test_lee_scaling_tiny(tmp_path, figures):
-    result = run_experiment(compose_raw(TINY), tmp_path)
+    result = run_experiment(compose_raw(SMALL), tmp_path)
     # mixer's default sizes stay in the config: models=[lenet,vit] trains those two families only
     assert list(result.models) == ["lenet_s0", "lenet_s0_aug2", "lenet_s1", "lenet_s1_aug2", "vit_s0", "vit_s0_aug2"]
     assert [m.augmentation for m in result.models.values()] == [0, 2] * 3
@@ -41,7 +40,7 @@ def test_lee_scaling_tiny(tmp_path, figures):
 
 
 def test_sizes_for_a_model_not_in_the_zoo_are_refused(tmp_path):
-    raw = compose_raw(TINY[:-1] + ["+lee_scaling.sizes.vitt=[{dim:8}]"])
+    raw = compose_raw(SMALL[:-1] + ["+lee_scaling.sizes.vitt=[{dim:8}]"])
     with pytest.raises(ConfigError, match=r"lee_scaling.sizes names vitt, not a zoo model; zoo models: "):
         run_experiment(raw, tmp_path)
     assert not list(tmp_path.glob("*.json"))  # refused before anything was trained

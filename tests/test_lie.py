@@ -44,7 +44,7 @@ def test_jvp_matches_central_differences_on_a_smooth_model(shape):
         assert _rel(exact, fd) < 1e-3
 
 
-@pytest.mark.slow  # CI runs it (--slow); the default run stays under 3 minutes
+@pytest.mark.slow
 def test_the_translation_tangent_is_the_derivative_of_the_fourier_shift():
     x = jax.random.normal(jax.random.key(0), (2, 12, 9, 3))
     for axis, gen in ((0, "translate_y"), (1, "translate_x")):
@@ -64,7 +64,7 @@ def test_rotation_and_scaling_fields_on_a_centred_blob():
     np.testing.assert_allclose(input_tangent(blob, "scale"), r2 / 3.0 ** 2 * blob, atol=2e-4)
 
 
-@pytest.mark.slow  # CI runs it (--slow); the default run stays under 3 minutes
+@pytest.mark.slow
 def test_a_linear_circular_convolution_commutes_and_relu_after_it_does_not():
     x = jax.random.normal(jax.random.key(2), (4, 20, 3))
     conv = _stack((20, 3), [{"type": "conv", "features": 4, "kernel": 5, "padding": "CIRCULAR"}]).conv1
@@ -149,7 +149,7 @@ def test_any_model_splits_into_rows_that_sum_to_its_derivative(name, shape, betw
 def test_lie_derivative_experiment_tiny(tmp_path, figures):
     from equivar.run import run_experiment
 
-    from conftest import compose_raw
+    from support import compose_raw
     raw = compose_raw(["experiment=lie_derivative", "dataset=synthetic", "n_seeds=2", "train.epochs=1",
                        "models=[lenet,cnn_gap]", "zoo.lenet.channels=[4,8]", "zoo.lenet.kernel=3",
                        "zoo.lenet.hidden=[16]", "zoo.cnn_gap.channels=[4,8]", "zoo.cnn_gap.dilations=[1,2]",

@@ -10,7 +10,7 @@ from equivar.layers import Pool
 from equivar.models import build_model
 from equivar.transforms import shift, shift_grid
 
-from conftest import ZOO_PARAMS, target, zoo_options
+from support import ZOO_PARAMS, target, zoo_options
 
 SHAPES = {"1d": (40, 1), "2d": (28, 28, 1)}
 
@@ -151,7 +151,7 @@ def test_bench_counts_the_lenet_forward_flops_from_its_layers():
     assert forward_flops(model, (28, 28, 1)) == expected
 
 
-@pytest.mark.slow  # CI runs it (--slow); the default run stays under 3 minutes
+@pytest.mark.slow
 @pytest.mark.parametrize("padding", ["VALID", "SAME", "CIRCULAR"])
 @pytest.mark.parametrize("shape,kernel,stride,dilation", [((11, 3), (3,), (1,), (2,)), ((9, 7, 3), (3, 2), (2, 1), (1, 2))])
 def test_locally_connected_with_tied_weights_is_the_convolution(padding, shape, kernel, stride, dilation):
@@ -180,7 +180,7 @@ def test_locally_connected_positions_are_independent():
     assert not np.allclose(local(shift(x, (3,))), shift(local(x), (3,)), atol=1e-3)
 
 
-@pytest.mark.slow  # CI runs it (--slow); the default run stays under 3 minutes
+@pytest.mark.slow
 def test_cnn_aps_downsampling_ingredients_can_be_swapped():
     """downsample_mode swaps cnn_aps's adaptive polyphase sampling for a blur, an ideal low-pass or plain
     subsampling (to see each ingredient's share); only the adaptive one keeps exact roll invariance."""

@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT, ZOO_NAMES
+from support import ROOT, ZOO_NAMES
 
 # Every zoo model but the MNIST-1D paper's, whose layers (dense, strided convs) the others already cover.
 CHECKED = [n for n in ZOO_NAMES if not n.startswith("paper_")]
@@ -26,7 +26,8 @@ TOLERANCE = 1e-4
 SCRIPT = r"""
 import json, os, sys
 import numpy as np
-import equivar  # sets the flags unless EQUIVAR_XLA_CPU_FLAGS=off
+from equivar.execution import set_up_process
+set_up_process()  # what every entry point does: sets the flags unless EQUIVAR_XLA_CPU_FLAGS=off
 import jax, jax.numpy as jnp, optax
 from flax import nnx
 from omegaconf import OmegaConf

@@ -27,7 +27,7 @@ from flax import nnx
 from equivar.data import Synthetic
 from equivar.run import run_experiment
 
-from conftest import ROOT, compose_raw
+from support import ROOT, compose_raw
 
 USER_MODELS = ROOT / "tests" / "user_models"
 
@@ -723,7 +723,7 @@ def test_a_seed_frozen_at_finite_parameters_has_no_heldout_points(packing):
     from equivar.models import build_model
     from equivar.train import SeedTrainer, TrainOptions, init_states, make_optimizer, seed_keys
 
-    from conftest import target
+    from support import target
 
     data = Synthetic(rank=1, size=8, n_classes=3, n_train=32, n_test=16, seed=2).load()
     x_train = np.array(data.x_train)
@@ -760,7 +760,7 @@ def test_training_figure_of_two_epochs_ticks_both(tmp_path, monkeypatch):
 def test_shift_heatmap_says_it_shows_the_mean(tmp_path, figures):
     from equivar.experiments import shift_test
 
-    from conftest import fake_shift_record, fake_shift_result
+    from support import fake_shift_record, fake_shift_result
 
     grid = [(a, b) for a in (-1, 0, 1) for b in (-1, 0, 1)]
     dataset = {"name": "synthetic2d", "rank": 2, "n_train": 64, "n_test": 32, "input_shape": [8, 8, 1],

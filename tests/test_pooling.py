@@ -10,7 +10,7 @@ from equivar.layers import Blur, PolyphaseDownsample, binomial_filter
 from equivar.models import build_model
 from equivar.transforms import shift
 
-from conftest import target
+from support import target
 
 
 def test_binomial_taps():
@@ -26,7 +26,7 @@ def test_blur_shapes(padding, shape, stride, expected):
     assert Blur(3, stride, padding)(jnp.ones(shape)).shape == expected
 
 
-@pytest.mark.slow  # CI runs it (--slow); the default run stays under 3 minutes
+@pytest.mark.slow
 def test_blur_is_a_depthwise_binomial_convolution():
     x = jax.random.normal(jax.random.key(0), (2, 10, 9, 3))
     taps = binomial_filter(3)
@@ -43,7 +43,7 @@ def test_polyphase_shapes(shape, stride, expected):
     assert PolyphaseDownsample(stride)(jnp.ones(shape)).shape == expected
 
 
-@pytest.mark.slow  # CI runs it (--slow); the default run stays under 3 minutes
+@pytest.mark.slow
 def test_polyphase_keeps_the_largest_component_and_follows_circular_shifts():
     x = jax.random.normal(jax.random.key(1), (4, 12, 10, 3))
     aps = PolyphaseDownsample((2, 2))
@@ -79,7 +79,7 @@ def test_circular_aps_lenet_with_global_pool_is_exactly_invariant():
         np.testing.assert_allclose(model(shift(x, offset)), base, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.slow  # CI runs it (--slow); the default run stays under 3 minutes
+@pytest.mark.slow
 @pytest.mark.parametrize("pool", ["blurmax", "aps"])
 @pytest.mark.parametrize("shape", [(28, 28, 1), (40, 1)])
 def test_lenet_takes_anti_aliased_pooling(pool, shape):
@@ -94,7 +94,7 @@ def test_pooling_invariance_on_trained_features_keeps_its_defining_facts(tmp_pat
     weights too; the trained feature net is saved like any trained model."""
     from equivar.run import run_experiment
 
-    from conftest import compose_raw
+    from support import compose_raw
     raw = compose_raw(["experiment=pooling_invariance", "dataset=synthetic", "n_seeds=2", "train.epochs=1",
                        "pooling_invariance.features=trained", "pooling_invariance.n_examples=16",
                        "pooling_invariance.sizes=[2,4]", "shift.max=4", "pooling_invariance.channels=4"])

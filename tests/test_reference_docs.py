@@ -5,7 +5,7 @@ import pytest
 
 from equivar.tools.reference_docs import MISTAKES, bad_values, generated_docs, message_for, option_sites
 
-from conftest import ROOT
+from support import ROOT
 
 SITES = option_sites()
 
@@ -30,7 +30,7 @@ def test_every_broken_rule_is_one_line_naming_the_key(site):
         assert site.key in line, f"{site.key}={value}: {line}"
 
 
-@pytest.mark.slow  # CI runs it (--slow); the default run stays under 3 minutes
+@pytest.mark.slow
 def test_every_listed_mistake_is_refused():
     for overrides in MISTAKES:
         code, line = message_for(overrides)

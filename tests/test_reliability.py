@@ -13,8 +13,7 @@ from equivar.models import build_model
 from equivar.run import run_experiment
 from equivar.train import SeedTrainer, TrainOptions, init_states, make_optimizer, seed_keys
 
-from conftest import compose_raw, target
-from test_experiments import TINY, _cli
+from support import TINY, cli, compose_raw, target
 
 
 @pytest.mark.slow
@@ -37,7 +36,7 @@ def test_a_non_finite_loss_freezes_that_seed_and_records_the_step():
 
 @pytest.mark.slow
 def test_forced_divergence_is_reported_and_exits_non_zero(tmp_path):
-    proc = _cli(["experiment=shift_test", "dataset=synthetic", "models=[mlp]", "train.learning_rate=1e12",
+    proc = cli(["experiment=shift_test", "dataset=synthetic", "models=[mlp]", "train.learning_rate=1e12",
                  "train.optimizer=sgd", "n_seeds=2", "train.epochs=2"], tmp_path)
     assert proc.returncode == 3, proc.stderr
     assert "every seed diverged" in proc.stderr and "Traceback" not in proc.stderr

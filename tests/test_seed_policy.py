@@ -32,8 +32,7 @@ from equivar.train import (
 )
 from equivar.transforms import shift_grid
 
-from conftest import compose_raw, target, validate_metrics
-from test_experiments import tiny
+from support import EXPERIMENT_NAMES, RUN_ELSEWHERE, TINY, compose_raw, target, validate_metrics
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +128,7 @@ def test_healthy_steps_move_the_parameters(data):
         assert not np.array_equal(np.asarray(a), np.asarray(b))
 
 
-@pytest.mark.slow  # CI runs it (--slow); the default run stays under 3 minutes
+@pytest.mark.slow
 @pytest.mark.parametrize("steps_per_call", [1, 3])
 def test_the_guard_is_the_same_under_scanned_steps(data, steps_per_call):
     """A NaN example poisons one batch per epoch: with 3 steps per call (a scan) the same first step is
@@ -247,7 +246,7 @@ def test_a_seed_frozen_beside_healthy_ones_keeps_its_parameters_in_later_epochs(
             assert not np.array_equal(ours[drawn == 1], start[drawn == 1])
 
 
-@pytest.mark.slow  # CI runs it (--slow); the default run stays under 3 minutes
+@pytest.mark.slow
 def test_vmap_and_loop_draw_the_same_augmentation_per_seed(data):
     """With shift augmentation on, each seed's random offsets follow its own key, whatever the packing."""
     spec = TrainOptions(epochs=2, batch_size=16, learning_rate=3e-3, augment_shift=3)
@@ -302,6 +301,12 @@ TRAINING = {
 }
 
 
+def test_every_experiment_is_run_tiny_somewhere():
+    defining_facts = {"antialiased_shift_test", "feature_pooling", "pooling_invariance"}
+    assert RUN_ELSEWHERE <= set(TRAINING) | defining_facts
+    assert set(EXPERIMENT_NAMES) - RUN_ELSEWHERE  # the rest run in test_every_experiment_composes_and_runs_tiny
+
+
 # Every seed diverged: checked where the summary and plots have their own code for it (the policy is shared).
 ALL_DIVERGED = {"shift_test", "padding_leak", "feature_pooling", "pooling_invariance"}
 
@@ -322,8 +327,7 @@ def _summaries(tree):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", TRAINING)
 def test_one_seed_policy_for_every_experiment_that_trains(name, tmp_path, monkeypatch):
-    overrides = [f"experiment={name}", "dataset=synthetic", "n_seeds=3"] + tiny(name) + TRAINING[name]
-    overrides = [o for o in overrides if not o.startswith("n_seeds=2")]
+    overrides = [f"experiment={name}", "dataset=synthetic", "n_seeds=3"] + TINY + TRAINING[name]
     monkeypatch.setattr(common, "init_states", _poison([1]))
     result = run_experiment(compose_raw(overrides), tmp_path / "partial")
     assert result.status is RunStatus.PARTIAL and result.models and not result.unmeasured
@@ -365,14 +369,13 @@ def test_one_seed_policy_for_every_experiment_that_trains(name, tmp_path, monkey
     assert (tmp_path / "all" / "metrics.json").is_file()  # plots and summary cope with nothing measured
 
 
-@pytest.mark.slow  # CI runs it (--slow); the default run stays under 3 minutes
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["equivariance", "feature_pooling", "padding_leak"])
 def test_a_training_set_smaller_than_a_batch_is_an_error_before_training(name, tmp_path):
     from equivar.errors import ConfigError
 
     overrides = [f"experiment={name}", "dataset=synthetic", "dataset.n_train=16", "train.batch_size=64"]
-    overrides += tiny(name)
-    overrides = [o for o in overrides if not o.startswith("train.batch_size=32")]
+    overrides += TINY
     if name == "padding_leak":
         overrides += ["padding_leak.n_train=8"]
     with pytest.raises(ConfigError, match=r"train.batch_size=64 exceeds the \d+ training examples"):
@@ -400,7 +403,7 @@ def test_subpixel_augmentation_draws_real_offsets_in_range():
     assert not np.all(offsets == np.round(offsets))
 
 
-@pytest.mark.slow  # CI runs it (--slow); the default run stays under 3 minutes
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["roll", "fourier"])
 def test_an_augmented_step_is_a_plain_step_on_the_shifted_batch(data, mode):
     """The step shifts each example by its own draw from this seed's key at this step, then trains."""
@@ -418,7 +421,7 @@ def test_an_augmented_step_is_a_plain_step_on_the_shifted_batch(data, mode):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.slow  # CI runs it (--slow); the default run stays under 3 minutes
+@pytest.mark.slow
 def test_the_step_reports_the_loss_and_accuracy_of_its_batch(data):
     """The metrics are those of the parameters before the update, on this batch; the unguarded step (only the
     benchmark's, to measure what the guard costs) takes the same step on finite data."""
@@ -467,8 +470,7 @@ def test_the_guard_catches_non_finite_gradients_under_a_finite_loss():
 @pytest.mark.slow
 def test_a_diverged_seed_stays_diverged_when_its_checkpoint_is_measured_again(tmp_path, monkeypatch):
     """load_from keeps each seed's training status: the diverged seed stays out of every number."""
-    overrides = ["experiment=shift_test", "dataset=synthetic", "n_seeds=3", "models=[mlp]"] + [
-        o for o in tiny("shift_test") if not o.startswith("n_seeds")]
+    overrides = ["experiment=shift_test", "dataset=synthetic", "n_seeds=3", "models=[mlp]"] + TINY
     with monkeypatch.context() as m:
         m.setattr(common, "init_states", _poison([1]))
         trained = run_experiment(compose_raw(overrides), tmp_path / "trained")

@@ -66,7 +66,7 @@ def test_fractional_grids():
 def test_shift_test_on_a_subpixel_grid(tmp_path):
     from equivar.run import run_experiment
 
-    from conftest import compose_raw
+    from support import compose_raw
     raw = compose_raw(["experiment=shift_test", "dataset=synthetic", "shift.mode=fourier", "shift.step=0.5",
                        "shift.max=1", "models=[cnn_gap]", "n_seeds=1", "train.epochs=1",
                        "zoo.cnn_gap.channels=[4,8]", "zoo.cnn_gap.dilations=[1,2]"])
@@ -85,7 +85,7 @@ def test_shift_test_on_a_subpixel_grid(tmp_path):
 def test_bad_shift_grids_are_one_line(overrides, words, tmp_path):
     from equivar.run import run_experiment
 
-    from conftest import compose_raw
+    from support import compose_raw
     with pytest.raises(ConfigError, match=words.replace("(", r"\(").replace(".", r"\.")):
         run_experiment(compose_raw(["experiment=shift_test", "dataset=synthetic"] + overrides), tmp_path)
 
@@ -109,7 +109,7 @@ def test_layer_errors_under_fractional_fourier_shifts():
 def test_fractional_steps_need_a_subpixel_mode(tmp_path):
     from equivar.run import run_experiment
 
-    from conftest import compose_raw
+    from support import compose_raw
     for overrides, words in ((["experiment=equivariance", "shift.step=0.5", "models=[lenet]"],
                               "shift.mode=roll shifts by whole positions, but shift.step=0.5"),
                              (["experiment=pooling_invariance", "shift.step=0.25"],

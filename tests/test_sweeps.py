@@ -10,10 +10,10 @@ from hydra import compose, initialize_config_dir
 
 from equivar.report import write_report
 
-from conftest import CONF, ROOT, fake_seeds, fake_shift_record, fake_shift_result
+from support import CONF, ROOT, TINY, fake_seeds, fake_shift_record, fake_shift_result
 
-TINY_SWEEP = ["experiment=shift_test", "dataset=synthetic", "models=[mlp]", "n_seeds=1", "train.epochs=1",
-              "train.batch_size=32", "zoo.mlp.hidden=[8]", "shift.max=2"]
+TINY_SWEEP = ["experiment=shift_test", "dataset=synthetic", "models=[mlp]", *TINY, "n_seeds=1", "train.epochs=1",
+              "shift.max=2"]
 
 
 def _fake_run(folder: Path, n_train: int, aug: int, status: str, accuracy: float | None = None) -> None:

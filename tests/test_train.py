@@ -11,7 +11,7 @@ from equivar.execution import plan_execution
 from equivar.models import build_model
 from equivar.train import SeedTrainer, TrainOptions, init_states, make_optimizer, seed_keys, take_seed
 
-from conftest import target
+from support import target
 
 SPEC = TrainOptions(epochs=2, batch_size=16, learning_rate=3e-3)
 
@@ -37,7 +37,7 @@ def _train(data, kind, packing, n_seeds=2, base_seed=0, spec=SPEC, max_traces=No
     return states, history, trainer
 
 
-@pytest.mark.slow  # CI runs it (--slow); the default run stays under 3 minutes
+@pytest.mark.slow
 def test_training_reduces_the_loss():
     aligned = Synthetic(rank=1, size=16, n_classes=3, n_train=64, n_test=32, max_offset=0, seed=1).load()
     _, history, _ = _train(aligned, "mlp", "loop", spec=TrainOptions(epochs=15, batch_size=16, learning_rate=1e-2))
@@ -63,7 +63,7 @@ def test_seeds_differ(data):
     assert not np.allclose(a, b)
 
 
-@pytest.mark.slow  # CI runs it (--slow); the default run stays under 3 minutes
+@pytest.mark.slow
 def test_training_is_deterministic(data):
     a, ha, _ = _train(data, "mlp", "loop")
     b, hb, _ = _train(data, "mlp", "loop")

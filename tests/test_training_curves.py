@@ -17,7 +17,7 @@ from equivar.models import build_model
 from equivar.run import run_experiment
 from equivar.train import SeedTrainer, TrainOptions, init_states, make_logits, make_optimizer, seed_keys, take_seed
 
-from conftest import compose_raw, target
+from support import compose_raw, target
 
 
 @pytest.fixture(scope="module")

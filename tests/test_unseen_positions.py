@@ -9,8 +9,7 @@ from equivar.experiment import read_result
 from equivar.run import run_experiment
 from equivar.transforms import shift_many
 
-from conftest import compose_raw, validate_metrics
-from test_experiments import TINY
+from support import TINY, compose_raw, validate_metrics
 
 from equivar.experiments.unseen_positions import place, positions  # isort: skip
 

@@ -26,7 +26,7 @@ from equivar.introspect import split_variables, to_inference, trace_layers
 from equivar.models import build_model, check_model
 from equivar.train import stack_seeds
 
-from conftest import ROOT
+from support import ROOT
 
 USER_MODELS = ROOT / "tests" / "user_models"
 MODELS = {"seq": "SeqNet", "chain": "ChainNet", "lst": "ListNet", "pad": "PadNet", "lin": "LinenCNN",
@@ -198,7 +198,7 @@ def test_lie_figures_name_every_model_and_every_generator(mylab, tmp_path, figur
     summary's layer column names the translation the plots use."""
     from equivar.run import run_experiment
 
-    from conftest import compose_raw
+    from support import compose_raw
 
     raw = compose_raw(["experiment=lie_derivative", "dataset=synthetic", "dataset.rank=2", "n_seeds=1",
                        "train.epochs=1", "models=[mlp,seq]", "zoo.mlp.hidden=[16]", f"+zoo.seq._target_={mylab}SeqNet",

@@ -46,7 +46,7 @@ import numpy as np
 from flax import nnx
 
 from equivar.evaluate import ShiftEvaluator
-from equivar.execution import plan_execution
+from equivar.execution import plan_execution, set_up_process
 from equivar.introspect import layer_outputs
 from equivar.layers import LocallyConnected, conv_geometry
 from equivar.models import MLP, LayerStack, LeNet, build_model
@@ -57,7 +57,7 @@ BENCH_MODELS = {"lenet": LeNet, "mlp": MLP}  # the bench's rows, by the zoo's na
 ZOO_ROWS = ("mlp", "lenet", "local", "cnn_aps", "cnn_gap")  # the zoo section: the default models and cnn_gap
 SECTIONS = ("torch", "steps", "seeds", "zoo", "study")
 STUDY_COMMAND = ("experiment=shift_test", "dataset=mnist")  # python -m equivar.run ... (the real-MNIST study)
-TORCH_BASELINE_MODELS = ("mlp", "lenet")  # the models equivar.tools.torch_baseline, the plain PyTorch script, writes too
+TORCH_BASELINE_MODELS = ("mlp", "lenet")  # the models the plain PyTorch script (torch_baseline) writes too
 
 MNIST_SHAPE = (28, 28, 1)
 
@@ -458,6 +458,7 @@ def _num(value: float | None, fmt: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    set_up_process()
     parser = argparse.ArgumentParser(prog="python -m equivar.tools.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="shorter timings (noisier)")

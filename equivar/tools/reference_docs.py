@@ -374,6 +374,9 @@ def generated_docs(docs: Path) -> dict[Path, str]:
 
 
 def main() -> None:
+    from equivar.execution import set_up_process
+
+    set_up_process()
     docs = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("docs")
     for path, text in generated_docs(docs).items():
         path.parent.mkdir(parents=True, exist_ok=True)
