@@ -5,6 +5,7 @@ lives (if anywhere), and made-up results for the plot and report tests."""
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import os
 import subprocess
@@ -144,6 +145,7 @@ def cli(args: list[str], tmp_path: Path, env: dict[str, str] | None = None) -> C
     os.environ.update(env or {})
     sys.argv = ["equivar", *args, f"hydra.run.dir={tmp_path}/run"]
     os.chdir(tmp_path)
+    importlib.invalidate_caches()  # the test may just have written the modules the run imports
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
@@ -160,6 +162,9 @@ def cli(args: list[str], tmp_path: Path, env: dict[str, str] | None = None) -> C
         os.chdir(saved[4])
         os.environ.clear()
         os.environ.update(saved[5])
+        for name, module in list(sys.modules.items()):  # a user's modules from tmp_path: the next test has its own
+            if str(tmp_path) in str(getattr(module, "__file__", None) or ""):
+                del sys.modules[name]
     return CliResult(code, out.getvalue(), err.getvalue())
 
 
