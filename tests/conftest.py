@@ -54,6 +54,19 @@ def compilation_mode(request, monkeypatch):
     monkeypatch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "1" if cheap else "0")
 
 
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A shift_test run of mlp and lenet on synthetic data with preset=tiny (2 seeds, 24 positions, 4 classes),
+    trained once per test process for the tests that load a run folder; a test that changes it copies it first."""
+    from equivar.run import run_experiment
+
+    from support import TINY, compose_raw
+
+    folder = tmp_path_factory.mktemp("tiny_run")
+    run_experiment(compose_raw(["experiment=shift_test", "dataset=synthetic", "models=[mlp,lenet]", *TINY]), folder)
+    return folder
+
+
 @pytest.fixture
 def figures(monkeypatch):
     """Every figure saved during the test, by file name (kept alive for inspection after plt.close)."""

@@ -14,7 +14,7 @@ from equivar.data import TFDS, verify_checksums
 from equivar.errors import ConfigError, DataUnavailableError, UserError
 from equivar.run import run_experiment
 
-from support import cli, compose_raw, mnist_dir, requires_mnist
+from support import TINY, cli, compose_raw, mnist_dir, requires_mnist
 
 # Errors found after the config is valid: against the data's real size, or by the data loader. (Every option's
 # rule and the other config mistakes are generated into docs/reliability.md and tested in test_reference_docs.py.)
@@ -120,11 +120,11 @@ def test_a_run_folder_that_cannot_be_created_is_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_damaged_checkpoint_is_one_line_naming_the_model_and_the_files(tmp_path):
+def test_a_damaged_checkpoint_is_one_line_naming_the_model_and_the_files(tiny_run, tmp_path):
     import equivar
 
-    small = ["dataset=synthetic", "n_seeds=1", "train.epochs=1", "models=[mlp]", "zoo.mlp.hidden=[8]", "shift.max=1"]
-    equivar.measure("shift_test", small, out_dir=tmp_path / "trained")
+    small = ["dataset=synthetic", "models=[mlp]", *TINY]
+    shutil.copytree(tiny_run, tmp_path / "trained")
     chunks = sorted((tmp_path / "trained" / "checkpoints" / "mlp").rglob("d/*"))
     assert chunks
     for chunk in chunks:  # every stored chunk cut short, as a full disk or an interrupted copy leaves them
