@@ -11,8 +11,9 @@ with ``lambda x: model.apply(variables, x)``, or a plain function. Equivariance 
 with ``shift(fn(x), s * out / in)``, so a layer that halves a side (stride 2) must move its output by half the
 shift; invariance compares ``fn(shift(x, s))`` with ``fn(x)``.
 
-Integer offsets move ``x`` with ``mode`` (``roll``: circular, the shift a circular network commutes with exactly);
-non-integer offsets with the Fourier shift, exact only on band-limited inputs (``equivar.alias_free.band_limit``).
+Integer offsets move ``x`` with ``mode`` (``roll``: circular, the shift a circular network commutes with exactly;
+``zero``; ``fourier``: every offset, and the output's, by the Fourier shift); non-integer offsets with the
+Fourier shift, exact only on band-limited inputs (``equivar.alias_free.band_limit``).
 
 Tolerance: an offset passes when ``max |a - b| <= atol + rtol * max |b|``, ``b`` the expected output. The
 default ``rtol=1e-5`` is float32 arithmetic: a few dozen roundings of 6e-8 each, well under it; a layer that
@@ -102,10 +103,11 @@ def _pairs(fn: Callable, x: jax.Array, shifts: Offsets | None, mode: str, invari
     expected = []
     for offset in offsets:
         moved = tuple(v * r for v, r in zip(offset, ratio))
-        if all(float(v).is_integer() for v in offset) and not all(float(v).is_integer() for v in moved):
+        whole = all(float(v).is_integer() for v in offset)
+        if mode != "fourier" and whole and not all(float(v).is_integer() for v in moved):
             raise ValueError(f"the shift {offset} moves the output (spatial {spatial_out} for input {spatial_in}) "
-                             f"by {moved}, not by whole positions: use multiples of {tuple(step)}, or a "
-                             "fractional shift for a Fourier check")
+                             f"by {moved}, not by whole positions: use multiples of {tuple(step)}, or "
+                             "mode='fourier' for a sub-pixel check")
         expected.append(_move(y, moved, mode))
     return list(zip(offsets, _apply(fn, [_move(x, o, mode) for o in offsets], batched), expected))
 

@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from equivar.alias_free import band_limit
 from equivar.equivariance import layer_geometry_of
 from equivar.introspect import to_inference, trace_layers
 from equivar.lie import input_tangent, layer_contributions, lie_derivative, spectral_derivative
 from equivar.models import build_model
+from equivar.testing import assert_shift_equivariant, assert_shift_invariant
 from equivar.transforms import fourier_shift
 
 
@@ -75,6 +77,11 @@ def test_a_linear_circular_convolution_commutes_and_relu_after_it_does_not():
     own_relu = jax.jvp(jax.nn.relu, (h,), (-spectral_derivative(h, 0),))[1] - (
         -spectral_derivative(jax.nn.relu(h), 0))
     assert float(jnp.linalg.norm(own_relu) / jnp.linalg.norm(spectral_derivative(h, 0))) > 1e-2
+    # the finite counterpart of both: the convolution commutes with sub-pixel shifts, ReLU after it does not
+    xb = band_limit(x)
+    assert_shift_equivariant(conv, xb, [0.5, 0.25, 1.75], rtol=1e-5)
+    with pytest.raises(AssertionError, match=r"worst shift \("):
+        assert_shift_equivariant(lambda v: jax.nn.relu(conv(v)), xb, [0.5, 0.25, 1.75], rtol=1e-5)
 
 
 @pytest.mark.parametrize("shape", [(24, 1), pytest.param((12, 12, 1), marks=pytest.mark.slow)])
@@ -88,6 +95,10 @@ def test_a_circular_linear_net_with_global_pooling_has_zero_lee(shape):
         d = lie_derivative(model, x, gen)
         scale = jnp.linalg.norm(jax.jvp(lambda v: model.conv1(v), (x,), (input_tangent(x, gen),))[1])
         assert float(jnp.linalg.norm(d) / scale) < 1e-6
+    # zero Lie derivative, and invariant to finite shifts too: every roll, and half a sample
+    rank = len(shape) - 1
+    assert_shift_invariant(model, x, [(s,) * rank for s in range(1, shape[0])], rtol=1e-5)
+    assert_shift_invariant(model, x, [(0.5,) * rank], mode="fourier", rtol=1e-5)
 
 
 @pytest.mark.parametrize("kind,shape,options", [

@@ -8,6 +8,7 @@ from equivar.errors import ConfigError
 from equivar.introspect import layer_outputs
 from equivar.layers import Pool
 from equivar.models import build_model
+from equivar.testing import assert_shift_invariant
 from equivar.transforms import shift, shift_grid
 
 from support import ZOO_PARAMS, target, zoo_options
@@ -48,13 +49,9 @@ def test_cnn_gap_invariant_to_every_circular_shift(shape):
     model = build_model(target("cnn_gap"), shape, 7, {"global_pool": "mean"}, nnx.Rngs(1))
     model_max = build_model(target("cnn_gap"), shape, 7, {}, nnx.Rngs(2))
     x = jax.random.normal(jax.random.key(3), (4,) + shape)
-    rank = len(shape) - 1
-    grid = jnp.asarray(shift_grid(max(shape[:-1]), rank))
+    grid = shift_grid(max(shape[:-1]), len(shape) - 1)
     for m in (model, model_max):
-        ref = m(x)
-        shifted = jax.vmap(lambda o, m=m: m(shift(x, o)))(grid)
-        err = jnp.abs(shifted - ref).max() / jnp.abs(ref).max()
-        assert float(err) <= 1e-5
+        assert_shift_invariant(m, x, grid, rtol=1e-5)
 
 
 @pytest.mark.parametrize("shape", [(24, 2), pytest.param((16, 12, 1), marks=pytest.mark.slow)], ids=["1d", "2d"])
@@ -63,10 +60,7 @@ def test_cnn_aps_predicts_the_same_under_every_circular_shift(shape):
     (1e-5 relative), by every roll of an input whose sides are multiples of 4."""
     model = build_model(target("cnn_aps"), shape, 7, zoo_options("cnn_aps", channels=[4, 4, 8, 8]), nnx.Rngs(1))
     x = jax.random.normal(jax.random.key(3), (4,) + shape)
-    grid = jnp.asarray(shift_grid(max(shape[:-1]), len(shape) - 1))
-    ref = model(x)
-    shifted = jax.vmap(lambda o: model(shift(x, o)))(grid)
-    assert float(jnp.abs(shifted - ref).max() / jnp.abs(ref).max()) <= 1e-5
+    assert_shift_invariant(model, x, shift_grid(max(shape[:-1]), len(shape) - 1), rtol=1e-5)
 
 
 def test_cnn_aps_with_a_fixed_phase_is_not_invariant():
