@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_dir
 
 from equivar.report import write_report
 
-from support import CONF, ROOT, TINY, fake_seeds, fake_shift_record, fake_shift_result
+from support import CONF, ROOT, TINY, cli, fake_seeds, fake_shift_record, fake_shift_result
 
 TINY_SWEEP = ["experiment=shift_test", "dataset=synthetic", "models=[mlp]", *TINY, "n_seeds=1", "train.epochs=1",
               "shift.max=2"]
@@ -85,13 +85,13 @@ def test_tiny_sweep_through_a_launcher_completes_every_run(launcher, tmp_path):
 
 @pytest.mark.slow
 def test_an_interrupted_sweep_resumes_without_recomputing_finished_runs(tmp_path):
-    args = TINY_SWEEP + ["dataset.n_train=64,96"]
-    assert _sweep(args, tmp_path).returncode == 0
+    args = ["-m", *TINY_SWEEP, "dataset.n_train=64,96", f"hydra.sweep.dir={tmp_path}"]  # jobs in this process
+    assert cli(args, tmp_path).returncode == 0
     finished = (tmp_path / "0" / "metrics.json").stat().st_mtime_ns
     # job 1 "was interrupted": its status says so and it has no metrics.json
     (tmp_path / "1" / "metrics.json").unlink()
     (tmp_path / "1" / "status.json").write_text(json.dumps({"status": "interrupted"}))
-    proc = _sweep(args, tmp_path)
+    proc = cli(args, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "0" / "metrics.json").stat().st_mtime_ns == finished  # skipped, not recomputed
     assert "already holds this run, complete: skipped" in (tmp_path / "0" / "run.log").read_text()
