@@ -62,10 +62,10 @@ def _move(x: jax.Array, offset: tuple, mode: str) -> jax.Array:
 
 def _error(got: jax.Array, expected: jax.Array) -> tuple[float, float]:
     """(largest absolute difference, largest absolute expected value)."""
-    got, expected = np.asarray(got, np.float64), np.asarray(expected, np.float64)
-    if got.shape != expected.shape:
-        raise AssertionError(f"the output's shape changed under the shift: {got.shape} vs {expected.shape}")
-    return float(np.abs(got - expected).max(initial=0.0)), float(np.abs(expected).max(initial=0.0))
+    a, b = np.asarray(got, np.float64), np.asarray(expected, np.float64)
+    if a.shape != b.shape:
+        raise AssertionError(f"the output's shape changed under the shift: {a.shape} vs {b.shape}")
+    return float(np.abs(a - b).max(initial=0.0)), float(np.abs(b).max(initial=0.0))
 
 
 def _apply(fn: Callable, inputs: list[jax.Array], batched: bool) -> list[jax.Array]:
