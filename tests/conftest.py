@@ -14,6 +14,8 @@ def _test_compilation_cache() -> None:
     environment before JAX starts, so the CLI processes a test starts use it too."""
     cache = os.environ.get("EQUIVAR_TEST_JAX_CACHE", os.path.expanduser("~/.cache/equivar/jax-tests"))
     os.environ.setdefault("EQUIVAR_JAX_CACHE", cache)
+    if cache.lower() not in ("0", "off", "false", "no"):
+        os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", cache)  # processes that only import jax use it too
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 
