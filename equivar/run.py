@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import tempfile
 import time
@@ -308,6 +309,9 @@ def hydra_message(err: BaseException) -> str:
     lines = [line.strip() for e in (err, err.__cause__) if e is not None for line in str(e).splitlines()
              if line.strip() and not line.strip().startswith(("full_key:", "object_type=", "reference_type="))]
     text = lines[0].rstrip(".") if lines else type(err).__name__
+    if added := re.match(r"Multiple values for (\S+)\. To override a value use 'override \S+: (\S+)'", text):
+        group, choice = added.groups()  # +group=choice for a group the defaults already hold
+        return f"+{group}={choice} adds a group the config already has: write {group}={choice} (without the +)"
     key = next((k for e in (err, err.__cause__) if (k := getattr(e, "full_key", None))), None)
     return f"{key}: {text}" if key and str(key) not in text else text
 

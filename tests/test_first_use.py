@@ -122,6 +122,7 @@ def test_a_linen_mode_field_switches_dropout_in_training_only():
      "models=[mlp,lenet,local,cnn_aps,mine]"),
     (["experiment=shift_test", "lie_derivative.n_examples=3"], "the options of experiment=lie_derivative"),
     (["experiment=shift_test", "n_seed=3"], "did you mean n_seeds?"),
+    (["experiment=shift_test", "+preset=tiny"], "+preset=tiny adds a group the config already has: write preset=tiny"),
 ])
 def test_overrides_without_plus_get_the_hint_the_plus_form_gets(overrides, expected):
     code, line = message_for(overrides)
