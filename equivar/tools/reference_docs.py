@@ -275,6 +275,8 @@ MISTAKES: list[list[str]] = [
     ["experiment=shift_test", "+model=lenet"],
     ["experiment=shift_test", "model=lenet"],
     ["shift_test"],
+    ["experiment=shift_test", "+preset=tiny"],
+    ["experiment=shift_test", "preset=tyni"],
     ["experiment=shift_test", "zoo.mine._target_=equivar.models.LeNet", "models=[mine]"],
     ["experiment=shift_test", "+zoo.mine._target_=equivar.models.LeNet", "+zoo.mine.width=3"],
     ["experiment=shift_test", "lie_derivative.n_examples=3"],
