@@ -138,6 +138,11 @@ def cli(args: list[str], tmp_path: Path, env: dict[str, str] | None = None) -> C
     """``python -m equivar.run ARGS hydra.run.dir=TMP_PATH/run`` from ``tmp_path``, in this process: the
     same checks, messages and exit codes as a new process (``main`` is the console script's entry), without
     importing everything and compiling everything again. ``env``: variables set for the run only."""
+    from absl import logging as absl_logging
+
+    # Hydra's logging set-up closes the handlers it replaces, and absl's handler then closes its stream unless
+    # it is the current sys.stderr: pytest's capture file, while the run's output goes to a StringIO here
+    absl_logging.get_absl_handler().python_handler.setStream(sys.__stderr__)
     saved = (sys.argv, sys.stdout, sys.stderr, list(sys.path), os.getcwd(), dict(os.environ))
     out, err = io.StringIO(), io.StringIO()
     code = 0
