@@ -129,8 +129,8 @@ def test_a_damaged_checkpoint_is_one_line_naming_the_model_and_the_files(tiny_ru
     assert chunks
     for chunk in chunks:  # every stored chunk cut short, as a full disk or an interrupted copy leaves them
         chunk.write_bytes(chunk.read_bytes()[: chunk.stat().st_size // 3])
-    with pytest.raises(ConfigError) as caught:
-        equivar.load_models(tmp_path / "trained")
+    with pytest.raises(ConfigError) as caught:  # asked for by name: an error, not a model left out
+        equivar.load_models(tmp_path / "trained", ["mlp"])
     message = str(caught.value)
     assert message.startswith(f"the checkpoint of model 'mlp' cannot be read from {tmp_path / 'trained' / 'checkpoints' / 'mlp'}")
     assert re.match(r"the checkpoint of model 'mlp' cannot be read from \S+ \(array params\.\w+\.\w+\): ", message), message
