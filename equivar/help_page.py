@@ -110,6 +110,8 @@ def help_page(conf_dir: Path, defaults: dict[str, Any]) -> str:
         "  python -m equivar.plot RUN          redraw a run's plots from its metrics.json",
         "  python -m equivar.report SWEEP      one table and figure over a sweep's runs",
         "  python -m equivar.tools.bench       speed against a plain PyTorch script",
+        "  python -m equivar.tools.spread ...  how far a run's numbers move between vector instruction sets",
+        "  python -m equivar.tools.results_docs RUN ...   the docs' results tables and figures from run folders",
         "",
         "docs: README.md and docs/ in the repository (docs/api.md: the Python API; docs/your_model.md: your model)",
         "flags: --help, --version, --hydra-help (Hydra's own flags: --cfg, --multirun, --info, ...)",
