@@ -3,7 +3,7 @@
 import pytest
 from flax import nnx
 
-from equivar.tools.bench import _builder, format_table, forward_flops, study
+from equivar.tools.bench import _builder, format_table, forward_flops, study, xla_forward_flops, zoo_entries
 
 from support import TINY
 
@@ -36,3 +36,15 @@ def test_study_rows_split_the_run_per_model_and_print_as_a_table():
 def test_a_study_that_cannot_run_is_a_note_not_a_crash():
     record = study(("experiment=shift_test", "dataset=tfds", "dataset.tfds_name=no_such_dataset"))
     assert "no_such_dataset" in record["error"]
+
+
+def test_the_zoo_section_covers_every_model_experiments_train_and_counts_flops_as_xla_does():
+    entries = zoo_entries()
+    # the techniques experiments add are rows too, with the options their experiment gives them
+    assert entries["lenet_blur"] == (entries["lenet"][0], {**entries["lenet"][1], "pool": "blurmax"})
+    assert entries["gap_mean"][1]["global_pool"] == "mean" and "stack" not in entries
+    assert {"mlp", "lenet", "local", "cnn_aps", "alias_free", "vit", "mixer", "lenet_aps"} <= set(entries)
+    # XLA's count of LeNet's forward pass: the convolutions' and dense layers' multiply-adds, plus the few
+    # element-wise operations between them (under 3 % more)
+    layers = forward_flops(_builder("zoo.lenet")(nnx.Rngs(0)), (28, 28, 1))
+    assert layers <= xla_forward_flops("zoo.lenet") <= 1.03 * layers

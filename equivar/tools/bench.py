@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -48,13 +49,14 @@ from flax import nnx
 from equivar.evaluate import ShiftEvaluator
 from equivar.execution import plan_execution, set_up_process
 from equivar.introspect import layer_outputs
+from equivar.io import processor_name, vector_isa
 from equivar.layers import LocallyConnected, conv_geometry
 from equivar.models import MLP, LayerStack, LeNet, build_model
 from equivar.train import SeedTrainer, TrainOptions, init_states, make_optimizer, seed_keys
 from equivar.transforms import shift_grid
 
 BENCH_MODELS = {"lenet": LeNet, "mlp": MLP}  # the bench's rows, by the zoo's names
-ZOO_ROWS = ("mlp", "lenet", "local", "cnn_aps", "cnn_gap")  # the zoo section: the default models and cnn_gap
+UNBENCHED = ("stack",)  # zoo entries that are templates, not models: Stack needs its layers=[...]
 SECTIONS = ("torch", "steps", "seeds", "zoo", "study")
 STUDY_COMMAND = ("experiment=shift_test", "dataset=mnist")  # python -m equivar.run ... (the real-MNIST study)
 TORCH_BASELINE_MODELS = ("mlp", "lenet")  # the models the plain PyTorch script (torch_baseline) writes too
@@ -105,15 +107,41 @@ def _random_data(n: int, shape: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
     return jnp.asarray(x), jnp.asarray(y)
 
 
+@functools.cache
+def zoo_entries() -> dict[str, tuple[str, dict[str, Any]]]:
+    """Every zoo model a built-in config composes, by name: the zoo's own entries and those experiments add
+    (``lenet_blur``, ``lenet_aps``, ``gap_mean``, ...), each with its ``_target_`` and options as that config
+    gives them (the first experiment naming an entry wins)."""
+    from equivar.run import compose_config, config_dir
+
+    experiments = sorted(p.stem for p in (Path(config_dir()) / "experiment").glob("*.yaml"))
+    entries: dict[str, tuple[str, dict[str, Any]]] = {}
+    for overrides in [[]] + [[f"experiment={name}"] for name in experiments]:
+        try:
+            zoo = compose_config(overrides, resolve=True).get("zoo", {})
+        except Exception:  # an experiment that does not compose alone (a sweep's own keys): its zoo is elsewhere
+            continue
+        for name, entry in zoo.items():
+            if name not in entries and name not in UNBENCHED:
+                options = dict(entry)
+                entries[name] = (str(options.pop("_target_")), options)
+    return entries
+
+
 def zoo_entry(name: str) -> tuple[str, dict[str, Any]]:
-    """A zoo model's ``_target_`` and options, as ``conf/model/NAME.yaml`` gives them."""
-    from omegaconf import OmegaConf
+    """A zoo model's ``_target_`` and options (:func:`zoo_entries`)."""
+    return zoo_entries()[name]
 
-    from equivar.config import as_dict
-    from equivar.run import config_dir
 
-    entry = as_dict(OmegaConf.load(Path(config_dir()) / "model" / f"{name}.yaml"))
-    return str(entry.pop("_target_")), entry
+def xla_forward_flops(kind: str, input_shape: tuple[int, ...] = MNIST_SHAPE, batch: int = 128) -> float:
+    """FLOPs of one forward pass per example, as XLA's cost analysis of the compiled program counts them (any
+    model; FFTs count as XLA counts them)."""
+    graphdef, state = nnx.split(_builder(kind)(nnx.Rngs(0)))
+    x = jax.ShapeDtypeStruct((batch, *input_shape), jnp.float32)
+    compiled = jax.jit(lambda s, v: nnx.merge(graphdef, s)(v)).lower(state, x).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float((cost or {}).get("flops", 0.0)) / batch
 
 
 def _builder(kind: str) -> Callable[[nnx.Rngs], nnx.Module]:
@@ -312,16 +340,26 @@ def run(quick: bool = False, seeds: tuple[int, ...] = (1, 4, 8), repeat: int = 1
                 cases[name]["ratio_to_lenet_train"] = cases[name]["images_per_s"] / single
         add("lenet.shift_grid_eval", equivar_eval_ips("lenet", 1024 if quick else 2048, min_s, max_shift=4),
             lenet_fwd, None)
-    if "zoo" in sections:  # every default model through the same paths, so their costs compare
-        for name in ZOO_ROWS:
+    if "zoo" in sections:  # every zoo model any experiment trains, through the same paths, so their costs compare
+        names = sorted(zoo_entries(), key=lambda n: (n != "lenet", n))  # lenet first: the others' unit
+        for name in names:
             kind = f"zoo.{name}"
-            fwd = forward_flops(_builder(kind)(nnx.Rngs(0)), MNIST_SHAPE)
+            try:
+                fwd = xla_forward_flops(kind)
+            except Exception as err:  # e.g. a 1-D paper model on 28x28 images
+                notes.append(f"{kind}: not benchmarked on {MNIST_SHAPE}: {str(err).splitlines()[0]}")
+                continue
             add(f"{kind}.train", equivar_train_ips(kind, 1, "auto", batch, steps, min_s), 3 * fwd, None)
             add(f"{kind}.eval", equivar_eval_ips(kind, eval_n, min_s), fwd, None)
+            for stage in ("train", "eval"):
+                lenet = cases.get(f"zoo.lenet.{stage}", {}).get("images_per_s")
+                cases[f"{kind}.{stage}"]["ratio_to_lenet"] = None if not lenet else \
+                    cases[f"{kind}.{stage}"]["images_per_s"] / lenet
             print(f"{kind}: {cases[kind + '.train']['images_per_s']:,.0f} train, "
                   f"{cases[kind + '.eval']['images_per_s']:,.0f} eval images/s", flush=True)
     result = {"backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
-              "machine": platform.machine(), "processor": platform.processor(), "jax": jax.__version__,
+              "machine": platform.machine(), "processor": processor_name() or platform.processor(),
+              "vector_isa": vector_isa(), "jax": jax.__version__,
               "xla_flags": os.environ.get("XLA_FLAGS", ""), "batch_size": batch, "matmul_peak_gflops": peak,
               "plan": plan.describe(), "repeat": repeat, "cases": cases, "date": time.strftime("%Y-%m-%d")}
     if "study" in sections:
@@ -381,7 +419,8 @@ def _torch_pair(kind: str, fwd: int, batch: int, steps: int, eval_n: int, min_s:
 
 
 def format_table(result: dict[str, Any]) -> str:
-    lines = [f"{result['backend']} ({', '.join(result['devices'])}), jax {result['jax']}, float32 matmul peak "
+    cpu = f"{result.get('processor') or 'unknown processor'} ({result.get('vector_isa') or 'ISA unknown'}), "
+    lines = [f"{cpu}{result['backend']} ({', '.join(result['devices'])}), jax {result['jax']}, float32 matmul peak "
              f"{result['matmul_peak_gflops']:.1f} GFLOP/s, batch {result['batch_size']}, "
              f"medians of {result['repeat']} interleaved repeats", "",
              "| case | images/s | GFLOP/s | % of peak | vs torch (range) | vs lenet.train |",
@@ -391,6 +430,8 @@ def format_table(result: dict[str, Any]) -> str:
         if "ratio_to_torch_range" in c:
             ratio += " ({:.2f}–{:.2f})".format(*c["ratio_to_torch_range"])
         seq = f"{c['ratio_to_lenet_train']:.2f}×" if c.get("ratio_to_lenet_train") is not None else ""
+        if c.get("ratio_to_lenet") is not None:  # a zoo row: against zoo.lenet in the same stage
+            seq = f"{c['ratio_to_lenet']:.2f}× zoo.lenet"
         if "guarded_over_unguarded" in c:
             seq = f"guarded = {c['guarded_over_unguarded']:.2f}× this"
         lines.append(f"| {name} | {c['images_per_s']:,.0f} | {c['gflops']:.1f} | {c['pct_of_peak']:.0f} % | "
@@ -468,7 +509,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="interleaved equivar/torch repeats; the table shows medians and the ratio range")
     parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS), metavar="SECTION",
                         help="sections to run (default: all): torch (lenet and mlp against PyTorch), steps "
-                             "(scanned steps), seeds (N-seed packings), zoo (every default model), study (the "
+                             "(scanned steps), seeds (N-seed packings), zoo (every zoo model any experiment "
+                             "trains, the techniques included, against LeNet), study (the "
                              "real-MNIST shift test end to end, several minutes)")
     parser.add_argument("--out", default="bench.json", help="where to write the results (JSON)")
     args = parser.parse_args(argv)
