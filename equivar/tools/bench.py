@@ -116,7 +116,8 @@ def zoo_entries() -> dict[str, tuple[str, dict[str, Any]]]:
 
     experiments = sorted(p.stem for p in (Path(config_dir()) / "experiment").glob("*.yaml"))
     entries: dict[str, tuple[str, dict[str, Any]]] = {}
-    for overrides in [[]] + [[f"experiment={name}"] for name in experiments]:
+    choices: list[list[str]] = [[]] + [[f"experiment={name}"] for name in experiments]
+    for overrides in choices:
         try:
             zoo = compose_config(overrides, resolve=True).get("zoo", {})
         except Exception:  # an experiment that does not compose alone (a sweep's own keys): its zoo is elsewhere
@@ -345,12 +346,12 @@ def run(quick: bool = False, seeds: tuple[int, ...] = (1, 4, 8), repeat: int = 1
         for name in names:
             kind = f"zoo.{name}"
             try:
-                fwd = xla_forward_flops(kind)
+                fwd_xla = xla_forward_flops(kind)
             except Exception as err:  # e.g. a 1-D paper model on 28x28 images
                 notes.append(f"{kind}: not benchmarked on {MNIST_SHAPE}: {str(err).splitlines()[0]}")
                 continue
-            add(f"{kind}.train", equivar_train_ips(kind, 1, "auto", batch, steps, min_s), 3 * fwd, None)
-            add(f"{kind}.eval", equivar_eval_ips(kind, eval_n, min_s), fwd, None)
+            add(f"{kind}.train", equivar_train_ips(kind, 1, "auto", batch, steps, min_s), round(3 * fwd_xla), None)
+            add(f"{kind}.eval", equivar_eval_ips(kind, eval_n, min_s), round(fwd_xla), None)
             for stage in ("train", "eval"):
                 lenet = cases.get(f"zoo.lenet.{stage}", {}).get("images_per_s")
                 cases[f"{kind}.{stage}"]["ratio_to_lenet"] = None if not lenet else \
