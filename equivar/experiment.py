@@ -36,7 +36,7 @@ from equivar.models import build_model, check_model
 from equivar.plot import training_figure
 from equivar.results import DatasetSummary, Environment, ExperimentResult, ModelRecord, SeedRecord, Training
 from equivar.tensorboard import EpochWriter
-from equivar.train import History, SeedTrainer, TrainState, init_states, make_optimizer, seed_keys
+from equivar.train import History, TrainState, init_states, make_optimizer, seed_keys, trainer_for
 
 log = logging.getLogger(__name__)
 
@@ -135,9 +135,7 @@ def train_seeds(graphdef: nnx.GraphDef, states: TrainState, data: Dataset, confi
     """Trains every seed of one model on the training set with the run's train settings, recording the
     held-out curve on the first ``train.heldout_examples`` test examples and, with ``out_dir`` and
     ``train.tensorboard``, writing the curves as TensorBoard events as it goes."""
-    tx = make_optimizer(config.train)
-    trainer = SeedTrainer(graphdef, tx, plan, augment_shift=config.train.augment_shift,
-                          augment_mode=config.train.augment_mode)
+    trainer = trainer_for(graphdef, config.train, plan)
     n_held = min(config.train.heldout_examples, len(data.y_test))
     heldout = (data.x_test[:n_held], data.y_test[:n_held]) if n_held else None
     with contextlib.ExitStack() as stack:

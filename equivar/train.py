@@ -9,6 +9,7 @@ to float rounding.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -587,3 +588,20 @@ def make_predict(graphdef: nnx.GraphDef) -> Callable[[Variables, jax.Array], jax
         return logits(variables, x).argmax(-1).astype(jnp.int32)
 
     return predict
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_trainer(graphdef: nnx.GraphDef, optimizer: str, plan: ExecutionPlan, augment_shift: int,
+                    augment_mode: str) -> SeedTrainer:
+    spec = TrainOptions.model_validate_json(optimizer)
+    return SeedTrainer(graphdef, make_optimizer(spec), plan, augment_shift=augment_shift, augment_mode=augment_mode)
+
+
+def trainer_for(graphdef: nnx.GraphDef, spec: TrainOptions, plan: ExecutionPlan) -> SeedTrainer:
+    """The :class:`SeedTrainer` of this architecture, optimizer and plan, made once per process: a second
+    training of the same architecture (another region, stage or seed group, another experiment in the same
+    process) reuses its jitted programs instead of tracing and compiling them again. Equal graph definitions
+    (structure and static options) are the same program, whatever the parameters."""
+    optimizer = TrainOptions(optimizer=spec.optimizer, learning_rate=spec.learning_rate,
+                             optimizer_options=spec.optimizer_options).model_dump_json()
+    return _cached_trainer(graphdef, optimizer, plan, spec.augment_shift, spec.augment_mode)

@@ -129,3 +129,34 @@ def test_seeds_side_by_side_on_two_devices_equal_seeds_on_one(data):
     for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(two.params)):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(h_one.loss, h_two.loss)
+
+
+def test_a_second_training_of_the_same_architecture_reuses_the_first_ones_programs(monkeypatch):
+    """trainer_for: one SeedTrainer per (architecture, optimizer, plan) in a process, so its jitted steps are
+    traced once; other parameters (another seed, another region) are the same program, another learning rate
+    is another optimizer."""
+    from flax import nnx
+
+    from equivar.train import trainer_for
+
+    plan = plan_execution("loop")
+    spec = TrainOptions(epochs=1, batch_size=8)
+    first = nnx.split(build_model("equivar.models.MLP", (12, 1), 3, {"hidden": [5]}, nnx.Rngs(0)))[0]
+    again = nnx.split(build_model("equivar.models.MLP", (12, 1), 3, {"hidden": [5]}, nnx.Rngs(7)))[0]
+    wider = nnx.split(build_model("equivar.models.MLP", (12, 1), 3, {"hidden": [6]}, nnx.Rngs(0)))[0]
+    trainer = trainer_for(first, spec, plan)
+    assert trainer_for(again, spec.model_copy(update={"epochs": 5}), plan) is trainer
+    assert trainer_for(wider, spec, plan) is not trainer
+    assert trainer_for(first, spec.model_copy(update={"learning_rate": 0.5}), plan) is not trainer
+    assert trainer_for(first, spec, plan_execution("vmap")) is not trainer
+    # and the reused trainer trains: two fits of fresh seeds trace its step once
+    x, y = jnp.ones((16, 12, 1)), jnp.zeros((16,), jnp.int32)
+    tx = make_optimizer(spec)
+    traced = []
+    step = trainer.step
+    monkeypatch.setattr(trainer, "step", lambda *a: traced.append(step._cache_size()) or step(*a))
+    for seed in (0, 1):
+        _, states = init_states(lambda r: build_model("equivar.models.MLP", (12, 1), 3, {"hidden": [5]}, r), tx,
+                                seed_keys(seed, 1))
+        trainer.fit(states, x, y, seed_keys(seed, 1), spec)
+    assert traced and max(traced) == 1
