@@ -137,12 +137,11 @@ def load_models(run_dir: str | Path, names: Sequence[str] | None = None) -> Load
     import warnings
 
     from equivar import checkpoints
-    from equivar.execution import set_up_process
-
-    set_up_process()
     from equivar.errors import UserError
+    from equivar.execution import set_up_process
     from equivar.io import read_json
 
+    set_up_process()
     run_dir = Path(run_dir)
     saved = checkpoints.available(run_dir)
     if names is None and not saved:

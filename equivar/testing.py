@@ -117,21 +117,20 @@ def shift_errors(fn: Callable[[jax.Array], jax.Array], x: jax.Array, shifts: Off
     """Each offset's error, ``max |a - b| / max |b|``, without asserting anything: ``b`` is ``fn(x)``
     (``invariant``) or ``fn(x)`` shifted to match (equivariance). ``batched``: every shifted copy in one call
     of ``fn``, stacked along the batch axis (``fn`` must treat examples independently, as in inference)."""
-    errors = {}
-    for offset, got, expected in _pairs(fn, x, shifts, mode, invariant, batched):
-        diff, scale = _error(got, expected)
-        errors[offset] = diff / scale if scale > 0 else diff
-    return errors
+    return {offset: diff / scale if scale > 0 else diff
+            for offset, (diff, scale) in _measure(_pairs(fn, x, shifts, mode, invariant, batched)).items()}
+
+
+def _measure(pairs: list[tuple[tuple, jax.Array, jax.Array]]) -> dict[tuple, tuple[float, float]]:
+    """Each offset's (largest absolute difference, largest absolute expected value)."""
+    return {offset: _error(got, expected) for offset, got, expected in pairs}
 
 
 def _check(kind: str, fn: Callable, pairs: list[tuple[tuple, jax.Array, jax.Array]], rtol: float,
            atol: float) -> dict[tuple, float]:
-    errors, failed = {}, []
-    for offset, got, expected in pairs:
-        diff, scale = _error(got, expected)
-        errors[offset] = diff / scale if scale > 0 else diff
-        if diff > atol + rtol * scale:
-            failed.append(offset)
+    measured = _measure(pairs)
+    errors = {offset: diff / scale if scale > 0 else diff for offset, (diff, scale) in measured.items()}
+    failed = [offset for offset, (diff, scale) in measured.items() if diff > atol + rtol * scale]
     if failed:
         worst = max(failed, key=lambda o: errors[o])
         name = getattr(fn, "__name__", None) or type(fn).__name__

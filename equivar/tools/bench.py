@@ -112,6 +112,7 @@ def zoo_entries() -> dict[str, tuple[str, dict[str, Any]]]:
     """Every zoo model a built-in config composes, by name: the zoo's own entries and those experiments add
     (``lenet_blur``, ``lenet_aps``, ``gap_mean``, ...), each with its ``_target_`` and options as that config
     gives them (the first experiment naming an entry wins)."""
+    from equivar.errors import UserError
     from equivar.run import compose_config, config_dir
 
     experiments = sorted(p.stem for p in (Path(config_dir()) / "experiment").glob("*.yaml"))
@@ -120,7 +121,7 @@ def zoo_entries() -> dict[str, tuple[str, dict[str, Any]]]:
     for overrides in choices:
         try:
             zoo = compose_config(overrides, resolve=True).get("zoo", {})
-        except Exception:  # an experiment that does not compose alone (a sweep's own keys): its zoo is elsewhere
+        except UserError:  # an experiment that does not compose alone: its zoo entries come from the others
             continue
         for name, entry in zoo.items():
             if name not in entries and name not in UNBENCHED:
