@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from equivar.layers import Blur, PolyphaseDownsample, binomial_filter
+from equivar.layers import Blur, Pool, _pad_for_window, PolyphaseDownsample, binomial_filter
 from equivar.models import build_model
 from equivar.transforms import shift
 
@@ -35,6 +35,21 @@ def test_blur_is_a_depthwise_binomial_convolution():
                                        feature_group_count=3)
     np.testing.assert_allclose(Blur(3, (2, 2), "SAME")(x), ref, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(Blur(3, (1, 1), "SAME")(jnp.ones((1, 6, 6, 1)))[0, 2:4, 2:4, 0], 1.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind,window,stride,padding,shape", [
+    ("max", (2, 2), (1, 1), "VALID", (2, 9, 8, 3)), ("max", (3, 3), (2, 2), "SAME", (2, 9, 8, 3)),
+    ("mean", (2, 2), (1, 1), "SAME", (2, 7, 7, 2)), ("max", (3,), (1,), "CIRCULAR", (2, 11, 3)),
+    ("mean", (4,), (3,), "VALID", (2, 13, 3)), ("max", (5, 5), (1, 1), "VALID", (1, 9, 9, 2))])
+def test_overlapping_pool_equals_reduce_window(kind, window, stride, padding, shape):
+    """Overlapping windows are sliced taps (<= 16) or one reduce_window (more): the same pooling either way."""
+    x = jax.random.normal(jax.random.key(1), shape)
+    pool = Pool(kind, window, stride, padding)
+    padded = x if padding == "VALID" else _pad_for_window(x, pool.geometry, -jnp.inf if kind == "max" else 0.0)
+    op, init = (jax.lax.max, -jnp.inf) if kind == "max" else (jax.lax.add, 0.0)
+    ref = jax.lax.reduce_window(padded, init, op, (1, *window, 1), (1, *stride, 1), "VALID")
+    ref = ref if kind == "max" else ref / np.prod(window)
+    np.testing.assert_allclose(pool(x), ref, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("shape,stride,expected", [((2, 12, 4), (2,), (2, 6, 4)), ((2, 13, 4), (2,), (2, 6, 4)),

@@ -298,8 +298,9 @@ def study_against_torch(notes: list[str]) -> dict[str, Any]:
 
 
 def run(quick: bool = False, seeds: tuple[int, ...] = (1, 4, 8), repeat: int = 1,
-        sections: tuple[str, ...] = SECTIONS) -> dict[str, Any]:
-    """The cases of ``sections``; the equivar-vs-torch pairs are measured ``repeat`` times, interleaved, and
+        sections: tuple[str, ...] = SECTIONS, zoo: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """The cases of ``sections`` (the zoo section: the models ``zoo`` names, or all; ``lenet``, their unit,
+    always); the equivar-vs-torch pairs are measured ``repeat`` times, interleaved, and
     reported as the median with the range of the per-repeat ratios (the machine's load drifts; one pair is one
     sample)."""
     min_s = 1.0 if quick else 3.0
@@ -343,7 +344,12 @@ def run(quick: bool = False, seeds: tuple[int, ...] = (1, 4, 8), repeat: int = 1
         add("lenet.shift_grid_eval", equivar_eval_ips("lenet", 1024 if quick else 2048, min_s, max_shift=4),
             lenet_fwd, None)
     if "zoo" in sections:  # every zoo model any experiment trains, through the same paths, so their costs compare
-        names = sorted(zoo_entries(), key=lambda n: (n != "lenet", n))  # lenet first: the others' unit
+        known = zoo_entries()
+        unknown_names = sorted(set(zoo or ()) - set(known))
+        if unknown_names:
+            raise SystemExit(f"--zoo: no zoo model named {', '.join(unknown_names)}; known: {', '.join(sorted(known))}")
+        chosen = set(known) if zoo is None else set(zoo) | {"lenet"}
+        names = sorted(chosen, key=lambda n: (n != "lenet", n))  # lenet first: the others' unit
         for name in names:
             kind = f"zoo.{name}"
             try:
@@ -514,9 +520,12 @@ def main(argv: list[str] | None = None) -> None:
                              "(scanned steps), seeds (N-seed packings), zoo (every zoo model any experiment "
                              "trains, the techniques included, against LeNet), study (the "
                              "real-MNIST shift test end to end, several minutes)")
+    parser.add_argument("--zoo", nargs="+", metavar="MODEL",
+                        help="the zoo section's models (default: every one; lenet, the unit, always)")
     parser.add_argument("--out", default="bench.json", help="where to write the results (JSON)")
     args = parser.parse_args(argv)
-    result = run(quick=args.quick, seeds=tuple(args.seeds), repeat=args.repeat, sections=tuple(args.only))
+    result = run(quick=args.quick, seeds=tuple(args.seeds), repeat=args.repeat, sections=tuple(args.only),
+                 zoo=None if args.zoo is None else tuple(args.zoo))
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
     print(format_table(result))
