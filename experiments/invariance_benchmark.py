@@ -21,6 +21,7 @@ import dataclasses
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -123,6 +124,14 @@ def _softmax_lee(module, x: jax.Array, gens: tuple[str, ...], batch: int) -> flo
     return total
 
 
+def grid_union(grids: dict[Any, np.ndarray]) -> tuple[np.ndarray, dict[Any, np.ndarray]]:
+    """The union of several offset grids, and per grid the row of the union holding each of its offsets (in
+    the grid's own order), so predictions over the union serve every grid."""
+    union = np.unique(np.concatenate(list(grids.values())), axis=0)
+    index = {tuple(o): i for i, o in enumerate(union.tolist())}
+    return union, {key: np.array([index[tuple(o)] for o in grid.tolist()]) for key, grid in grids.items()}
+
+
 def run(config: RunConfig, out_dir: Path) -> Result:
     opts: Options = config.options
     check(config)
@@ -136,6 +145,7 @@ def run(config: RunConfig, out_dir: Path) -> Result:
     integer = config.shift.offsets(data.rank)
     half = shift_grid(opts.fractional_max, data.rank, 0.5)
     fractional = {m: shift_grid(opts.fractional_max, data.rank, 1.0 / m) for m in opts.fractional_steps}
+    fourier_union, fourier_rows = grid_union({**fractional, "half": half})
     x_grid, y_grid = config.eval.subset(data.x_test, data.y_test)
     x_lee = jnp.asarray(data.x_test[:opts.n_examples])
     gens = tuple(g for g in generators(data.rank) if g.startswith("translate_"))
@@ -175,12 +185,15 @@ def run(config: RunConfig, out_dir: Path) -> Result:
         crop = {canvas: MeanStd.of([consistency(p, data.n_classes) for p in
                                     ShiftEvaluator(model.graphdef, crop_mode, plan).predict(kept, x_grid, integer)])
                 for canvas, crop_mode in CROP_CANVASES.items()}
+        # Every Fourier grid (each m, and the half-pixel grid of R_half) is a subset of their union: one call
+        # per model over the union, each grid's rows picked from it, instead of one call per grid.
+        union_preds, union_probs = fourier.predict_with_probabilities(kept, x_grid, fourier_union)
         frac = {}
-        for m, grid in fractional.items():
-            preds, probs = fourier.predict_with_probabilities(kept, x_grid, grid)
-            frac[str(m)] = MeanStd.of([consistency(p, data.n_classes) for p in preds])
-            change[str(m)] = MeanStd.of([probability_change(p, r) for p, r in zip(probs, reference)])
-        half_preds = fourier.predict(kept, x_grid, half)
+        for m in fractional:
+            rows = fourier_rows[m]
+            frac[str(m)] = MeanStd.of([consistency(p[rows], data.n_classes) for p in union_preds])
+            change[str(m)] = MeanStd.of([probability_change(p[rows], r) for p, r in zip(union_probs, reference)])
+        half_preds = union_preds[:, fourier_rows["half"]]
         half_radii = sorted({0.5, float(opts.fractional_max)})
         half_robust = np.array([worst_case_robustness(p, half, y_grid, half_radii) for p in half_preds])
         lees = [_softmax_lee(m, x_lee, gens, opts.batch) for m in model.modules()]

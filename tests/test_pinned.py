@@ -591,7 +591,7 @@ def test_invariance_benchmark_numbers_by_hand_on_a_probe(tmp_path):
     raw = compose_raw(["experiment=invariance_benchmark", "dataset=synthetic", "dataset.size=12", "n_seeds=2",
                        "train.epochs=1", "train.batch_size=64", "train.min_steps=0", "train.tensorboard=false",
                        "shift.max=2", "eval.shift_subset=40", "invariance_benchmark.n_examples=16",
-                       "invariance_benchmark.fractional_max=1", "invariance_benchmark.fractional_steps=[2]",
+                       "invariance_benchmark.fractional_max=1", "invariance_benchmark.fractional_steps=[4,2]",
                        "invariance_benchmark.augmented=[]", "+zoo.probe._target_=test_pinned.BiasedProbe",
                        "models=[probe]"])
     result = run_experiment(raw, tmp_path)
@@ -609,6 +609,10 @@ def test_invariance_benchmark_numbers_by_hand_on_a_probe(tmp_path):
     zero = [_agreement(np.array([preds(_crop_shift(x, s, "constant"), b) for s in integer])) for b in range(2)]
     reflect = [_agreement(np.array([preds(_crop_shift(x, s, "reflect"), b) for s in integer])) for b in range(2)]
     half = [_agreement(np.array([preds(_fourier_shift(x, t), b) for t in halves])) for b in range(2)]
+    quarter = [_agreement(np.array([preds(_fourier_shift(x, t), b) for t in np.arange(-4, 5) / 4]))
+               for b in range(2)]
+    robust_half = {r: [np.mean(np.all([preds(_fourier_shift(x, t), b) == y for t in halves if abs(t) <= r], axis=0))
+                       for b in range(2)] for r in (0.5, 1)}
     robust = {r: [np.mean(np.all([preds(np.roll(x, s, 1), b) == y for s in integer if abs(s) <= r], axis=0))
                   for b in range(2)] for r in (1, 2)}
     assert len({round(np.mean(v), 6) for v in (cons, zero, reflect)}) == 3
@@ -620,7 +624,8 @@ def test_invariance_benchmark_numbers_by_hand_on_a_probe(tmp_path):
     assert probe.n_params == 4 and [s.seed for s in probe.seeds] == [0, 1] and probe.training is not None
     for stat, values in ((probe.clean_accuracy, clean), (probe.integer_consistency, cons),
                          (probe.crop_consistency["zero"], zero), (probe.crop_consistency["reflect"], reflect),
-                         (probe.fractional_consistency["2"], half),
+                         (probe.fractional_consistency["2"], half), (probe.fractional_consistency["4"], quarter),
+                         (probe.robustness_half["0.5"], robust_half[0.5]), (probe.robustness_half["1"], robust_half[1]),
                          (probe.robustness_integer["1"], robust[1]), (probe.robustness_integer["2"], robust[2])):
         mean, std = _mean_std(values)
         assert stat.n == 2

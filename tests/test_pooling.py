@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from equivar.layers import Blur, Pool, _pad_for_window, PolyphaseDownsample, binomial_filter
+from equivar.layers import Blur, PolyphaseDownsample, Pool, _pad_for_window, binomial_filter
 from equivar.models import build_model
 from equivar.transforms import shift
 
