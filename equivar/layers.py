@@ -207,6 +207,37 @@ def _pad_for_window(x: jax.Array, geometry: Geometry, fill: float) -> jax.Array:
     return jnp.pad(x, pads, constant_values=fill)
 
 
+def _window_taps(x: jax.Array, window: tuple[int, ...], stride: tuple[int, ...]) -> list[jax.Array]:
+    """One strided slice of ``x`` ``(N, *spatial, C)`` per window tap, in row-major tap order: tap ``t`` of
+    output position ``o`` is input position ``o * stride + t``."""
+    out = [(n - w) // s + 1 for n, w, s in zip(x.shape[1:-1], window, stride)]
+    return [x[(slice(None), *(slice(t, t + (o - 1) * s + 1, s) for t, o, s in zip(tap, out, stride)), slice(None))]
+            for tap in itertools.product(*(range(w) for w in window))]
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
+def _sliced_max_pool(x: jax.Array, window: tuple[int, ...], stride: tuple[int, ...]) -> jax.Array:
+    return functools.reduce(jnp.maximum, _window_taps(x, window, stride))
+
+
+@_sliced_max_pool.defjvp
+def _sliced_max_pool_jvp(window, stride, primals, tangents):
+    """``reduce_window``'s rule: each window's tangent is its first maximal tap's (``jnp.maximum`` would share
+    ties). Transposed for a gradient, an input's contributions then add up in the order select-and-scatter
+    adds them, so training rounds bit for bit as it did through ``reduce_window``."""
+    (x,), (dx,) = primals, tangents
+    taps = _window_taps(x, window, stride)
+    best = functools.reduce(jnp.maximum, taps)
+    taken = jnp.zeros(best.shape, bool)
+    out = None
+    for tap, tangent in zip(taps, _window_taps(dx, window, stride)):
+        pick = (tap == best) & ~taken
+        taken = taken | pick
+        chosen = jnp.where(pick, tangent, jnp.zeros((), tangent.dtype))
+        out = chosen if out is None else out + chosen
+    return best, out
+
+
 _MAX_SLICED_TAPS = 16  # windows up to 4x4 as slices; larger ones (rare) stay one reduce_window
 
 
@@ -250,14 +281,10 @@ class Pool(nnx.Module):
     def _pool_by_slices(self, x: jax.Array) -> jax.Array:
         """Overlapping windows (a stride-1 max before a blur or a polyphase pick) as an elementwise max or sum
         of one strided slice per window tap: the backward pass is elementwise selects that fuse, where
-        ``reduce_window``'s is a select-and-scatter (4.6x slower LeNet-with-BlurPool training on CPU). The
-        same values; where two taps tie, the max's gradient is shared between them instead of going to one."""
-        spatial = x.shape[1:-1]
-        out = [(n - w) // s + 1 for n, w, s in zip(spatial, self.window, self.stride)]
-        taps = (x[(slice(None), *(slice(t, t + (o - 1) * s + 1, s) for t, o, s in zip(tap, out, self.stride)),
-                   slice(None))] for tap in itertools.product(*(range(w) for w in self.window)))
+        ``reduce_window``'s is a select-and-scatter (4.6x slower LeNet-with-BlurPool training on CPU)."""
         if self.kind == "max":
-            return functools.reduce(jnp.maximum, taps)
+            return _sliced_max_pool(x, self.window, self.stride)
+        taps = _window_taps(x, self.window, self.stride)
         return functools.reduce(operator.add, taps) / math.prod(self.window)
 
     def _pool_by_reshape(self, x: jax.Array) -> jax.Array:
