@@ -3,7 +3,7 @@
 import pytest
 from flax import nnx
 
-from equivar.tools.bench import _builder, format_table, forward_flops, study, xla_forward_flops, zoo_entries
+from equivar.tools.bench import _builder, format_table, forward_flops, run, study, xla_forward_flops, zoo_entries
 
 from support import TINY
 
@@ -48,3 +48,8 @@ def test_the_zoo_section_covers_every_model_experiments_train_and_counts_flops_a
     # element-wise operations between them (under 3 % more)
     layers = forward_flops(_builder("zoo.lenet")(nnx.Rngs(0)), (28, 28, 1))
     assert layers <= xla_forward_flops("zoo.lenet") <= 1.03 * layers
+
+
+def test_a_zoo_name_the_zoo_lacks_stops_the_bench_before_any_timing():
+    with pytest.raises(SystemExit, match="no zoo model named lenet_blurr; known: .*lenet_blur"):
+        run(quick=True, sections=("zoo",), zoo=("lenet_blurr",))

@@ -303,6 +303,10 @@ def run(quick: bool = False, seeds: tuple[int, ...] = (1, 4, 8), repeat: int = 1
     always); the equivar-vs-torch pairs are measured ``repeat`` times, interleaved, and
     reported as the median with the range of the per-repeat ratios (the machine's load drifts; one pair is one
     sample)."""
+    unknown_names = sorted(set(zoo or ()) - set(zoo_entries())) if "zoo" in sections else []
+    if unknown_names:  # before any timing: a typo costs nothing
+        raise SystemExit(f"--zoo: no zoo model named {', '.join(unknown_names)}; known: "
+                         f"{', '.join(sorted(zoo_entries()))}")
     min_s = 1.0 if quick else 3.0
     steps = 20 if quick else 60
     batch = 128
@@ -344,11 +348,7 @@ def run(quick: bool = False, seeds: tuple[int, ...] = (1, 4, 8), repeat: int = 1
         add("lenet.shift_grid_eval", equivar_eval_ips("lenet", 1024 if quick else 2048, min_s, max_shift=4),
             lenet_fwd, None)
     if "zoo" in sections:  # every zoo model any experiment trains, through the same paths, so their costs compare
-        known = zoo_entries()
-        unknown_names = sorted(set(zoo or ()) - set(known))
-        if unknown_names:
-            raise SystemExit(f"--zoo: no zoo model named {', '.join(unknown_names)}; known: {', '.join(sorted(known))}")
-        chosen = set(known) if zoo is None else set(zoo) | {"lenet"}
+        chosen = set(zoo_entries()) if zoo is None else set(zoo) | {"lenet"}
         names = sorted(chosen, key=lambda n: (n != "lenet", n))  # lenet first: the others' unit
         for name in names:
             kind = f"zoo.{name}"
