@@ -224,7 +224,8 @@ def _sliced_max_pool(x: jax.Array, window: tuple[int, ...], stride: tuple[int, .
 def _sliced_max_pool_jvp(window, stride, primals, tangents):
     """``reduce_window``'s rule: each window's tangent is its first maximal tap's (``jnp.maximum`` would share
     ties). Transposed for a gradient, an input's contributions then add up in the order select-and-scatter
-    adds them, so training rounds bit for bit as it did through ``reduce_window``."""
+    adds them: the same gradient bit for bit (a whole training step may still round differently where XLA
+    fuses the ops around it differently)."""
     (x,), (dx,) = primals, tangents
     taps = _window_taps(x, window, stride)
     best = functools.reduce(jnp.maximum, taps)

@@ -52,6 +52,27 @@ def test_overlapping_pool_equals_reduce_window(kind, window, stride, padding, sh
     np.testing.assert_allclose(pool(x), ref, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("window,stride,padding,shape", [((2, 2), (1, 1), "VALID", (2, 12, 12, 4)),
+                                                       ((3,), (2,), "SAME", (3, 11, 2))])
+def test_sliced_max_pool_has_reduce_window_gradient_bit_for_bit_even_on_ties(window, stride, padding, shape):
+    """Each window's gradient goes to its first maximal tap, summed per input in select-and-scatter's order:
+    on inputs full of ties (ReLU'd, rounded to halves) the JVP and the gradient are reduce_window's exactly."""
+    x = jnp.round(jax.nn.relu(jax.random.normal(jax.random.key(2), shape)) * 2) / 2
+    pool = Pool("max", window, stride, padding)
+
+    def reference(v):
+        padded = v if padding == "VALID" else _pad_for_window(v, pool.geometry, -jnp.inf)
+        return jax.lax.reduce_window(padded, -jnp.inf, jax.lax.max, (1, *window, 1), (1, *stride, 1), "VALID")
+
+    cotangent = jax.random.normal(jax.random.key(3), reference(x).shape)
+    grads = [jax.jit(jax.grad(lambda v, f=f: (f(v) * cotangent).sum()))(x) for f in (pool, reference)]
+    np.testing.assert_array_equal(grads[0], grads[1])
+    tangent = jax.random.normal(jax.random.key(4), x.shape)
+    tangents = [jax.jvp(f, (x,), (tangent,))[1] for f in (pool, reference)]
+    np.testing.assert_array_equal(tangents[0], tangents[1])
+    assert float(jnp.mean(x == 0)) > 0.3  # the ties this test is about are there
+
+
 @pytest.mark.parametrize("shape,stride,expected", [((2, 12, 4), (2,), (2, 6, 4)), ((2, 13, 4), (2,), (2, 6, 4)),
                                                    ((3, 8, 6, 2), (2, 3), (3, 4, 2, 2))])
 def test_polyphase_shapes(shape, stride, expected):
